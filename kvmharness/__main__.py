@@ -1,0 +1,3 @@
+from kvmharness.cli import main
+
+raise SystemExit(main())
