@@ -1,0 +1,87 @@
+"""The one ioctl primitive and the few other syscalls the KVM layer needs, via ctypes.
+
+ctypes' CDLL drops the GIL around foreign calls, so a vCPU thread blocked in KVM_RUN does
+not stall the rest of the harness.  ``use_errno=True`` gives each thread its own errno copy."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+from kvmharness.kvm.errors import KvmError
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+_ioctl_ptr = _libc.ioctl
+_ioctl_ptr.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+_ioctl_ptr.restype = ctypes.c_int
+_ioctl_int = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong,
+                              use_errno=True)(("ioctl", _libc))
+
+_mmap = _libc.mmap
+_mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                  ctypes.c_long]
+_mmap.restype = ctypes.c_void_p
+_munmap = _libc.munmap
+_munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_munmap.restype = ctypes.c_int
+_madvise = _libc.madvise
+_madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_madvise.restype = ctypes.c_int
+
+MAP_FAILED = ctypes.c_void_p(-1).value
+PROT_READ = 0x1
+PROT_WRITE = 0x2
+MAP_SHARED = 0x01
+MAP_PRIVATE = 0x02
+MAP_ANONYMOUS = 0x20
+MAP_NORESERVE = 0x4000
+MADV_DONTNEED = 4
+MADV_HUGEPAGE = 14
+MADV_NOHUGEPAGE = 15
+
+
+def ioctl(fd: int, request: int, arg: object = 0) -> int:
+    """ioctl(2) returning its non-negative result; raises KvmError naming the request.
+
+    ``arg`` is an int (passed by value) or a ctypes object (passed by reference)."""
+    if isinstance(arg, int):
+        ret = _ioctl_int(fd, request, arg)
+    else:
+        ret = _ioctl_ptr(fd, request, ctypes.byref(arg))  # type: ignore[arg-type]
+    if ret < 0:
+        raise KvmError(ctypes.get_errno(), getattr(request, "name", hex(request)))
+    return ret
+
+
+def ioctl_errno(fd: int, request: int, arg: object = 0) -> tuple[int, int]:
+    """Like ``ioctl`` but returns (ret, errno) instead of raising: for hot loops such as
+    KVM_RUN that must look at EINTR without the cost of building an exception."""
+    if isinstance(arg, int):
+        ret = _ioctl_int(fd, request, arg)
+    else:
+        ret = _ioctl_ptr(fd, request, ctypes.byref(arg))  # type: ignore[arg-type]
+    return ret, (ctypes.get_errno() if ret < 0 else 0)
+
+
+def mmap(length: int, prot: int, flags: int, fd: int = -1, offset: int = 0, *,
+         what: str = "mmap") -> int:
+    """mmap(2) returning the address; raises OSError naming ``what`` on failure."""
+    addr = _mmap(None, length, prot, flags, fd, offset)
+    if addr is None or addr == MAP_FAILED:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: mmap of {length} bytes failed: {os.strerror(err)}")
+    return addr
+
+
+def munmap(addr: int, length: int) -> None:
+    if _munmap(addr, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"munmap({addr:#x}, {length}) failed: {os.strerror(err)}")
+
+
+def madvise(addr: int, length: int, advice: int) -> None:
+    if _madvise(addr, length, advice) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"madvise({advice}) failed: {os.strerror(err)}")

@@ -1,0 +1,311 @@
+"""One VM fd (KVM_CREATE_VM): memslots, capabilities and quirks, vCPUs, binary stats,
+ioeventfd, coalesced MMIO, dirty log (api.rst section 4)."""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import errno
+import os
+from typing import TYPE_CHECKING
+
+from kvmharness.kvm.errors import KvmCapabilityError, KvmError
+from kvmharness.kvm.fdobject import FdObject
+from kvmharness.kvm.memslots import Memslot, explain_failure
+from kvmharness.kvm.stats import StatsReader
+from kvmharness.kvm.vcpu import Vcpu
+from kvmharness.uapi import ioctls
+from kvmharness.uapi.caps import KvmCap
+from kvmharness.uapi.kvm import (
+    KVM_IOEVENTFD_FLAG_DATAMATCH,
+    KVM_IOEVENTFD_FLAG_DEASSIGN,
+    KVM_IOEVENTFD_FLAG_PIO,
+    KVM_MEM_LOG_DIRTY_PAGES,
+    PAGE_SIZE,
+    kvm_coalesced_mmio_zone,
+    kvm_dirty_log,
+    kvm_enable_cap,
+    kvm_ioeventfd,
+    kvm_userspace_memory_region,
+    kvm_userspace_memory_region2,
+)
+from kvmharness.uapi.x86 import KVM_X86_QUIRK_SLOT_ZAP_ALL, KvmX86Quirk
+
+if TYPE_CHECKING:
+    from kvmharness.kvm.system import Kvm
+
+
+@dataclasses.dataclass
+class IoEventFd:
+    """An assigned KVM_IOEVENTFD: guest writes matching it signal ``fd`` with no exit."""
+
+    vm: "Vm"
+    fd: int
+    addr: int
+    length: int
+    pio: bool
+    datamatch: int | None
+
+    def count(self) -> int:
+        """Signals since the last call (non-blocking read of the eventfd counter)."""
+        try:
+            return os.eventfd_read(self.fd)
+        except BlockingIOError:
+            return 0
+
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            if not self.vm.closed:
+                self.vm.ioctl(ioctls.KVM_IOEVENTFD, self.vm._ioeventfd_struct(
+                    self, KVM_IOEVENTFD_FLAG_DEASSIGN), detail=self.describe())
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+            if self in self.vm._ioeventfds:
+                self.vm._ioeventfds.remove(self)
+
+    def describe(self) -> str:
+        space = "PIO port" if self.pio else "MMIO"
+        match = f" datamatch={self.datamatch:#x}" if self.datamatch is not None else ""
+        return f"ioeventfd {space} {self.addr:#x} len {self.length}{match}"
+
+
+class Vm(FdObject):
+    kind = "VM"
+
+    def __init__(self, kvm: "Kvm", fd: int, vm_type: int = 0) -> None:
+        super().__init__(fd, vm_fd_probe=lambda: self.fd)
+        self.kvm = kvm
+        self.vm_type = vm_type
+        self.vcpus: list[Vcpu] = []
+        self.memslots: dict[int, Memslot] = {}
+        self._ioeventfds: list[IoEventFd] = []
+        self._stats: StatsReader | None = None
+        try:
+            self.has_memory2 = self.check_extension(KvmCap.KVM_CAP_USER_MEMORY2) > 0
+            self.max_memslots = self.check_extension(KvmCap.KVM_CAP_NR_MEMSLOTS) or 32
+        except BaseException:
+            self.close()
+            raise
+        # One reusable ioctl argument: no per-call allocation on the memslot hot path.
+        self._region: kvm_userspace_memory_region | kvm_userspace_memory_region2 = (
+            kvm_userspace_memory_region2() if self.has_memory2 else kvm_userspace_memory_region())
+        self._region_ioctl = (ioctls.KVM_SET_USER_MEMORY_REGION2 if self.has_memory2
+                              else ioctls.KVM_SET_USER_MEMORY_REGION)
+
+    # --- capabilities and quirks ----------------------------------------------------------
+    def check_extension(self, cap: int) -> int:
+        """KVM_CHECK_EXTENSION on the VM fd (answers for this VM type)."""
+        return self.ioctl(ioctls.KVM_CHECK_EXTENSION, int(cap))
+
+    def enable_cap(self, cap: int, *args: int, flags: int = 0) -> None:
+        if len(args) > 4:
+            raise ValueError("kvm_enable_cap takes at most 4 args")
+        arg = kvm_enable_cap(cap=int(cap), flags=flags)
+        for i, value in enumerate(args):
+            arg.args[i] = value
+        name = KvmCap(cap).name if cap in KvmCap._value2member_map_ else str(cap)
+        self.ioctl(ioctls.KVM_ENABLE_CAP, arg, detail=f"{name} args={list(args)}")
+
+    def supported_quirks(self) -> KvmX86Quirk:
+        """Quirks this kernel lets userspace disable (KVM_CAP_DISABLE_QUIRKS2's mask)."""
+        return KvmX86Quirk(self.check_extension(KvmCap.KVM_CAP_DISABLE_QUIRKS2)
+                           & sum(KvmX86Quirk))
+
+    def disable_quirks(self, mask: int) -> None:
+        """KVM_ENABLE_CAP(KVM_CAP_DISABLE_QUIRKS2, mask); must precede vCPU creation for
+        some quirks.  Raises KvmCapabilityError naming the quirks the kernel lacks."""
+        missing = KvmX86Quirk(mask) & ~self.supported_quirks()
+        if missing:
+            raise KvmCapabilityError(f"{missing!r}",
+                                     "this kernel cannot disable these quirks "
+                                     "(KVM_CAP_DISABLE_QUIRKS2 mask lacks them)")
+        self.enable_cap(KvmCap.KVM_CAP_DISABLE_QUIRKS2, mask)
+
+    @property
+    def slot_zap_all_supported(self) -> bool:
+        return bool(self.supported_quirks() & KVM_X86_QUIRK_SLOT_ZAP_ALL)
+
+    # --- memslots --------------------------------------------------------------------------
+    def set_user_memory_region(self, slot: int, flags: int, guest_phys_addr: int,
+                               memory_size: int, userspace_addr: int, as_id: int = 0) -> None:
+        """KVM_SET_USER_MEMORY_REGION(2) — create, move, change flags, or delete (size 0).
+        Keeps ``self.memslots`` in step with the kernel; errors name the slot and range."""
+        request = Memslot(slot, guest_phys_addr, memory_size, userspace_addr, flags, as_id)
+        r = self._region
+        r.slot = (as_id << 16) | slot
+        r.flags = flags
+        r.guest_phys_addr = guest_phys_addr
+        r.memory_size = memory_size
+        r.userspace_addr = userspace_addr
+        try:
+            self.ioctl(self._region_ioctl, r)
+        except KvmError as exc:
+            if exc.errno in (errno.EEXIST, errno.EINVAL, errno.ENOMEM, errno.EFAULT):
+                raise KvmError(exc.errno, exc.ioctl,
+                               explain_failure(exc.errno, request, self.memslots)) from None
+            raise
+        if memory_size:
+            self.memslots[slot] = request
+        else:
+            self.memslots.pop(slot, None)
+
+    def free_slot(self) -> int:
+        for slot in range(self.max_memslots):
+            if slot not in self.memslots:
+                return slot
+        raise KvmError(errno.ENOSPC, self._region_ioctl.name,
+                       f"all {self.max_memslots} memslots are in use")
+
+    def add_memslot(self, guest_phys_addr: int, memory_size: int, userspace_addr: int,
+                    flags: int = 0, slot: int | None = None) -> Memslot:
+        """Create a memslot (lowest free slot id unless ``slot`` is given)."""
+        if slot is None:
+            slot = self.free_slot()
+        elif slot in self.memslots:
+            raise KvmError(errno.EEXIST, self._region_ioctl.name,
+                           f"slot {slot} already exists: {self.memslots[slot]}")
+        self.set_user_memory_region(slot, flags, guest_phys_addr, memory_size, userspace_addr)
+        return self.memslots[slot]
+
+    def _existing(self, slot: int) -> Memslot:
+        try:
+            return self.memslots[slot]
+        except KeyError:
+            raise KvmError(errno.ENOENT, self._region_ioctl.name,
+                           f"slot {slot} does not exist (have {sorted(self.memslots)})") from None
+
+    def delete_memslot(self, slot: int) -> None:
+        old = self._existing(slot)
+        self.set_user_memory_region(slot, old.flags, old.guest_phys_addr, 0, 0, old.as_id)
+
+    def move_memslot(self, slot: int, guest_phys_addr: int) -> Memslot:
+        old = self._existing(slot)
+        self.set_user_memory_region(slot, old.flags, guest_phys_addr, old.memory_size,
+                                    old.userspace_addr, old.as_id)
+        return self.memslots[slot]
+
+    def set_memslot_flags(self, slot: int, flags: int) -> Memslot:
+        """Change flags (dirty logging on/off).  KVM rejects toggling KVM_MEM_READONLY."""
+        old = self._existing(slot)
+        self.set_user_memory_region(slot, flags, old.guest_phys_addr, old.memory_size,
+                                    old.userspace_addr, old.as_id)
+        return self.memslots[slot]
+
+    def memslot_at(self, gpa: int) -> Memslot | None:
+        for s in self.memslots.values():
+            if s.contains(gpa):
+                return s
+        return None
+
+    def get_dirty_log(self, slot: int) -> bytes:
+        """KVM_GET_DIRTY_LOG: one bit per page of the slot (and clears it, without manual
+        protect).  The slot must have KVM_MEM_LOG_DIRTY_PAGES."""
+        s = self._existing(slot)
+        if not s.flags & KVM_MEM_LOG_DIRTY_PAGES:
+            raise KvmError(errno.ENOENT, "KVM_GET_DIRTY_LOG",
+                           f"{s} does not have KVM_MEM_LOG_DIRTY_PAGES")
+        nbytes = ((s.npages + 63) // 64) * 8
+        bitmap = ctypes.create_string_buffer(nbytes)
+        log = kvm_dirty_log(slot=(s.as_id << 16) | slot)
+        log.dirty_bitmap = ctypes.addressof(bitmap)
+        self.ioctl(ioctls.KVM_GET_DIRTY_LOG, log, detail=str(s))
+        return bitmap.raw
+
+    # --- x86 VM setup ------------------------------------------------------------------------
+    def set_tss_addr(self, addr: int) -> None:
+        """KVM_SET_TSS_ADDR: 3 pages VMX needs for real-mode emulation (below 4 GiB, unused)."""
+        self.ioctl(ioctls.KVM_SET_TSS_ADDR, addr)
+
+    def set_identity_map_addr(self, addr: int) -> None:
+        """KVM_SET_IDENTITY_MAP_ADDR: one page VMX uses for the EPT identity map."""
+        value = ctypes.c_uint64(addr)
+        self.ioctl(ioctls.KVM_SET_IDENTITY_MAP_ADDR, value)
+
+    def create_irqchip(self) -> None:
+        self.ioctl(ioctls.KVM_CREATE_IRQCHIP)
+
+    # --- vCPUs -------------------------------------------------------------------------------
+    def create_vcpu(self, index: int | None = None) -> Vcpu:
+        if index is None:
+            index = len(self.vcpus)
+        fd = self.ioctl(ioctls.KVM_CREATE_VCPU, index, detail=f"vCPU id {index}")
+        vcpu = Vcpu(self, fd, index, self.kvm.vcpu_mmap_size)
+        self.vcpus.append(vcpu)
+        return vcpu
+
+    # --- stats -------------------------------------------------------------------------------
+    def stats(self) -> StatsReader:
+        if self._stats is None:
+            self._stats = StatsReader(self.ioctl(ioctls.KVM_GET_STATS_FD))
+        return self._stats
+
+    # --- ioeventfd and coalesced MMIO ---------------------------------------------------------
+    def _ioeventfd_struct(self, ev: IoEventFd, extra_flags: int = 0) -> kvm_ioeventfd:
+        flags = extra_flags
+        if ev.pio:
+            flags |= KVM_IOEVENTFD_FLAG_PIO
+        if ev.datamatch is not None:
+            flags |= KVM_IOEVENTFD_FLAG_DATAMATCH
+        return kvm_ioeventfd(datamatch=ev.datamatch or 0, addr=ev.addr, len=ev.length,
+                             fd=ev.fd, flags=flags)
+
+    def add_ioeventfd(self, addr: int, length: int, *, pio: bool = False,
+                      datamatch: int | None = None) -> IoEventFd:
+        """KVM_IOEVENTFD: guest writes to ``addr`` (MMIO GPA or PIO port) of ``length`` bytes
+        (0 = any length, MMIO only) signal an eventfd instead of exiting to userspace."""
+        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        ev = IoEventFd(self, fd, addr, length, pio, datamatch)
+        try:
+            self.ioctl(ioctls.KVM_IOEVENTFD, self._ioeventfd_struct(ev), detail=ev.describe())
+        except BaseException:
+            os.close(fd)
+            raise
+        self._ioeventfds.append(ev)
+        return ev
+
+    def register_coalesced_mmio(self, addr: int, size: int, *, pio: bool = False) -> None:
+        """KVM_REGISTER_COALESCED_MMIO: writes to the zone are queued in the ring, no exit."""
+        zone = kvm_coalesced_mmio_zone(addr=addr, size=size)
+        zone.pio = int(pio)
+        self.ioctl(ioctls.KVM_REGISTER_COALESCED_MMIO, zone,
+                   detail=f"zone {addr:#x}+{size:#x}{' (PIO)' if pio else ''}")
+
+    def unregister_coalesced_mmio(self, addr: int, size: int, *, pio: bool = False) -> None:
+        zone = kvm_coalesced_mmio_zone(addr=addr, size=size)
+        zone.pio = int(pio)
+        self.ioctl(ioctls.KVM_UNREGISTER_COALESCED_MMIO, zone,
+                   detail=f"zone {addr:#x}+{size:#x}")
+
+    def read_coalesced_mmio(self) -> list[tuple[int, int, bytes]]:
+        """Drain the ring (mapped through any vCPU; needs one)."""
+        if not self.vcpus:
+            raise KvmError(errno.ENODEV, "KVM_REGISTER_COALESCED_MMIO",
+                           "the ring is mapped through a vCPU fd: create a vCPU first")
+        return self.vcpus[0].read_coalesced_mmio()
+
+    # --- lifetime ------------------------------------------------------------------------------
+    def _close_children(self) -> None:
+        errors: list[BaseException] = []
+        for vcpu in self.vcpus:
+            try:
+                vcpu.close()
+            except BaseException as exc:  # keep closing the rest; report the first
+                errors.append(exc)
+        self.vcpus.clear()
+        for ev in list(self._ioeventfds):
+            try:
+                os.close(ev.fd)  # the VM's own teardown deassigns
+            except OSError as exc:
+                errors.append(exc)
+            ev.fd = -1
+        self._ioeventfds.clear()
+        if self._stats is not None:
+            self._stats.close()
+            self._stats = None
+        if self in self.kvm.vms:
+            self.kvm.vms.remove(self)
+        if errors:
+            raise errors[0]
