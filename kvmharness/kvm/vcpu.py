@@ -17,7 +17,6 @@ from kvmharness.kvm.stats import StatsReader
 from kvmharness.uapi import ioctls
 from kvmharness.uapi.kvm import (
     KVM_COALESCED_MMIO_MAX,
-    KVM_COALESCED_MMIO_PAGE_OFFSET,
     PAGE_SIZE,
     kvm_coalesced_mmio,
     kvm_coalesced_mmio_ring,
@@ -25,6 +24,7 @@ from kvmharness.uapi.kvm import (
     kvm_run,
 )
 from kvmharness.uapi.x86 import (
+    KVM_COALESCED_MMIO_PAGE_OFFSET,
     kvm_cpuid_entry2,
     kvm_regs,
     kvm_sregs,

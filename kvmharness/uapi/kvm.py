@@ -18,7 +18,6 @@ KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
 KVM_MEM_READONLY = 1 << 1
 KVM_MEM_GUEST_MEMFD = 1 << 2  # v6.8+
 
-KVM_COALESCED_MMIO_PAGE_OFFSET = 1  # x86: the ring is page 1 of the vCPU mmap
 PAGE_SIZE = 4096
 
 

@@ -9,6 +9,11 @@ from ctypes import c_uint8, c_uint16, c_uint32, c_uint64
 
 KVM_NR_INTERRUPTS = 256
 
+# Pages of the vCPU mmap after struct kvm_run: PIO data, the coalesced MMIO ring, the dirty ring.
+KVM_PIO_PAGE_OFFSET = 1
+KVM_COALESCED_MMIO_PAGE_OFFSET = 2
+KVM_DIRTY_LOG_PAGE_OFFSET = 64
+
 
 class kvm_regs(ctypes.Structure):
     _fields_ = [

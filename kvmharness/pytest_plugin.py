@@ -1,0 +1,82 @@
+"""pytest plugin (entry point ``pytest11``): fixtures and markers for kernel-behaviour tests.
+
+- ``kvm``: an open ``Kvm``; skips with the reason when /dev/kvm is unusable, unless
+  ``KVMHARNESS_REQUIRE_KVM=1`` (CI), where that is a failure.
+- ``vm``: a fresh ``Vm`` closed after the test.
+- ``@pytest.mark.requires_cap(KvmCap.X, ...)``, ``@pytest.mark.requires_quirk(mask)``,
+  ``@pytest.mark.requires_tracefs``: skip with the reason where the host lacks it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import pytest
+
+REQUIRE_ENV = "KVMHARNESS_REQUIRE_KVM"
+
+
+def kvm_required() -> bool:
+    return os.environ.get(REQUIRE_ENV, "") not in ("", "0")
+
+
+def _unavailable(reason: str) -> None:
+    if kvm_required():
+        pytest.fail(f"{REQUIRE_ENV}=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "requires_cap(*caps): skip unless KVM_CHECK_EXTENSION "
+                            "reports every capability")
+    config.addinivalue_line("markers", "requires_quirk(mask): skip unless "
+                            "KVM_CAP_DISABLE_QUIRKS2 can disable the quirk bits")
+    config.addinivalue_line("markers", "requires_tracefs: skip unless kvm tracepoints are usable")
+
+
+@pytest.fixture(scope="session")
+def kvm_session() -> Iterator[object]:
+    from kvmharness.kvm import Kvm, KvmError
+
+    try:
+        handle = Kvm()
+    except KvmError as exc:
+        _unavailable(f"/dev/kvm unusable: {exc}")
+    with handle:
+        yield handle
+
+
+@pytest.fixture
+def kvm(kvm_session: object, request: pytest.FixtureRequest) -> object:
+    _apply_requirement_markers(kvm_session, request)
+    return kvm_session
+
+
+@pytest.fixture
+def vm(kvm: object) -> Iterator[object]:
+    with kvm.create_vm() as handle:  # type: ignore[attr-defined]
+        yield handle
+
+
+def _apply_requirement_markers(kvm: object, request: pytest.FixtureRequest) -> None:
+    from kvmharness.uapi.caps import KvmCap
+    from kvmharness.uapi.x86 import KvmX86Quirk
+
+    for marker in request.node.iter_markers("requires_cap"):
+        for cap in marker.args:
+            if not kvm.check_extension(cap):  # type: ignore[attr-defined]
+                pytest.skip(f"kernel lacks {KvmCap(cap).name}")
+    for marker in request.node.iter_markers("requires_quirk"):
+        mask = int(marker.args[0])
+        supported = kvm.check_extension(KvmCap.KVM_CAP_DISABLE_QUIRKS2)  # type: ignore[attr-defined]
+        missing = mask & ~supported
+        if missing:
+            pytest.skip(f"quirk not supported: {KvmX86Quirk(missing)!r} is not in this kernel's "
+                        f"KVM_CAP_DISABLE_QUIRKS2 mask {supported:#x}")
+    if request.node.get_closest_marker("requires_tracefs"):
+        from kvmharness.observe.tracefs import tracefs_status
+
+        status = tracefs_status()
+        if not status.usable:
+            pytest.skip(f"tracefs not usable: {status.reason}")
