@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * hammer: the memory hammer (see hammer.h for the parameters and results).
+ */
+#include "hammer.h"
+
+uint64_t hammer_base;
+uint64_t hammer_stride_per_vcpu;
+uint64_t hammer_pages;
+uint64_t hammer_page_size = 4096;
+uint32_t hammer_passes;
+uint32_t hammer_write;
+uint32_t hammer_sync_each_pass;
+
+uint64_t hammer_pass_tsc[KH_MAX_VCPUS][HAMMER_MAX_PASSES];
+uint32_t hammer_passes_done[KH_MAX_VCPUS];
+uint64_t hammer_checksum[KH_MAX_VCPUS];
+
+static void hammer_check_params(uint32_t vcpu)
+{
+	uint64_t span;
+
+	GUEST_ASSERT_LT(vcpu, KH_MAX_VCPUS);
+	GUEST_ASSERT_LE(kh_nr_vcpus, KH_MAX_VCPUS);
+	GUEST_ASSERT_GE(hammer_passes, 1);
+	GUEST_ASSERT_LE(hammer_passes, HAMMER_MAX_PASSES);
+	GUEST_ASSERT_GE(hammer_pages, 1);
+	GUEST_ASSERT_GE(hammer_page_size, 8);
+	GUEST_ASSERT_EQ(hammer_page_size % 8, 0);
+	GUEST_ASSERT_EQ(hammer_base % 8, 0);
+	GUEST_ASSERT_LE(hammer_write, 1);
+	span = hammer_pages * hammer_page_size;
+	GUEST_ASSERT_EQ(span / hammer_page_size, hammer_pages);	/* no overflow */
+	GUEST_ASSERT_MSG(hammer_stride_per_vcpu == 0 || hammer_stride_per_vcpu >= span,
+			 "per-vCPU ranges overlap: stride %lu < %lu pages * %lu",
+			 hammer_stride_per_vcpu, hammer_pages, hammer_page_size);
+	GUEST_ASSERT_EQ(hammer_stride_per_vcpu % 8, 0);
+}
+
+/* One pass: no calls, no exits; the loop is the measurement. */
+static uint64_t hammer_read_pass(uint64_t addr, uint64_t pages, uint64_t step)
+{
+	uint64_t sum = 0;
+
+	for (; pages; pages--, addr += step)
+		sum += *(volatile uint64_t *)(uintptr_t)addr;
+	return sum;
+}
+
+static void hammer_write_pass(uint64_t addr, uint64_t pages, uint64_t step, uint64_t value)
+{
+	for (; pages; pages--, addr += step)
+		*(volatile uint64_t *)(uintptr_t)addr = value;
+}
+
+void guest_main(uint32_t vcpu, void *arg)
+{
+	uint64_t base, pages, step, sum = 0;
+	uint32_t pass, npasses;
+
+	(void)arg;
+	hammer_check_params(vcpu);
+	base = hammer_base + vcpu * hammer_stride_per_vcpu;
+	pages = hammer_pages;
+	step = hammer_page_size;
+	npasses = hammer_passes;
+
+	/* Start together, so concurrent passes really overlap in time. */
+	if (kh_barrier_wait())
+		return;
+
+	for (pass = 0; pass < npasses && !kh_stop; pass++) {
+		uint64_t t0, t1;
+
+		t0 = kh_rdtsc_ordered();
+		if (hammer_write)
+			hammer_write_pass(base, pages, step, HAMMER_WRITE_VALUE(vcpu, pass));
+		else
+			sum += hammer_read_pass(base, pages, step);
+		t1 = kh_rdtsc_ordered();
+
+		hammer_pass_tsc[vcpu][pass] = t1 - t0;
+		/* Store the count after the sample, so the host never reads a stale one. */
+		kh_store_release(&hammer_passes_done[vcpu], pass + 1);
+		hammer_checksum[vcpu] = sum;
+		if (hammer_sync_each_pass)
+			GUEST_SYNC(pass);
+	}
+}

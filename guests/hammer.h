@@ -1,0 +1,36 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * hammer: touch one 8-byte word per page of a per-vCPU range, N passes, and
+ * time each pass with rdtsc.  A pass makes no exits of its own, so its time
+ * is guest page-fault / EPT / NPT work only.
+ *
+ * vCPU v hammers [hammer_base + v * hammer_stride_per_vcpu,
+ *                 ... + hammer_pages * hammer_page_size).
+ * The host sets the parameters by symbol name and reads the results after
+ * DONE (or between passes when hammer_sync_each_pass is set).
+ */
+#ifndef HAMMER_H
+#define HAMMER_H
+
+#include "kh.h"
+
+#define HAMMER_MAX_PASSES	4096
+
+/* Parameters (host writes). */
+extern uint64_t hammer_base;		/* GPA of vCPU 0's range, 8-byte aligned */
+extern uint64_t hammer_stride_per_vcpu;	/* 0 (shared range) or >= pages * page_size */
+extern uint64_t hammer_pages;		/* pages per vCPU, >= 1 */
+extern uint64_t hammer_page_size;	/* step in bytes, default 4096, multiple of 8 */
+extern uint32_t hammer_passes;		/* 1 .. HAMMER_MAX_PASSES */
+extern uint32_t hammer_write;		/* 0: read, 1: write HAMMER_WRITE_VALUE */
+extern uint32_t hammer_sync_each_pass;	/* non-zero: GUEST_SYNC(pass) after each pass */
+
+/* Value written by pass p of vCPU v: lets the host check who wrote last. */
+#define HAMMER_WRITE_VALUE(v, p)	(((uint64_t)(v) << 32) | ((uint64_t)(p) + 1))
+
+/* Results (guest writes). */
+extern uint64_t hammer_pass_tsc[KH_MAX_VCPUS][HAMMER_MAX_PASSES];
+extern uint32_t hammer_passes_done[KH_MAX_VCPUS];
+extern uint64_t hammer_checksum[KH_MAX_VCPUS];	/* read mode: sum of words read */
+
+#endif /* HAMMER_H */

@@ -1,0 +1,103 @@
+"""4-level identity-mapped x86-64 page tables built in bulk (no per-page Python loop): the
+leaf entries of a region are one ``array('Q', range(...))`` written at once, because table
+pages are allocated in address order so a region's PTEs are contiguous."""
+
+from __future__ import annotations
+
+import array
+import dataclasses
+from typing import Callable, Iterable
+
+from kvmharness.guest.layout import PAGE_1G, PAGE_2M, PAGE_4K, LayoutError, Region
+
+PTE_P = 1 << 0
+PTE_RW = 1 << 1
+PTE_PS = 1 << 7
+TABLE_FLAGS = PTE_P | PTE_RW
+ENTRIES = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class PageTables:
+    """Where the tables went: ``cr3`` (the PML4's GPA) and how many bytes they use."""
+
+    cr3: int
+    size: int
+    pages_4k: int
+    pages_2m: int
+    pages_1g: int
+
+
+def _span(r: Region, unit: int) -> range:
+    return range(r.gpa // unit, (r.end - 1) // unit + 1)
+
+
+def plan_size(regions: Iterable[Region]) -> int:
+    """Bytes of table memory ``build`` will need for ``regions``."""
+    regions = list(regions)
+    pts = {b for r in regions if r.page_size == PAGE_4K for b in _span(r, PAGE_2M)}
+    pds = {g for r in regions if r.page_size <= PAGE_2M for g in _span(r, PAGE_1G)}
+    pdpts = {t for r in regions for t in _span(r, 512 * PAGE_1G)}
+    return (1 + len(pdpts) + len(pds) + len(pts)) * PAGE_4K
+
+
+def build(regions: Iterable[Region], base_gpa: int,
+          write: Callable[[int, bytes], None]) -> PageTables:
+    """Write tables mapping every region (GVA == GPA) at ``base_gpa`` via ``write(gpa, data)``
+    into zeroed memory."""
+    regions = sorted(regions, key=lambda r: r.gpa)
+    pts = sorted({b for r in regions if r.page_size == PAGE_4K for b in _span(r, PAGE_2M)})
+    pds = sorted({g for r in regions if r.page_size <= PAGE_2M for g in _span(r, PAGE_1G)})
+    pdpts = sorted({t for r in regions for t in _span(r, 512 * PAGE_1G)})
+    if len(pdpts) > ENTRIES:
+        raise LayoutError("guest physical addresses beyond 256 TiB need 5-level paging")
+
+    next_page = base_gpa
+    def alloc(keys: list[int]) -> dict[int, int]:
+        nonlocal next_page
+        out = {}
+        for key in keys:
+            out[key] = next_page
+            next_page += PAGE_4K
+        return out
+
+    pml4 = alloc([0])[0]
+    pdpt_at = alloc(pdpts)
+    pd_at = alloc(pds)
+    pt_at = alloc(pts)
+
+    def put(table: int, index: int, value: int) -> None:
+        write(table + index * 8, value.to_bytes(8, "little"))
+
+    for t, addr in pdpt_at.items():
+        put(pml4, t, addr | TABLE_FLAGS)
+    for g, addr in pd_at.items():
+        put(pdpt_at[g // ENTRIES], g % ENTRIES, addr | TABLE_FLAGS)
+    for b, addr in pt_at.items():
+        put(pd_at[b // ENTRIES], b % ENTRIES, addr | TABLE_FLAGS)
+
+    counts = {PAGE_4K: 0, PAGE_2M: 0, PAGE_1G: 0}
+    for r in regions:
+        leaves = array.array("Q", range(r.gpa | TABLE_FLAGS | (PTE_PS if r.page_size > PAGE_4K
+                                                                  else 0),
+                                        r.end, r.page_size))
+        counts[r.page_size] += len(leaves)
+        if r.page_size == PAGE_4K:
+            first = r.gpa // PAGE_4K
+            # Contiguous blocks have contiguous PT pages, so the run of PTEs is linear.
+            blocks = list(_span(r, PAGE_2M))
+            if any(pt_at[b] - pt_at[blocks[0]] != (b - blocks[0]) * PAGE_4K for b in blocks):
+                raise AssertionError("page-table pages of a region are not contiguous")
+            write(pt_at[blocks[0]] + (first % ENTRIES) * 8, leaves.tobytes())
+        elif r.page_size == PAGE_2M:
+            first = r.gpa // PAGE_2M
+            gigs = list(_span(r, PAGE_1G))
+            if any(pd_at[g] - pd_at[gigs[0]] != (g - gigs[0]) * PAGE_4K for g in gigs):
+                raise AssertionError("page-directory pages of a region are not contiguous")
+            write(pd_at[gigs[0]] + (first % ENTRIES) * 8, leaves.tobytes())
+        else:
+            for i, value in enumerate(leaves):
+                g = r.gpa // PAGE_1G + i
+                put(pdpt_at[g // ENTRIES], g % ENTRIES, value)
+    return PageTables(pml4, next_page - base_gpa, counts[PAGE_4K], counts[PAGE_2M],
+                      counts[PAGE_1G])
