@@ -80,3 +80,23 @@ def _apply_requirement_markers(kvm: object, request: pytest.FixtureRequest) -> N
         status = tracefs_status()
         if not status.usable:
             pytest.skip(f"tracefs not usable: {status.reason}")
+
+
+@pytest.fixture
+def machine(kvm: object) -> Iterator[object]:
+    """Factory: ``machine("hello", layout, vcpus=2, ...)`` builds a guest Machine; every
+    machine it built is closed (vCPU threads stopped, fds closed) after the test."""
+    from kvmharness.guest.machine import Machine
+
+    built: list[Machine] = []
+
+    def factory(guest: str, layout: object = None, **kwargs: object) -> Machine:
+        from kvmharness.guest.layout import Layout
+
+        m = Machine(kvm, guest, layout if layout is not None else Layout(), **kwargs)  # type: ignore[arg-type]
+        built.append(m)
+        return m
+
+    yield factory
+    for m in built:
+        m.close()

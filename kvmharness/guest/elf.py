@@ -34,22 +34,21 @@ _ZERO_CHUNK = 1 << 20
 
 class Segment(NamedTuple):
     """A PT_LOAD segment: ``data`` (p_filesz bytes) goes at ``gpa``; the rest of ``memsz``
-    is zero (.bss).  ``flags`` is p_flags (PF_R | PF_W | PF_X).  ``index`` is the program
-    header's index, as ``readelf -l`` numbers it."""
+    is zero (.bss).  ``flags`` is p_flags (PF_R | PF_W | PF_X)."""
 
     gpa: int
     data: bytes
     memsz: int
     flags: int
-    index: int = 0
 
     @property
     def end(self) -> int:
         """First GPA after the segment."""
         return self.gpa + self.memsz
 
-    def __str__(self) -> str:
-        return f"segment {self.index} [{self.gpa:#x}-{self.end:#x})"
+    def describe(self, number: int) -> str:
+        """``segment N [start-end)``; N counts PT_LOAD headers from 0 (``image.segments[N]``)."""
+        return f"segment {number} [{self.gpa:#x}-{self.end:#x})"
 
 
 class Symbol(NamedTuple):
@@ -182,10 +181,11 @@ class GuestImage:
     def _read_segments(elf: ELFFile, raw: bytes, fail: Callable[[str], GuestImageError]
                        ) -> tuple[int, list[Segment]]:
         segments: list[Segment] = []
-        for index, ph in enumerate(elf.iter_segments()):
+        for ph in elf.iter_segments():
             p_type = ph["p_type"]
             if p_type == "PT_INTERP":
-                raise fail(f"has PT_INTERP ({ph.get_interp_name()}): dynamically linked; "
+                interp = getattr(ph, "get_interp_name", lambda: "?")()
+                raise fail(f"has PT_INTERP ({interp}): dynamically linked; "
                            "guests must be static (-static -nostdlib)")
             if p_type == "PT_DYNAMIC":
                 raise fail("has PT_DYNAMIC: dynamically linked; guests must be static")
@@ -193,7 +193,7 @@ class GuestImage:
                 continue
             off, filesz, memsz = ph["p_offset"], ph["p_filesz"], ph["p_memsz"]
             gpa = ph["p_paddr"]
-            seg = Segment(gpa, b"", memsz, ph["p_flags"], index)
+            seg = Segment(gpa, b"", memsz, ph["p_flags"]).describe(len(segments))
             if ph["p_vaddr"] != gpa:
                 raise fail(f"{seg}: p_vaddr {ph['p_vaddr']:#x} != p_paddr {gpa:#x}; "
                            "guest memory is identity mapped")
@@ -204,15 +204,15 @@ class GuestImage:
                            f"file has {len(raw):#x}")
             if gpa + memsz > 1 << 52:
                 raise fail(f"{seg}: beyond the 52-bit physical address space")
-            if memsz:
-                segments.append(seg._replace(data=raw[off:off + filesz]))
-        if not segments:
+            # Empty segments stay in the list so "segment N" always means segments[N].
+            segments.append(Segment(gpa, raw[off:off + filesz], memsz, ph["p_flags"]))
+        if not any(s.memsz for s in segments):
             raise fail("no PT_LOAD segments")
 
-        ordered = sorted(segments)
-        for a, b in zip(ordered, ordered[1:]):
-            if _overlaps(a.gpa, a.end, b.gpa, b.end):
-                raise fail(f"{a} overlaps {b}")
+        ordered = sorted((s.gpa, s.end, n) for n, s in enumerate(segments) if s.memsz)
+        for (a_start, a_end, a), (b_start, b_end, b) in zip(ordered, ordered[1:]):
+            if _overlaps(a_start, a_end, b_start, b_end):
+                raise fail(f"{segments[a].describe(a)} overlaps {segments[b].describe(b)}")
 
         entry: int = elf["e_entry"]
         if not any(s.gpa <= entry < s.end and s.flags & PF_X for s in segments):
@@ -258,13 +258,17 @@ class GuestImage:
         optionally with a name used in the message."""
         ram = _merge(_as_range(r, "RAM") for r in ram_ranges)
         reserved_list = [_as_range(r, "reserved range") for r in reserved]
-        for seg in self.segments:
+        for number, seg in enumerate(self.segments):
+            if not seg.memsz:
+                continue
             if not any(r.start <= seg.gpa and seg.end <= r.end for r in ram):
                 where = ", ".join(str(r) for r in ram) or "none"
-                raise GuestImageError(f"{self.name}: {seg} is not inside guest RAM ({where})")
+                raise GuestImageError(f"{self.name}: {seg.describe(number)} is not inside "
+                                      f"guest RAM ({where})")
             for r in reserved_list:
                 if _overlaps(seg.gpa, seg.end, r.start, r.end):
-                    raise GuestImageError(f"{self.name}: {seg} overlaps {r.name} {r}")
+                    raise GuestImageError(f"{self.name}: {seg.describe(number)} overlaps "
+                                          f"{r.name} {r}")
 
     def write_into(self, write_fn: Callable[[int, bytes], object]) -> None:
         """Copy the image into guest memory with ``write_fn(gpa, data)``, zeroing .bss
@@ -295,4 +299,4 @@ class GuestImage:
     @property
     def end(self) -> int:
         """First GPA after the highest segment."""
-        return max(s.end for s in self.segments)
+        return max(s.end for s in self.segments if s.memsz)

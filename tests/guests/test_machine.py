@@ -1,0 +1,203 @@
+"""Long-mode guests on the real /dev/kvm: calls, asserts, exceptions, watchdog, N vCPUs."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import threading
+from pathlib import Path
+
+import pytest
+
+from kvmharness.guest.build import guests_source_dir
+from kvmharness.guest.errors import (
+    GuestAssertionError, GuestCrash, GuestExceptionError, GuestImageError, GuestTimeout,
+)
+from kvmharness.guest.layout import GiB, MiB, PAGE_2M, Layout, LayoutError, Region
+
+HELLO_ASSERT_FAIL, HELLO_DIVIDE_ERROR, HELLO_PAGE_FAULT, HELLO_SPIN = 1, 2, 3, 4
+HELLO_TRIPLE_FAULT, HELLO_BARRIER_SUM, HELLO_READ_GPAS = 5, 6, 7
+u32, u64 = ctypes.c_uint32, ctypes.c_uint64
+
+
+def source_line(guest_file: str, needle: str) -> int:
+    lines = (guests_source_dir() / guest_file).read_text().splitlines()
+    return next(i for i, text in enumerate(lines, 1) if needle in text)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_hello_syncs_prints_and_finishes(machine):
+    m = machine("hello")
+    m.run(timeout_s=60)
+    assert m.syncs == [(0, (1, 0)), (0, (2, sum(range(101))))]
+    assert m.prints and m.prints[0][1].startswith("hello from vcpu 0 of 1")
+    assert [s.value for s in m.states()] == ["done"]
+
+
+@pytest.mark.parametrize("nvcpus", [1, 2, 4])
+def test_vcpus_compute_checkable_sums_across_barrier(machine, nvcpus):
+    m = machine("hello", vcpus=nvcpus)
+    m.write_var("hello_mode", HELLO_BARRIER_SUM, u32)
+    m.run(timeout_s=120)
+    results = m.read_var("hello_result", u64 * 64)
+    per_vcpu = 1000  # hello.c: vCPU v sums [v*1000, (v+1)*1000)
+    expected = [sum(range(v * per_vcpu, (v + 1) * per_vcpu)) for v in range(nvcpus)]
+    assert list(results[:nvcpus]) == expected
+    assert all(r == 0 for r in results[nvcpus:])
+    assert m.syncs == [(0, (HELLO_BARRIER_SUM, sum(expected)))]
+
+
+def test_guest_assert_reports_file_line_and_values(machine):
+    m = machine("hello")
+    m.write_var("hello_mode", HELLO_ASSERT_FAIL, u32)
+    with pytest.raises(GuestAssertionError) as info:
+        m.run(timeout_s=60)
+    line = source_line("hello.c", "GUEST_ASSERT_EQ(hello_seven, 5)")
+    assert str(info.value).startswith(f"hello.c:{line}: hello_seven == 5 (7 vs 5)")
+
+
+def test_divide_error_reported_with_vector_and_rip(machine):
+    m = machine("hello")
+    m.write_var("hello_mode", HELLO_DIVIDE_ERROR, u32)
+    with pytest.raises(GuestExceptionError) as info:
+        m.run(timeout_s=60)
+    exc = info.value.exception
+    assert exc.vector == 0 and "#DE" in str(info.value)
+    assert m.image.segments[0].gpa <= exc.rip < m.image.end
+    assert f"RIP {exc.rip:#x}" in str(info.value)
+    assert "rax=" in str(info.value)
+
+
+def test_page_fault_reports_cr2_and_error_code(machine):
+    m = machine("hello")
+    m.write_var("hello_mode", HELLO_PAGE_FAULT, u32)
+    m.write_var("hello_fault_addr", 5 * GiB)  # canonical, no page-table entry
+    with pytest.raises(GuestExceptionError) as info:
+        m.run(timeout_s=60)
+    exc = info.value.exception
+    assert exc.vector == 14 and exc.cr2 == 5 * GiB
+    assert exc.error_code & 1 == 0, "not-present fault expected"
+    assert "#PF" in str(info.value) and f"CR2 {5 * GiB:#x}" in str(info.value)
+
+
+def test_watchdog_stops_spinning_guest(machine):
+    m = machine("hello", watchdog_s=0.5)
+    m.write_var("hello_mode", HELLO_SPIN, u32)
+    threads = threading.active_count()
+    with pytest.raises(GuestTimeout) as info:
+        m.run(timeout_s=60)
+    assert info.value.vcpu == 0 and info.value.rip is not None
+    assert "vCPU 0" in str(info.value) and f"{info.value.rip:#x}" in str(info.value)
+    assert threading.active_count() <= threads
+
+
+def test_triple_fault_is_a_crash_with_registers(machine):
+    m = machine("hello")
+    m.write_var("hello_mode", HELLO_TRIPLE_FAULT, u32)
+    with pytest.raises(GuestCrash) as info:
+        m.run(timeout_s=60)
+    assert "KVM_EXIT_SHUTDOWN" in str(info.value) and "rip=" in str(info.value)
+
+
+def test_guest_reads_host_values_through_4k_2m_and_mmio(machine):
+    layout = Layout.of([
+        Region("small", 1 * GiB, 8 * MiB, "ram"),
+        Region("huge", 2 * GiB, 8 * MiB, "ram", page_size=PAGE_2M),
+        Region("hole", 3 * GiB, 2 * MiB, "mmio", page_size=PAGE_2M),
+    ])
+    mmio_reads = []
+
+    def on_mmio(m, vcpu, exit_):
+        mmio_reads.append(exit_.phys_addr)
+        return (0xD00D0000 + (exit_.phys_addr & 0xFFFF)).to_bytes(exit_.len, "little")
+
+    m = machine("hello", layout, on_mmio=on_mmio)
+    gpas = [1 * GiB, 1 * GiB + 8 * MiB - 8, 2 * GiB + 0x1000, 2 * GiB + 7 * MiB + 8, 3 * GiB + 0x40]
+    for i, gpa in enumerate(gpas[:4]):
+        m.write(gpa, (0x1111_0000 + i).to_bytes(8, "little"))
+    addrs = (u64 * 16)(*gpas)
+    m.write_var("hello_read_gpas", addrs, u64 * 16)
+    m.write_var("hello_read_count", len(gpas), u32)
+    m.write_var("hello_mode", HELLO_READ_GPAS, u32)
+    m.run(timeout_s=60)
+    values = list(m.read_var("hello_read_values", u64 * 16)[: len(gpas)])
+    assert values == [0x1111_0000, 0x1111_0001, 0x1111_0002, 0x1111_0003, 0xD00D0040]
+    assert mmio_reads == [3 * GiB + 0x40]
+
+
+def test_symbol_access_checks_names_and_sizes(machine):
+    m = machine("hello")
+    assert m.read_var("hello_seven", u32) == 7
+    m.write_var("hello_seven", 9, u32)
+    assert m.read_var("hello_seven", u32) == 9
+    with pytest.raises(GuestImageError, match="is 4 bytes but c_ulong is 8 bytes"):
+        m.read_var("hello_seven", u64)
+    with pytest.raises(GuestImageError, match="no symbol 'hello_sevn'.*hello_seven"):
+        m.read_var("hello_sevn", u32)
+
+
+def test_hammer_records_per_pass_per_vcpu_timings(machine):
+    pages, passes, nvcpus = 256, 3, 2
+    layout = Layout.of([Region("hammer", 1 * GiB, nvcpus * pages * 4096, "ram")])
+    m = machine("hammer", layout, vcpus=nvcpus)
+    m.write_var("hammer_base", 1 * GiB)
+    m.write_var("hammer_stride_per_vcpu", pages * 4096)
+    m.write_var("hammer_pages", pages)
+    m.write_var("hammer_passes", passes, u32)
+    m.write_var("hammer_write", 1, u32)
+    m.run(timeout_s=120)
+    done = m.read_var("hammer_passes_done", u32 * 64)
+    tsc = m.read_var("hammer_pass_tsc", (u64 * 4096) * 64)
+    assert list(done[:nvcpus]) == [passes] * nvcpus
+    for v in range(nvcpus):
+        assert all(tsc[v][p] > 0 for p in range(passes)), f"vCPU {v} has a zero pass time"
+        assert tsc[v][passes] == 0
+        # The last writer of every page of vCPU v's range is vCPU v's last pass.
+        last = m.read(1 * GiB + v * pages * 4096 + (pages - 1) * 4096, 8)
+        assert int.from_bytes(last, "little") == (v << 32) | passes
+    assert m.tsc_to_ns(tsc[0][0]) > 0
+
+
+def test_layout_errors_are_typed():
+    with pytest.raises(LayoutError, match="overlaps"):
+        Layout.of([Region("a", 1 * GiB, 4 * MiB), Region("b", 1 * GiB + 2 * MiB, 4 * MiB)])
+    with pytest.raises(LayoutError, match="low memory"):
+        Layout.of([Region("a", 8 * MiB, 4 * MiB)])
+    with pytest.raises(LayoutError, match="multiples of its page size"):
+        Layout.of([Region("a", 1 * GiB + 4096, 2 * MiB, page_size=PAGE_2M)])
+    with pytest.raises(LayoutError, match="1 GiB guest pages"):
+        Layout.of([Region("a", 1 * GiB, 1 * GiB, page_size=1 * GiB)])
+    with pytest.raises(LayoutError, match="two regions are named"):
+        Layout.of([Region("a", 1 * GiB, 1 * MiB), Region("a", 2 * GiB, 1 * MiB)])
+    Layout.of([Region("a", 1 * GiB, 1 * MiB), Region("b", 1 * GiB + 1 * MiB, 1 * MiB)])
+
+
+def test_memory_guard_refuses_before_allocating(kvm):
+    from kvmharness.guest.machine import Machine
+
+    fds = open_fds()
+    layout = Layout.of([Region("too-big", 4 * GiB, 4096 * GiB, page_size=PAGE_2M)])
+    with pytest.raises(LayoutError, match="GiB available"):
+        Machine(kvm, "hello", layout)
+    assert open_fds() == fds
+
+
+def test_no_fd_or_thread_leak_after_failures(kvm):
+    from kvmharness.guest.machine import Machine
+
+    with Machine(kvm, "hello") as m:
+        m.run(timeout_s=60)
+    fds, threads = open_fds(), threading.active_count()
+    for mode in (HELLO_ASSERT_FAIL, HELLO_DIVIDE_ERROR, HELLO_TRIPLE_FAULT, HELLO_SPIN):
+        with Machine(kvm, "hello", vcpus=2, watchdog_s=0.5) as m:
+            m.write_var("hello_mode", mode, u32)
+            with pytest.raises((GuestAssertionError, GuestExceptionError, GuestCrash,
+                                GuestTimeout)):
+                m.run(timeout_s=60)
+    assert open_fds() == fds
+    assert threading.active_count() == threads
+    assert kvm.vms == []
