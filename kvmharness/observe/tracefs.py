@@ -1,0 +1,174 @@
+"""Counting KVM tracepoints (kvmmmu:kvm_mmu_zap_all_fast, kvm_mmu_prepare_zap_page, ...)
+in a private tracefs instance, so the harness neither disturbs nor is disturbed by other
+tracing on the host.  Counts are what the kernel did, not what we asked for: they are how
+a result proves which zap path was taken."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import itertools
+import os
+import re
+from pathlib import Path
+from typing import Iterable
+
+CANDIDATE_MOUNTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+ZAP_EVENTS = (
+    "kvmmmu/kvm_mmu_zap_all_fast",
+    "kvmmmu/kvm_mmu_prepare_zap_page",
+)
+MMIO_EVENTS = (
+    "kvmmmu/mark_mmio_spte",
+    "kvmmmu/handle_mmio_page_fault",
+)
+BUFFER_KB_PER_CPU = 8192
+_instance_ids = itertools.count()
+_LINE = re.compile(r"\s\d+\.\d+:\s+([A-Za-z0-9_]+):")
+
+
+class TracefsError(OSError):
+    """tracefs is missing, not writable, or lacks an event; the message says which."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TracefsStatus:
+    usable: bool
+    path: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        return f"usable ({self.path})" if self.usable else self.reason
+
+
+def _mounted_tracefs() -> str | None:
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == "tracefs":
+                    return fields[1]
+    except OSError:
+        pass
+    return None
+
+
+def find_tracefs(mount: bool = True) -> str:
+    """The tracefs mount point; mounts it at /sys/kernel/tracing if it is not mounted and
+    ``mount`` is set (root only).  Raises TracefsError saying why it is unusable."""
+    path = _mounted_tracefs()
+    if path is None:
+        for candidate in CANDIDATE_MOUNTS:
+            if os.path.exists(os.path.join(candidate, "events")):
+                path = candidate
+                break
+    if path is None and mount:
+        target = CANDIDATE_MOUNTS[0]
+        rc = os.system(f"mount -t tracefs nodev {target} >/dev/null 2>&1")
+        if rc == 0:
+            path = target
+    if path is None:
+        raise TracefsError(errno.ENOENT, "tracefs not mounted (mount -t tracefs nodev "
+                           "/sys/kernel/tracing needs root)")
+    if not os.access(os.path.join(path, "instances"), os.W_OK):
+        raise TracefsError(errno.EACCES, f"tracefs at {path}: no permission (needs root)")
+    return path
+
+
+def tracefs_status(events: Iterable[str] = ZAP_EVENTS) -> TracefsStatus:
+    try:
+        path = find_tracefs()
+    except TracefsError as exc:
+        return TracefsStatus(False, None, exc.strerror or str(exc))
+    missing = [e for e in events if not os.path.isdir(os.path.join(path, "events", e))]
+    if missing:
+        return TracefsStatus(False, path, f"events missing: {', '.join(missing)} "
+                             "(kvm module without these tracepoints?)")
+    return TracefsStatus(True, path, "usable")
+
+
+class TraceCounter:
+    """``with TraceCounter(events) as tc: ...; tc.counts()`` — per-event counts of what
+    fired inside the block (host-wide: KVM's MMU events run in the ioctl's context or in
+    KVM's own workers).  ``lost`` is non-zero if the buffer overflowed."""
+
+    def __init__(self, events: Iterable[str] = ZAP_EVENTS, buffer_kb: int = BUFFER_KB_PER_CPU):
+        self.events = tuple(events)
+        self.buffer_kb = buffer_kb
+        self.root: Path | None = None
+        self.instance: Path | None = None
+        self._counts: dict[str, int] | None = None
+        self.lost = 0
+
+    def __enter__(self) -> "TraceCounter":
+        status = tracefs_status(self.events)
+        if not status.usable:
+            raise TracefsError(errno.ENOTSUP, f"tracefs not usable: {status.reason}")
+        self.root = Path(status.path)  # type: ignore[arg-type]
+        name = f"kvmharness-{os.getpid()}-{next(_instance_ids)}"
+        self.instance = self.root / "instances" / name
+        self.instance.mkdir()
+        try:
+            (self.instance / "buffer_size_kb").write_text(str(self.buffer_kb))
+            for event in self.events:
+                (self.instance / "events" / event / "enable").write_text("1")
+            (self.instance / "trace").write_text("")
+        except BaseException:
+            self._teardown()
+            raise
+        return self
+
+    def _short(self, event: str) -> str:
+        return event.rsplit("/", 1)[-1]
+
+    def stop(self) -> dict[str, int]:
+        """Stop counting and return the counts (also available later from ``counts()``)."""
+        if self._counts is None and self.instance is not None:
+            (self.instance / "tracing_on").write_text("0")
+            counts = {self._short(e): 0 for e in self.events}
+            with open(self.instance / "trace") as f:
+                for line in f:
+                    if line.startswith("#"):
+                        continue
+                    m = _LINE.search(line)
+                    if m and m.group(1) in counts:
+                        counts[m.group(1)] += 1
+            self.lost = self._overruns()
+            self._counts = counts
+        return dict(self._counts or {})
+
+    def counts(self) -> dict[str, int]:
+        return self.stop()
+
+    def _overruns(self) -> int:
+        total = 0
+        per_cpu = self.instance / "per_cpu"  # type: ignore[operator]
+        for cpu in per_cpu.iterdir() if per_cpu.exists() else ():
+            try:
+                for line in (cpu / "stats").read_text().splitlines():
+                    if line.startswith("overrun:"):
+                        total += int(line.split()[1])
+            except OSError:
+                continue
+        return total
+
+    def _teardown(self) -> None:
+        if self.instance is None:
+            return
+        for event in self.events:
+            try:
+                (self.instance / "events" / event / "enable").write_text("0")
+            except OSError:
+                pass
+        try:
+            self.instance.rmdir()
+        except OSError:
+            pass
+        self.instance = None
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self.stop()
+        finally:
+            self._teardown()
