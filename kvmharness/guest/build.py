@@ -163,7 +163,7 @@ def _run_make(source_dir: Path, build_dir: Path, target: Path) -> None:
 def _build_locked(source_dir: Path, build_dir: Path, elf: Path, sources: list[Path]) -> None:
     try:
         build_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(build_dir / ".lock", "a")
+        lock = open(build_dir / ".lock", "a")  # noqa: SIM115 - closed by the with below
     except OSError as exc:
         raise GuestBuildError(f"cannot create the guest build folder {build_dir}: {exc}") from exc
     with lock:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import difflib
 import io
+import itertools
 import struct
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple, Union
+from typing import NamedTuple
 
 from elftools.elf.elffile import ELFFile
 
@@ -69,7 +71,7 @@ class GpaRange(NamedTuple):
         return f"[{self.start:#x}-{self.end:#x})"
 
 
-RangeLike = Union[GpaRange, tuple[int, int], tuple[int, int, str]]
+RangeLike = GpaRange | tuple[int, int] | tuple[int, int, str]
 
 
 def _as_range(r: RangeLike, default_name: str) -> GpaRange:
@@ -210,7 +212,7 @@ class GuestImage:
             raise fail("no PT_LOAD segments")
 
         ordered = sorted((s.gpa, s.end, n) for n, s in enumerate(segments) if s.memsz)
-        for (a_start, a_end, a), (b_start, b_end, b) in zip(ordered, ordered[1:]):
+        for (a_start, a_end, a), (b_start, b_end, b) in itertools.pairwise(ordered):
             if _overlaps(a_start, a_end, b_start, b_end):
                 raise fail(f"{segments[a].describe(a)} overlaps {segments[b].describe(b)}")
 

@@ -7,7 +7,8 @@ pytest failure without further context, e.g. ``hammer.c:57: pass < npasses (7 vs
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only for annotations: ucall.py imports this module
     from kvmharness.guest.ucall import GuestException

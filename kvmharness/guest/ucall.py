@@ -14,10 +14,15 @@ import dataclasses
 import enum
 import os
 import struct
-from typing import Callable, Mapping, Union
+from collections.abc import Callable, Mapping
 
-from kvmharness.guest.errors import (GuestAssertionError, GuestError, GuestExceptionError,
-                                     UcallError, format_regs)
+from kvmharness.guest.errors import (
+    GuestAssertionError,
+    GuestError,
+    GuestExceptionError,
+    UcallError,
+    format_regs,
+)
 
 KH_UCALL_PORT = 0x6000
 KH_UCALL_MAX_ARGS = 24
@@ -168,7 +173,7 @@ class GuestException:
         return GuestExceptionError(self, vcpu)
 
 
-Ucall = Union[Sync, Print, Assert, Done, GuestException]
+Ucall = Sync | Print | Assert | Done | GuestException
 
 
 def _read(read: ReadFn, gpa: int, size: int, what: str) -> bytes:
