@@ -15,6 +15,10 @@ uint32_t hammer_sync_each_pass;
 uint64_t hammer_pass_tsc[KH_MAX_VCPUS][HAMMER_MAX_PASSES];
 uint32_t hammer_passes_done[KH_MAX_VCPUS];
 uint64_t hammer_checksum[KH_MAX_VCPUS];
+uint64_t hammer_rom_base;
+uint64_t hammer_rom_bytes;
+uint64_t hammer_rom_present[KH_MAX_VCPUS];
+uint64_t hammer_rom_absent[KH_MAX_VCPUS];
 
 static void hammer_check_params(uint32_t vcpu)
 {
@@ -35,6 +39,8 @@ static void hammer_check_params(uint32_t vcpu)
 			 "per-vCPU ranges overlap: stride %lu < %lu pages * %lu",
 			 hammer_stride_per_vcpu, hammer_pages, hammer_page_size);
 	GUEST_ASSERT_EQ(hammer_stride_per_vcpu % 8, 0);
+	GUEST_ASSERT_EQ(hammer_rom_base % 4096, 0);
+	GUEST_ASSERT_EQ(hammer_rom_bytes % 4096, 0);
 }
 
 /* One pass: no calls, no exits; the loop is the measurement. */
@@ -51,6 +57,24 @@ static void hammer_write_pass(uint64_t addr, uint64_t pages, uint64_t step, uint
 {
 	for (; pages; pages--, addr += step)
 		*(volatile uint64_t *)(uintptr_t)addr = value;
+}
+
+/* Between passes (never inside one): the ROM may come and go under us. */
+static void hammer_read_rom(uint32_t vcpu)
+{
+	uint64_t off;
+
+	for (off = 0; off < hammer_rom_bytes; off += 4096) {
+		uint64_t word = *(volatile uint64_t *)(uintptr_t)(hammer_rom_base + off);
+
+		if (word == HAMMER_ROM_WORD(off))
+			hammer_rom_present[vcpu]++;
+		else if (word == HAMMER_ROM_ABSENT)
+			hammer_rom_absent[vcpu]++;
+		else
+			GUEST_ASSERT_MSG(0, "ROM word at %lx reads %lx: neither the ROM pattern "
+					 "nor the absent-ROM value", hammer_rom_base + off, word);
+	}
 }
 
 void guest_main(uint32_t vcpu, void *arg)
@@ -83,6 +107,8 @@ void guest_main(uint32_t vcpu, void *arg)
 		/* Store the count after the sample, so the host never reads a stale one. */
 		kh_store_release(&hammer_passes_done[vcpu], pass + 1);
 		hammer_checksum[vcpu] = sum;
+		if (hammer_rom_base)
+			hammer_read_rom(vcpu);
 		if (hammer_sync_each_pass)
 			GUEST_SYNC(pass);
 	}

@@ -25,6 +25,18 @@ extern uint32_t hammer_passes;		/* 1 .. HAMMER_MAX_PASSES */
 extern uint32_t hammer_write;		/* 0: read, 1: write HAMMER_WRITE_VALUE */
 extern uint32_t hammer_sync_each_pass;	/* non-zero: GUEST_SYNC(pass) after each pass */
 
+/*
+ * Optional ROM reader: after each pass, read one word per page of
+ * [hammer_rom_base, + hammer_rom_bytes) and check it.  A word is
+ * HAMMER_ROM_WORD(offset) while the ROM memslot exists, or all-ones while it
+ * is deleted (the access exits as MMIO and the host answers like an unmapped
+ * PCI ROM BAR).  Anything else is a GUEST_ASSERT failure.
+ */
+extern uint64_t hammer_rom_base;	/* 0: no ROM reading */
+extern uint64_t hammer_rom_bytes;
+#define HAMMER_ROM_WORD(offset)	(0x524F4D0000000000ULL | (uint64_t)(offset))
+#define HAMMER_ROM_ABSENT	(~0ULL)
+
 /* Value written by pass p of vCPU v: lets the host check who wrote last. */
 #define HAMMER_WRITE_VALUE(v, p)	(((uint64_t)(v) << 32) | ((uint64_t)(p) + 1))
 
@@ -32,5 +44,7 @@ extern uint32_t hammer_sync_each_pass;	/* non-zero: GUEST_SYNC(pass) after each 
 extern uint64_t hammer_pass_tsc[KH_MAX_VCPUS][HAMMER_MAX_PASSES];
 extern uint32_t hammer_passes_done[KH_MAX_VCPUS];
 extern uint64_t hammer_checksum[KH_MAX_VCPUS];	/* read mode: sum of words read */
+extern uint64_t hammer_rom_present[KH_MAX_VCPUS];	/* ROM words read with the pattern */
+extern uint64_t hammer_rom_absent[KH_MAX_VCPUS];	/* ROM words read as all-ones */
 
 #endif /* HAMMER_H */

@@ -135,7 +135,11 @@ def setup_long_mode(vcpu: Vcpu, cpuid: list[kvm_cpuid_entry2], *, cr3: int, entr
     sregs.cr4 = CR4_PAE | CR4_OSFXSR
     sregs.efer = EFER_LME | EFER_LMA | (EFER_NX if has_nx(cpuid) else 0)
     vcpu.set_sregs(sregs)
+    set_entry_regs(vcpu, entry=entry, stack_top=stack_top, args=args)
 
+
+def set_entry_regs(vcpu: Vcpu, *, entry: int, stack_top: int, args: Iterable[int] = ()) -> None:
+    """General registers for a fresh call of ``entry`` (also used to re-run a guest)."""
     regs = vcpu.get_regs()
     for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11",
                  "r12", "r13", "r14", "r15"):

@@ -60,6 +60,8 @@ class _Runner:
     error: BaseException | None = None
     last_activity: float = 0.0
     timed_out: bool = False
+    stack_top: int = 0
+    arg: int = 0
 
 
 def regs_dict(vcpu: Vcpu) -> dict[str, int]:
@@ -139,7 +141,8 @@ class Machine:
             longmode.setup_long_mode(vcpu, longmode.per_vcpu_cpuid(cpuid, index),
                                      cr3=self.page_tables.cr3, entry=self.image.entry,
                                      stack_top=stack_top, args=(index, vcpu_args[index]))
-            self._runners.append(_Runner(index, vcpu))
+            self._runners.append(_Runner(index, vcpu, stack_top=stack_top,
+                                         arg=vcpu_args[index]))
         self.tsc_khz = self._runners[0].vcpu.get_tsc_khz()
         self.write_var("kh_tsc_khz", self.tsc_khz, ctypes.c_uint64)
 
@@ -206,6 +209,18 @@ class Machine:
             runner.thread = threading.Thread(target=self._vcpu_thread, args=(runner,),
                                              name=f"kvmharness-vcpu{runner.index}", daemon=True)
             runner.thread.start()
+
+    def reset(self) -> None:
+        """Put every finished vCPU back at the image's entry, in the same VM and memory, so
+        the guest can run again (iterations of a measurement reuse one VM)."""
+        for r in self._runners:
+            if r.thread is not None and r.thread.is_alive():
+                raise GuestError(f"vCPU {r.index} is still running: stop() or wait() first")
+            longmode.set_entry_regs(r.vcpu, entry=self.image.entry, stack_top=r.stack_top,
+                                    args=(r.index, r.arg))
+            r.vcpu.clear_stop()
+            r.thread, r.state, r.error, r.timed_out = None, VcpuState.READY, None, False
+        self.write_var("kh_stop", 0)
 
     def run(self, timeout_s: float | None = None) -> None:
         """start() and wait()."""

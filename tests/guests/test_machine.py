@@ -201,3 +201,13 @@ def test_no_fd_or_thread_leak_after_failures(kvm):
     assert open_fds() == fds
     assert threading.active_count() == threads
     assert kvm.vms == []
+
+
+def test_reset_runs_the_guest_again_in_the_same_vm(machine):
+    m = machine("hello")
+    m.run(timeout_s=60)
+    vm_fd = m.vm.fd
+    m.reset()
+    m.run(timeout_s=60)
+    assert m.vm.fd == vm_fd
+    assert [values for _, values in m.syncs] == [(1, 0), (2, 5050)] * 2

@@ -1,0 +1,157 @@
+"""What every memslot-touching scenario shares: the zap-policy variant, per-phase KVM stats
+and tracepoint recording, the effective zap path, and driving the hammer guest."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+from typing import Iterator, Mapping
+
+from kvmharness.guest.machine import Machine
+from kvmharness.kvm import Kvm, StatsSnapshot
+from kvmharness.kvm.stats import sum_deltas
+from kvmharness.observe.tracefs import MMIO_EVENTS, ZAP_EVENTS, TraceCounter, tracefs_status
+from kvmharness.scenarios.base import RunOutcome, VariantUnsupported
+from kvmharness.uapi.caps import KvmCap
+from kvmharness.uapi.x86 import KVM_X86_QUIRK_SLOT_ZAP_ALL
+
+u32, u64 = ctypes.c_uint32, ctypes.c_uint64
+HAMMER_MAX_PASSES = 4096  # guests/hammer.h
+KH_MAX_VCPUS = 64
+
+VCPU_STATS = ("pf_fixed", "pf_taken", "pf_mmio_spte_created", "mmio_exits", "exits",
+              "insn_emulation", "tlb_flush", "io_exits", "halt_exits")
+VM_STATS = ("mmu_shadow_zapped", "remote_tlb_flush", "remote_tlb_flush_requests",
+            "pages_4k", "pages_2m", "pages_1g", "mmu_recycled", "mmu_cache_miss")
+
+
+def zap_quirk_mask(kvm: Kvm, variant: Mapping[str, str]) -> int:
+    """The quirk bits to disable for ``variant['zap']``; VariantUnsupported for ``slot`` on
+    a kernel without KVM_X86_QUIRK_SLOT_ZAP_ALL (before v6.12 every delete zaps all)."""
+    zap = variant.get("zap", "all")
+    if zap == "all":
+        return 0
+    if zap != "slot":
+        raise ValueError(f"zap={zap!r}: expected 'all' or 'slot'")
+    supported = kvm.check_extension(KvmCap.KVM_CAP_DISABLE_QUIRKS2)
+    if not supported & KVM_X86_QUIRK_SLOT_ZAP_ALL:
+        raise VariantUnsupported(
+            "quirk not supported: this kernel has no KVM_X86_QUIRK_SLOT_ZAP_ALL (v6.12+); "
+            "memslot deletes always zap all here")
+    return int(KVM_X86_QUIRK_SLOT_ZAP_ALL)
+
+
+def _available_stats(snapshot_names: set[str], wanted: tuple[str, ...]) -> list[str]:
+    return [n for n in wanted if n in snapshot_names]
+
+
+class PhaseRecorder:
+    """Records, per named phase, KVM stats deltas (VM stats as ``vm.*``, vCPU stats summed
+    as ``vcpu.*``) and kvmmmu tracepoint counts into a RunOutcome."""
+
+    def __init__(self, machine: Machine, outcome: RunOutcome, *, trace: bool = True,
+                 events: tuple[str, ...] = ZAP_EVENTS + MMIO_EVENTS) -> None:
+        self.machine = machine
+        self.outcome = outcome
+        status = tracefs_status(events) if trace else None
+        self.trace_events = events if status is not None and status.usable else None
+        self.trace_reason = "disabled" if status is None else status.reason
+        vm_names = {d.name for d in machine.vm.stats().descriptors}  # type: ignore[union-attr]
+        vcpu_names = {d.name for d in machine.vcpus[0].stats().descriptors}
+        self.vm_stats = _available_stats(vm_names, VM_STATS)
+        self.vcpu_stats = _available_stats(vcpu_names, VCPU_STATS)
+        outcome.effective.setdefault("tracefs", "usable" if self.trace_events else
+                                     f"unavailable: {self.trace_reason}")
+
+    def snapshot(self) -> tuple[StatsSnapshot, list[StatsSnapshot]]:
+        vm = self.machine.vm.stats().snapshot(self.vm_stats)  # type: ignore[union-attr]
+        return vm, [v.stats().snapshot(self.vcpu_stats) for v in self.machine.vcpus]
+
+    @staticmethod
+    def delta(before: tuple[StatsSnapshot, list[StatsSnapshot]],
+              after: tuple[StatsSnapshot, list[StatsSnapshot]]) -> dict[str, int]:
+        out = {f"vm.{k}": int(v) for k, v in after[0].delta(before[0]).items()  # type: ignore[arg-type]
+               if isinstance(v, int)}
+        per_vcpu = [a.delta(b) for a, b in zip(after[1], before[1])]
+        out.update({f"vcpu.{k}": v for k, v in sum_deltas(per_vcpu).items()})
+        return out
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[dict[str, int]]:
+        """Accumulates into ``outcome.kvm_stats[name]`` / ``outcome.tracepoints[name]``, so
+        a phase entered repeatedly (one per toggle) sums up.  Yields the live delta dict,
+        filled when the block ends."""
+        result: dict[str, int] = {}
+        before = self.snapshot()
+        tracer = TraceCounter(self.trace_events) if self.trace_events else None
+        with tracer if tracer is not None else contextlib.nullcontext():
+            yield result
+        result.update(self.delta(before, self.snapshot()))
+        self._accumulate(self.outcome.kvm_stats, name, result)
+        if tracer is not None:
+            counts = tracer.counts()
+            if tracer.lost:
+                self.outcome.warnings.append(f"phase {name}: tracefs buffer overran, "
+                                             f"{tracer.lost} events lost")
+            self._accumulate(self.outcome.tracepoints, name, counts)
+
+    @staticmethod
+    def _accumulate(target: dict[str, dict[str, int]], name: str,
+                    values: Mapping[str, int]) -> None:
+        bucket = target.setdefault(name, {})
+        for k, v in values.items():
+            bucket[k] = bucket.get(k, 0) + v
+
+
+def record_zap_path(outcome: RunOutcome, variant: Mapping[str, str], deletes: int,
+                    phase: str) -> None:
+    """Say which zap path the kernel took, from the tracepoint counts of ``phase`` (the
+    phase that contains the memslot deletes/moves), and warn when it contradicts the
+    requested variant — a result must never claim a policy the kernel did not apply."""
+    requested = variant.get("zap", "all")
+    outcome.effective["zap_requested"] = requested
+    counts = outcome.tracepoints.get(phase)
+    if counts is None or "kvm_mmu_zap_all_fast" not in counts:
+        outcome.effective["zap_path"] = "unverified"
+        outcome.effective["zap_evidence"] = ("tracefs unavailable: the zap path is the "
+                                             "requested one, not observed")
+        return
+    fast = counts["kvm_mmu_zap_all_fast"]
+    path = "all" if fast > 0 else "slot"
+    outcome.effective["zap_path"] = path
+    outcome.effective["zap_evidence"] = (f"{fast} kvm_mmu_zap_all_fast events over "
+                                         f"{deletes} memslot deletes/moves")
+    if deletes and path != requested:
+        outcome.warnings.append(f"requested zap={requested} but the kernel took zap={path} "
+                                f"({outcome.effective['zap_evidence']})")
+
+
+@dataclasses.dataclass(frozen=True)
+class HammerConfig:
+    base: int
+    pages: int
+    passes: int
+    stride_per_vcpu: int
+    page_size: int = 4096
+    write: bool = True
+    sync_each_pass: bool = False
+
+    def apply(self, machine: Machine) -> None:
+        if not 1 <= self.passes <= HAMMER_MAX_PASSES:
+            raise ValueError(f"passes={self.passes}: the hammer guest records at most "
+                             f"{HAMMER_MAX_PASSES}")
+        machine.write_var("hammer_base", self.base)
+        machine.write_var("hammer_pages", self.pages)
+        machine.write_var("hammer_page_size", self.page_size)
+        machine.write_var("hammer_stride_per_vcpu", self.stride_per_vcpu)
+        machine.write_var("hammer_passes", self.passes, u32)
+        machine.write_var("hammer_write", int(self.write), u32)
+        machine.write_var("hammer_sync_each_pass", int(self.sync_each_pass), u32)
+
+
+def hammer_pass_ns(machine: Machine, nvcpus: int) -> list[list[float]]:
+    """Per vCPU, the completed passes' durations in ns (guest TSC → KVM_GET_TSC_KHZ)."""
+    done = machine.read_var("hammer_passes_done", u32 * KH_MAX_VCPUS)
+    tsc = machine.read_var("hammer_pass_tsc", (u64 * HAMMER_MAX_PASSES) * KH_MAX_VCPUS)
+    return [[machine.tsc_to_ns(tsc[v][p]) for p in range(done[v])] for v in range(nvcpus)]
