@@ -106,9 +106,12 @@ class kvm_coalesced_mmio(ctypes.Structure):
 
 
 class kvm_coalesced_mmio_ring(ctypes.Structure):
-    """Header only; entries follow (``KVM_COALESCED_MMIO_MAX`` of them in one page)."""
+    """Header only; entries follow (``KVM_COALESCED_MMIO_MAX`` of them in one page).
 
-    _fields_ = [("first", c_uint32), ("last", c_uint32)]
+    ``coalesced_mmio`` is zero-length, like C's flexible array: it gives C's alignment (8)."""
+
+    _fields_ = [("first", c_uint32), ("last", c_uint32),
+                ("coalesced_mmio", kvm_coalesced_mmio * 0)]
 
 
 KVM_COALESCED_MMIO_MAX = (PAGE_SIZE - ctypes.sizeof(kvm_coalesced_mmio_ring)) // ctypes.sizeof(
@@ -150,7 +153,6 @@ class kvm_stats_desc(ctypes.Structure):
     ]
 
 
-KVM_STATS_NAME_SIZE = 48
 KVM_STATS_TYPE_SHIFT = 0
 KVM_STATS_TYPE_MASK = 0xF << KVM_STATS_TYPE_SHIFT
 KVM_STATS_TYPE_CUMULATIVE = 0x0 << KVM_STATS_TYPE_SHIFT

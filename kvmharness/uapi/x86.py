@@ -65,9 +65,11 @@ class kvm_msr_entry(ctypes.Structure):
 
 
 class kvm_msrs(ctypes.Structure):
-    """Header only (the kernel's flexible array); use ``make_kvm_msrs(n)`` for a usable buffer."""
+    """Header only (the kernel's flexible array); use ``make_kvm_msrs(n)`` for a usable buffer.
 
-    _fields_ = [("nmsrs", c_uint32), ("pad", c_uint32)]
+    ``entries`` is zero-length, like C's ``entries[]``: it gives the struct C's alignment (8)."""
+
+    _fields_ = [("nmsrs", c_uint32), ("pad", c_uint32), ("entries", kvm_msr_entry * 0)]
 
 
 class kvm_cpuid_entry2(ctypes.Structure):
@@ -81,7 +83,7 @@ class kvm_cpuid_entry2(ctypes.Structure):
 class kvm_cpuid2(ctypes.Structure):
     """Header only (the kernel's flexible array); use ``make_kvm_cpuid2(n)``."""
 
-    _fields_ = [("nent", c_uint32), ("padding", c_uint32)]
+    _fields_ = [("nent", c_uint32), ("padding", c_uint32), ("entries", kvm_cpuid_entry2 * 0)]
 
 
 class kvm_debug_exit_arch(ctypes.Structure):
@@ -99,7 +101,9 @@ def _flex(header: type, array_field: str, entry: type, n: int) -> type:
         cls = type(
             f"{header.__name__}_{n}",
             (ctypes.Structure,),
-            {"_fields_": list(header._fields_) + [(array_field, entry * n)]},
+            # The header's zero-length flexible array is replaced by an n-entry one.
+            {"_fields_": [f for f in header._fields_ if f[0] != array_field]
+             + [(array_field, entry * n)]},
         )
         _flex_cache[key] = cls
     return cls
