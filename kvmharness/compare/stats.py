@@ -1,0 +1,238 @@
+"""Distribution-free statistics for A/B comparisons (standard library only).
+
+Kernel timings are skewed and heavy-tailed (DESIGN.md §4: maxima of 1-50 ms next to
+microsecond medians), so everything here is rank- or order-statistic based: medians,
+binomial order-statistic confidence intervals, Mann-Whitney U, and a bootstrap CI for the
+ratio of medians.  Mean/stdev/CoV are reported only as noise indicators.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import random
+import statistics
+from typing import Literal, Sequence
+
+DEFAULT_ALPHA = 0.05
+DEFAULT_CONFIDENCE = 0.95
+DEFAULT_BOOTSTRAP_RESAMPLES = 2000
+DEFAULT_SEED = 20240601
+
+# Exact U distributions stay cheap (O(m * m * n) integer additions) well past this size;
+# above it the normal approximation is accurate to far better than the p-values we print.
+EXACT_MAX_PER_SIDE = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """One side of a comparison: the per-run values of one metric."""
+
+    n: int
+    median: float | None
+    ci_low: float | None
+    ci_high: float | None
+    # Order statistics give only discrete coverages; this is the one actually achieved
+    # (below the requested level when n is too small for any interval to reach it).
+    ci_level: float | None
+    mean: float | None
+    stdev: float | None
+    cov: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class MannWhitney:
+    u: float
+    p: float
+    method: Literal["exact", "normal", "degenerate"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """B relative to A: median_B / median_A - 1, with a bootstrap CI."""
+
+    ratio: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+def median(values: Sequence[float]) -> float | None:
+    return float(statistics.median(values)) if values else None
+
+
+def binomial_cdf_half(k: int, n: int) -> float:
+    """P(X <= k) for X ~ Binomial(n, 1/2), exact via integer arithmetic."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    return sum(math.comb(n, i) for i in range(k + 1)) / (1 << n)
+
+
+def median_ci_ranks(n: int, confidence: float = DEFAULT_CONFIDENCE) -> tuple[int, int, float]:
+    """1-based ranks (lo, hi) of the order statistics bounding the median, and the coverage.
+
+    The interval [x_(k), x_(n+1-k)] covers the population median with probability
+    1 - 2 P(Binomial(n, 1/2) <= k-1); take the narrowest one that still reaches
+    ``confidence``.  When n is too small for that, return the full range and its (lower)
+    coverage so the caller can say so instead of silently over-claiming.
+    """
+    if n < 1:
+        raise ValueError("median CI needs at least one value")
+    best_k = 1
+    for k in range(1, (n + 1) // 2 + 1):
+        coverage = 1.0 - 2.0 * binomial_cdf_half(k - 1, n)
+        if coverage >= confidence:
+            best_k = k
+        else:
+            break
+    coverage = 1.0 - 2.0 * binomial_cdf_half(best_k - 1, n)
+    return best_k, n + 1 - best_k, coverage
+
+
+def summarize(values: Sequence[float], confidence: float = DEFAULT_CONFIDENCE) -> Summary:
+    n = len(values)
+    if n == 0:
+        return Summary(0, None, None, None, None, None, None, None)
+    ordered = sorted(values)
+    lo, hi, coverage = median_ci_ranks(n, confidence)
+    mean = statistics.fmean(ordered)
+    stdev = statistics.stdev(ordered) if n >= 2 else None
+    cov = stdev / abs(mean) if stdev is not None and mean != 0 else None
+    return Summary(
+        n=n,
+        median=statistics.median(ordered),
+        ci_low=ordered[lo - 1],
+        ci_high=ordered[hi - 1],
+        ci_level=coverage,
+        mean=mean,
+        stdev=stdev,
+        cov=cov,
+    )
+
+
+def _ranks(values: Sequence[float]) -> tuple[list[float], list[int]]:
+    """Mid-ranks (1-based) of ``values`` and the sizes of each tie group."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    ties: list[int] = []
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        mid = (i + j) / 2 + 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = mid
+        ties.append(j - i + 1)
+        i = j + 1
+    return ranks, ties
+
+
+@functools.lru_cache(maxsize=64)
+def u_distribution(m: int, n: int) -> tuple[int, ...]:
+    """counts[u] = number of rank arrangements giving U = u (no ties), u = 0..m*n.
+
+    These are the coefficients of the Gaussian binomial [m+n choose m]_q, built from
+    prod_{i=1..m} (1 - q^(n+i)) / (1 - q^i) with exact integer polynomial arithmetic.
+    """
+    size = m * n + 1
+    poly = [0] * size
+    poly[0] = 1
+    for i in range(1, m + 1):
+        step = n + i
+        for k in range(size - 1, step - 1, -1):  # multiply by (1 - q^(n+i))
+            poly[k] -= poly[k - step]
+        for k in range(i, size):  # divide by (1 - q^i): running sum with stride i
+            poly[k] += poly[k - i]
+    return tuple(poly)
+
+
+def mann_whitney(a: Sequence[float], b: Sequence[float]) -> MannWhitney:
+    """Two-sided Mann-Whitney U test; U is counted for ``a`` (pairs with a > b, ties 1/2)."""
+    m, n = len(a), len(b)
+    if m == 0 or n == 0:
+        raise ValueError("Mann-Whitney needs at least one value per side")
+    ranks, ties = _ranks([*a, *b])
+    u = sum(ranks[:m]) - m * (m + 1) / 2
+    mu = m * n / 2
+    has_ties = any(t > 1 for t in ties)
+    if not has_ties and max(m, n) <= EXACT_MAX_PER_SIDE:
+        counts = u_distribution(m, n)
+        total = sum(counts)
+        # The U distribution is symmetric about mn/2, so "at least as far from the centre"
+        # equals twice the smaller tail (and is 1 when U sits on the centre).
+        distance = abs(u - mu)
+        extreme = sum(c for k, c in enumerate(counts) if abs(k - mu) >= distance - 1e-9)
+        return MannWhitney(u, min(1.0, extreme / total), "exact")
+    big_n = m + n
+    tie_term = sum(t**3 - t for t in ties) / (big_n * (big_n - 1))
+    variance = m * n / 12 * ((big_n + 1) - tie_term)
+    if variance <= 0:
+        # Every value identical across both sides: no evidence of any difference.
+        return MannWhitney(u, 1.0, "degenerate")
+    z = max(0.0, abs(u - mu) - 0.5) / math.sqrt(variance)
+    return MannWhitney(u, min(1.0, math.erfc(z / math.sqrt(2))), "normal")
+
+
+def min_attainable_p(m: int, n: int) -> float:
+    """Smallest two-sided p the test can give for these sizes (complete separation)."""
+    if m == 0 or n == 0:
+        return 1.0
+    return min(1.0, 2 / math.comb(m + n, m))
+
+
+def bootstrap_change(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    confidence: float = DEFAULT_CONFIDENCE,
+    resamples: int = DEFAULT_BOOTSTRAP_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> Change:
+    """median(b)/median(a) - 1 with a percentile bootstrap CI (seeded: same input, same CI)."""
+    if not a or not b:
+        return Change(None, None, None)
+    med_a, med_b = statistics.median(a), statistics.median(b)
+    if med_a == 0:
+        return Change(None, None, None)
+    ratio = med_b / med_a - 1
+    rng = random.Random(seed)
+    stats: list[float] = []
+    la, lb = list(a), list(b)
+    for _ in range(resamples):
+        ra = statistics.median(rng.choices(la, k=len(la)))
+        rb = statistics.median(rng.choices(lb, k=len(lb)))
+        if ra != 0:
+            stats.append(rb / ra - 1)
+    if not stats:
+        return Change(ratio, None, None)
+    stats.sort()
+    tail = (1 - confidence) / 2
+    lo = stats[max(0, math.floor(tail * len(stats)))]
+    hi = stats[min(len(stats) - 1, math.ceil((1 - tail) * len(stats)) - 1)]
+    return Change(ratio, lo, hi)
+
+
+def is_significant(p: float | None, change: Change, *, alpha: float, min_change: float) -> bool:
+    """All three must hold: the rank test, a CI that excludes 0, and a material change."""
+    if p is None or change.ratio is None or change.ci_low is None or change.ci_high is None:
+        return False
+    excludes_zero = change.ci_low > 0 or change.ci_high < 0
+    return p < alpha and excludes_zero and abs(change.ratio) >= min_change
+
+
+def robust_outliers(values: Sequence[float], threshold: float = 3.5) -> list[float]:
+    """Values whose modified z-score (Iglewicz-Hoaglin, median/MAD based) exceeds threshold.
+
+    MAD rather than IQR fences: with n=20 Tukey's 1.5 IQR flags a clean normal sample
+    about one time in eight, which would drown real warnings.
+    """
+    if len(values) < 3:
+        return []
+    med = statistics.median(values)
+    mad = statistics.median(abs(v - med) for v in values)
+    if mad == 0:
+        return []
+    return [v for v in values if 0.6745 * abs(v - med) / mad > threshold]

@@ -1,0 +1,150 @@
+"""Reasons to distrust a comparison: noisy sides, too few runs, a busy or throttled host,
+and any way the two sides differ besides the thing under test.
+
+Warnings never change a verdict; they tell the reader when the verdict is weak.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from typing import Any, Iterable, Mapping, Sequence
+
+from kvmharness.compare import stats
+from kvmharness.results.model import ResultFile, RunRecord
+
+COV_LIMIT = 0.10
+FREQ_DRIFT_LIMIT = 0.05
+STEAL_PCT_LIMIT = 2.0
+OTHERS_BUSY_CPUS_LIMIT = 0.5
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    """Nested mappings as dotted keys; leaves rendered as compact JSON for comparison."""
+    if isinstance(value, Mapping):
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: json.dumps(value, sort_keys=True)}
+
+
+def _short(text: str, limit: int = 40) -> str:
+    text = text.strip('"') if text.startswith('"') else text
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """'key: A -> B' for every leaf that differs, including ones present on one side only."""
+    fa, fb = flatten(a, prefix), flatten(b, prefix)
+    out = []
+    for key in sorted(fa.keys() | fb.keys()):
+        va, vb = fa.get(key, "(absent)"), fb.get(key, "(absent)")
+        if va != vb:
+            out.append(f"{key}: {_short(va)} -> {_short(vb)}")
+    return out
+
+
+def setup_differences(a: ResultFile, b: ResultFile) -> list[str]:
+    """Differences between the files behind A and B: environment and run settings."""
+    def settings(f: ResultFile) -> dict[str, Any]:
+        return {"parameters": f.parameters, "quick": f.quick, "iterations": f.iterations,
+                "warmup": f.warmup}
+
+    return differences(settings(a), settings(b)) + differences(a.environment, b.environment)
+
+
+def side_warnings(side: str, metrics: Mapping[str, Sequence[float]],
+                  summaries: Mapping[str, stats.Summary]) -> list[str]:
+    out = []
+    for metric, values in metrics.items():
+        s = summaries[metric]
+        if s.cov is not None and s.cov >= COV_LIMIT:
+            out.append(f"{side}: {metric}: CoV {s.cov * 100:.1f}% >= {COV_LIMIT * 100:.0f}% "
+                       "(noisy; more runs or a quieter host)")
+        outliers = stats.robust_outliers(values)
+        if outliers:
+            shown = ", ".join(f"{v:.4g}" for v in sorted(outliers)[:3])
+            out.append(f"{side}: {metric}: {len(outliers)} outlier run(s) ({shown}"
+                       f"{', ...' if len(outliers) > 3 else ''})")
+    return out
+
+
+def power_warning(n_a: int, n_b: int, alpha: float) -> list[str]:
+    floor = stats.min_attainable_p(n_a, n_b)
+    if n_a and n_b and floor >= alpha:
+        needed = next((k for k in range(1, 200) if stats.min_attainable_p(k, k) < alpha), None)
+        hint = f" (needs --repeat >= {needed})" if needed else ""
+        return [f"n={n_a}/{n_b}: the smallest possible p is {floor:.3g} >= alpha {alpha:g}, "
+                f"so nothing can be significant{hint}"]
+    return []
+
+
+def _noise_values(runs: Iterable[RunRecord], key: str) -> list[float]:
+    vals = []
+    for r in runs:
+        v = r.noise.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            vals.append(float(v))
+    return vals
+
+
+def _mean_mhz(runs: Sequence[RunRecord]) -> float | None:
+    vals = _noise_values(runs, "cpu_mhz_before") + _noise_values(runs, "cpu_mhz_after")
+    return statistics.median(vals) if vals else None
+
+
+def noise_warnings(side: str, runs: Sequence[RunRecord]) -> list[str]:
+    out = []
+    drifted = 0
+    for r in runs:
+        before, after = r.noise.get("cpu_mhz_before"), r.noise.get("cpu_mhz_after")
+        if isinstance(before, (int, float)) and isinstance(after, (int, float)) and before > 0:
+            if abs(after / before - 1) >= FREQ_DRIFT_LIMIT:
+                drifted += 1
+    if drifted:
+        out.append(f"{side}: CPU frequency drifted >= {FREQ_DRIFT_LIMIT * 100:.0f}% "
+                   f"during {drifted} of {len(runs)} runs")
+    for key, limit, what in (
+        ("steal_pct", STEAL_PCT_LIMIT, "steal time >= {limit:g}%"),
+        ("others_busy_cpus", OTHERS_BUSY_CPUS_LIMIT,
+         "other processes used >= {limit:g} CPUs"),
+    ):
+        vals = _noise_values(runs, key)
+        high = [v for v in vals if v >= limit]
+        if high:
+            out.append(f"{side}: {what.format(limit=limit)} during {len(high)} of "
+                       f"{len(runs)} runs (max {max(high):.2f})")
+    return out
+
+
+def frequency_between_sides(runs_a: Sequence[RunRecord], runs_b: Sequence[RunRecord]) -> list[str]:
+    fa, fb = _mean_mhz(runs_a), _mean_mhz(runs_b)
+    if fa and fb and abs(fb / fa - 1) >= FREQ_DRIFT_LIMIT:
+        return [f"CPU frequency differs between sides: A {fa:.0f} MHz, B {fb:.0f} MHz"]
+    return []
+
+
+def run_record_warnings(side: str, runs: Sequence[RunRecord]) -> list[str]:
+    """Skipped/failed runs and the scenario's own warnings, each distinct one once."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        if r.status != "ok":
+            msg = f"{side}: run {r.status}: {r.reason}"
+            counts[msg] = counts.get(msg, 0) + 1
+        for w in r.warnings:
+            msg = f"{side}: {w}"
+            counts[msg] = counts.get(msg, 0) + 1
+    return [m if n == 1 else f"{m} ({n} runs)" for m, n in counts.items()]
+
+
+def file_status_warnings(side: str, files: Sequence[ResultFile]) -> list[str]:
+    out = []
+    for f in files:
+        name = f.source or f.label
+        if f.status == "interrupted":
+            out.append(f"{side}: {name} was interrupted; it holds {len(f.ok_runs())} "
+                       "completed runs")
+        elif f.status == "running":
+            out.append(f"{side}: {name} never finished (crash, or still running?)")
+    return out

@@ -1,0 +1,333 @@
+"""The environment fingerprint stored in every result file, and what it implies.
+
+Two result files must explain their own difference (DESIGN.md §2, pyperf): everything here
+is static for the life of a boot (no timestamps, no free memory), so any difference
+between two fingerprints is a real difference between the machines or kernels.
+
+Every reader degrades to a string ``"unavailable: <reason>"`` instead of raising: a
+fingerprint with holes is still worth recording, a crash before the run is not.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import psutil
+
+import kvmharness
+
+KvmProbe = Callable[[], Mapping[str, Any]]
+
+KVM_MODULES = ("kvm", "kvm_intel", "kvm_amd", "kvm_pvm")
+# The module parameters that change MMU/zap behaviour; `info` shows these, the result
+# file records every readable parameter.
+KEY_PARAMETERS = {
+    "kvm": ("tdp_mmu", "mmio_caching", "nx_huge_pages", "eager_page_split"),
+    "kvm_intel": ("ept", "unrestricted_guest", "nested"),
+    "kvm_amd": ("npt", "nested", "nrips"),
+    "kvm_pvm": (),
+}
+KVM_CAP_DISABLE_QUIRKS2 = 213  # DESIGN.md §3; used directly so a short enum cannot hide it
+SLOT_ZAP_ALL_BIT = 1 << 7
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace").strip()
+
+
+def _read_or_reason(path: Path) -> str:
+    try:
+        return _read(path)
+    except FileNotFoundError:
+        return "unavailable: not present"
+    except PermissionError:
+        return "unavailable: no permission"
+    except OSError as e:
+        return f"unavailable: {e.strerror or e}"
+
+
+def _bracketed(text: str) -> str:
+    """'always [madvise] never' -> 'madvise' (sysfs marks the active choice)."""
+    if "[" in text and "]" in text:
+        return text[text.index("[") + 1 : text.index("]")]
+    return text
+
+
+def cpuinfo(root: Path) -> dict[str, str]:
+    """The first processor's block of /proc/cpuinfo (they agree on what we record)."""
+    info: dict[str, str] = {}
+    try:
+        text = _read(root / "proc/cpuinfo")
+    except OSError:
+        return info
+    for line in text.splitlines():
+        if not line.strip():
+            if info:
+                break
+            continue
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    return info
+
+
+def module_parameters(root: Path) -> dict[str, dict[str, str]]:
+    """Readable parameters of loaded KVM modules (write-only ones are skipped)."""
+    modules: dict[str, dict[str, str]] = {}
+    for name in KVM_MODULES:
+        params_dir = root / "sys/module" / name / "parameters"
+        if not (root / "sys/module" / name).is_dir():
+            continue
+        params: dict[str, str] = {}
+        if params_dir.is_dir():
+            for p in sorted(params_dir.iterdir()):
+                try:
+                    params[p.name] = _read(p)
+                except OSError:
+                    continue
+        modules[name] = params
+    return modules
+
+
+def detect_backend(root: Path, flags: set[str], modules: Mapping[str, Any]) -> dict[str, Any]:
+    """Which KVM implementation runs the guests, and whether the host is itself a guest.
+
+    PVM (kvm_pvm) executes guest code by instruction emulation here (DESIGN.md §4), so it
+    is checked first: the CPU may still advertise vmx/svm to a PVM host.
+    """
+    nested = "hypervisor" in flags
+    if "kvm_pvm" in modules or (not flags & {"vmx", "svm"} and "kvm" in modules):
+        kind, emulated = "pvm", True
+    elif "kvm_intel" in modules or "vmx" in flags:
+        kind, emulated = "vmx", False
+    elif "kvm_amd" in modules or "svm" in flags:
+        kind, emulated = "svm", False
+    else:
+        kind, emulated = "none", False
+    return {
+        "kind": kind,
+        "emulated": emulated,
+        "nested": nested,
+        "dev_kvm": (root / "dev/kvm").exists(),
+    }
+
+
+def tracefs_status(root: Path) -> dict[str, Any]:
+    if root == Path("/"):
+        # The live host: ask the module that will do the counting (it mounts tracefs when
+        # it can), so `info` says what a run will really get.
+        from kvmharness.observe import tracefs
+
+        live = tracefs.tracefs_status()
+        return {"status": "usable" if live.usable else live.reason, "path": live.path,
+                "kvmmmu_events": live.usable or None}
+    for rel in ("sys/kernel/tracing", "sys/kernel/debug/tracing"):
+        path = root / rel
+        try:
+            mounted = (path / "events").is_dir()
+        except PermissionError:
+            return {"status": "no permission", "path": "/" + rel, "kvmmmu_events": None}
+        if not mounted:
+            continue
+        writable = os.access(path / "events" / "enable", os.W_OK) and os.access(
+            path / "trace", os.R_OK
+        )
+        return {
+            "status": "usable" if writable else "no permission",
+            "path": "/" + rel,
+            "kvmmmu_events": (path / "events" / "kvmmmu").is_dir(),
+        }
+    return {"status": "not mounted", "path": None, "kvmmmu_events": None}
+
+
+def cpufreq(root: Path) -> dict[str, str]:
+    cpu = root / "sys/devices/system/cpu"
+    governor = _read_or_reason(cpu / "cpu0/cpufreq/scaling_governor")
+    driver = _read_or_reason(cpu / "cpu0/cpufreq/scaling_driver")
+    if (cpu / "intel_pstate/no_turbo").exists():
+        no_turbo = _read_or_reason(cpu / "intel_pstate/no_turbo")
+        turbo = {"0": "on", "1": "off"}.get(no_turbo, no_turbo)
+    elif (cpu / "cpufreq/boost").exists():
+        boost = _read_or_reason(cpu / "cpufreq/boost")
+        turbo = {"1": "on", "0": "off"}.get(boost, boost)
+    else:
+        turbo = "unavailable: no intel_pstate/no_turbo or cpufreq/boost"
+    return {"governor": governor, "driver": driver, "turbo": turbo}
+
+
+def harness_identity(checkout: Path | None = None) -> dict[str, Any]:
+    """Version, and the git commit when kvmharness runs from a checkout."""
+    checkout = checkout or Path(kvmharness.__file__).resolve().parent.parent
+    commit: str | None = None
+    dirty: bool | None = None
+    if (checkout / ".git").exists():
+        try:
+            commit = subprocess.run(
+                ["git", "-C", str(checkout), "rev-parse", "HEAD"],
+                capture_output=True, text=True, timeout=5, check=True,
+            ).stdout.strip() or None
+            status = subprocess.run(
+                ["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True, text=True, timeout=5, check=True,
+            ).stdout
+            dirty = bool(status.strip())
+        except (OSError, subprocess.SubprocessError):
+            commit, dirty = None, None
+    return {
+        "version": kvmharness.__version__,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "python": platform.python_version(),
+    }
+
+
+def probe_kvm() -> dict[str, Any]:
+    """KVM capabilities and quirks from /dev/kvm, or a status saying why not.
+
+    Imported lazily: the kvm layer is optional for everything that only reads results.
+    """
+    try:
+        from kvmharness import uapi
+        from kvmharness.kvm import Kvm
+    except Exception as e:  # noqa: BLE001 - any import failure means "cannot probe"
+        return {"status": f"unavailable: {type(e).__name__}: {e}"}
+    caps_enum = getattr(uapi, "KvmCap", None) or getattr(uapi, "KVM_CAP", None)
+    quirk_enum = getattr(uapi, "KvmX86Quirk", None)
+    try:
+        with Kvm() as kvm:
+            caps: dict[str, int] = {}
+            for cap in caps_enum or ():
+                caps[cap.name] = int(kvm.check_extension(int(cap)))
+            quirks_mask = int(kvm.check_extension(KVM_CAP_DISABLE_QUIRKS2))
+    except Exception as e:  # noqa: BLE001 - /dev/kvm missing, EACCES, a half-written layer
+        return {"status": f"unavailable: {type(e).__name__}: {e}"}
+    quirks: dict[str, bool] = {}
+    for q in quirk_enum or ():
+        quirks[q.name.removeprefix("KVM_X86_QUIRK_")] = bool(quirks_mask & int(q))
+    quirks.setdefault("SLOT_ZAP_ALL", bool(quirks_mask & SLOT_ZAP_ALL_BIT))
+    return {
+        "status": "ok",
+        "capabilities": caps,
+        "disable_quirks2_mask": quirks_mask,
+        "quirks": quirks,
+    }
+
+
+def _kvm_section(kvm_probe: KvmProbe | Mapping[str, Any] | None) -> dict[str, Any]:
+    if kvm_probe is None:
+        return probe_kvm()
+    if callable(kvm_probe):
+        try:
+            return dict(kvm_probe())
+        except Exception as e:  # noqa: BLE001 - a failing probe must not lose the fingerprint
+            return {"status": f"unavailable: {type(e).__name__}: {e}"}
+    return dict(kvm_probe)
+
+
+def collect(
+    kvm_probe: KvmProbe | Mapping[str, Any] | None = None,
+    *,
+    root: Path | str = "/",
+    checkout: Path | None = None,
+) -> dict[str, Any]:
+    """The fingerprint (JSON-ready).  ``kvm_probe``: a mapping, or a callable returning one,
+    shaped like ``probe_kvm()``'s result; None probes /dev/kvm itself.  ``root`` lets tests
+    point /proc and /sys at a fake tree."""
+    root = Path(root)
+    uname = platform.uname()
+    info = cpuinfo(root)
+    flags = set(info.get("flags", "").split())
+    modules = module_parameters(root)
+    thp = root / "sys/kernel/mm/transparent_hugepage"
+    return {
+        "kernel": {
+            "release": uname.release,
+            "version": uname.version,
+            "machine": uname.machine,
+            "cmdline": _read_or_reason(root / "proc/cmdline"),
+        },
+        "cpu": {
+            "vendor": info.get("vendor_id", "unavailable: not in /proc/cpuinfo"),
+            "model": info.get("model name", "unavailable: not in /proc/cpuinfo"),
+            "family": info.get("cpu family"),
+            "model_number": info.get("model"),
+            "stepping": info.get("stepping"),
+            "microcode": info.get("microcode", "unavailable: not in /proc/cpuinfo"),
+            "virt_flags": sorted(flags & {"vmx", "svm", "hypervisor"}),
+            "nproc": os.cpu_count(),
+        },
+        "memory": {"total_bytes": psutil.virtual_memory().total},
+        "thp": {
+            "enabled": _bracketed(_read_or_reason(thp / "enabled")),
+            "defrag": _bracketed(_read_or_reason(thp / "defrag")),
+        },
+        "cpufreq": cpufreq(root),
+        "kvm_modules": modules,
+        "kvm": _kvm_section(kvm_probe),
+        "backend": detect_backend(root, flags, modules),
+        "tracefs": tracefs_status(root),
+        "harness": harness_identity(checkout),
+    }
+
+
+def _param(fp: Mapping[str, Any], module: str, name: str) -> str | None:
+    value = fp.get("kvm_modules", {}).get(module, {}).get(name)
+    return value if isinstance(value, str) else None
+
+
+def statements(fp: Mapping[str, Any]) -> list[str]:
+    """Plain sentences about what this host can and cannot measure."""
+    out: list[str] = []
+    backend = fp.get("backend", {})
+    kind = backend.get("kind")
+    if kind == "pvm":
+        out.append("PVM: guest code is emulated; zap costs are not those of VT-x/AMD-V")
+    elif kind == "vmx":
+        out.append(f"VMX (Intel VT-x): EPT={_param(fp, 'kvm_intel', 'ept') or 'unknown'}")
+    elif kind == "svm":
+        out.append(f"SVM (AMD-V): NPT={_param(fp, 'kvm_amd', 'npt') or 'unknown'}")
+    else:
+        out.append("KVM: no kvm module loaded; nothing can be measured here")
+    if backend.get("nested"):
+        out.append("nested: this host is itself a guest (cpu flag 'hypervisor'); "
+                   "timings include the outer hypervisor's exits")
+    if kind != "none" and not backend.get("dev_kvm"):
+        out.append("/dev/kvm: missing")
+    tdp = _param(fp, "kvm", "tdp_mmu")
+    if tdp is not None:
+        out.append(f"TDP MMU (kvm.tdp_mmu): {'on' if tdp == 'Y' else 'off'}")
+    mmio = _param(fp, "kvm", "mmio_caching")
+    if mmio is not None:
+        out.append(f"MMIO SPTE caching (kvm.mmio_caching): {'on' if mmio == 'Y' else 'off'}")
+    kvm = fp.get("kvm", {})
+    if kvm.get("status") == "ok":
+        zap = kvm.get("quirks", {}).get("SLOT_ZAP_ALL")
+        out.append("SLOT_ZAP_ALL quirk: " + (
+            "supported (zap=all and zap=slot can both run)" if zap
+            else "not supported (zap=slot cannot run)"))
+        stats = kvm.get("capabilities", {}).get("KVM_CAP_BINARY_STATS_FD")
+        if stats is not None:
+            out.append(f"KVM binary stats: {'available' if stats else 'not available'}")
+    else:
+        out.append(f"SLOT_ZAP_ALL quirk: unknown (KVM {kvm.get('status', 'unavailable')})")
+    tracefs = fp.get("tracefs", {})
+    status = tracefs.get("status", "unknown")
+    line = f"tracefs: {status}"
+    if status == "usable" and tracefs.get("kvmmmu_events") is False:
+        line += " (but no kvmmmu events: zap tracepoints cannot be counted)"
+    elif status == "not mounted":
+        line += " (mount -t tracefs nodev /sys/kernel/tracing to count zap tracepoints)"
+    out.append(line)
+    freq = fp.get("cpufreq", {})
+    governor, turbo = str(freq.get("governor")), str(freq.get("turbo"))
+    if governor.startswith("unavailable") and turbo.startswith("unavailable"):
+        out.append("CPU frequency: no cpufreq here; governor and turbo unknown "
+                   "(per-run MHz readings still come from /proc/cpuinfo)")
+    else:
+        out.append(f"CPU frequency: governor {governor}, turbo {turbo}")
+    thp = fp.get("thp", {}).get("enabled")
+    out.append(f"THP: {thp}")
+    return out

@@ -1,0 +1,178 @@
+"""The result document: one per ``kvmharness run`` invocation (format: results/README.md).
+
+Built from ``RunOutcome`` objects plus the ``ScenarioSpec`` they came from, so a file
+carries its own metric units and directions and can be compared without the scenario code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import statistics
+from typing import Any, Literal, Mapping
+
+from kvmharness.scenarios.base import Direction, RunOutcome, ScenarioSpec
+
+FORMAT = "kvmharness-result"
+SCHEMA_VERSION = 1
+
+RunStatus = Literal["ok", "skipped", "failed"]
+FileStatus = Literal["running", "complete", "interrupted"]
+
+
+def variant_text(variant: Mapping[str, str]) -> str:
+    """'zap=all' / 'zap=all,mem=thp' / '-' for a scenario without variant axes."""
+    return ",".join(f"{k}={v}" for k, v in variant.items()) or "-"
+
+
+@dataclasses.dataclass
+class MetricSamples:
+    unit: str
+    direction: Direction
+    values: list[float]
+
+
+@dataclasses.dataclass
+class RunRecord:
+    index: int
+    repeat: int
+    variant: dict[str, str]
+    status: RunStatus
+    reason: str | None
+    start_time: float
+    end_time: float | None
+    samples: dict[str, MetricSamples] = dataclasses.field(default_factory=dict)
+    warmups: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    kvm_stats: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    tracepoints: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    noise: dict[str, Any] = dataclasses.field(default_factory=dict)
+    effective: dict[str, Any] = dataclasses.field(default_factory=dict)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    def value(self, metric: str) -> float | None:
+        """The run's value: median of its measured iterations (warmups already apart)."""
+        s = self.samples.get(metric)
+        return statistics.median(s.values) if s and s.values else None
+
+    @classmethod
+    def from_outcome(
+        cls,
+        outcome: RunOutcome,
+        spec: ScenarioSpec,
+        *,
+        index: int,
+        repeat: int,
+        variant: Mapping[str, str],
+        host_noise: Mapping[str, Any] | None = None,
+    ) -> RunRecord:
+        warnings = list(outcome.warnings)
+        samples: dict[str, MetricSamples] = {}
+        for name, values in outcome.samples.items():
+            try:
+                m = spec.metric(name)
+                unit, direction = m.unit, m.direction
+            except KeyError:
+                # Keep the data rather than drop it; the warning makes the guess visible.
+                unit, direction = "", "lower"
+                warnings.append(f"metric {name!r} is not declared by {spec.name}; "
+                                "assumed unitless, lower is better")
+            finite = [float(v) for v in values if math.isfinite(v)]
+            if len(finite) != len(values):
+                # JSON has no NaN/inf; a dropped sample is better than an unreadable file.
+                warnings.append(f"metric {name!r}: {len(values) - len(finite)} non-finite "
+                                "samples dropped")
+            samples[name] = MetricSamples(unit, direction, finite)
+        noise = dict(outcome.noise)
+        noise.update(host_noise or {})
+        return cls(
+            index=index,
+            repeat=repeat,
+            variant=dict(variant),
+            status="ok",
+            reason=None,
+            start_time=outcome.start_time,
+            end_time=outcome.end_time,
+            samples=samples,
+            warmups={k: [float(v) for v in vs if math.isfinite(v)]
+                     for k, vs in outcome.warmups.items()},
+            kvm_stats={k: dict(v) for k, v in outcome.kvm_stats.items()},
+            tracepoints={k: dict(v) for k, v in outcome.tracepoints.items()},
+            noise=noise,
+            effective=dict(outcome.effective),
+            warnings=warnings,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def spec_metadata(spec: ScenarioSpec) -> dict[str, Any]:
+    """The declaration part of a spec, JSON-ready (the run callable is not data)."""
+    return {
+        "name": spec.name,
+        "summary": spec.summary,
+        "parameters": [
+            {"name": p.name, "unit": p.unit, "default": p.default, "quick": p.quick,
+             "type": p.type.__name__, "help": p.help}
+            for p in spec.parameters
+        ],
+        "metrics": [
+            {"name": m.name, "unit": m.unit, "direction": m.direction, "help": m.help}
+            for m in spec.metrics
+        ],
+        "variant_axes": [
+            {"name": a.name, "values": list(a.values), "help": a.help} for a in spec.variant_axes
+        ],
+    }
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclasses.dataclass
+class ResultFile:
+    scenario: dict[str, Any]
+    parameters: dict[str, Any]
+    quick: bool
+    label: str
+    variants: list[dict[str, str]]
+    repeat: int
+    iterations: int
+    warmup: int
+    environment: dict[str, Any]
+    status: FileStatus = "running"
+    created: str = dataclasses.field(default_factory=now_iso)
+    runs: list[RunRecord] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+    # Where the file was loaded from; not part of the document.
+    source: str = dataclasses.field(default="", compare=False)
+
+    @property
+    def scenario_name(self) -> str:
+        return str(self.scenario["name"])
+
+    def ok_runs(self, variant: Mapping[str, str] | None = None) -> list[RunRecord]:
+        return [r for r in self.runs
+                if r.status == "ok" and (variant is None or r.variant == dict(variant))]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "schema_version": self.schema_version,
+            "created": self.created,
+            "status": self.status,
+            "scenario": self.scenario,
+            "parameters": self.parameters,
+            "quick": self.quick,
+            "label": self.label,
+            "variants": self.variants,
+            "repeat": self.repeat,
+            "iterations": self.iterations,
+            "warmup": self.warmup,
+            "runs": [r.to_json() for r in self.runs],
+            "warnings": self.warnings,
+            "environment": self.environment,
+        }

@@ -1,0 +1,166 @@
+"""Running a scenario ``repeat`` times per variant, interleaved, into one result file.
+
+Variants are interleaved (A B A B ...) rather than batched so that slow drifts of the host
+(DESIGN.md §4: p50s move 3-10x between identical runs) hit both sides alike.  The file is
+rewritten atomically after every run, so an interrupt or crash keeps every completed run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from kvmharness.observe import noise
+from kvmharness.results.model import (
+    ResultFile,
+    RunRecord,
+    RunStatus,
+    spec_metadata,
+    variant_text,
+)
+from kvmharness.results.store import write_result
+from kvmharness.scenarios.base import RunRequest, ScenarioSpec, VariantUnsupported
+
+# A variant that keeps failing is almost always failing for a systematic reason; stop
+# spending the whole session on it.
+MAX_CONSECUTIVE_FAILURES = 3
+
+Progress = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionPlan:
+    spec: ScenarioSpec
+    params: Mapping[str, Any]
+    variants: Sequence[Mapping[str, str]]
+    repeat: int
+    iterations: int
+    warmup: int
+    label: str
+    quick: bool
+
+
+@dataclasses.dataclass
+class SessionOutcome:
+    result: ResultFile
+    path: Path
+    interrupted: bool
+    failed_runs: int
+
+
+def expand_variants(spec: ScenarioSpec,
+                    selected: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, str]]:
+    """Cartesian product over the spec's axes; unselected axes take all their values.
+
+    Raises ValueError for an unknown axis or value, naming what is allowed.
+    """
+    selected = dict(selected or {})
+    axes = {a.name: a for a in spec.variant_axes}
+    for name, values in selected.items():
+        if name not in axes:
+            known = ", ".join(axes) or "none"
+            raise ValueError(f"scenario {spec.name!r} has no variant axis {name!r} (axes: {known})")
+        for v in values:
+            if v not in axes[name].values:
+                raise ValueError(f"variant axis {name!r} has no value {v!r} "
+                                 f"(values: {', '.join(axes[name].values)})")
+    choices = [list(dict.fromkeys(selected.get(a.name, a.values))) for a in spec.variant_axes]
+    names = [a.name for a in spec.variant_axes]
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*choices)]
+
+
+def new_result(plan: SessionPlan, environment: Mapping[str, Any]) -> ResultFile:
+    return ResultFile(
+        scenario=spec_metadata(plan.spec),
+        parameters=dict(plan.params),
+        quick=plan.quick,
+        label=plan.label,
+        variants=[dict(v) for v in plan.variants],
+        repeat=plan.repeat,
+        iterations=plan.iterations,
+        warmup=plan.warmup,
+        environment=dict(environment),
+    )
+
+
+def _non_ok(result: ResultFile, variant: Mapping[str, str], repeat: int, start: float,
+            status: RunStatus, reason: str) -> RunRecord:
+    return RunRecord(index=len(result.runs), repeat=repeat, variant=dict(variant),
+                     status=status, reason=reason, start_time=start, end_time=time.time())
+
+
+def run_session(
+    plan: SessionPlan,
+    path: Path,
+    environment: Mapping[str, Any],
+    *,
+    progress: Progress = lambda message: None,
+    snapshot: Callable[[], noise.NoiseSnapshot] = noise.snapshot,
+) -> SessionOutcome:
+    """Run the plan, writing ``path`` after every run.  Ctrl-C ends the session cleanly:
+    the file keeps every completed run and says ``"status": "interrupted"``."""
+    result = new_result(plan, environment)
+    write_result(path, result)
+    active = [dict(v) for v in plan.variants]
+    consecutive_failures = {variant_text(v): 0 for v in active}
+    failed = 0
+    total = plan.repeat * len(active)
+    done = 0
+    try:
+        for rep in range(plan.repeat):
+            for variant in list(active):
+                name = variant_text(variant)
+                done += 1
+                progress(f"[{done}/{total}] {plan.spec.name} {name} "
+                         f"run {rep + 1}/{plan.repeat}")
+                request = RunRequest(params=dict(plan.params), variant=dict(variant),
+                                     iterations=plan.iterations, warmup=plan.warmup,
+                                     progress=progress)
+                start = time.time()
+                before = snapshot()
+                try:
+                    outcome = plan.spec.run(request)
+                except VariantUnsupported as e:
+                    reason = str(e) or type(e).__name__
+                    result.runs.append(_non_ok(result, variant, rep, start, "skipped", reason))
+                    result.warnings.append(f"{name}: skipped: {reason}")
+                    active.remove(variant)
+                    total -= plan.repeat - rep - 1
+                    progress(f"  {name} skipped (not supported here): {reason}")
+                    write_result(path, result)
+                    continue
+                except Exception as e:  # noqa: BLE001 - record it, keep the other runs going
+                    reason = f"{type(e).__name__}: {e}"
+                    failed += 1
+                    result.runs.append(_non_ok(result, variant, rep, start, "failed", reason))
+                    progress(f"  {name} failed: {reason}")
+                    consecutive_failures[name] += 1
+                    if consecutive_failures[name] >= MAX_CONSECUTIVE_FAILURES:
+                        active.remove(variant)
+                        total -= plan.repeat - rep - 1
+                        result.warnings.append(
+                            f"{name}: dropped after {MAX_CONSECUTIVE_FAILURES} consecutive "
+                            f"failures; last: {reason}")
+                    write_result(path, result)
+                    continue
+                host = noise.delta(before, snapshot())
+                if outcome.end_time is None:
+                    outcome.end_time = time.time()
+                consecutive_failures[name] = 0
+                result.runs.append(RunRecord.from_outcome(
+                    outcome, plan.spec, index=len(result.runs), repeat=rep,
+                    variant=variant, host_noise=host))
+                write_result(path, result)
+                progress(f"  done in {host['wall_s']:.2f} s")
+    except KeyboardInterrupt:
+        # A run cut short is dropped: its samples would be a biased subset of iterations.
+        result.status = "interrupted"
+        write_result(path, result)
+        progress(f"interrupted: {len(result.ok_runs())} completed runs kept in {path}")
+        return SessionOutcome(result, path, True, failed)
+    result.status = "complete"
+    write_result(path, result)
+    return SessionOutcome(result, path, False, failed)

@@ -1,0 +1,178 @@
+"""Loading-side validation: turn parsed JSON into a ``ResultFile`` or say exactly what is wrong.
+
+Hand-written rather than a JSON-Schema library (runtime deps are psutil, pyelftools,
+tabulate).  Every error names the JSON path, so a truncated or hand-edited file is fixed in
+one look.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping
+
+from kvmharness.results.model import (
+    FORMAT,
+    SCHEMA_VERSION,
+    MetricSamples,
+    ResultFile,
+    RunRecord,
+)
+
+
+class ResultFormatError(ValueError):
+    """A result file that cannot be used; the message says which file and where."""
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+class _Checker:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, path: str, message: str) -> ResultFormatError:
+        return ResultFormatError(f"{self.source}: {path}: {message}")
+
+    def obj(self, value: Any, path: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(path, f"expected an object, got {_type_name(value)}")
+        return value
+
+    def field(self, parent: Mapping[str, Any], key: str, path: str) -> Any:
+        if key not in parent:
+            raise self.fail(path, f"missing required field {key!r}")
+        return parent[key]
+
+    def str_(self, value: Any, path: str, *, nullable: bool = False) -> Any:
+        if value is None and nullable:
+            return None
+        if not isinstance(value, str):
+            raise self.fail(path, f"expected a string, got {_type_name(value)}")
+        return value
+
+    def int_(self, value: Any, path: str, *, minimum: int = 0) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(path, f"expected an integer, got {_type_name(value)}")
+        if value < minimum:
+            raise self.fail(path, f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    def num(self, value: Any, path: str, *, nullable: bool = False) -> Any:
+        if value is None and nullable:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(path, f"expected a number, got {_type_name(value)}")
+        if not math.isfinite(value):
+            raise self.fail(path, f"expected a finite number, got {value}")
+        return float(value)
+
+    def bool_(self, value: Any, path: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(path, f"expected true or false, got {_type_name(value)}")
+        return value
+
+    def list_(self, value: Any, path: str, item: Callable[[Any, str], Any]) -> list[Any]:
+        if not isinstance(value, list):
+            raise self.fail(path, f"expected a list, got {_type_name(value)}")
+        return [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
+
+    def map_(self, value: Any, path: str, item: Callable[[Any, str], Any]) -> dict[str, Any]:
+        return {k: item(v, f"{path}.{k}") for k, v in self.obj(value, path).items()}
+
+    def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> Any:
+        if value not in choices:
+            raise self.fail(path, f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+
+def _counters(c: _Checker, value: Any, path: str) -> dict[str, dict[str, int]]:
+    return c.map_(value, path, lambda v, p: c.map_(v, p, lambda n, q: c.int_(n, q, minimum=-2**63)))
+
+
+def _run(c: _Checker, raw: Any, path: str) -> RunRecord:
+    d = c.obj(raw, path)
+
+    def f(key: str) -> Any:
+        return c.field(d, key, path)
+
+    status = c.choice(f("status"), f"{path}.status", ("ok", "skipped", "failed"))
+
+    def samples(v: Any, p: str) -> MetricSamples:
+        s = c.obj(v, p)
+        return MetricSamples(
+            unit=c.str_(c.field(s, "unit", p), f"{p}.unit"),
+            direction=c.choice(c.field(s, "direction", p), f"{p}.direction", ("lower", "higher")),
+            values=c.list_(c.field(s, "values", p), f"{p}.values", c.num),
+        )
+
+    return RunRecord(
+        index=c.int_(f("index"), f"{path}.index"),
+        repeat=c.int_(f("repeat"), f"{path}.repeat"),
+        variant=c.map_(f("variant"), f"{path}.variant", c.str_),
+        status=status,
+        reason=c.str_(f("reason"), f"{path}.reason", nullable=True),
+        start_time=c.num(f("start_time"), f"{path}.start_time"),
+        end_time=c.num(f("end_time"), f"{path}.end_time", nullable=True),
+        samples=c.map_(f("samples"), f"{path}.samples", samples),
+        warmups=c.map_(f("warmups"), f"{path}.warmups",
+                       lambda v, p: c.list_(v, p, c.num)),
+        kvm_stats=_counters(c, f("kvm_stats"), f"{path}.kvm_stats"),
+        tracepoints=_counters(c, f("tracepoints"), f"{path}.tracepoints"),
+        noise=c.obj(f("noise"), f"{path}.noise"),
+        effective=c.obj(f("effective"), f"{path}.effective"),
+        warnings=c.list_(f("warnings"), f"{path}.warnings", c.str_),
+    )
+
+
+def _scenario(c: _Checker, raw: Any) -> dict[str, Any]:
+    d = c.obj(raw, "scenario")
+    c.str_(c.field(d, "name", "scenario"), "scenario.name")
+
+    def metric(v: Any, p: str) -> Any:
+        m = c.obj(v, p)
+        c.str_(c.field(m, "name", p), f"{p}.name")
+        c.str_(c.field(m, "unit", p), f"{p}.unit")
+        c.choice(c.field(m, "direction", p), f"{p}.direction", ("lower", "higher"))
+        return m
+
+    c.list_(c.field(d, "metrics", "scenario"), "scenario.metrics", metric)
+    c.list_(c.field(d, "parameters", "scenario"), "scenario.parameters", c.obj)
+    c.list_(c.field(d, "variant_axes", "scenario"), "scenario.variant_axes", c.obj)
+    return d
+
+
+def parse_result(raw: Any, source: str = "<result>") -> ResultFile:
+    """Validate parsed JSON and build the ``ResultFile``; raises ``ResultFormatError``."""
+    c = _Checker(source)
+    d = c.obj(raw, "$")
+    if d.get("format") != FORMAT:
+        raise c.fail("format", f"not a kvmharness result file (expected format {FORMAT!r}, "
+                               f"got {d.get('format')!r})")
+    version = c.int_(c.field(d, "schema_version", "$"), "schema_version", minimum=1)
+    if version > SCHEMA_VERSION:
+        raise c.fail("schema_version", f"written by a newer kvmharness (schema version "
+                                       f"{version}; this one reads up to {SCHEMA_VERSION}): "
+                                       "upgrade kvmharness to read it")
+
+    def f(key: str) -> Any:
+        return c.field(d, key, "$")
+
+    return ResultFile(
+        schema_version=version,
+        created=c.str_(f("created"), "created"),
+        status=c.choice(f("status"), "status", ("running", "complete", "interrupted")),
+        scenario=_scenario(c, f("scenario")),
+        parameters=c.obj(f("parameters"), "parameters"),
+        quick=c.bool_(f("quick"), "quick"),
+        label=c.str_(f("label"), "label"),
+        variants=c.list_(f("variants"), "variants",
+                         lambda v, p: c.map_(v, p, c.str_)),
+        repeat=c.int_(f("repeat"), "repeat"),
+        iterations=c.int_(f("iterations"), "iterations"),
+        warmup=c.int_(f("warmup"), "warmup"),
+        runs=c.list_(f("runs"), "runs", lambda v, p: _run(c, v, p)),
+        warnings=c.list_(f("warnings"), "warnings", c.str_),
+        environment=c.obj(f("environment"), "environment"),
+        source=source,
+    )

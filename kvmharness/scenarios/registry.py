@@ -1,0 +1,20 @@
+"""The scenarios ``kvmharness list`` and ``kvmharness run`` know about."""
+
+from __future__ import annotations
+
+from kvmharness.scenarios.base import ScenarioSpec
+
+
+def all_scenarios() -> dict[str, ScenarioSpec]:
+    """Every registered scenario by name, in registration order.
+
+    Scenario modules are imported here, inside the function, so that importing the CLI
+    (e.g. for ``compare`` on a machine without /dev/kvm) never pulls in the kvm layer.
+    """
+    specs: list[ScenarioSpec] = []
+    # --- register scenario modules here ------------------------------------------------
+    from kvmharness.scenarios import rom_toggle
+
+    specs.append(rom_toggle.SPEC)
+    # ------------------------------------------------------------------------------------
+    return {s.name: s for s in specs}

@@ -1,0 +1,204 @@
+"""Statistics checked against values computed independently (enumeration, known tables)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import statistics
+from fractions import Fraction
+from typing import Sequence
+
+import pytest
+
+from kvmharness.compare import stats
+
+
+def brute_force_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Exact two-sided permutation p of the rank-sum statistic, by enumerating every way
+    to choose which of the pooled values belong to A (valid with ties: mid-ranks)."""
+    pooled = sorted([*a, *b])
+    rank = {}
+    for v in set(pooled):
+        positions = [i + 1 for i, x in enumerate(pooled) if x == v]
+        rank[v] = Fraction(sum(positions), len(positions))
+    m, n = len(a), len(b)
+    centre = Fraction(m * (m + n + 1), 2)
+    observed = abs(sum(rank[v] for v in a) - centre)
+    values = [*a, *b]
+    hits = total = 0
+    for chosen in itertools.combinations(range(m + n), m):
+        total += 1
+        if abs(sum(rank[values[i]] for i in chosen) - centre) >= observed:
+            hits += 1
+    return hits / total
+
+
+@pytest.mark.parametrize("m,n,seed", [(3, 3, 1), (4, 6, 2), (5, 5, 3), (7, 3, 4), (6, 8, 5),
+                                      (1, 9, 6), (8, 8, 7)])
+def test_exact_mann_whitney_matches_enumeration(m: int, n: int, seed: int) -> None:
+    rng = random.Random(seed)
+    a = [rng.random() for _ in range(m)]
+    b = [rng.random() + 0.25 for _ in range(n)]
+    result = stats.mann_whitney(a, b)
+    assert result.method == "exact"
+    assert result.p == pytest.approx(brute_force_p(a, b), abs=1e-12)
+
+
+def test_exact_mann_whitney_known_values() -> None:
+    # Complete separation of 3 vs 3: 2 of C(6,3)=20 arrangements are as extreme.
+    assert stats.mann_whitney([1, 2, 3], [4, 5, 6]).p == pytest.approx(0.1)
+    assert stats.mann_whitney([4, 5, 6], [1, 2, 3]).u == 9
+    assert stats.mann_whitney([1, 2, 3], [4, 5, 6]).u == 0
+    # U exactly at the centre: p is 1, not more.
+    assert stats.mann_whitney([1, 4], [2, 3]).p == pytest.approx(1.0)
+
+
+def test_u_distribution_is_the_rank_arrangement_count() -> None:
+    for m, n in [(2, 3), (4, 4), (5, 7)]:
+        counts = stats.u_distribution(m, n)
+        assert sum(counts) == math.comb(m + n, m)
+        assert list(counts) == list(reversed(counts))  # symmetric about mn/2
+        brute = [0] * (m * n + 1)
+        for chosen in itertools.combinations(range(m + n), m):
+            brute[sum(chosen) - m * (m - 1) // 2] += 1
+        assert list(counts) == brute
+
+
+def test_normal_approximation_with_ties_is_close_to_exact_permutation() -> None:
+    a = [1, 2, 2, 3, 3, 3, 4, 5]
+    b = [3, 4, 4, 5, 5, 6, 6, 7]
+    result = stats.mann_whitney(a, b)
+    assert result.method == "normal"
+    assert result.p == pytest.approx(brute_force_p(a, b), abs=0.003)
+
+
+def test_normal_approximation_for_large_samples_without_ties() -> None:
+    rng = random.Random(11)
+    a = [rng.gauss(0, 1) for _ in range(60)]
+    b = [rng.gauss(0.5, 1) for _ in range(60)]
+    result = stats.mann_whitney(a, b)
+    assert result.method == "normal"
+    # Independent: z from the textbook formula without ties, continuity-corrected.
+    u = sum(1 for x in a for y in b if x > y)
+    z = (abs(u - 1800) - 0.5) / math.sqrt(60 * 60 * 121 / 12)
+    assert result.p == pytest.approx(math.erfc(z / math.sqrt(2)), rel=1e-12)
+
+
+def test_zero_variance() -> None:
+    same = stats.mann_whitney([5.0] * 6, [5.0] * 6)
+    assert same.p == 1.0 and same.method == "degenerate"
+    apart = stats.mann_whitney([1.0] * 5, [2.0] * 5)
+    assert apart.method == "normal"
+    # Only the two complete separations out of C(10,5) are as extreme.
+    assert brute_force_p([1.0] * 5, [2.0] * 5) == pytest.approx(2 / 252)
+    assert apart.p < 0.01
+    s = stats.summarize([3.0] * 8)
+    assert s.stdev == 0 and s.cov == 0 and s.ci_low == s.ci_high == 3.0
+
+
+def test_min_attainable_p() -> None:
+    assert stats.min_attainable_p(3, 3) == pytest.approx(0.1)
+    assert stats.min_attainable_p(4, 4) == pytest.approx(2 / 70)
+    assert stats.min_attainable_p(0, 4) == 1.0
+
+
+@pytest.mark.parametrize("n,lo,hi,coverage", [
+    (10, 2, 9, 1 - 2 * 11 / 1024),           # P(X <= 1) = 11/1024
+    (20, 6, 15, 1 - 2 * 21700 / 2**20),      # P(X <= 5) = 21700/2^20
+    (6, 1, 6, 1 - 2 / 64),
+    (5, 1, 5, 1 - 2 / 32),                   # too small for 95%: full range, 93.75%
+])
+def test_median_ci_order_statistics(n: int, lo: int, hi: int, coverage: float) -> None:
+    assert stats.median_ci_ranks(n) == (lo, hi, pytest.approx(coverage))
+
+
+def test_summary_uses_those_order_statistics() -> None:
+    values = [float(v) for v in range(20, 0, -1)]
+    s = stats.summarize(values)
+    assert (s.n, s.median, s.ci_low, s.ci_high) == (20, 10.5, 6.0, 15.0)
+    assert s.mean == 10.5
+    assert s.stdev == pytest.approx(math.sqrt(35))
+    assert s.cov == pytest.approx(math.sqrt(35) / 10.5)
+    assert stats.summarize([]).median is None
+    assert stats.summarize([2.0]).stdev is None
+
+
+def test_bootstrap_is_deterministic_with_a_seed() -> None:
+    rng = random.Random(5)
+    a = [rng.gauss(100, 3) for _ in range(15)]
+    b = [rng.gauss(103, 3) for _ in range(15)]
+    first = stats.bootstrap_change(a, b, seed=42)
+    assert first == stats.bootstrap_change(a, b, seed=42)
+    assert first != stats.bootstrap_change(a, b, seed=43)
+    assert first.ratio is not None and first.ci_low is not None and first.ci_high is not None
+    assert first.ratio == pytest.approx(statistics.median(b) / statistics.median(a) - 1)
+    assert first.ci_low <= first.ratio <= first.ci_high
+
+
+def test_bootstrap_degenerate_inputs() -> None:
+    assert stats.bootstrap_change([], [1.0]).ratio is None
+    assert stats.bootstrap_change([0.0, 0.0], [1.0]).ratio is None
+    same = stats.bootstrap_change([2.0] * 5, [2.0] * 5)
+    assert (same.ratio, same.ci_low, same.ci_high) == (0.0, 0.0, 0.0)
+
+
+def test_significance_rule_needs_all_three() -> None:
+    ok = stats.Change(-0.05, -0.07, -0.03)
+    assert stats.is_significant(0.01, ok, alpha=0.05, min_change=0.01)
+    assert not stats.is_significant(0.06, ok, alpha=0.05, min_change=0.01)
+    assert not stats.is_significant(0.01, stats.Change(-0.05, -0.07, 0.01),
+                                    alpha=0.05, min_change=0.01)
+    assert not stats.is_significant(0.01, ok, alpha=0.05, min_change=0.10)
+    assert not stats.is_significant(None, ok, alpha=0.05, min_change=0.0)
+
+
+def _decision(a: list[float], b: list[float], resamples: int = 300) -> tuple[bool, bool]:
+    p = stats.mann_whitney(a, b).p
+    change = stats.bootstrap_change(a, b, resamples=resamples)
+    return p < 0.05, stats.is_significant(p, change, alpha=0.05, min_change=0.0)
+
+
+def test_a_a_simulation_flags_about_alpha() -> None:
+    """Same distribution on both sides: the test should reject at about its level.
+
+    n=10 per side; the exact test's largest attainable p below 0.05 makes its true level
+    0.043.  With K comparisons the count of rejections is Binomial(K, level); we allow
+    +-4 standard deviations, which a correct test fails about once in 16000 seeds.
+    """
+    rng = random.Random(2024)
+    k = 400
+    level = 0.05
+    sigma = math.sqrt(k * level * (1 - level))
+    rejected = flagged = 0
+    for _ in range(k):
+        a = [rng.lognormvariate(0, 0.1) for _ in range(10)]
+        b = [rng.lognormvariate(0, 0.1) for _ in range(10)]
+        r, f = _decision(a, b)
+        rejected += r
+        flagged += f
+    assert k * level - 4 * sigma <= rejected <= k * level + 4 * sigma
+    assert flagged <= rejected
+    assert flagged <= k * level + 4 * sigma
+
+
+def test_five_percent_shift_with_two_percent_noise_is_flagged() -> None:
+    rng = random.Random(7)
+    flagged = covered = 0
+    for _ in range(20):
+        a = [rng.gauss(100, 2) for _ in range(20)]
+        b = [rng.gauss(95, 1.9) for _ in range(20)]
+        p = stats.mann_whitney(a, b).p
+        change = stats.bootstrap_change(a, b)
+        flagged += stats.is_significant(p, change, alpha=0.05, min_change=0.01)
+        assert change.ci_low is not None and change.ci_high is not None
+        covered += change.ci_low <= -0.05 <= change.ci_high
+    assert flagged == 20
+    # A 95% interval should hold the true -5% nearly every time (fixed seed, so exact).
+    assert covered >= 15
+
+
+def test_robust_outliers() -> None:
+    values = [10.0, 10.1, 9.9, 10.05, 9.95, 10.02, 50.0]
+    assert stats.robust_outliers(values) == [50.0]
+    assert stats.robust_outliers([1.0, 1.0, 1.0, 5.0]) == []  # MAD 0: no scale to judge
