@@ -100,3 +100,22 @@ def machine(kvm: object) -> Iterator[object]:
     yield factory
     for m in built:
         m.close()
+
+
+@pytest.fixture
+def kvm_counters() -> object:
+    """``with kvm_counters(vm, vcpus, events=("kvmmmu/kvm_mmu_zap_all_fast",)) as c:`` then
+    ``c.stats["vcpu.pf_fixed"]`` and ``c.tracepoints["kvm_mmu_zap_all_fast"]``.  Asking for
+    events skips the test (with the reason) where tracefs is unusable."""
+    from kvmharness.observe.counters import KvmCounters
+    from kvmharness.observe.tracefs import tracefs_status
+
+    def factory(vm: object, vcpus: object = (), *, events: tuple[str, ...] = (),
+                **kwargs: object) -> KvmCounters:
+        if events:
+            status = tracefs_status(events)
+            if not status.usable:
+                pytest.skip(f"tracefs not usable: {status.reason}")
+        return KvmCounters(vm, vcpus, events=events, **kwargs)  # type: ignore[arg-type]
+
+    return factory

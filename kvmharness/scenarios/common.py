@@ -9,9 +9,9 @@ import dataclasses
 from typing import Iterator, Mapping
 
 from kvmharness.guest.machine import Machine
-from kvmharness.kvm import Kvm, StatsSnapshot
-from kvmharness.kvm.stats import sum_deltas
-from kvmharness.observe.tracefs import MMIO_EVENTS, ZAP_EVENTS, TraceCounter, tracefs_status
+from kvmharness.kvm import Kvm
+from kvmharness.observe.counters import KvmCounters
+from kvmharness.observe.tracefs import MMIO_EVENTS, ZAP_EVENTS, tracefs_status
 from kvmharness.scenarios.base import RunOutcome, VariantUnsupported
 from kvmharness.uapi.caps import KvmCap
 from kvmharness.uapi.x86 import KVM_X86_QUIRK_SLOT_ZAP_ALL
@@ -42,10 +42,6 @@ def zap_quirk_mask(kvm: Kvm, variant: Mapping[str, str]) -> int:
     return int(KVM_X86_QUIRK_SLOT_ZAP_ALL)
 
 
-def _available_stats(snapshot_names: set[str], wanted: tuple[str, ...]) -> list[str]:
-    return [n for n in wanted if n in snapshot_names]
-
-
 class PhaseRecorder:
     """Records, per named phase, KVM stats deltas (VM stats as ``vm.*``, vCPU stats summed
     as ``vcpu.*``) and kvmmmu tracepoint counts into a RunOutcome."""
@@ -55,46 +51,33 @@ class PhaseRecorder:
         self.machine = machine
         self.outcome = outcome
         status = tracefs_status(events) if trace else None
-        self.trace_events = events if status is not None and status.usable else None
+        self.trace_events = events if status is not None and status.usable else ()
         self.trace_reason = "disabled" if status is None else status.reason
         vm_names = {d.name for d in machine.vm.stats().descriptors}  # type: ignore[union-attr]
         vcpu_names = {d.name for d in machine.vcpus[0].stats().descriptors}
-        self.vm_stats = _available_stats(vm_names, VM_STATS)
-        self.vcpu_stats = _available_stats(vcpu_names, VCPU_STATS)
+        self.vm_stats = [n for n in VM_STATS if n in vm_names]
+        self.vcpu_stats = [n for n in VCPU_STATS if n in vcpu_names]
         outcome.effective.setdefault("tracefs", "usable" if self.trace_events else
                                      f"unavailable: {self.trace_reason}")
-
-    def snapshot(self) -> tuple[StatsSnapshot, list[StatsSnapshot]]:
-        vm = self.machine.vm.stats().snapshot(self.vm_stats)  # type: ignore[union-attr]
-        return vm, [v.stats().snapshot(self.vcpu_stats) for v in self.machine.vcpus]
-
-    @staticmethod
-    def delta(before: tuple[StatsSnapshot, list[StatsSnapshot]],
-              after: tuple[StatsSnapshot, list[StatsSnapshot]]) -> dict[str, int]:
-        out = {f"vm.{k}": int(v) for k, v in after[0].delta(before[0]).items()  # type: ignore[arg-type]
-               if isinstance(v, int)}
-        per_vcpu = [a.delta(b) for a, b in zip(after[1], before[1])]
-        out.update({f"vcpu.{k}": v for k, v in sum_deltas(per_vcpu).items()})
-        return out
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[dict[str, int]]:
         """Accumulates into ``outcome.kvm_stats[name]`` / ``outcome.tracepoints[name]``, so
-        a phase entered repeatedly (one per toggle) sums up.  Yields the live delta dict,
-        filled when the block ends."""
+        a phase entered repeatedly (one per toggle) sums up.  Yields the phase's own stats
+        delta dict, filled when the block ends."""
         result: dict[str, int] = {}
-        before = self.snapshot()
-        tracer = TraceCounter(self.trace_events) if self.trace_events else None
-        with tracer if tracer is not None else contextlib.nullcontext():
+        counters = KvmCounters(self.machine.vm, self.machine.vcpus,  # type: ignore[arg-type]
+                               events=self.trace_events, vm_stats=self.vm_stats,
+                               vcpu_stats=self.vcpu_stats)
+        with counters:
             yield result
-        result.update(self.delta(before, self.snapshot()))
-        self._accumulate(self.outcome.kvm_stats, name, result)
-        if tracer is not None:
-            counts = tracer.counts()
-            if tracer.lost:
+        result.update(counters.stats)
+        self._accumulate(self.outcome.kvm_stats, name, counters.stats)
+        if self.trace_events:
+            if counters.lost_events:
                 self.outcome.warnings.append(f"phase {name}: tracefs buffer overran, "
-                                             f"{tracer.lost} events lost")
-            self._accumulate(self.outcome.tracepoints, name, counts)
+                                             f"{counters.lost_events} events lost")
+            self._accumulate(self.outcome.tracepoints, name, counters.tracepoints)
 
     @staticmethod
     def _accumulate(target: dict[str, dict[str, int]], name: str,

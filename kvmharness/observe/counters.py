@@ -1,0 +1,65 @@
+"""KVM stats deltas and tracepoint counts across a ``with`` block: the evidence a test or a
+scenario phase uses to say what the kernel did."""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from kvmharness.kvm import StatsSnapshot, Vcpu, Vm
+from kvmharness.kvm.stats import sum_deltas
+from kvmharness.observe.tracefs import TraceCounter
+
+Snapshot = tuple[StatsSnapshot, list[StatsSnapshot]]
+
+
+class KvmCounters:
+    """``with KvmCounters(vm, vcpus, events=ZAP_EVENTS) as c: ...`` then ``c.stats`` (VM
+    stats as ``vm.NAME``, vCPU stats summed as ``vcpu.NAME``; cumulative ones as deltas)
+    and ``c.tracepoints`` (short event name → count; empty when ``events`` is empty).
+    ``vm_stats``/``vcpu_stats`` restrict which stats are read (None: all scalars)."""
+
+    def __init__(self, vm: Vm, vcpus: Sequence[Vcpu] = (), *, events: Iterable[str] = (),
+                 vm_stats: Iterable[str] | None = None,
+                 vcpu_stats: Iterable[str] | None = None) -> None:
+        self.vm = vm
+        self.vcpus = list(vcpus)
+        self.events = tuple(events)
+        self.vm_stats = list(vm_stats) if vm_stats is not None else None
+        self.vcpu_stats = list(vcpu_stats) if vcpu_stats is not None else None
+        self.stats: dict[str, int] = {}
+        self.tracepoints: dict[str, int] = {}
+        self.lost_events = 0
+        self._before: Snapshot | None = None
+        self._tracer: TraceCounter | None = None
+
+    def snapshot(self) -> Snapshot:
+        return (self.vm.stats().snapshot(self.vm_stats),
+                [v.stats().snapshot(self.vcpu_stats) for v in self.vcpus])
+
+    @staticmethod
+    def delta(before: Snapshot, after: Snapshot) -> dict[str, int]:
+        out = {f"vm.{k}": v for k, v in after[0].delta(before[0]).items() if isinstance(v, int)}
+        per_vcpu = [a.delta(b) for a, b in zip(after[1], before[1])]
+        out.update({f"vcpu.{k}": v for k, v in sum_deltas(per_vcpu).items()})
+        return out
+
+    def __enter__(self) -> "KvmCounters":
+        if self.events:
+            self._tracer = TraceCounter(self.events).__enter__()
+        try:
+            self._before = self.snapshot()
+        except BaseException:
+            if self._tracer is not None:
+                self._tracer.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._before is not None:
+                self.stats = self.delta(self._before, self.snapshot())
+        finally:
+            if self._tracer is not None:
+                self.tracepoints = self._tracer.stop()
+                self.lost_events = self._tracer.lost
+                self._tracer.__exit__(None, None, None)
