@@ -77,24 +77,20 @@ def build(regions: Iterable[Region], base_gpa: int,
         put(pd_at[b // ENTRIES], b % ENTRIES, addr | TABLE_FLAGS)
 
     counts = {PAGE_4K: 0, PAGE_2M: 0, PAGE_1G: 0}
+    # Which table holds a leaf size's entries, and the span one table page covers.
+    leaf_tables = {PAGE_4K: (pt_at, PAGE_2M), PAGE_2M: (pd_at, PAGE_1G)}
     for r in regions:
         leaves = array.array("Q", range(r.gpa | TABLE_FLAGS | (PTE_PS if r.page_size > PAGE_4K
                                                                   else 0),
                                         r.end, r.page_size))
         counts[r.page_size] += len(leaves)
-        if r.page_size == PAGE_4K:
-            first = r.gpa // PAGE_4K
-            # Contiguous blocks have contiguous PT pages, so the run of PTEs is linear.
-            blocks = list(_span(r, PAGE_2M))
-            if any(pt_at[b] - pt_at[blocks[0]] != (b - blocks[0]) * PAGE_4K for b in blocks):
+        if r.page_size in leaf_tables:
+            tables, unit = leaf_tables[r.page_size]
+            # Contiguous spans have contiguous table pages, so the run of entries is linear.
+            keys = list(_span(r, unit))
+            if any(tables[k] - tables[keys[0]] != (k - keys[0]) * PAGE_4K for k in keys):
                 raise AssertionError("page-table pages of a region are not contiguous")
-            write(pt_at[blocks[0]] + (first % ENTRIES) * 8, leaves.tobytes())
-        elif r.page_size == PAGE_2M:
-            first = r.gpa // PAGE_2M
-            gigs = list(_span(r, PAGE_1G))
-            if any(pd_at[g] - pd_at[gigs[0]] != (g - gigs[0]) * PAGE_4K for g in gigs):
-                raise AssertionError("page-directory pages of a region are not contiguous")
-            write(pd_at[gigs[0]] + (first % ENTRIES) * 8, leaves.tobytes())
+            write(tables[keys[0]] + (r.gpa // r.page_size % ENTRIES) * 8, leaves.tobytes())
         else:
             for i, value in enumerate(leaves):
                 g = r.gpa // PAGE_1G + i
