@@ -179,8 +179,12 @@ def test_layout_errors_are_typed():
 def test_memory_guard_refuses_before_allocating(kvm):
     from kvmharness.guest.machine import Machine
 
+    import psutil
+
     fds = open_fds()
-    layout = Layout.of([Region("too-big", 4 * GiB, 4096 * GiB, page_size=PAGE_2M)])
+    # Twice what the host has free, but inside the guest's physical address space.
+    too_big = (2 * psutil.virtual_memory().available // PAGE_2M + 1) * PAGE_2M
+    layout = Layout.of([Region("too-big", 4 * GiB, too_big, page_size=PAGE_2M)])
     with pytest.raises(LayoutError, match="GiB available"):
         Machine(kvm, "hello", layout)
     assert open_fds() == fds
