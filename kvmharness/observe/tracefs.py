@@ -25,6 +25,8 @@ MMIO_EVENTS = (
 BUFFER_KB_PER_CPU = 8192
 _instance_ids = itertools.count()
 _LINE = re.compile(r"\s\d+\.\d+:\s+([A-Za-z0-9_]+):")
+# With options/record-tgid: "comm-TID (  TGID) [CPU] ..."; "-----" when unknown.
+_TGID = re.compile(r"\(\s*(\d+|-----)\)\s+\[\d+\]")
 
 
 class TracefsError(OSError):
@@ -89,11 +91,14 @@ def tracefs_status(events: Iterable[str] = ZAP_EVENTS) -> TracefsStatus:
 
 class TraceCounter:
     """``with TraceCounter(events) as tc: ...; tc.counts()`` — per-event counts of what
-    fired inside the block (host-wide: KVM's MMU events run in the ioctl's context or in
-    KVM's own workers).  ``lost`` is non-zero if the buffer overflowed."""
+    fired inside the block, by default only in this process's threads (KVM raises its
+    memslot zap events in the ioctl's thread); ``this_process_only=False`` counts host-wide.
+    ``lost`` is non-zero if the buffer overflowed."""
 
-    def __init__(self, events: Iterable[str] = ZAP_EVENTS, buffer_kb: int = BUFFER_KB_PER_CPU):
+    def __init__(self, events: Iterable[str] = ZAP_EVENTS, buffer_kb: int = BUFFER_KB_PER_CPU,
+                 *, this_process_only: bool = True):
         self.events = tuple(events)
+        self.this_process_only = this_process_only
         self.buffer_kb = buffer_kb
         self.root: Path | None = None
         self.instance: Path | None = None
@@ -110,6 +115,8 @@ class TraceCounter:
         self.instance.mkdir()
         try:
             (self.instance / "buffer_size_kb").write_text(str(self.buffer_kb))
+            if self.this_process_only:
+                self._filter_this_process()
             for event in self.events:
                 (self.instance / "events" / event / "enable").write_text("1")
             (self.instance / "trace").write_text("")
@@ -117,6 +124,13 @@ class TraceCounter:
             self._teardown()
             raise
         return self
+
+    def _filter_this_process(self) -> None:
+        """Count only events raised by this process's threads (other VMs on the host zap
+        too; KVM's memslot zaps run in the ioctl's thread, vCPU faults in vCPU threads).
+        Each line then carries the thread group id, which ``stop`` matches against ours:
+        unlike set_event_pid, that covers threads started later and excludes children."""
+        (self.instance / "options" / "record-tgid").write_text("1")  # type: ignore[operator]
 
     def _short(self, event: str) -> str:
         return event.rsplit("/", 1)[-1]
@@ -126,13 +140,20 @@ class TraceCounter:
         if self._counts is None and self.instance is not None:
             (self.instance / "tracing_on").write_text("0")
             counts = {self._short(e): 0 for e in self.events}
+            own_tgid = os.getpid()
             with open(self.instance / "trace") as f:
                 for line in f:
                     if line.startswith("#"):
                         continue
                     m = _LINE.search(line)
-                    if m and m.group(1) in counts:
-                        counts[m.group(1)] += 1
+                    if not m or m.group(1) not in counts:
+                        continue
+                    if self.this_process_only:
+                        tgid = _TGID.search(line)
+                        if tgid is None or tgid.group(1).strip() == "-----" or \
+                                int(tgid.group(1)) != own_tgid:
+                            continue
+                    counts[m.group(1)] += 1
             self.lost = self._overruns()
             self._counts = counts
         return dict(self._counts or {})

@@ -1,0 +1,309 @@
+"""mmio: what one emulated access costs the guest, per access kind.
+
+The MMIO-generation work in "KVM: x86/mmu: Remove fast invalidate mechanism" (2019) is about
+MMIO SPTEs: KVM caches "this GPA has no memslot" in an SPTE so the next access takes the
+fast path (handle_mmio_page_fault) straight to the exit instead of a full walk.  This
+scenario measures, in guest TSC cycles per access (rdtsc around a loop of N accesses to one
+address, guests/mmio.c), the kinds of access that reach that path or bypass userspace:
+
+- ``pio``:        ``inl`` answered by the host (the exit round-trip baseline);
+- ``mmio_read``:  a load from a GPA with no memslot, answered by the host;
+- ``mmio_write``: a store there;
+- ``rom_write``:  a store into a KVM_MEM_READONLY slot (reads would hit memory);
+- ``ioeventfd``:  a store to a KVM_IOEVENTFD address: KVM signals an eventfd, no exit;
+- ``coalesced``:  a store into a KVM_REGISTER_COALESCED_MMIO zone: queued in the ring.
+
+Each kind runs in its own phase (PhaseRecorder: vCPU pf_mmio_spte_created, mmio_exits,
+io_exits, exits; mark_mmio_spte / handle_mmio_page_fault tracepoints), and the host counts
+what it saw itself (userspace exits, eventfd signals, ring entries) into ``effective``, so a
+result shows that an "ioeventfd" number was really taken without exits."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Mapping
+
+from kvmharness.guest.layout import GiB, Layout, Region
+from kvmharness.guest.machine import Machine
+from kvmharness.kvm import Io, Kvm, Mmio
+from kvmharness.kvm.vm import IoEventFd
+from kvmharness.scenarios.base import (
+    Metric, Parameter, RunOutcome, RunRequest, ScenarioSpec,
+)
+from kvmharness.scenarios.common import PhaseRecorder, u32, u64
+from kvmharness.uapi.caps import KvmCap
+from kvmharness.uapi.kvm import KVM_COALESCED_MMIO_MAX
+
+# guests/mmio.h
+KINDS = ("pio", "mmio_read", "mmio_write", "rom_write", "ioeventfd", "coalesced")
+MMIO_MAX_ROUNDS = 256
+MMIO_SYNC_ROUND = 0x4D4D
+MMIO_PIO_VALUE = 0x50494F21
+
+PIO_PORT = 0x6010  # not KH_UCALL_PORT (0x6000)
+# One page per MMIO kind: each has its own (possibly cached) MMIO SPTE, so one kind's
+# warm-up cannot make another look cheaper.
+MMIO_GPA = 3 * GiB
+READ_GPA = MMIO_GPA
+WRITE_GPA = MMIO_GPA + 0x1000
+IOEVENTFD_GPA = MMIO_GPA + 0x2000
+COALESCED_GPA = MMIO_GPA + 0x3000
+MMIO_PAGES = 4
+ROM_GPA = MMIO_GPA + 0x100000
+ROM_SIZE = 0x1000
+# The ring keeps one slot empty to tell full from empty; a write that finds it full exits
+# to userspace instead, which would time a different thing.
+RING_CAPACITY = KVM_COALESCED_MMIO_MAX - 1
+WATCHDOG_S = 60.0
+
+KIND_ADDR = {
+    "pio": PIO_PORT, "mmio_read": READ_GPA, "mmio_write": WRITE_GPA, "rom_write": ROM_GPA,
+    "ioeventfd": IOEVENTFD_GPA, "coalesced": COALESCED_GPA,
+}
+KIND_HELP = {
+    "pio": "inl from a port the host answers (exit round-trip baseline)",
+    "mmio_read": "8-byte load from a GPA with no memslot (KVM_EXIT_MMIO, host answers)",
+    "mmio_write": "8-byte store to a GPA with no memslot (KVM_EXIT_MMIO)",
+    "rom_write": "8-byte store into a read-only memslot (KVM_EXIT_MMIO, is_write)",
+    "ioeventfd": "8-byte store to a KVM_IOEVENTFD address (eventfd signal, no exit)",
+    "coalesced": "8-byte store into a coalesced-MMIO zone (ring entry, no exit)",
+}
+
+
+def mmio_read_value(addr: int) -> int:
+    """MMIO_READ_VALUE(addr) from guests/mmio.h: what the guest expects a read to return."""
+    return 0x4D4D494F00000000 ^ addr
+
+
+def mmio_write_value(kind: int, round_: int, i: int) -> int:
+    """MMIO_WRITE_VALUE(kind, round, i) from guests/mmio.h."""
+    return (kind << 56) | (round_ << 32) | i
+
+
+def parse_kinds(text: str) -> tuple[str, ...]:
+    """``all`` or a comma-separated subset of KINDS, returned in guest (KINDS) order."""
+    if text.strip() in ("", "all"):
+        return KINDS
+    wanted = {k.strip() for k in text.split(",") if k.strip()}
+    unknown = wanted - set(KINDS)
+    if unknown:
+        raise ValueError(f"kinds: unknown {sorted(unknown)} (known: {', '.join(KINDS)})")
+    return tuple(k for k in KINDS if k in wanted)
+
+
+@dataclasses.dataclass
+class KindCounts:
+    """What the host saw for one kind, across all its rounds."""
+
+    accesses: int = 0
+    userspace_exits: int = 0
+    eventfd_signals: int = 0
+    ring_entries: int = 0
+    ring_full_exits: int = 0
+
+
+class MmioHost:
+    """The host side of guests/mmio.c: answers exits, drains the coalesced ring and the
+    eventfd after every round, and checks that each access landed where it should."""
+
+    def __init__(self) -> None:
+        self.counts = {k: KindCounts() for k in KINDS}
+        self.eventfd: IoEventFd | None = None
+        # Values of this round's writes that reached userspace (exit or ring), in order.
+        self.written: list[int] = []
+        self.errors: list[str] = []
+
+    def on_io(self, m: Machine, vcpu: int, exit_: Io) -> bytes | None:
+        if exit_.port != PIO_PORT or exit_.is_out or exit_.size != 4:
+            raise AssertionError(f"mmio: unexpected PIO {exit_}")
+        self.counts["pio"].userspace_exits += exit_.count
+        return MMIO_PIO_VALUE.to_bytes(4, "little") * exit_.count
+
+    def on_mmio(self, m: Machine, vcpu: int, exit_: Mmio) -> bytes | None:
+        addr = exit_.phys_addr
+        if addr == READ_GPA and not exit_.is_write:
+            self.counts["mmio_read"].userspace_exits += 1
+            return mmio_read_value(addr).to_bytes(8, "little")[: exit_.len]
+        if exit_.is_write and addr == WRITE_GPA and exit_.len == 8:
+            self.counts["mmio_write"].userspace_exits += 1
+            self.written.append(exit_.value)
+            return None
+        if exit_.is_write and addr == ROM_GPA and exit_.len == 8:
+            self.counts["rom_write"].userspace_exits += 1
+            self.written.append(exit_.value)
+            return None
+        if exit_.is_write and addr == IOEVENTFD_GPA:
+            # Only if the ioeventfd did not match: recorded, and the tests assert it is 0.
+            self.counts["ioeventfd"].userspace_exits += 1
+            return None
+        if exit_.is_write and addr == COALESCED_GPA and exit_.len == 8:
+            # The ring was full: KVM hands the write to userspace, which must drain the
+            # ring first to keep the device's write order.
+            self._drain_ring(m)
+            self.counts["coalesced"].userspace_exits += 1
+            self.counts["coalesced"].ring_full_exits += 1
+            self.written.append(exit_.value)
+            return None
+        raise AssertionError(f"mmio: unexpected MMIO {exit_}")
+
+    def _drain_ring(self, m: Machine) -> None:
+        for phys_addr, length, data in m.vm.read_coalesced_mmio():  # type: ignore[union-attr]
+            if phys_addr != COALESCED_GPA or length != 8:
+                self.errors.append(f"coalesced ring entry at {phys_addr:#x} len {length}, "
+                                   f"expected {COALESCED_GPA:#x} len 8")
+            self.counts["coalesced"].ring_entries += 1
+            self.written.append(int.from_bytes(data, "little"))
+
+    def on_sync(self, m: Machine, vcpu: int, values: tuple[int, ...]) -> None:
+        if len(values) != 4 or values[0] != MMIO_SYNC_ROUND:
+            raise AssertionError(f"mmio: unexpected GUEST_SYNC{values}")
+        _, kind_index, round_, accesses = values
+        kind = KINDS[kind_index]
+        self.counts[kind].accesses += accesses
+        if kind == "coalesced":
+            self._drain_ring(m)
+        if kind in ("mmio_write", "rom_write", "coalesced"):
+            # Every write must reach userspace exactly once, with its value, in order.
+            expected = [mmio_write_value(kind_index, round_, i) for i in range(accesses)]
+            if self.written != expected:
+                self.errors.append(f"{kind} round {round_}: userspace got {len(self.written)} "
+                                   f"writes, not the guest's {accesses} in order")
+        elif self.written:
+            self.errors.append(f"{kind} round {round_}: {len(self.written)} stray writes")
+        self.written = []
+        if kind == "ioeventfd" and self.eventfd is not None:
+            # An eventfd is a counter: the signals since the last read.
+            self.counts[kind].eventfd_signals += self.eventfd.count()
+
+
+def run(req: RunRequest) -> RunOutcome:
+    p = req.params
+    kinds = parse_kinds(str(p["kinds"]))
+    accesses = int(p["accesses"])
+    if accesses < 1:
+        raise ValueError(f"accesses={accesses}: need at least 1")
+    rounds = req.warmup + req.iterations
+    if not 1 <= rounds <= MMIO_MAX_ROUNDS:
+        raise ValueError(f"warmup + iterations = {rounds}: guests/mmio.c records at most "
+                         f"{MMIO_MAX_ROUNDS} rounds")
+    outcome = RunOutcome()
+    host = MmioHost()
+    layout = Layout.of([
+        Region("mmio", MMIO_GPA, MMIO_PAGES * 0x1000, "mmio"),
+        Region("rom", ROM_GPA, ROM_SIZE, "rom"),
+    ])
+
+    with Kvm() as kvm:
+        with Machine(kvm, "mmio", layout, vcpus=1, on_io=host.on_io, on_mmio=host.on_mmio,
+                     on_sync=host.on_sync, watchdog_s=WATCHDOG_S) as m:
+            vm = m.vm
+            assert vm is not None
+            skipped: dict[str, str] = {}
+            requirements = {"rom_write": KvmCap.KVM_CAP_READONLY_MEM,
+                            "ioeventfd": KvmCap.KVM_CAP_IOEVENTFD,
+                            "coalesced": KvmCap.KVM_CAP_COALESCED_MMIO}
+            for kind, cap in requirements.items():
+                if kind in kinds and not vm.check_extension(cap):
+                    skipped[kind] = f"kernel lacks {cap.name}"
+            active = tuple(k for k in kinds if k not in skipped)
+            per_kind = {k: min(accesses, RING_CAPACITY) if k == "coalesced" else accesses
+                        for k in active}
+
+            addrs = (u64 * len(KINDS))()
+            counts = (u64 * len(KINDS))()
+            for i, k in enumerate(KINDS):
+                addrs[i] = KIND_ADDR[k]
+                counts[i] = per_kind.get(k, 1)
+            m.write_var("mmio_addr", addrs, u64 * len(KINDS))
+            m.write_var("mmio_accesses", counts, u64 * len(KINDS))
+            m.write_var("mmio_rounds", rounds, u32)
+            if "ioeventfd" in active:
+                host.eventfd = vm.add_ioeventfd(IOEVENTFD_GPA, 8)
+            if "coalesced" in active:
+                vm.register_coalesced_mmio(COALESCED_GPA, 0x1000)
+
+            recorder = PhaseRecorder(m, outcome)
+            first = True
+            for kind in active:
+                if not first:
+                    m.reset()
+                first = False
+                m.write_var("mmio_kinds", 1 << KINDS.index(kind), u32)
+                with recorder.phase(kind):
+                    m.run(timeout_s=WATCHDOG_S * 4)
+                if host.errors:
+                    raise AssertionError("mmio: " + "; ".join(host.errors))
+                if kind == "rom_write" and any(m.read(ROM_GPA, ROM_SIZE)):
+                    raise AssertionError("mmio: a write to the read-only slot reached its "
+                                         "memory")
+                _record_kind(m, outcome, kind, per_kind[kind], req.warmup, rounds)
+                req.progress(f"mmio {kind}: {outcome.samples[f'{kind}_cycles'][0]:.0f}"
+                             f"{'' if len(outcome.samples[f'{kind}_cycles']) == 1 else '...'} "
+                             "cycles/access")
+            _record_effective(m, outcome, host, active, per_kind, rounds, skipped)
+            if per_kind.get("coalesced", accesses) < accesses:
+                outcome.effective["coalesced_note"] = (
+                    f"coalesced rounds use {per_kind['coalesced']} of the {accesses} "
+                    f"accesses: the ring holds {RING_CAPACITY} entries and a write into a "
+                    "full ring exits to userspace")
+    outcome.end_time = time.time()
+    return outcome
+
+
+def _record_kind(m: Machine, outcome: RunOutcome, kind: str, accesses: int, warmup: int,
+                 rounds: int) -> None:
+    index = KINDS.index(kind)
+    done = m.read_var("mmio_rounds_done", u32 * len(KINDS))[index]
+    if done != rounds:
+        raise AssertionError(f"mmio {kind}: the guest finished {done} of {rounds} rounds")
+    tsc = m.read_var("mmio_round_tsc", (u64 * MMIO_MAX_ROUNDS) * len(KINDS))[index]
+    for r in range(rounds):
+        cycles = tsc[r] / accesses
+        outcome.add(f"{kind}_cycles", cycles, warmup=r < warmup)
+        outcome.add(f"{kind}_ns", m.tsc_to_ns(tsc[r]) / accesses, warmup=r < warmup)
+
+
+def _record_effective(m: Machine, outcome: RunOutcome, host: MmioHost, active: tuple[str, ...],
+                      per_kind: Mapping[str, int], rounds: int,
+                      skipped: Mapping[str, str]) -> None:
+    eff: dict[str, Any] = outcome.effective
+    eff["tsc_khz"] = m.tsc_khz
+    eff["kinds"] = list(active)
+    eff["kinds_skipped"] = dict(skipped)
+    eff["rounds"] = rounds
+    eff["accesses_per_round"] = dict(per_kind)
+    eff["host_counts"] = {k: dataclasses.asdict(host.counts[k]) for k in active}
+    try:
+        with open("/sys/module/kvm/parameters/mmio_caching") as f:
+            eff["kvm.mmio_caching"] = f.read().strip()
+    except OSError:
+        eff["kvm.mmio_caching"] = "unknown"
+
+
+SPEC = ScenarioSpec(
+    name="mmio",
+    summary="cost per access, in guest TSC cycles, of MMIO read/write exits, read-only-slot "
+            "writes, ioeventfd and coalesced-MMIO writes, with a PIO round-trip baseline "
+            "and MMIO-SPTE counters",
+    parameters=(
+        Parameter("accesses", "accesses", 1000, 32, "accesses per timed round (coalesced: "
+                  f"at most {RING_CAPACITY}, the ring's capacity)"),
+        Parameter("kinds", "kinds", "all", "all", "access kinds to run: 'all' or a comma list "
+                  f"of {', '.join(KINDS)}", type=str),
+    ),
+    metrics=tuple(
+        metric
+        for kind in KINDS
+        for metric in (
+            Metric(f"{kind}_cycles", "cycles", "lower",
+                   f"{KIND_HELP[kind]}: guest TSC cycles per access"),
+            Metric(f"{kind}_ns", "ns", "lower",
+                   f"{KIND_HELP[kind]}: ns per access (TSC cycles / KVM_GET_TSC_KHZ)"),
+        )
+    ),
+    variant_axes=(),
+    run=run,
+    default_iterations=10,
+    default_warmup=2,
+)

@@ -1,0 +1,154 @@
+"""mmio at its quick size on the real /dev/kvm: where each access kind goes (exit, eventfd,
+ring), never how long it takes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import threading
+
+import pytest
+
+from kvmharness.results.model import RunRecord
+from kvmharness.scenarios import mmio
+from kvmharness.scenarios.base import RunOutcome, RunRequest
+
+SPEC = mmio.SPEC
+ITERATIONS, WARMUP = 3, 1
+ROUNDS = ITERATIONS + WARMUP
+
+
+@dataclasses.dataclass
+class QuickRun:
+    outcome: RunOutcome
+    accesses: int
+    fds: tuple[int, int]
+    threads: tuple[int, int]
+
+    def counts(self, kind: str) -> dict[str, int]:
+        return self.outcome.effective["host_counts"][kind]
+
+    def total(self, kind: str) -> int:
+        """Accesses of ``kind`` over all rounds, warm-up included."""
+        return self.outcome.effective["accesses_per_round"][kind] * ROUNDS
+
+    def stat(self, kind: str, name: str) -> int | None:
+        return self.outcome.kvm_stats[kind].get(f"vcpu.{name}")
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def run_quick(**overrides: str) -> tuple[RunOutcome, int, tuple[int, int], tuple[int, int]]:
+    params = SPEC.resolve_params(overrides, quick=True)
+    fds, threads = open_fds(), threading.active_count()
+    outcome = SPEC.run(RunRequest(params, {}, ITERATIONS, WARMUP))
+    return (outcome, int(params["accesses"]), (fds, open_fds()),
+            (threads, threading.active_count()))
+
+
+@pytest.fixture(scope="module")
+def quick(kvm_session: object) -> QuickRun:
+    return QuickRun(*run_quick())
+
+
+def test_every_kind_ran_on_this_kernel(quick):
+    # This host has every capability involved; elsewhere a skipped kind is named with why.
+    assert quick.outcome.effective["kinds"] == list(mmio.KINDS)
+    assert quick.outcome.effective["kinds_skipped"] == {}
+    for kind in mmio.KINDS:
+        assert quick.counts(kind)["accesses"] == quick.total(kind) == quick.accesses * ROUNDS
+
+
+def test_rom_writes_exit_as_mmio_writes(quick):
+    # The host's handler accepts only is_write exits at the ROM address and checks every
+    # value in order, so the count equal to the accesses means one write exit per store.
+    assert quick.counts("rom_write")["userspace_exits"] == quick.total("rom_write")
+    if quick.stat("rom_write", "mmio_exits") is not None:
+        assert quick.stat("rom_write", "mmio_exits") == quick.total("rom_write")
+
+
+def test_mmio_reads_writes_and_pio_exit_once_per_access(quick):
+    for kind in ("pio", "mmio_read", "mmio_write"):
+        assert quick.counts(kind)["userspace_exits"] == quick.total(kind), kind
+    for kind in ("mmio_read", "mmio_write"):
+        if quick.stat(kind, "mmio_exits") is not None:
+            assert quick.stat(kind, "mmio_exits") == quick.total(kind), kind
+
+
+def test_ioeventfd_writes_make_no_userspace_exit(quick):
+    counts = quick.counts("ioeventfd")
+    assert counts["eventfd_signals"] == quick.total("ioeventfd")
+    assert counts["userspace_exits"] == 0
+    if quick.stat("ioeventfd", "mmio_exits") is not None:
+        assert quick.stat("ioeventfd", "mmio_exits") == 0
+    # Only the per-round GUEST_SYNCs and the final DONE leave the guest.
+    assert quick.stat("ioeventfd", "exits") < quick.total("ioeventfd")
+
+
+def test_coalesced_writes_land_in_the_ring(quick):
+    counts = quick.counts("coalesced")
+    assert counts["ring_entries"] == quick.total("coalesced")
+    assert counts["userspace_exits"] == counts["ring_full_exits"] == 0
+    if quick.stat("coalesced", "mmio_exits") is not None:
+        assert quick.stat("coalesced", "mmio_exits") == 0
+
+
+def test_every_metric_present_with_units(quick):
+    outcome = quick.outcome
+    declared = {m.name for m in SPEC.metrics}
+    assert declared == set(outcome.samples)
+    for metric in SPEC.metrics:
+        assert metric.unit in ("cycles", "ns") and metric.direction == "lower"
+        values = outcome.samples[metric.name]
+        assert len(values) == ITERATIONS and len(outcome.warmups[metric.name]) == WARMUP
+        assert all(math.isfinite(v) and v > 0 for v in values), metric.name
+    record = RunRecord.from_outcome(outcome, SPEC, index=0, repeat=0, variant={})
+    assert not [w for w in record.warnings if "not declared" in w]
+    assert all(s.unit for s in record.samples.values())
+    assert outcome.effective["tsc_khz"] > 0
+
+
+def test_stats_recorded_per_kind(quick):
+    for kind in mmio.KINDS:
+        stats = quick.outcome.kvm_stats[kind]
+        # The MMIO-SPTE counter is recorded whether or not this host caches MMIO SPTEs
+        # (kvm.mmio_caching=N here keeps it at 0).
+        assert "vcpu.pf_mmio_spte_created" in stats and stats["vcpu.pf_mmio_spte_created"] >= 0
+        assert stats["vcpu.exits"] > 0  # at least the SYNCs and DONE
+
+
+@pytest.mark.requires_tracefs
+def test_mmio_tracepoints_counted_per_kind(quick):
+    if quick.outcome.effective["tracefs"] != "usable":
+        pytest.skip(f"tracefs: {quick.outcome.effective['tracefs']}")
+    for kind in mmio.KINDS:
+        events = quick.outcome.tracepoints[kind]
+        assert {"mark_mmio_spte", "handle_mmio_page_fault"} <= set(events)
+
+
+def test_no_fd_or_thread_leak(quick):
+    assert quick.fds[0] == quick.fds[1]
+    assert quick.threads[0] == quick.threads[1]
+
+
+@pytest.mark.usefixtures("kvm")
+def test_coalesced_rounds_are_capped_at_the_ring_capacity():
+    outcome, _, fds, threads = run_quick(kinds="coalesced", accesses="1000")
+    assert outcome.effective["kinds"] == ["coalesced"]
+    assert outcome.effective["accesses_per_round"] == {"coalesced": mmio.RING_CAPACITY}
+    counts = outcome.effective["host_counts"]["coalesced"]
+    assert counts["ring_entries"] == mmio.RING_CAPACITY * ROUNDS
+    assert counts["ring_full_exits"] == 0
+    assert set(outcome.samples) == {"coalesced_cycles", "coalesced_ns"}
+    assert "coalesced_note" in outcome.effective
+    assert fds[0] == fds[1] and threads[0] == threads[1]
+
+
+def test_kinds_parameter():
+    assert mmio.parse_kinds("all") == mmio.KINDS
+    assert mmio.parse_kinds("coalesced, pio") == ("pio", "coalesced")
+    with pytest.raises(ValueError, match="unknown.*'mmio'"):
+        mmio.parse_kinds("mmio")
