@@ -12,7 +12,7 @@ from kvmharness.guest.machine import Machine
 from kvmharness.kvm import Kvm
 from kvmharness.observe.counters import KvmCounters
 from kvmharness.observe.tracefs import MMIO_EVENTS, ZAP_EVENTS, tracefs_status
-from kvmharness.scenarios.base import RunOutcome, VariantUnsupported
+from kvmharness.scenarios.base import Metric, RunOutcome, ScenarioSpec, VariantUnsupported
 from kvmharness.uapi.caps import KvmCap
 from kvmharness.uapi.x86 import KVM_X86_QUIRK_SLOT_ZAP_ALL
 
@@ -138,3 +138,96 @@ def hammer_pass_ns(machine: Machine, nvcpus: int) -> list[list[float]]:
     done = machine.read_var("hammer_passes_done", u32 * KH_MAX_VCPUS)
     tsc = machine.read_var("hammer_pass_tsc", (u64 * HAMMER_MAX_PASSES) * KH_MAX_VCPUS)
     return [[machine.tsc_to_ns(tsc[v][p]) for p in range(done[v])] for v in range(nvcpus)]
+
+
+# --- sizes and per-size metrics (slot-ops, teardown) ------------------------------------
+_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+SIZE_SLOT = "<size>"
+
+
+def size_label(size: int) -> str:
+    """``4096`` -> ``4K``, ``1 << 30`` -> ``1G``: the largest unit that divides exactly, so a
+    label round-trips through ``parse_size`` and names one size only."""
+    for suffix in ("T", "G", "M", "K"):
+        unit = _SIZE_UNITS[suffix]
+        if size >= unit and size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return str(size)
+
+
+def parse_size(text: str, default_unit: int = 1) -> int:
+    """``4K``/``64k``/``1G`` (binary units) or a bare number times ``default_unit``."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = default_unit
+    if t and t[-1] in _SIZE_UNITS:
+        t, unit = t[:-1], _SIZE_UNITS[t[-1]]
+    if not t.isdigit() or int(t) <= 0:
+        raise ValueError(f"{text!r} is not a positive size like 4K, 16M or 1G")
+    return int(t) * unit
+
+
+class SizeList(str):
+    """A parameter value: comma-separated sizes, validated and normalised on construction
+    (``"4k, 1024k"`` -> ``"4K,1M"``) and kept as a string so results store it as given.
+    Bare numbers are bytes; subclasses change ``default_unit``."""
+
+    default_unit = 1
+    granule = 4096  # memslots and guest pages are 4 KiB granular
+
+    def __new__(cls, text: str) -> "SizeList":
+        items = [s for s in str(text).split(",") if s.strip()]
+        if not items:
+            raise ValueError(f"{text!r}: no sizes")
+        sizes = [parse_size(s, cls.default_unit) for s in items]
+        for s in sizes:
+            if s % cls.granule:
+                raise ValueError(f"{size_label(s)} is not a multiple of {size_label(cls.granule)}")
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"{text!r} names a size twice")
+        return super().__new__(cls, ",".join(size_label(s) for s in sizes))
+
+    @property
+    def sizes(self) -> list[int]:
+        return [parse_size(s) for s in self.split(",")]
+
+
+class MiBList(SizeList):
+    """Sizes where a bare number means MiB (``"256,1024"`` -> ``"256M,1G"``)."""
+
+    default_unit = 1 << 20
+    granule = 1 << 20
+
+
+class SizedScenarioSpec(ScenarioSpec):
+    """A spec whose per-size metrics are declared once as a family ``name@<size>`` and
+    resolved for whatever sizes a run's parameters name (``create@4K``, ``create@1G``):
+    the points of a scaling curve are not known until the parameters are."""
+
+    def metric(self, name: str) -> Metric:
+        family, sep, label = name.partition("@")
+        if sep and label != SIZE_SLOT:
+            try:
+                size = parse_size(label)
+                valid = size_label(size) == label and size % SizeList.granule == 0
+            except ValueError:
+                valid = False
+            if valid:
+                try:
+                    template = super().metric(f"{family}@{SIZE_SLOT}")
+                except KeyError:
+                    pass
+                else:
+                    return Metric(name, template.unit, template.direction,
+                                  f"{template.help} [{label}]")
+        return super().metric(name)
+
+    def sized_metrics(self, sizes: list[int]) -> list[str]:
+        """Every concrete metric name a run over ``sizes`` can report."""
+        out = []
+        for m in self.metrics:
+            if m.name.endswith("@" + SIZE_SLOT):
+                family = m.name[: -len(SIZE_SLOT) - 1]
+                out += [f"{family}@{size_label(s)}" for s in sizes]
+            else:
+                out.append(m.name)
+        return out

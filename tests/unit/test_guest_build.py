@@ -112,7 +112,7 @@ def test_missing_toolchain_names_packages(monkeypatch: pytest.MonkeyPatch, src: 
 
 
 def test_unknown_guest(src: Path, tmp_path: Path) -> None:
-    with pytest.raises(GuestBuildError, match=r"unknown guest 'nope'; available: hammer, hello"):
+    with pytest.raises(GuestBuildError, match=r"unknown guest 'nope'; available: .*hammer, hello"):
         guest_path("nope", source_dir=src, build_dir=tmp_path / "out")
 
 

@@ -1,0 +1,326 @@
+"""slot-ops: the latency of each memslot operation as the slot grows, and what it costs the guest.
+
+For every slot size (4 KiB .. GiBs) one memslot, separate from the guest's RAM, goes through
+create -> dirty logging on -> off -> move -> delete, each timed with perf_counter_ns around
+the KVM_SET_USER_MEMORY_REGION(2) call alone.  With ``populated`` a hammer vCPU keeps the
+rest of guest RAM mapped (one write per 4 KiB page per pass) and stops at a GUEST_SYNC after
+every pass; the op runs in that sync handler, so the guest's next pass is exactly the
+refault cost of the op (zap=all throws every SPTE away on delete/move; zap=slot only the
+slot's).  Without ``populated`` the guest never runs and the MMU is empty: the ioctl alone.
+
+Evidence: KVM stats per phase (``populate``: the first pass; ``cycles@<size>``: that size's
+passes and ops; ``warmup``; ``slot_ops``: the whole run) and the whole run's kvmmmu
+tracepoint counts (this process's only), which say which zap path ran.
+Nothing is read or traced per op: doing so was measured to slow the ops 2-4x here.
+
+The slot under test is backed by one MAP_NORESERVE mapping that nothing ever touches (the
+guest's page tables do not map it), so a 4 GiB slot costs KVM's per-slot metadata only.
+Memory guard, deliberately conservative: the largest slot is counted as if it were touched,
+plus the populated RAM and KVM's metadata estimate, and the run is refused before any VM is
+built if the host could not hold that; a stray touch (a future guest, a host read) must not
+be able to OOM a shared CI host.  With the defaults (4G slot, 1 GiB populated) that is
+~6 GiB available; the 4G slot itself never costs more than its ~8 MiB of metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import Sequence
+
+from kvmharness.guest.layout import GiB, MiB, Layout, LayoutError, Region
+from kvmharness.guest.longmode import max_phys_addr
+from kvmharness.guest.machine import Machine
+from kvmharness.guest.memory import check_host_memory
+from kvmharness.kvm import HostMemory, Kvm, Vm
+from kvmharness.observe.counters import KvmCounters, Snapshot
+from kvmharness.scenarios.base import (
+    ZAP_AXIS, Metric, Parameter, RunOutcome, RunRequest,
+)
+from kvmharness.scenarios.common import (
+    HAMMER_MAX_PASSES, SIZE_SLOT, HammerConfig, PhaseRecorder, SizedScenarioSpec, SizeList,
+    hammer_pass_ns, record_zap_path, size_label, zap_quirk_mask,
+)
+from kvmharness.uapi.kvm import KVM_MEM_LOG_DIRTY_PAGES
+
+HAMMER_GPA = 4 * GiB
+SLOT_ALIGN = 1 * GiB  # slot GPAs 1 GiB aligned, so KVM may use every huge-page level
+WATCHDOG_S = 120.0
+OPS = ("create", "dirty_on", "dirty_off", "move", "delete")
+ZAPPING_OPS = ("move", "delete")  # the ops that take the zap-all or zap-slot path
+STEADY = "steady"  # a pass with no op before it: the baseline a refault pass compares to
+RUN_PHASE = "slot_ops"  # the whole run, warmups included: its tracepoints prove the zap path
+
+
+def kvm_slot_metadata_bytes(size: int) -> int:
+    """KVM's allocations for a slot that no page of is ever touched: shadow-MMU rmaps
+    (8 bytes per 4 KiB page, less for the huge levels), lpage_info, and two dirty bitmaps
+    while logging.  An over-estimate, for the memory guard only."""
+    return size // 512 + size // 256 // 1024 + 2 * (size // 4096 // 8)
+
+
+def align_up(value: int, align: int) -> int:
+    return (value + align - 1) // align * align
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One entry of the script the sync handler (or, idle, the main thread) plays."""
+
+    op: str  # one of OPS, or STEADY
+    size: int
+    iteration: int
+    warm: bool
+    group_end: bool = False  # last step of this (iteration, size): report progress
+
+    @property
+    def label(self) -> str:
+        return size_label(self.size)
+
+
+class SlotUnderTest:
+    """The measured memslot: one id, one untouched mapping of the largest size (smaller
+    slots use its start), two GPAs to move between.  The arguments are worked out before
+    the clock starts, so the timed region holds the ioctl wrapper and nothing else."""
+
+    def __init__(self, vm: Vm, max_size: int, gpa_a: int, gpa_b: int) -> None:
+        self.vm = vm
+        self.gpa_a, self.gpa_b = gpa_a, gpa_b
+        self.mem = HostMemory(max_size, name="slot under test")
+        self.slot = vm.free_slot()
+
+    def args(self, op: str, size: int) -> tuple[int, int, int, int]:
+        """(flags, gpa, size, userspace_addr) for ``op`` in the create..delete cycle."""
+        addr = self.mem.addr
+        return {
+            "create": (0, self.gpa_a, size, addr),
+            "dirty_on": (KVM_MEM_LOG_DIRTY_PAGES, self.gpa_a, size, addr),
+            "dirty_off": (0, self.gpa_a, size, addr),
+            "move": (0, self.gpa_b, size, addr),
+            "delete": (0, self.gpa_b, 0, 0),
+        }[op]
+
+    def perform(self, op: str, size: int) -> int:
+        flags, gpa, length, addr = self.args(op, size)
+        set_region, slot, clock = self.vm.set_user_memory_region, self.slot, time.perf_counter_ns
+        t0 = clock()
+        set_region(slot, flags, gpa, length, addr)
+        return clock() - t0
+
+    def close(self) -> None:
+        try:
+            if not self.vm.closed and self.slot in self.vm.memslots:
+                self.vm.delete_memslot(self.slot)  # a failed cycle must not leave it behind
+        finally:
+            self.mem.close()
+
+
+def build_steps(sizes: Sequence[int], ops_per_size: int, warmup: int, iterations: int,
+                populated: bool) -> list[Step]:
+    steps: list[Step] = []
+    for i in range(warmup + iterations):
+        for size in sizes:
+            for _ in range(ops_per_size):
+                steps += [Step(op, size, i, i < warmup) for op in OPS]
+                if populated:
+                    steps.append(Step(STEADY, size, i, i < warmup))
+            steps[-1] = dataclasses.replace(steps[-1], group_end=True)
+    return steps
+
+
+class SlotOpsDriver:
+    """Plays the step script; ``on_sync`` is the hammer's per-pass GUEST_SYNC handler and
+    runs in the vCPU thread while the guest waits, so an op never overlaps a pass.
+
+    Nothing of ours runs between the guest's exit and the op: stats are read right after
+    each op.  Reading them (or starting a tracefs instance) just before an op was measured
+    to slow a 4 KiB create 2-4x here, so the op's own stats are not separated from the
+    pass's: vCPU stats only move while the guest runs, so a pass's pf_fixed is exact, and
+    the rest is kept per size (``cycles@<size>``)."""
+
+    def __init__(self, outcome: RunOutcome, steps: list[Step], req: RunRequest) -> None:
+        self.outcome = outcome
+        self.steps = steps
+        self.req = req
+        self.runs = req.warmup + req.iterations
+        self.slot: SlotUnderTest | None = None
+        self.counters: KvmCounters | None = None  # for its snapshot/delta only
+        self.last: tuple[Step | None, Snapshot] | None = None
+        self.group: dict[str, list[float]] = {}
+
+    def attach(self, m: Machine, slot: SlotUnderTest, recorder: PhaseRecorder) -> None:
+        self.slot = slot
+        vm = m.vm
+        assert vm is not None
+        self.counters = KvmCounters(vm, m.vcpus, vm_stats=recorder.vm_stats,
+                                    vcpu_stats=recorder.vcpu_stats)
+
+    def perform(self, step: Step) -> None:
+        if step.op == STEADY:
+            return
+        ns = self.slot.perform(step.op, step.size)  # type: ignore[union-attr]
+        self.outcome.add(f"{step.op}@{step.label}", ns / 1e3, warmup=step.warm)
+        self.group.setdefault(step.op, []).append(ns / 1e3)
+
+    def report(self, step: Step) -> None:
+        if not step.group_end:
+            return
+        kind = "warmup" if step.warm else "iteration"
+        medians = ", ".join(f"{op} {statistics.median(v):.0f} us" for op, v in self.group.items())
+        self.req.progress(f"slot-ops {kind} {step.iteration + 1}/{self.runs} slot "
+                          f"{step.label}: {medians}")
+        self.group.clear()
+
+    def begin(self) -> None:
+        """Before the guest's first pass (which maps its RAM: the ``populate`` phase)."""
+        self.last = (None, self.counters.snapshot())  # type: ignore[union-attr]
+
+    def on_sync(self, m: Machine, vcpu: int, values: tuple[int, ...]) -> None:
+        done_pass = values[0]
+        step = self.steps[done_pass] if done_pass < len(self.steps) else None
+        if step is not None:
+            self.perform(step)
+        now = self.counters.snapshot()  # type: ignore[union-attr]
+        if self.last is not None:  # the pass that just ended followed ``previous``
+            previous, before = self.last
+            delta = KvmCounters.delta(before, now)
+            if previous is None:
+                phase = "populate"
+            else:
+                phase = "warmup" if previous.warm else f"cycles@{previous.label}"
+                self.outcome.add(f"{previous.op}_pf_fixed@{previous.label}"
+                                 if previous.op != STEADY else "steady_pf_fixed",
+                                 delta.get("vcpu.pf_fixed", 0), warmup=previous.warm)
+            bucket = self.outcome.kvm_stats.setdefault(phase, {})
+            for k, v in delta.items():
+                bucket[k] = bucket.get(k, 0) + v
+            if previous is not None:
+                self.report(previous)
+        self.last = (step, now) if step is not None else None
+
+    def record_passes(self, m: Machine) -> None:
+        """Pass k+1 follows step k (pass 0 is the first touch of guest RAM)."""
+        passes = hammer_pass_ns(m, 1)[0]
+        if len(passes) != len(self.steps) + 1:
+            raise RuntimeError(f"slot-ops: the hammer finished {len(passes)} passes, "
+                               f"expected {len(self.steps) + 1}")
+        self.outcome.effective["populate_pass_ms"] = passes[0] / 1e6
+        for step, ns in zip(self.steps, passes[1:]):
+            name = "steady_pass" if step.op == STEADY else f"{step.op}_pass@{step.label}"
+            self.outcome.add(name, ns / 1e6, warmup=step.warm)
+
+
+def run(req: RunRequest) -> RunOutcome:
+    p = req.params
+    sizes = SizeList(p["sizes"]).sizes
+    populated = bool(p["populated"])
+    populated_bytes = int(p["populated_mib"]) * MiB
+    ops_per_size = int(p["ops_per_size"])
+    if populated_bytes <= 0 or ops_per_size <= 0:
+        raise ValueError("slot-ops: populated_mib and ops_per_size must be positive")
+    steps = build_steps(sizes, ops_per_size, req.warmup, req.iterations, populated)
+    if populated and len(steps) + 1 > HAMMER_MAX_PASSES:
+        raise ValueError(f"slot-ops: {len(steps) + 1} hammer passes needed (one per op and "
+                         f"steady pass), the hammer guest records at most {HAMMER_MAX_PASSES}: "
+                         "use fewer sizes, ops_per_size or iterations")
+    max_size = max(sizes)
+    layout = Layout.of([Region("hammer", HAMMER_GPA, populated_bytes, "ram",
+                               hugepages=bool(p["thp"]))])
+    check_host_memory(layout.memslot_bytes() + max_size + kvm_slot_metadata_bytes(max_size),
+                      f"slot-ops with a {size_label(max_size)} slot (counted as if touched) "
+                      f"and {populated_bytes // MiB} MiB of guest RAM")
+    gpa_a = align_up(layout.region("hammer").end, SLOT_ALIGN)
+    gpa_b = gpa_a + align_up(max_size, SLOT_ALIGN)
+
+    outcome = RunOutcome()
+    outcome.effective.update(populated=populated, thp=bool(p["thp"]), slot_gpas=[gpa_a, gpa_b],
+                             timed="Vm.set_user_memory_region (the ioctl and its wrapper)")
+    driver = SlotOpsDriver(outcome, steps, req)
+    with Kvm() as kvm:
+        mask = zap_quirk_mask(kvm, req.variant)
+        limit = max_phys_addr(kvm.supported_cpuid())
+        if gpa_b + max_size > limit:
+            raise LayoutError(f"slot-ops: a {size_label(max_size)} slot moved to {gpa_b:#x} ends "
+                              f"above the guest physical address limit {limit:#x}")
+        with Machine(kvm, "hammer", layout, vcpus=1, disable_quirks=mask,
+                     on_sync=driver.on_sync if populated else None,
+                     watchdog_s=WATCHDOG_S) as m:
+            slot = SlotUnderTest(m.vm, max_size, gpa_a, gpa_b)  # type: ignore[arg-type]
+            try:
+                recorder = PhaseRecorder(m, outcome)
+                driver.attach(m, slot, recorder)
+                if populated:
+                    HammerConfig(base=HAMMER_GPA, pages=populated_bytes // 4096,
+                                 passes=len(steps) + 1, stride_per_vcpu=0,
+                                 sync_each_pass=True).apply(m)
+                # One tracefs instance for the whole run: per-op instances perturb the ops.
+                with recorder.phase(RUN_PHASE):
+                    if populated:
+                        driver.begin()
+                        m.run()
+                    else:
+                        for step in steps:
+                            driver.perform(step)
+                            driver.report(step)
+                if populated:
+                    driver.record_passes(m)
+            finally:
+                slot.close()
+            record_zap_path(outcome, req.variant,
+                            sum(1 for s in steps if s.op in ZAPPING_OPS), RUN_PHASE)
+    outcome.end_time = time.time()
+    return outcome
+
+
+def _sized(name: str, unit: str, direction: str, help: str) -> Metric:
+    return Metric(f"{name}@{SIZE_SLOT}", unit, direction, help)  # type: ignore[arg-type]
+
+
+_OP_HELP = {
+    "create": "KVM_SET_USER_MEMORY_REGION create of the slot (allocates rmaps/lpage_info)",
+    "dirty_on": "flags change enabling KVM_MEM_LOG_DIRTY_PAGES (bitmap, write-protect)",
+    "dirty_off": "flags change disabling dirty logging",
+    "move": "moving the slot to another GPA (zaps: all or the slot's SPTEs)",
+    "delete": "deleting the slot (zaps: all or the slot's SPTEs)",
+}
+
+SPEC = SizedScenarioSpec(
+    name="slot-ops",
+    summary="latency of memslot create, delete, move and dirty-logging flag changes versus "
+            "slot size, with guest RAM populated by a running guest or idle, and the "
+            "guest's refault cost on its next pass",
+    parameters=(
+        Parameter("sizes", "sizes: comma list, K/M/G suffixes, multiples of 4K",
+                  SizeList("4K,64K,1M,16M,256M,1G,4G"), SizeList("4K,64K,1M"),
+                  "slot sizes to measure (the scaling curve's x axis)", type=SizeList),
+        Parameter("populated", "bool", True, True, "true: a hammer vCPU keeps guest RAM "
+                  "mapped and re-touches it after every op; false: the guest never runs "
+                  "(empty MMU, no pass metrics)", type=bool),
+        Parameter("populated_mib", "MiB", 1024, 4, "guest RAM the hammer maps with 4 KiB "
+                  "pages (what a zap-all throws away)"),
+        Parameter("ops_per_size", "cycles", 5, 2, "create..delete cycles per size per "
+                  "iteration (samples per metric per iteration)"),
+        Parameter("thp", "bool", False, False, "back guest RAM with transparent huge pages",
+                  type=bool),
+    ),
+    metrics=tuple(
+        _sized(op, "us", "lower", _OP_HELP[op]) for op in OPS
+    ) + tuple(
+        _sized(f"{op}_pass", "ms", "lower", f"the hammer's next pass after {op} (guest TSC; "
+               "the refault cost)") for op in OPS
+    ) + tuple(
+        _sized(f"{op}_pf_fixed", "faults", "lower", f"vCPU pf_fixed during the pass after "
+               f"{op}") for op in OPS
+    ) + (
+        Metric("steady_pass", "ms", "lower", "a hammer pass with no op before it (baseline)"),
+        Metric("steady_pf_fixed", "faults", "lower", "vCPU pf_fixed during a steady pass"),
+    ),
+    variant_axes=(ZAP_AXIS,),
+    run=run,
+    default_iterations=3,
+    default_warmup=1,
+)
+
+# Produced only with populated=true.
+PASS_METRIC_FAMILIES = tuple(f"{op}_{kind}" for op in OPS for kind in ("pass", "pf_fixed")) + (
+    "steady_pass", "steady_pf_fixed")

@@ -1,0 +1,201 @@
+"""teardown: how long destroying a VM takes as its populated guest RAM grows, and how long a
+host thread waits to run meanwhile.
+
+Destroy zaps every SPTE (always the zap-all path, whatever the slot quirk says), so its cost
+grows with the mapped RAM; a KVM that does that holding mmu_lock without rescheduling
+stalls the CPU it runs on.  Per size, a fresh VM's hammer vCPUs write one word per 4 KiB
+guest page once (mapping all of it), then ``Vm.close()`` is timed: the vCPU and stats fds
+and last the VM fd, whose release runs kvm_destroy_vm inside that close.  Meanwhile a probe
+thread sleeps 100 us at a time and records how late it wakes; with ``pin`` it shares one
+CPU with the destroying thread, so it can only run where the destroy lets the scheduler in.
+The probe's worst lateness over an equally long idle window right after the destroy is the
+host's own noise, to read the destroy's figure against."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from kvmharness.guest.layout import GiB, Layout, Region
+from kvmharness.guest.machine import Machine
+from kvmharness.guest.memory import check_host_memory
+from kvmharness.kvm import Kvm
+from kvmharness.scenarios.base import Metric, Parameter, RunOutcome, RunRequest
+from kvmharness.scenarios.common import (
+    SIZE_SLOT, HammerConfig, MiBList, PhaseRecorder, SizedScenarioSpec, hammer_pass_ns,
+    size_label,
+)
+
+HAMMER_GPA = 4 * GiB
+PAGE = 4096
+PROBE_SLEEP_NS = 100_000
+PROBE_WARM_SLEEPS = 20  # sleeps before the destroy, so the probe is already in its loop
+MIN_BASELINE_S = 0.001
+WATCHDOG_S = 300.0
+
+
+class DelayProbe:
+    """A host thread that sleeps PROBE_SLEEP_NS at a time and keeps each sleep's (start,
+    end) in perf_counter_ns; lateness = end - start - PROBE_SLEEP_NS."""
+
+    def __init__(self, cpu: int | None) -> None:
+        self.cpu = cpu
+        self.sleeps: list[tuple[int, int]] = []
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="kvmharness-delay-probe",
+                                        daemon=True)
+
+    def _loop(self) -> None:
+        try:
+            if self.cpu is not None:
+                os.sched_setaffinity(0, {self.cpu})  # 0: this thread only
+            clock, sleep, record = time.perf_counter_ns, time.sleep, self.sleeps.append
+            seconds = PROBE_SLEEP_NS / 1e9
+            while not self._stop.is_set():
+                t0 = clock()
+                sleep(seconds)
+                record((t0, clock()))
+        except BaseException as exc:
+            self.error = exc
+
+    def start(self) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + 5.0
+        while len(self.sleeps) < PROBE_WARM_SLEEPS and self._thread.is_alive():
+            if time.monotonic() > deadline:
+                raise RuntimeError("teardown: the delay probe did not start sleeping within 5 s")
+            time.sleep(0.001)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def worst_delay_us(self, start: int, end: int) -> float:
+        """Worst lateness of the sleeps overlapping [start, end]; if the window fell between
+        two sleeps, the next sleep's (it was the one kept waiting)."""
+        overlapping = [(a, b) for a, b in self.sleeps if a < end and b > start]
+        if not overlapping:
+            overlapping = [next((a, b) for a, b in self.sleeps if b >= start)]
+        return max(0, max(b - a - PROBE_SLEEP_NS for a, b in overlapping)) / 1e3
+
+
+class PinnedTo:
+    """Pin the calling thread to ``cpu`` (None: leave it), restoring its affinity after."""
+
+    def __init__(self, cpu: int | None) -> None:
+        self.cpu = cpu
+        self.saved: set[int] | None = None
+
+    def __enter__(self) -> "PinnedTo":
+        if self.cpu is not None:
+            self.saved = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, {self.cpu})
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.saved is not None:
+            os.sched_setaffinity(0, self.saved)
+
+
+def populate_and_destroy(kvm: Kvm, size: int, nvcpus: int, thp: bool, pin: bool,
+                         outcome: RunOutcome, warm: bool) -> tuple[float, float, float]:
+    """One fresh VM: map ``size`` bytes of guest RAM, then destroy it under the probe.
+    Returns (destroy ms, probe worst delay us, probe baseline us)."""
+    pages = size // PAGE // nvcpus
+    layout = Layout.of([Region("hammer", HAMMER_GPA, size, "ram", hugepages=thp)])
+    label = size_label(size)
+    with Machine(kvm, "hammer", layout, vcpus=nvcpus, watchdog_s=WATCHDOG_S) as m:
+        HammerConfig(base=HAMMER_GPA, pages=pages, passes=1,
+                     stride_per_vcpu=pages * PAGE).apply(m)
+        recorder = PhaseRecorder(m, outcome, trace=False)
+        with recorder.phase("warmup" if warm else f"populate@{label}"):
+            m.run()
+        if not warm:
+            outcome.add(f"populate_pass@{label}",
+                        max(p[0] for p in hammer_pass_ns(m, nvcpus)) / 1e6)
+        m.stop()
+        cpu = min(os.sched_getaffinity(0)) if pin else None
+        probe = DelayProbe(cpu)
+        with PinnedTo(cpu):
+            probe.start()
+            try:
+                t0 = time.perf_counter_ns()
+                m.vm.close()  # type: ignore[union-attr]
+                t1 = time.perf_counter_ns()
+                b0 = time.perf_counter_ns()
+                time.sleep(max((t1 - t0) / 1e9, MIN_BASELINE_S))
+                b1 = time.perf_counter_ns()
+            finally:
+                probe.stop()
+    return ((t1 - t0) / 1e6, probe.worst_delay_us(t0, t1), probe.worst_delay_us(b0, b1))
+
+
+def run(req: RunRequest) -> RunOutcome:
+    p = req.params
+    sizes = MiBList(p["populated_sizes"]).sizes
+    nvcpus, thp, pin = int(p["vcpus"]), bool(p["thp"]), bool(p["pin"])
+    if not 1 <= nvcpus <= 64:
+        raise ValueError(f"teardown: vcpus={nvcpus}: expected 1..64")
+    for size in sizes:
+        if size // PAGE < nvcpus:
+            raise ValueError(f"teardown: {size_label(size)} is less than one page per vCPU")
+    # Every size is touched; refuse the largest before building anything.
+    check_host_memory(max(sizes), f"teardown with {size_label(max(sizes))} of populated RAM")
+    outcome = RunOutcome()
+    outcome.effective.update(thp=thp, pin=pin, probe_sleep_us=PROBE_SLEEP_NS / 1e3,
+                             populated_bytes={size_label(s): s // PAGE // nvcpus * nvcpus * PAGE
+                                              for s in sizes},
+                             timed="Vm.close(): vCPU and stats fds, then the VM fd "
+                                   "(kvm_destroy_vm runs in its release)")
+    runs = req.warmup + req.iterations
+    with Kvm() as kvm:
+        for i in range(runs):
+            warm = i < req.warmup
+            for size in sizes:
+                label = size_label(size)
+                destroy_ms, delay_us, baseline_us = populate_and_destroy(
+                    kvm, size, nvcpus, thp, pin, outcome, warm)
+                outcome.add(f"destroy@{label}", destroy_ms, warmup=warm)
+                outcome.add(f"probe_max_delay@{label}", delay_us, warmup=warm)
+                outcome.add(f"probe_baseline@{label}", baseline_us, warmup=warm)
+                req.progress(f"teardown {'warmup' if warm else 'iteration'} {i + 1}/{runs} "
+                             f"{label}: destroy {destroy_ms:.2f} ms, probe worst "
+                             f"{delay_us:.0f} us (idle {baseline_us:.0f} us)")
+    outcome.end_time = time.time()
+    return outcome
+
+
+SPEC = SizedScenarioSpec(
+    name="teardown",
+    summary="VM destroy time versus populated guest RAM, and a host probe thread's worst "
+            "scheduling delay during it (mmu_lock held without rescheduling shows here)",
+    parameters=(
+        Parameter("populated_sizes", "MiB: comma list (K/M/G suffixes allowed)",
+                  MiBList("256,1024,4096"), MiBList("4,16"),
+                  "guest RAM mapped with 4 KiB guest pages before each destroy (one fresh "
+                  "VM per size)", type=MiBList),
+        Parameter("vcpus", "vCPUs", 4, 1, "vCPUs populating the RAM (each a share)"),
+        Parameter("pin", "bool", True, True, "pin the probe and the destroying thread to one "
+                  "CPU, so the probe runs only where the destroy reschedules", type=bool),
+        Parameter("thp", "bool", False, False, "back guest RAM with transparent huge pages",
+                  type=bool),
+    ),
+    metrics=(
+        Metric(f"destroy@{SIZE_SLOT}", "ms", "lower",
+               "Vm.close() of a VM with this much RAM mapped (kvm_destroy_vm)"),
+        Metric(f"probe_max_delay@{SIZE_SLOT}", "us", "lower",
+               "worst lateness of the probe's 100 us sleeps during the destroy"),
+        Metric(f"probe_baseline@{SIZE_SLOT}", "us", "lower",
+               "the same over an equally long idle window after it (host noise)"),
+        Metric(f"populate_pass@{SIZE_SLOT}", "ms", "lower",
+               "the hammer's first-touch pass that maps the RAM (guest TSC, slowest vCPU)"),
+    ),
+    variant_axes=(),
+    run=run,
+    default_iterations=3,
+    default_warmup=1,
+)

@@ -1,0 +1,150 @@
+"""slot-ops at its quick size on the real /dev/kvm: behaviour, never timings."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from typing import Callable
+
+import pytest
+
+from kvmharness.guest.layout import LayoutError
+from kvmharness.scenarios import slot_ops
+from kvmharness.scenarios.base import RunOutcome, RunRequest, VariantUnsupported
+from kvmharness.scenarios.common import SizeList, size_label
+
+SPEC = slot_ops.SPEC
+ITERATIONS, WARMUP = 1, 1
+
+
+@dataclasses.dataclass
+class QuickRun:
+    outcome: RunOutcome | None
+    skipped: str | None
+    fds: tuple[int, int]
+    threads: tuple[int, int]
+    params: dict[str, object]
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture(scope="module")
+def quick_run(kvm_session: object) -> Callable[..., QuickRun]:
+    """One quick run per (zap, populated), shared by the tests that inspect it."""
+    cache: dict[tuple[str, str], QuickRun] = {}
+
+    def get(zap: str, populated: str = "true") -> QuickRun:
+        key = (zap, populated)
+        if key not in cache:
+            params = SPEC.resolve_params({"populated": populated}, quick=True)
+            fds, threads = open_fds(), threading.active_count()
+            outcome, skipped = None, None
+            try:
+                outcome = SPEC.run(RunRequest(params, {"zap": zap}, ITERATIONS, WARMUP))
+            except VariantUnsupported as exc:
+                skipped = str(exc)
+            cache[key] = QuickRun(outcome, skipped, (fds, open_fds()),
+                                  (threads, threading.active_count()), params)
+        run = cache[key]
+        if run.skipped:
+            pytest.skip(run.skipped)
+        return run
+
+    return get
+
+
+def sizes_of(run: QuickRun) -> list[int]:
+    return SizeList(run.params["sizes"]).sizes  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("zap", ["all", "slot"])
+def test_every_declared_metric_has_samples_and_a_unit(quick_run, zap):
+    run = quick_run(zap)
+    outcome = run.outcome
+    sizes, cycles = sizes_of(run), int(run.params["ops_per_size"])  # type: ignore[arg-type]
+    expected = SPEC.sized_metrics(sizes)
+    assert set(expected) == set(outcome.samples), (
+        f"missing {set(expected) - set(outcome.samples)}, "
+        f"undeclared {set(outcome.samples) - set(expected)}")
+    for name in expected:
+        metric = SPEC.metric(name)
+        assert metric.unit and metric.direction == "lower"
+        per_size = "@" in name
+        n = ITERATIONS * cycles * (1 if per_size else len(sizes))
+        assert len(outcome.samples[name]) == n, name
+        assert len(outcome.warmups[name]) == WARMUP * cycles * (1 if per_size else len(sizes))
+        assert all(v >= 0 for v in outcome.samples[name])
+    # The guest ran: its first pass and each size's cycles have stats of their own.
+    for phase in ["populate", "warmup", slot_ops.RUN_PHASE] + [
+            f"cycles@{size_label(s)}" for s in sizes]:
+        assert outcome.kvm_stats[phase]["vcpu.exits"] > 0, phase
+    assert outcome.effective["populate_pass_ms"] > 0
+
+
+def test_idle_run_times_the_ops_without_a_guest(quick_run):
+    run = quick_run("all", "false")
+    outcome = run.outcome
+    ops = {n for n in SPEC.sized_metrics(sizes_of(run))
+           if n.split("@")[0] in slot_ops.OPS}
+    assert set(outcome.samples) == ops
+    assert outcome.effective["populated"] is False
+    assert "populate_pass_ms" not in outcome.effective
+
+
+@pytest.mark.parametrize("zap,populated", [("all", "true"), ("slot", "true"), ("all", "false")])
+def test_no_fd_or_thread_leaks(quick_run, zap, populated):
+    run = quick_run(zap, populated)
+    assert run.fds[1] == run.fds[0]
+    assert run.threads[1] == run.threads[0]
+
+
+@pytest.mark.requires_tracefs
+@pytest.mark.parametrize("zap", ["all", "slot"])
+def test_zap_path_follows_the_variant(kvm, quick_run, zap):
+    run = quick_run(zap)
+    outcome = run.outcome
+    zapping = ((ITERATIONS + WARMUP) * len(sizes_of(run)) * int(run.params["ops_per_size"])
+               * len(slot_ops.ZAPPING_OPS))  # type: ignore[arg-type]
+    fast = outcome.tracepoints[slot_ops.RUN_PHASE]["kvm_mmu_zap_all_fast"]
+    if zap == "slot":
+        assert fast == 0, f"{fast} zap-all events with the quirk disabled"
+    else:
+        assert fast >= zapping, f"{fast} zap-all events for {zapping} deletes/moves"
+    assert outcome.effective["zap_path"] == zap
+    assert not outcome.warnings
+
+
+def test_parameter_errors_are_clear():
+    with pytest.raises(ValueError, match="parameter 'sizes' expects SizeList"):
+        SPEC.resolve_params({"sizes": "3K"}, quick=True)
+    with pytest.raises(ValueError, match="parameter 'sizes' expects SizeList"):
+        SPEC.resolve_params({"sizes": "4K,lots"}, quick=True)
+    with pytest.raises(ValueError, match="parameter 'populated' expects bool"):
+        SPEC.resolve_params({"populated": "maybe"}, quick=True)
+    with pytest.raises(KeyError, match="no parameter 'size'"):
+        SPEC.resolve_params({"size": "4K"}, quick=True)
+    assert SPEC.resolve_params({"sizes": "4k, 1024K,1g"}, quick=True)["sizes"] == "4K,1M,1G"
+
+
+def test_run_refuses_impossible_plans_before_building_a_vm():
+    too_many = SPEC.resolve_params({"sizes": "4K,8K,12K,16K", "ops_per_size": "200"},
+                                   quick=True)
+    with pytest.raises(ValueError, match="hammer passes needed"):
+        SPEC.run(RunRequest(too_many, {"zap": "all"}, 1, 0))
+    # The guard counts the slot as if touched: a slot beyond the host's memory is refused.
+    huge = SPEC.resolve_params({"sizes": "4K,1024T"}, quick=True)
+    with pytest.raises(LayoutError, match="counted as if touched"):
+        SPEC.run(RunRequest(huge, {"zap": "all"}, 1, 0))
+
+
+def test_sized_metrics_resolve_for_any_size():
+    assert SPEC.metric("delete@4G").unit == "us"
+    assert SPEC.metric("delete_pass@16M").unit == "ms"
+    assert SPEC.metric("move_pf_fixed@64K").unit == "faults"
+    assert SPEC.metric("steady_pass").unit == "ms"
+    for bad in ("delete@3K", "delete@4096", "bogus@4K", "delete", "delete@<size>x"):
+        with pytest.raises(KeyError):
+            SPEC.metric(bad)
