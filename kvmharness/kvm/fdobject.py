@@ -8,12 +8,13 @@ import os
 from typing import Callable
 
 from kvmharness.kvm import syscall
+from kvmharness.kvm.closeable import Closeable
 from kvmharness.kvm.errors import KvmClosedError, KvmError, VmDeadError
 from kvmharness.uapi.caps import KvmCap
 from kvmharness.uapi.ioctls import KVM_CHECK_EXTENSION
 
 
-class FdObject:
+class FdObject(Closeable):
     """Owns ``self.fd``; subclasses release their own resources in ``_close_children``."""
 
     kind = "fd"
@@ -60,16 +61,3 @@ class FdObject:
         finally:
             fd, self.fd = self.fd, -1
             os.close(fd)
-
-    def __enter__(self):  # type: ignore[no-untyped-def]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        # Last resort for objects dropped without close(); never raise from a finaliser.
-        try:
-            self.close()
-        except Exception:
-            pass

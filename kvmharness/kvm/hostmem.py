@@ -7,10 +7,11 @@ from __future__ import annotations
 import ctypes
 
 from kvmharness.kvm import syscall
+from kvmharness.kvm.closeable import Closeable
 from kvmharness.uapi.kvm import PAGE_SIZE
 
 
-class HostMemory:
+class HostMemory(Closeable):
     """``size`` bytes of zeroed anonymous memory at ``addr``.  ``hugepages``: None leaves the
     system's THP policy, True asks for THP (MADV_HUGEPAGE), False forbids it."""
 
@@ -63,15 +64,3 @@ class HostMemory:
         if self.addr:
             addr, self.addr = self.addr, 0
             syscall.munmap(addr, self.size)
-
-    def __enter__(self) -> "HostMemory":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass

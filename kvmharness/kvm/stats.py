@@ -12,6 +12,7 @@ import os
 import struct
 from typing import Callable, Iterable, Mapping
 
+from kvmharness.kvm.closeable import Closeable
 from kvmharness.uapi.kvm import (
     KVM_STATS_BASE_MASK,
     KVM_STATS_BASE_SHIFT,
@@ -128,7 +129,7 @@ class StatsLayout:
         return cls(ident, header.data_offset, end, tuple(descriptors))
 
 
-class StatsReader:
+class StatsReader(Closeable):
     """Reads one stats fd (VM or vCPU).  Owns the fd; close() or use as a context manager."""
 
     def __init__(self, fd: int) -> None:
@@ -161,12 +162,6 @@ class StatsReader:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-    def __enter__(self) -> "StatsReader":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @dataclasses.dataclass(frozen=True)
