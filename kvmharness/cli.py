@@ -1,4 +1,4 @@
-"""``kvmharness info | list | run | compare``.
+"""``kvmharness info | list | run | compare | ab``.
 
 Exit status: 0 success; 1 a run failed or a file could not be used; 2 usage error;
 130 interrupted by Ctrl-C (completed runs are kept in the result file).
@@ -121,6 +121,47 @@ def build_parser() -> argparse.ArgumentParser:
                    "several, else variants, else files)")
     p.add_argument("--seed", type=int, default=Settings().seed,
                    help="bootstrap seed (same files + seed = same output)")
+
+    p = sub.add_parser("ab", help="boot kernels A and B under QEMU (virtme-ng), run the "
+                       "scenarios inside each, compare them")
+    p.add_argument("scenarios", nargs="+", metavar="SCENARIO")
+    p.add_argument("--kernel", action="append", type=_key_value, default=[], required=True,
+                   metavar="NAME=PATH", help="a kernel to boot: an image (bzImage/vmlinuz) "
+                   "with its modules tree, a build directory or an unpacked Debian "
+                   "linux-image package; NAME labels its results (repeat: A first)")
+    p.add_argument("--modules", action="append", type=_key_value, default=[],
+                   metavar="NAME=DIR", help="the lib/modules/VERSION tree of an image given "
+                   "as PATH, when it is not beside the image")
+    p.add_argument("--quick", action="store_true", help="CI-sized parameters")
+    p.add_argument("--param", action="append", type=_key_value, default=[], metavar="K=V",
+                   help="override a parameter of every scenario that has it (repeatable)")
+    p.add_argument("--variant", action="append", type=_key_value, default=[],
+                   metavar="AXIS=V1,V2", help="variant values to run (default: all)")
+    p.add_argument("--repeat", type=_positive, metavar="N",
+                   help=f"runs per variant in each boot (default: {QUICK_REPEAT} with --quick, "
+                   f"else {DEFAULT_REPEAT}, split over the rounds)")
+    p.add_argument("--iterations", type=_positive, metavar="I")
+    p.add_argument("--warmup", type=_non_negative, metavar="W")
+    p.add_argument("--rounds", type=_positive, default=2, metavar="R",
+                   help="boots per kernel, interleaved A B A B (default 2)")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help=f"folder for result files, logs and tables (default {DEFAULT_DIR}/"
+                   "ab-<UTC time>/)")
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                   help="auto: -cpu host with nested KVM where the host has VT-x/AMD-V and a "
+                   "real /dev/kvm, else TCG -cpu max (timings not representative)")
+    p.add_argument("--cpus", type=_positive, help="vCPUs per boot (TCG: 1 only)")
+    p.add_argument("--memory", default="4G", help="guest memory (default 4G)")
+    p.add_argument("--timeout", type=_positive, default=1800, metavar="S",
+                   help="seconds per boot before QEMU is killed (default 1800)")
+    p.add_argument("--format", choices=FORMATS, default="plain",
+                   help="table format printed (plain and Markdown files are always written)")
+    p.add_argument("--alpha", type=_alpha, default=0.05)
+    p.add_argument("--min-change", type=_fraction, default=0.01, metavar="PCT")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check prerequisites and print the vng commands; boot nothing")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="do not echo the guests' output (it is in each boot's output.log)")
     return parser
 
 
@@ -296,6 +337,93 @@ def cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+# --- ab --------------------------------------------------------------------------------
+
+
+def _ab_calls(args: argparse.Namespace, specs: dict[str, ScenarioSpec]
+              ) -> list[Any]:
+    """One `kvmharness run` call per scenario, with the options that apply to it.
+
+    A --param or --variant goes to every scenario that declares it, and must fit at least
+    one; each call is checked here exactly as `run` would check it, so a typo fails before
+    any kernel boots.  Raises ValueError/KeyError with a message for the user.
+    """
+    import math
+
+    from kvmharness.runner.ab import ScenarioCall
+
+    unknown = [s for s in args.scenarios if s not in specs]
+    if unknown:
+        raise ValueError(f"unknown scenario {', '.join(map(repr, unknown))} "
+                         f"(known: {', '.join(specs) or 'none'})")
+    repeat = args.repeat or math.ceil((QUICK_REPEAT if args.quick else DEFAULT_REPEAT)
+                                      / args.rounds)
+    used_params: set[str] = set()
+    used_axes: set[str] = set()
+    calls = []
+    for name in dict.fromkeys(args.scenarios):
+        spec = specs[name]
+        pnames = {p.name for p in spec.parameters}
+        axes = {a.name for a in spec.variant_axes}
+        params = [(k, v) for k, v in args.param if k in pnames]
+        variants = [(k, v) for k, v in args.variant if k in axes]
+        used_params |= {k for k, _ in params}
+        used_axes |= {k for k, _ in variants}
+        _plan(argparse.Namespace(param=params, variant=variants, quick=args.quick,
+                                 repeat=repeat, iterations=args.iterations,
+                                 warmup=args.warmup, label="ab"), spec)
+        options = ["--quick"] if args.quick else []
+        options += [x for k, v in params for x in ("--param", f"{k}={v}")]
+        options += [x for k, v in variants for x in ("--variant", f"{k}={v}")]
+        options += ["--repeat", str(repeat)]
+        if args.iterations:
+            options += ["--iterations", str(args.iterations)]
+        if args.warmup is not None:
+            options += ["--warmup", str(args.warmup)]
+        calls.append(ScenarioCall(name, tuple(options)))
+    stray = [k for k, _ in args.param if k not in used_params]
+    stray += [k for k, _ in args.variant if k not in used_axes]
+    if stray:
+        raise ValueError(f"{', '.join(map(repr, stray))}: not a parameter or variant axis of "
+                         f"{', '.join(args.scenarios)}")
+    return calls
+
+
+def cmd_ab(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: TextIO) -> int:
+    import datetime
+
+    from kvmharness.runner import ab
+    from kvmharness.runner.kernels import KernelPathError, resolve_kernel
+
+    try:
+        calls = _ab_calls(args, registry.all_scenarios())
+    except (ValueError, KeyError) as e:
+        err.write(f"kvmharness ab: {e.args[0] if e.args else e}\n")
+        return EXIT_USAGE
+    names = [n for n, _ in args.kernel]
+    if len(set(names)) != len(names):
+        err.write(f"kvmharness ab: kernel names must differ: {', '.join(names)}\n")
+        return EXIT_USAGE
+    modules = dict(args.modules)
+    stray = set(modules) - set(names)
+    if stray:
+        err.write(f"kvmharness ab: --modules for unknown kernel {', '.join(sorted(stray))}\n")
+        return EXIT_USAGE
+    try:
+        kernels = tuple(resolve_kernel(n, p, modules.get(n)) for n, p in args.kernel)
+    except KernelPathError as e:
+        err.write(f"kvmharness ab: {e}\n")
+        return EXIT_USAGE
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    opts = ab.AbOptions(
+        kernels=kernels, calls=tuple(calls), rounds=args.rounds,
+        out_dir=args.out or DEFAULT_DIR / f"ab-{stamp}", accel=args.accel, cpus=args.cpus,
+        memory=args.memory, timeout_s=args.timeout, fmt=args.format,
+        settings=Settings(alpha=args.alpha, min_change=args.min_change),
+        dry_run=args.dry_run, quiet=args.quiet)
+    return ab.execute(opts, argv, out, err)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -309,6 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(args, out)
         if args.command == "run":
             return cmd_run(args, out, err)
+        if args.command == "ab":
+            return cmd_ab(args, sys.argv[1:] if argv is None else list(argv), out, err)
         return cmd_compare(args, out, err)
     except KeyboardInterrupt:
         err.write("interrupted\n")

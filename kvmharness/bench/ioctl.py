@@ -56,9 +56,14 @@ def bench_null_ioctl(kvm: Kvm, n: int) -> dict[str, list[int]]:
 def bench_slot_create_delete(kvm: Kvm, n: int) -> dict[str, list[int]]:
     with kvm.create_vm() as vm, HostMemory(4096) as page:
         slot = 1
+
+        def ensure_deleted() -> None:
+            if slot in vm.memslots:
+                vm.delete_memslot(slot)
+
         create = time_each(n, lambda: vm.set_user_memory_region(slot, 0, 0x100000000, 4096,
                                                                 page.addr),
-                           setup=lambda: vm.memslots.get(slot) and vm.delete_memslot(slot))
+                           setup=ensure_deleted)
         delete = time_each(n, lambda: vm.delete_memslot(slot),
                            setup=lambda: vm.set_user_memory_region(slot, 0, 0x100000000, 4096,
                                                                    page.addr))

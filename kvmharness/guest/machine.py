@@ -66,7 +66,7 @@ class _Runner:
 
 def regs_dict(vcpu: Vcpu) -> dict[str, int]:
     regs = vcpu.get_regs()
-    return {name: getattr(regs, name) for name, _ in regs._fields_}
+    return {field[0]: getattr(regs, field[0]) for field in regs._fields_}
 
 
 class Machine:

@@ -20,7 +20,7 @@ class KvmError(OSError):
         self.detail = detail
 
     def __str__(self) -> str:
-        name = _errno.errorcode.get(self.errno, str(self.errno))
+        name = _errno.errorcode.get(self.errno or 0, str(self.errno))
         return f"{self.ioctl}: {name}: {self.strerror}"
 
 

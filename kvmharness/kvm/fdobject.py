@@ -34,7 +34,7 @@ class FdObject(Closeable):
                 raise VmDeadError(errno.EIO, exc.ioctl, "KVM has marked this VM dead "
                                   "(KVM_BUG_ON or a fatal error); see the host's dmesg") from None
             if detail:
-                raise KvmError(exc.errno, exc.ioctl, detail) from None
+                raise KvmError(exc.errno or errno.EIO, exc.ioctl, detail) from None
             raise
 
     def _vm_is_dead(self) -> bool:

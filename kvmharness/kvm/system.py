@@ -41,8 +41,9 @@ class Kvm(FdObject):
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as exc:
-            advice = _OPEN_ADVICE.get(exc.errno, exc.strerror)
-            raise KvmUnavailableError(exc.errno, "open", f"{path}: {advice}") from None
+            err = exc.errno or errno.EIO
+            advice = _OPEN_ADVICE.get(err, exc.strerror or str(exc))
+            raise KvmUnavailableError(err, "open", f"{path}: {advice}") from None
         super().__init__(fd)
         self.path = path
         self.vms: list[Vm] = []

@@ -52,7 +52,7 @@ class Vcpu(FdObject):
         try:
             if not kick.install_kick_handler():
                 raise RuntimeError(
-                    f"cannot install the vCPU kick signal handler (SIGRTMIN+2) "
+                    "cannot install the vCPU kick signal handler (SIGRTMIN+2) "
                     "from this thread: create the first Kvm() from the main thread or call "
                     "kvmharness.kvm.kick.install_kick_handler() there first")
             self._run_addr = syscall.mmap(mmap_size, syscall.PROT_READ | syscall.PROT_WRITE,

@@ -21,7 +21,6 @@ from kvmharness.uapi.kvm import (
     KVM_IOEVENTFD_FLAG_DEASSIGN,
     KVM_IOEVENTFD_FLAG_PIO,
     KVM_MEM_LOG_DIRTY_PAGES,
-    PAGE_SIZE,
     kvm_coalesced_mmio_zone,
     kvm_dirty_log,
     kvm_enable_cap,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+from typing import Any
 from ctypes import c_uint8, c_uint16, c_uint32, c_uint64
 
 KVM_NR_INTERRUPTS = 256
@@ -94,7 +95,7 @@ class kvm_debug_exit_arch(ctypes.Structure):
 _flex_cache: dict[tuple[str, int], type] = {}
 
 
-def _flex(header: type, array_field: str, entry: type, n: int) -> type:
+def _flex(header: Any, array_field: str, entry: Any, n: int) -> type:
     key = (header.__name__, n)
     cls = _flex_cache.get(key)
     if cls is None:

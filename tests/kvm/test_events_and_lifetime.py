@@ -10,7 +10,7 @@ import time
 import pytest
 
 from kvmharness.kvm import (
-    Hlt, HostMemory, Io, Kvm, KvmClosedError, KvmError, KvmUnavailableError, Mmio, Stopped,
+    Hlt, HostMemory, Io, Kvm, KvmClosedError, KvmError, KvmUnavailableError, Stopped,
 )
 from kvmharness.uapi.caps import KvmCap
 from tests.kvm.realmode import HLT, SPIN, asm, mov_al, mov_ds, out_al, realmode_vm, store_al

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from kvmharness.kvm.exits import Hlt, InternalError, Io, Mmio, SystemEvent, Unknown, decode_exit
+from kvmharness.kvm.exits import Hlt, InternalError, Io, Mmio, Unknown, decode_exit
 from kvmharness.kvm.stats import StatBase, StatsFormatError, StatsLayout, StatsSnapshot, StatType, StatUnit
 from kvmharness.uapi import kvm as k
 
