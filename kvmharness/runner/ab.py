@@ -1,0 +1,458 @@
+"""``kvmharness ab``: run the same scenarios inside kernel A and kernel B, compare them.
+
+Each round boots every kernel once, in the order given (A B, A B, ...: rounds interleave so
+that a slow drift of the host hits both kernels alike, DESIGN.md §4/§6).  Inside a boot
+the scenarios run with the very harness code of this host (the root file system is shared),
+as ``python3 -m kvmharness run SCENARIO ... --label NAME --out RWDIR``; the result files
+come back through vng's --rwdir.  Afterwards every file is compared by label (A vs B, per
+variant) and, for a kernel that ran several variants, by variant (zap=all vs zap=slot).
+
+A kernel that does not boot, panics or times out is reported with the tail of its console
+log and dropped from later rounds; what the other kernel produced is kept and shown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, TextIO
+
+from kvmharness.compare.build import CompareError, Comparison, Report, Settings, build_report
+from kvmharness.results.model import ResultFile, variant_text
+from kvmharness.results.store import load_result
+from kvmharness.results.validate import ResultFormatError
+from kvmharness.runner.host import Accel
+from kvmharness.runner.kernels import Kernel, KernelPathError
+from kvmharness.runner.vng import (
+    BootInterrupted,
+    BootResult,
+    BootSpec,
+    binds_for,
+    boot,
+    cache_dir,
+    kernel_binds,
+    package_root,
+    passthrough_env,
+    prepare_kernel,
+    shq,
+)
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+GUEST_DEPS = ("psutil", "elftools", "tabulate")
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+
+
+@dataclasses.dataclass(frozen=True)
+class ScenarioCall:
+    """One ``kvmharness run`` inside each boot: the scenario and its options (all but
+    --label and --out, which the boot supplies)."""
+
+    scenario: str
+    options: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class GuestPython:
+    interpreter: str
+    pythonpath: tuple[Path, ...]
+    note: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AbPlan:
+    kernels: tuple[Kernel, ...]
+    calls: tuple[ScenarioCall, ...]
+    rounds: int
+    accel: Accel
+    out_dir: Path
+    timeout_s: float
+    memory: str
+    python: GuestPython
+    guest_env: Mapping[str, str]        # extra variables for the guest (guest build dir, ...)
+    extra_binds: tuple[Path, ...] = ()  # host folders the guest must see (masked otherwise)
+    quiet: bool = False
+
+
+@dataclasses.dataclass
+class BootRecord:
+    round: int
+    kernel: str
+    rwdir: Path
+    result: BootResult | None = None
+    files: list[Path] = dataclasses.field(default_factory=list)
+    scenario_status: dict[str, int] = dataclasses.field(default_factory=dict)
+    skipped: str | None = None
+
+
+def boot_order(kernels: Sequence[Kernel], rounds: int) -> list[tuple[int, Kernel]]:
+    """A B A B ...: every round boots each kernel once, in the order given."""
+    return [(r, k) for r in range(1, rounds + 1) for k in kernels]
+
+
+def guest_body(plan: AbPlan, kernel: Kernel, rwdir: Path) -> str:
+    """The shell lines the guest runs: check KVM is there, then each scenario, recording
+    each exit status in RWDIR/status (the boot's own status is the worst of them)."""
+    py = shq(plan.python.interpreter)
+    no_kvm = shq(f"kvmharness ab: no /dev/kvm in {kernel.name} after modprobe "
+                 f"{plan.accel.module}")
+    lines = ["rc=0", f"[ -c /dev/kvm ] || {{ echo {no_kvm} >&2; exit 3; }}"]
+    for call in plan.calls:
+        argv = [*call.options, "--label", kernel.name, "--out", str(rwdir)]
+        lines.append(f"{py} -m kvmharness run {shq(call.scenario)} "
+                     + " ".join(shq(a) for a in argv))
+        lines.append(f"s=$?; echo {shq(call.scenario)} $s >> {shq(str(rwdir / 'status'))}; "
+                     "[ $s -eq 0 ] || rc=$s")
+    lines.append("exit $rc")
+    return "\n".join(lines)
+
+
+def guest_env(plan: AbPlan, kernel: Kernel) -> dict[str, str]:
+    return {
+        **passthrough_env(),  # KVMHARNESS_* and CI, as tools/vng-run passes them
+        "PYTHONPATH": ":".join(str(p) for p in plan.python.pythonpath),
+        "KVMHARNESS_VNG_KERNEL": kernel.version,
+        **plan.guest_env,
+    }
+
+
+def pick_guest_python(cache: Path | None = None,
+                      run: Callable[..., subprocess.CompletedProcess[bytes]] = subprocess.run
+                      ) -> GuestPython:
+    """Debian's /usr/bin/python3 with the pip --target folder of tools/vng-run --setup
+    when it has the dependencies: it starts in ~1 s under TCG, where a pyenv or venv
+    interpreter over 9p takes 6-17 s (DESIGN.md §5).  Otherwise this very interpreter,
+    which has them (it is running kvmharness)."""
+    pydeps = (cache or cache_dir()) / "pydeps"
+    root = package_root()
+    if SYSTEM_PYTHON.exists() and pydeps.is_dir():
+        probe = ("import sys; assert sys.version_info >= (3, 10); import "
+                 + ", ".join(GUEST_DEPS))
+        env = {**os.environ, "PYTHONPATH": str(pydeps)}
+        try:
+            ok = run([str(SYSTEM_PYTHON), "-c", probe], env=env, capture_output=True,
+                     timeout=60, check=False).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        if ok:
+            return GuestPython(str(SYSTEM_PYTHON), (pydeps, root))
+    note = (f"inside the guest kvmharness runs under {sys.executable}; under TCG a "
+            f"non-system interpreter can take 10+ s to start. Faster: {SYSTEM_PYTHON} -m pip "
+            f"install --target {pydeps} psutil pyelftools tabulate (or tools/vng-run --setup)")
+    return GuestPython(sys.executable, (root,), note)
+
+
+def _collect(record: BootRecord) -> None:
+    record.files = sorted(p for p in record.rwdir.glob("*.json") if not p.name.startswith("."))
+    try:
+        for line in (record.rwdir / "status").read_text().splitlines():
+            name, _, rc = line.partition(" ")
+            if rc.strip().lstrip("-").isdigit():
+                record.scenario_status[name] = int(rc)
+    except OSError:
+        pass
+
+
+def _prefixed(stream: TextIO, prefix: str, quiet: bool) -> Callable[[str], None]:
+    def write(line: str) -> None:
+        if not quiet:
+            stream.write(f"{prefix}{line}\n")
+            stream.flush()
+    return write
+
+
+def run_boots(plan: AbPlan, vng: str, out: TextIO, err: TextIO, staging: Path,
+              boot_fn: Callable[..., BootResult] | None = None
+              ) -> tuple[list[BootRecord], bool]:
+    """Every boot of the plan, A B A B.  Returns the records and whether Ctrl-C (or
+    SIGTERM/SIGHUP) stopped it; QEMU is never left running either way.  ``staging``: a
+    folder under /tmp (the guest sees it) for kernels that need a symlink tree."""
+    boot_fn = boot_fn or boot  # looked up now, so tests can substitute ab.boot
+    records: list[BootRecord] = []
+    dropped: dict[str, str] = {}
+    targets: dict[str, Path] = {}
+    for k in plan.kernels:
+        targets[k.name] = prepare_kernel(k, plan.accel.module, staging / k.name)
+    total = len(plan.kernels) * plan.rounds
+    for i, (rnd, kernel) in enumerate(boot_order(plan.kernels, plan.rounds), 1):
+        rwdir = plan.out_dir / f"r{rnd}-{kernel.name}"
+        record = BootRecord(rnd, kernel.name, rwdir)
+        records.append(record)
+        if kernel.name in dropped:
+            record.skipped = dropped[kernel.name]
+            err.write(f"[{i}/{total}] round {rnd}: {kernel.name} not booted: "
+                      f"{record.skipped}\n")
+            continue
+        rwdir.mkdir(parents=True, exist_ok=True)
+        binds = binds_for([*kernel_binds(kernel), *plan.python.pythonpath,
+                           *plan.extra_binds, Path(plan.python.interpreter).parent])
+        spec = BootSpec(target=targets[kernel.name], accel=plan.accel, memory=plan.memory,
+                        rodirs=tuple(binds), rwdirs=(rwdir.resolve(),),
+                        timeout_s=plan.timeout_s)
+        err.write(f"[{i}/{total}] round {rnd}: booting {kernel.name} ({kernel.version}, "
+                  f"{plan.accel.mode}) ...\n")
+        err.flush()
+        prefix = f"[r{rnd} {kernel.name}] "
+        try:
+            result = boot_fn(vng, spec, name=kernel.name, version=kernel.version,
+                             body=guest_body(plan, kernel, rwdir.resolve()), cwd=rwdir.resolve(),
+                             env=guest_env(plan, kernel), modprobe=plan.accel.module,
+                             out=_prefixed(out, prefix, plan.quiet),
+                             err=_prefixed(err, prefix, plan.quiet),
+                             output_log=rwdir / "output.log",
+                             console_log=rwdir / "console.log")
+        except BootInterrupted:
+            _collect(record)
+            err.write(f"interrupted during {kernel.name} round {rnd}: QEMU stopped\n")
+            return records, True
+        record.result = result
+        _collect(record)
+        if result.ok:
+            err.write(f"[{i}/{total}] {result.summary()}; {len(record.files)} result "
+                      f"file(s)\n")
+        else:
+            err.write(f"[{i}/{total}] {kernel.name} FAILED: {result.failure_report()}\n")
+            if result.status in ("timeout", "no-status"):
+                # Booting it again would most likely fail the same way and cost a timeout.
+                dropped[kernel.name] = f"dropped after round {rnd}: {result.summary()}"
+        err.flush()
+    return records, False
+
+
+def manifest(plan: AbPlan, records: Sequence[BootRecord], argv: Sequence[str],
+             started: datetime.datetime, interrupted: bool) -> dict[str, Any]:
+    """What ab.json records: enough to know how the files in the folder were produced."""
+    return {
+        "command": ["kvmharness", *argv],
+        "started": started.isoformat(timespec="seconds"),
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "interrupted": interrupted,
+        "accel": {"mode": plan.accel.mode, "cpus": plan.accel.cpus, "module": plan.accel.module,
+                  "reason": plan.accel.reason, "warning": plan.accel.warning},
+        "memory": plan.memory,
+        "guest_python": plan.python.interpreter,
+        "kernels": [{"name": k.name, "version": k.version, "kind": k.kind,
+                     "source": str(k.source), "image": str(k.image),
+                     "modules": str(k.modules) if k.modules else None}
+                    for k in plan.kernels],
+        "scenarios": [{"scenario": c.scenario, "options": list(c.options)} for c in plan.calls],
+        "rounds": plan.rounds,
+        "boots": [{
+            "round": r.round, "kernel": r.kernel,
+            "status": r.result.status if r.result else ("skipped" if r.skipped else
+                                                        "interrupted"),
+            "rc": r.result.rc if r.result else None,
+            "elapsed_s": round(r.result.elapsed_s, 1) if r.result else None,
+            "reason": r.skipped or (r.result.summary() if r.result and not r.result.ok
+                                    else None),
+            "scenario_status": r.scenario_status,
+            "files": [str(f.relative_to(plan.out_dir)) for f in r.files],
+        } for r in records],
+    }
+
+
+def all_ok(records: Sequence[BootRecord]) -> bool:
+    return bool(records) and all(
+        r.result is not None and r.result.ok and all(v == 0 for v in r.scenario_status.values())
+        for r in records)
+
+
+def _ordered(records: Sequence[BootRecord], kernels: Sequence[Kernel]) -> list[Path]:
+    # Kernel order first, so that the first --kernel is A (compare takes the first label
+    # seen as the baseline).
+    order = {k.name: i for i, k in enumerate(kernels)}
+    recs = sorted(records, key=lambda r: (order.get(r.kernel, 99), r.round))
+    return [f for r in recs for f in r.files]
+
+
+def build_comparisons(files: Sequence[Path], kernels: Sequence[Kernel],
+                      settings: Settings) -> tuple[list[tuple[str, Report]], list[str]]:
+    """(name, report) pairs: "kernels" (labels compared, per variant) and "variants-NAME"
+    (variants compared within one kernel); plus notes on what could not be compared."""
+    loaded: list[ResultFile] = []
+    notes: list[str] = []
+    for f in files:
+        try:
+            loaded.append(load_result(f))
+        except ResultFormatError as e:
+            notes.append(f"not used: {e}")
+    scenarios = list(dict.fromkeys(f.scenario_name for f in loaded))
+    out: list[tuple[str, Report]] = []
+    by_kernel: list[Comparison] = []
+    for sc in scenarios:
+        group = [f for f in loaded if f.scenario_name == sc]
+        labels = list(dict.fromkeys(f.label for f in group))
+        if len(labels) < 2:
+            if len(kernels) > 1:
+                notes.append(f"{sc}: only {', '.join(labels)} produced results: no kernel "
+                             "comparison")
+            continue
+        try:
+            by_kernel += build_report(group, by="label", settings=settings).comparisons
+        except CompareError as e:
+            notes.append(f"{sc}: kernels not compared: {e}")
+    if by_kernel:
+        out.append(("kernels", Report(tuple(by_kernel), settings)))
+    for k in kernels:
+        mine: list[Comparison] = []
+        for sc in scenarios:
+            group = [f for f in loaded if f.scenario_name == sc and f.label == k.name]
+            variants = {variant_text(r.variant) for f in group for r in f.ok_runs()}
+            if len(variants) < 2:
+                continue
+            try:
+                mine += build_report(group, by="variant", settings=settings).comparisons
+            except CompareError as e:
+                notes.append(f"{sc} in {k.name}: variants not compared: {e}")
+        if mine:
+            out.append((f"variants-{k.name}", Report(tuple(mine), settings)))
+    return out, notes
+
+
+def check_kernels(kernels: Sequence[Kernel], module: str) -> list[str]:
+    from kvmharness.runner.kernels import kernel_problems
+
+    return [p for k in kernels for p in kernel_problems(k, module)]
+
+
+
+# --- the whole command ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class AbOptions:
+    """What `kvmharness ab` was asked, after the CLI checked the scenario options."""
+
+    kernels: tuple[Kernel, ...]
+    calls: tuple[ScenarioCall, ...]
+    rounds: int
+    out_dir: Path
+    accel: str = "auto"
+    cpus: int | None = None
+    memory: str = "4G"
+    timeout_s: float = 1800.0
+    fmt: str = "plain"
+    settings: Settings = Settings()
+    dry_run: bool = False
+    quiet: bool = False
+
+
+def build_guests(err: TextIO) -> tuple[dict[str, str], list[Path]]:
+    """Build every guest ELF here, before booting: inside, the tree is read-only and the
+    guest kernel would have to compile under TCG.  Returns the variables that point the
+    harness inside at them, and the folders involved (for binds)."""
+    from kvmharness.guest.build import available_guests, guest_path, guests_source_dir
+
+    source = guests_source_dir()
+    built = [guest_path(name) for name in available_guests(source)]
+    build_dir = built[0].parent if built else source / "build"
+    err.write(f"guests built in {build_dir}: {', '.join(p.stem for p in built)}\n")
+    return ({"KVMHARNESS_GUESTS_DIR": str(source),
+             "KVMHARNESS_GUESTS_BUILD_DIR": str(build_dir)}, [source, build_dir])
+
+
+def write_outputs(out_dir: Path, reports: Sequence[tuple[str, Report]], fmt: str,
+                  out: TextIO) -> None:
+    from kvmharness.compare.tables import format_report
+
+    for name, report in reports:
+        plain = format_report(report, "plain")
+        (out_dir / f"compare-{name}.txt").write_text(plain)
+        (out_dir / f"compare-{name}.md").write_text(format_report(report, "markdown"))
+        title = ("Kernels compared" if name == "kernels"
+                 else f"Variants compared within {name.split('-', 1)[1]}")
+        out.write(f"\n== {title} (compare-{name}.txt / .md) ==\n")
+        out.write(plain if fmt == "plain" else format_report(report, fmt))
+
+
+def execute(opts: AbOptions, argv: Sequence[str], out: TextIO, err: TextIO) -> int:
+    """Prerequisites, acceleration, guest builds, the boots, the comparison."""
+    import tempfile
+
+    from kvmharness.guest.errors import GuestBuildError
+    from kvmharness.results.store import atomic_write_json
+    from kvmharness.runner.host import AccelError, check_prerequisites, decide_accel, find_vng
+    from kvmharness.runner.vng import BootError, vng_command
+
+    vng = find_vng()
+    missing = check_prerequisites(vng=vng)
+    if missing:
+        err.write("kvmharness ab: missing prerequisites (Debian packages / pip):\n")
+        err.writelines(f"  - {m}\n" for m in missing)
+        return EXIT_FAILED
+    assert vng is not None
+    try:
+        accel = decide_accel(opts.accel, opts.cpus)  # type: ignore[arg-type]
+    except AccelError as e:
+        err.write(f"kvmharness ab: {e}\n")
+        return EXIT_FAILED
+    err.write(f"acceleration: {accel.reason}\n")
+    if accel.warning:
+        err.write(f"WARNING: {accel.warning}\n")
+    problems = check_kernels(opts.kernels, accel.module)
+    if problems:
+        err.writelines(f"kvmharness ab: {p}\n" for p in problems)
+        return EXIT_FAILED
+    for k in opts.kernels:
+        err.write(f"kernel {k.describe()}\n")
+    python = pick_guest_python()
+    if python.note:
+        err.write(f"note: {python.note}\n")
+    if opts.dry_run:
+        env: dict[str, str] = {}
+        binds: list[Path] = []
+    else:
+        try:
+            env, binds = build_guests(err)
+        except GuestBuildError as e:
+            err.write(f"kvmharness ab: {e}\n")
+            return EXIT_FAILED
+    plan = AbPlan(opts.kernels, opts.calls, opts.rounds, accel, opts.out_dir.resolve(),
+                  opts.timeout_s, opts.memory, python, env, tuple(binds), opts.quiet)
+    if opts.dry_run:
+        for rnd, k in boot_order(plan.kernels, plan.rounds):
+            rwdir = plan.out_dir / f"r{rnd}-{k.name}"
+            spec = BootSpec(k.vng_target, accel, plan.memory, tuple(binds_for(
+                [*kernel_binds(k), *python.pythonpath])), (rwdir,), timeout_s=plan.timeout_s)
+            script = Path("/tmp/kvmharness-vng.XXXXXX/guest.sh")
+            cmd = vng_command(vng, spec, script, script.with_name("console.log"))
+            out.write(f"# round {rnd}, {k.name}\n{' '.join(shq(c) for c in cmd)}\n")
+            out.write("# guest.sh runs, after modprobe " + accel.module + ":\n")
+            out.writelines(f"#   {line}\n" for line in guest_body(plan, k, rwdir).splitlines())
+        return EXIT_OK
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    err.write(f"results: {plan.out_dir}\n")
+    started = datetime.datetime.now(datetime.timezone.utc)
+    staging = Path(tempfile.mkdtemp(prefix="kvmharness-ab.", dir="/tmp"))
+    try:
+        records, interrupted = run_boots(plan, vng, out, err, staging)
+    except (KernelPathError, BootError) as e:
+        err.write(f"kvmharness ab: {e}\n")
+        return EXIT_FAILED
+    finally:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    atomic_write_json(plan.out_dir / "ab.json", manifest(plan, records, argv, started,
+                                                         interrupted))
+    if interrupted:
+        err.write(f"interrupted: completed result files are kept in {plan.out_dir}\n")
+        return EXIT_INTERRUPTED
+    reports, notes = build_comparisons(_ordered(records, plan.kernels), plan.kernels,
+                                       opts.settings)
+    write_outputs(plan.out_dir, reports, opts.fmt, out)
+    for n in notes:
+        err.write(f"note: {n}\n")
+    out.write("\nboots:\n")
+    for r in records:
+        state = r.result.summary() if r.result else (r.skipped or "not run")
+        bad = {s: rc for s, rc in r.scenario_status.items() if rc}
+        extra = f"; scenarios failed: {bad}" if bad else ""
+        out.write(f"  round {r.round} {r.kernel}: {state}{extra}\n")
+    if accel.warning:
+        out.write(f"\nWARNING: {accel.warning}\n")
+    out.write(f"files: {plan.out_dir}\n")
+    return EXIT_OK if all_ok(records) else EXIT_FAILED

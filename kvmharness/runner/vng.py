@@ -1,0 +1,561 @@
+"""Booting a kernel with virtme-ng and running a shell script inside it.
+
+The recipe is DESIGN.md §5 (verified on these machines): vng shares the host's root file
+system read-only over 9p, overlays make /tmp, /etc, /usr, ... writable (and discarded),
+``--rwdir`` folders come back to the host, and the guest command's exit status becomes
+vng's.  What this module adds around it:
+
+* ``vng_command`` and ``guest_script`` are pure functions (unit-tested without booting);
+* the kernel console goes to a virtio console (hvc0) logged to a file, because vng sends
+  ttyS0 to /dev/null unless --verbose; its tail is shown when a boot fails;
+* vng/QEMU run in a process group of their own with a timeout; on timeout, Ctrl-C,
+  SIGTERM or SIGHUP the whole group is killed, and the boot waits until no process of the
+  group is left, so no QEMU outlives the harness;
+* QEMU opens /proc/self/fd/1 and 2 with O_TRUNC, so vng gets pipes, never files: a log the
+  caller redirects into is not truncated.
+
+Run as a program it is the engine behind ``tools/vng-run`` (same options, environment and
+exit statuses; see tools/README.md):
+
+    python3 -m kvmharness.runner.vng --chdir REPO KERNEL [--rwdir DIR]... -- COMMAND...
+
+Standard library only, so that a bare /usr/bin/python3 can run it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import IO, Callable, Iterator, Literal, Mapping, Sequence
+
+from kvmharness.runner.host import Accel, AccelError, check_prerequisites, decide_accel, find_vng
+from kvmharness.runner.kernels import Kernel, KernelPathError, ensure_modules_dep, \
+    kernel_problems, resolve_kernel, stage
+
+# Modules whose probing under TCG costs 3-10 s of boot (DESIGN.md §5); no spaces allowed.
+BLACKLIST = ("modprobe.blacklist=ahci,libahci,libata,sr_mod,cdrom,sg,iTCO_wdt,"
+             "iTCO_vendor_support,intel_pmc_bxt,psmouse,evdev,i6300esb,i2c_i801,i2c_smbus,"
+             "serio_raw,lpc_ich,pcspkr,crc32_pclmul,crct10dif_pclmul,ghash_clmulni_intel,"
+             "sha512_ssse3,sha256_ssse3,sha1_ssse3,aesni_intel,crc32c_intel,qemu_fw_cfg")
+CONSOLE_OPTS = ("-device virtio-serial-pci,id=khcon -chardev file,id=khlog,path={log} "
+                "-device virtconsole,bus=khcon.0,chardev=khlog")
+# virtme-ng-init mounts empty tmpfs over these inside the guest; host folders under them
+# are invisible there unless bound back in with --rodir.  (/lib/modules is vng's own.)
+MASKED = ("/var/cache", "/var/log", "/var/tmp", "/var/lib/apt", "/var/lib/private", "/run")
+VNG_OWN = ("/lib/modules", "/usr/lib/modules")
+GUEST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin:/usr/local/bin"
+DEFAULT_CACHE = Path("/var/cache/kvmharness")
+
+# Exit statuses shared with tools/vng-run.
+RC_TIMEOUT = 124
+RC_OWN_ERROR = 125
+RC_NO_STATUS = 255  # the guest never reported one: boot failure, panic
+
+BootStatus = Literal["ok", "failed", "timeout", "no-status"]
+
+
+class BootError(RuntimeError):
+    """The boot could not even be attempted (bad folder name, vng missing, ...)."""
+
+
+class BootInterrupted(KeyboardInterrupt):
+    """Ctrl-C / SIGTERM / SIGHUP during a boot; QEMU has already been killed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BootSpec:
+    target: Path                         # what vng --run gets: image or build dir
+    accel: Accel
+    memory: str = "4G"
+    rodirs: tuple[Path, ...] = ()
+    rwdirs: tuple[Path, ...] = ()
+    append: str = ""                     # extra kernel command line
+    qemu_opts: str = ""                  # extra QEMU options
+    timeout_s: float = 600.0
+    kill_grace_s: float = 5.0            # SIGTERM -> SIGKILL (vng removes its temp files)
+
+
+@dataclasses.dataclass
+class BootResult:
+    name: str
+    version: str
+    status: BootStatus
+    rc: int
+    elapsed_s: float
+    command: list[str]
+    console_tail: list[str]
+    output_tail: list[str]
+    panic: str | None
+    leftover_pids: list[int]
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def summary(self) -> str:
+        what = {
+            "ok": "exit 0",
+            "failed": f"exit {self.rc}",
+            "timeout": f"timed out (QEMU killed, exit {self.rc})",
+            "no-status": f"no exit status from the guest (exit {self.rc}: boot failure or "
+                         "kernel panic)",
+        }[self.status]
+        who = self.version if self.name == self.version else f"{self.name} ({self.version})"
+        text = f"{who}: {what} after {self.elapsed_s:.1f} s"
+        if self.panic:
+            text += f"; console: {self.panic}"
+        if self.leftover_pids:
+            text += f"; WARNING: processes {self.leftover_pids} survived SIGKILL"
+        return text
+
+    def failure_report(self) -> str:
+        """Summary plus the console tail (and the last output lines when the kernel
+        booted but the command failed)."""
+        lines = [self.summary()]
+        if self.status != "failed" or not self.output_tail:
+            lines.append(f"---- guest kernel console, last {len(self.console_tail)} lines ----")
+            lines += self.console_tail or ["(empty: the kernel printed nothing to hvc0)"]
+            lines.append("---- end of console ----")
+        if self.output_tail:
+            lines.append(f"---- output, last {len(self.output_tail)} lines ----")
+            lines += self.output_tail
+            lines.append("---- end of output ----")
+        return "\n".join(lines)
+
+
+# --- pure parts ---------------------------------------------------------------------------
+
+
+def _under(path: Path, prefix: str) -> bool:
+    text = str(path)
+    return text == prefix or text.startswith(prefix.rstrip("/") + "/")
+
+
+def binds_for(paths: Sequence[Path]) -> list[Path]:
+    """The --rodir binds that make ``paths`` visible in the guest: those under a folder
+    the guest masks, minus any under another bind or under vng's own /lib/modules."""
+    out: list[Path] = []
+    for p in paths:
+        p = Path(os.path.abspath(p))
+        if not any(_under(p, m) for m in MASKED) or any(_under(p, m) for m in VNG_OWN):
+            continue
+        if any(_under(p, str(b)) for b in out):
+            continue
+        out = [b for b in out if not _under(b, str(p))] + [p]
+    return out
+
+
+def check_dir_arg(path: Path) -> Path:
+    # vng parses --rodir/--rwdir as [GUEST=]HOST and virtme joins them with commas and
+    # spaces on the kernel command line.
+    if any(c in str(path) for c in "=, "):
+        raise BootError(f"{path}: a folder given to the guest must not contain '=', ',' "
+                        "or spaces")
+    return path
+
+
+def vng_command(vng: str, spec: BootSpec, script: Path, console_log: Path) -> list[str]:
+    """The full vng argv (DESIGN.md §5 plus the console log and the binds)."""
+    qemu = [f"-cpu {spec.accel.qemu_cpu}", CONSOLE_OPTS.format(log=console_log)]
+    if spec.qemu_opts:
+        qemu.append(spec.qemu_opts)
+    append = " ".join(x for x in (BLACKLIST, "console=hvc0 loglevel=7", spec.append) if x)
+    cmd = [vng, "--run", str(spec.target)]
+    if spec.accel.mode == "tcg":
+        # Without --disable-kvm vng would pick /dev/kvm (PVM here) and -cpu host.
+        cmd.append("--disable-kvm")
+    cmd += ["--force-9p", "--cpus", str(spec.accel.cpus), "--memory", spec.memory,
+            f"--qemu-opts={' '.join(qemu)}", "--append", append]
+    cmd += [f"--rodir={check_dir_arg(d)}" for d in spec.rodirs]
+    cmd += [f"--rwdir={check_dir_arg(d)}" for d in spec.rwdirs]
+    cmd += ["--exec", f"sh {script}"]
+    return cmd
+
+
+def shq(text: str) -> str:
+    """POSIX single quoting (the guest script runs under dash)."""
+    return shlex.quote(text)
+
+
+def guest_script(*, cwd: Path, env: Mapping[str, str], modprobe: str, body: str) -> str:
+    """The script vng runs inside; lives in a host /tmp folder that the guest's /tmp
+    overlay shows (the kernel command line, which carries --exec, holds only 2 KiB)."""
+    lines = [f"export PATH={GUEST_PATH}", "export PYTHONDONTWRITEBYTECODE=1"]
+    lines += [f"export {k}={shq(v)}" for k, v in env.items()]
+    lines.append(f"cd {shq(str(cwd))} || exit {RC_OWN_ERROR}")
+    if modprobe:
+        # udev coldplug usually loads it already; the explicit one also applies options
+        # (VNG_MODPROBE="kvm_amd npt=0") and says so when it fails.
+        lines.append(f"modprobe {modprobe} || echo {shq(f'modprobe {modprobe} failed')} >&2")
+    lines.append(body)
+    return "\n".join(lines) + "\n"
+
+
+def exec_body(argv: Sequence[str]) -> str:
+    return "exec " + " ".join(shq(a) for a in argv)
+
+
+def passthrough_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Host variables that travel into the guest: KVMHARNESS_* and CI."""
+    return {k: v for k, v in sorted(environ.items())
+            if re.fullmatch(r"KVMHARNESS_[A-Za-z0-9_]+|CI", k)}
+
+
+def find_panic(lines: Sequence[str]) -> str | None:
+    for line in lines:
+        for marker in ("Kernel panic", "BUG:", "Oops:", "general protection fault"):
+            if marker in line:
+                return line.strip()
+    return None
+
+
+# --- processes ----------------------------------------------------------------------------
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live PIDs whose process group is ``pgid``.  Zombies are left out: they are dead
+    already and only wait for init to reap them (which takes a second or two here)."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            members.append(int(entry.name))
+    return members
+
+
+def kill_group(proc: subprocess.Popen[bytes], grace_s: float = 5.0,
+               settle_s: float = 10.0) -> list[int]:
+    """SIGTERM the group (vng cleans up), then SIGKILL it, and wait until it is empty.
+    Returns the PIDs still there afterwards (should be none)."""
+    pgid = proc.pid
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(grace_s)
+    return reap_group(proc, settle_s)
+
+
+def reap_group(proc: subprocess.Popen[bytes], settle_s: float = 10.0) -> list[int]:
+    pgid = proc.pid
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(settle_s)
+    deadline = time.monotonic() + settle_s
+    left = group_members(pgid)
+    while left and time.monotonic() < deadline:
+        # Orphans are reparented and reaped by init; give it a moment.
+        time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        left = group_members(pgid)
+    return left
+
+
+@contextlib.contextmanager
+def _signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP interrupt a boot like Ctrl-C, so the cleanup runs for them too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise BootInterrupted(f"signal {signal.Signals(signum).name}")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _deferred_interrupts() -> Iterator[None]:
+    """While QEMU is being killed, a second Ctrl-C must not cut the cleanup short (and
+    leave QEMU running): hold SIGINT/SIGTERM/SIGHUP off until it is done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, signal.SIG_IGN)
+           for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _pump(stream: IO[bytes], sink: Callable[[str], None], tail: collections.deque[str],
+          log: IO[str] | None) -> None:
+    for raw in iter(stream.readline, b""):
+        line = raw.decode("utf-8", "replace").rstrip("\n")
+        tail.append(line)
+        if log is not None:
+            log.write(line + "\n")
+            log.flush()
+        sink(line)
+    stream.close()
+
+
+def _tail(path: Path, n: int) -> list[str]:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return []
+    return data.decode("utf-8", "replace").replace("\r", "").splitlines()[-n:]
+
+
+def vng_environment(vng: str, tmp: Path) -> dict[str, str]:
+    """vng runs its helpers (virtme-run, ...) from PATH: when vng lives in a venv that is
+    not on PATH (pip install into an unactivated venv, /opt/virtme-ng), put its bin/ first.
+    TMPDIR: vng's own temporary files go into the boot's folder, removed afterwards."""
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    bindir = str(Path(os.path.realpath(vng)).parent)
+    if bindir not in env.get("PATH", "").split(os.pathsep):
+        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def boot(vng: str, spec: BootSpec, *, name: str, version: str, body: str, cwd: Path,
+         env: Mapping[str, str], modprobe: str,
+         out: Callable[[str], None] = lambda line: print(line, flush=True),
+         err: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+         output_log: Path | None = None, console_log: Path | None = None,
+         tail_lines: int = 60) -> BootResult:
+    """Boot, run ``body`` in the guest, return how it went.  Never leaves a process of the
+    boot behind; raises BootInterrupted (after the cleanup) on Ctrl-C/SIGTERM/SIGHUP."""
+    # The host /tmp is the lower layer of the guest's /tmp overlay: script and console
+    # log must live there, whatever TMPDIR says.
+    tmp = Path(tempfile.mkdtemp(prefix="kvmharness-vng.", dir="/tmp"))
+    script, console = tmp / "guest.sh", tmp / "console.log"
+    cmd = vng_command(vng, spec, script, console)
+    log = open(output_log, "a", encoding="utf-8") if output_log else None  # noqa: SIM115
+    proc: subprocess.Popen[bytes] | None = None
+    threads: list[threading.Thread] = []
+    tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    timed_out = False
+    leftover: list[int] = []
+    start = time.monotonic()
+    try:
+        script.write_text(guest_script(cwd=cwd, env=env, modprobe=modprobe, body=body))
+        with _signals_as_interrupt():
+            try:
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, cwd=cwd,
+                                        env=vng_environment(vng, tmp),
+                                        start_new_session=True)
+            except OSError as e:
+                raise BootError(f"cannot start {cmd[0]}: {e}") from e
+            for stream, sink in ((proc.stdout, out), (proc.stderr, err)):
+                t = threading.Thread(target=_pump, args=(stream, sink, tail, log), daemon=True)
+                t.start()
+                threads.append(t)
+            try:
+                rc = proc.wait(timeout=spec.timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                leftover = kill_group(proc, grace_s=spec.kill_grace_s)
+                rc = RC_TIMEOUT
+            else:
+                leftover = reap_group(proc)  # whatever vng left in its group
+    except BaseException as e:
+        if proc is not None:
+            with _deferred_interrupts():
+                leftover = kill_group(proc, grace_s=min(2.0, spec.kill_grace_s))
+            if leftover:
+                err(f"kvmharness: processes {leftover} of the boot survived SIGKILL")
+        if isinstance(e, KeyboardInterrupt) and not isinstance(e, BootInterrupted):
+            raise BootInterrupted("Ctrl-C") from e
+        raise
+    finally:
+        for t in threads:
+            t.join(timeout=5)
+        if log is not None:
+            log.close()
+        if console_log is not None:
+            with contextlib.suppress(OSError):
+                shutil.copyfile(console, console_log)
+        console_tail = _tail(console, tail_lines)
+        panic = find_panic(_tail(console, 100000))
+        shutil.rmtree(tmp, ignore_errors=True)
+    elapsed = time.monotonic() - start
+    status: BootStatus
+    if timed_out:
+        status = "timeout"
+    elif rc == 0:
+        status = "ok"
+    elif rc == RC_NO_STATUS:
+        status = "no-status"
+    else:
+        status = "failed"
+    return BootResult(name, version, status, rc, elapsed, cmd, console_tail, list(tail),
+                      panic, leftover)
+
+
+# --- what a boot needs from the host ------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KVMHARNESS_CACHE") or DEFAULT_CACHE)
+
+
+def package_root() -> Path:
+    """The folder holding the kvmharness package (the checkout, or site-packages)."""
+    return Path(__file__).resolve().parent.parent.parent
+
+
+def kernel_binds(kernel: Kernel) -> list[Path]:
+    """What of the kernel the guest must see: its modules tree (vng symlinks
+    /lib/modules/VER to it) -- hidden when it lives under /var/cache and the like."""
+    if kernel.modules is None:
+        return []
+    return [kernel.modules.resolve()]
+
+
+def prepare_kernel(kernel: Kernel, module: str, staging: Path) -> Path:
+    """Check the kernel can load ``module``, run depmod if needed; returns vng's target."""
+    problems = kernel_problems(kernel, module)
+    if problems:
+        raise KernelPathError("; ".join(problems))
+    ensure_modules_dep(kernel)
+    return stage(kernel, staging)
+
+
+# --- tools/vng-run ------------------------------------------------------------------------
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name) or default)
+    except ValueError:
+        raise BootError(f"{name}={os.environ[name]!r} is not a number") from None
+
+
+def _parse_vng_run(argv: Sequence[str]) -> tuple[Path, str, list[Path], list[Path], list[str]]:
+    """[--chdir DIR] KERNEL [--rwdir DIR]... [--rodir DIR]... -- COMMAND [ARG...]
+    (parsed by hand: argparse mangles a COMMAND that has options of its own)."""
+    args = list(argv)
+    chdir = Path.cwd()
+    if args[:1] == ["--chdir"] and len(args) >= 2:
+        chdir, args = Path(args[1]), args[2:]
+    if not args or args[0].startswith("-"):
+        raise BootError(VNG_RUN_USAGE)
+    kernel, args = args[0], args[1:]
+    rw: list[Path] = []
+    ro: list[Path] = []
+    while args and args[0] != "--":
+        opt = args.pop(0)
+        if "=" in opt and opt.split("=", 1)[0] in ("--rwdir", "--rodir"):
+            opt, value = opt.split("=", 1)
+            args.insert(0, value)
+        if opt not in ("--rwdir", "--rodir") or not args:
+            raise BootError(VNG_RUN_USAGE)
+        (rw if opt == "--rwdir" else ro).append(Path(args.pop(0)))
+    if len(args) < 2:
+        raise BootError(VNG_RUN_USAGE)
+    return chdir, kernel, rw, ro, args[1:]
+
+
+VNG_RUN_USAGE = ("usage: tools/vng-run KERNEL [--rwdir DIR]... [--rodir DIR]... -- COMMAND "
+                 "[ARG...]")
+
+
+def vng_run_main(argv: Sequence[str] | None = None) -> int:
+    """The engine of tools/vng-run (see tools/README.md)."""
+    prog = "vng-run"
+
+    def say(text: str) -> None:
+        print(f"{prog}: {text}", file=sys.stderr, flush=True)
+
+    cache = cache_dir()
+    try:
+        chdir, kernel_arg, rw_args, ro_args, command = _parse_vng_run(
+            sys.argv[1:] if argv is None else argv)
+        path = Path(kernel_arg)
+        if not path.exists() and (cache / "kernels" / kernel_arg).is_dir():
+            path = cache / "kernels" / kernel_arg
+        if not path.exists():
+            raise KernelPathError(f"no kernel folder {kernel_arg} (nor "
+                                  f"{cache / 'kernels' / kernel_arg}); try: tools/vng-run "
+                                  f"--setup {kernel_arg}")
+        kernel = resolve_kernel("guest", path)
+        vng = find_vng()
+        missing = check_prerequisites(vng=vng)
+        if missing or vng is None:
+            for m in missing:
+                say(f"missing {m}")
+            say("or run: tools/vng-run --setup")
+            return RC_OWN_ERROR
+        accel = decide_accel(os.environ.get("VNG_ACCEL", "auto"))  # type: ignore[arg-type]
+        modprobe = os.environ.get("VNG_MODPROBE") or accel.module
+        rwdirs = []
+        for d in rw_args:
+            check_dir_arg(d)
+            d.mkdir(parents=True, exist_ok=True)
+            rwdirs.append(d.resolve())
+        rodirs = [check_dir_arg(d).resolve() for d in ro_args]
+        pydeps = cache / "pydeps"
+        if not pydeps.is_dir():
+            say(f"warning: {pydeps} missing: run tools/vng-run --setup")
+        cwd = chdir.resolve()
+        with tempfile.TemporaryDirectory(prefix="kvmharness-stage.", dir="/tmp") as staging:
+            target = prepare_kernel(kernel, modprobe.split()[0], Path(staging))
+            binds = binds_for([*([cache] if cache.is_dir() else []), *kernel_binds(kernel),
+                               cwd, package_root()])
+            binds += [d for d in rodirs if d not in binds]
+            spec = BootSpec(target=target, accel=accel,
+                            memory=os.environ.get("VNG_MEMORY") or "4G",
+                            rodirs=tuple(binds), rwdirs=tuple(rwdirs),
+                            append=os.environ.get("VNG_APPEND", ""),
+                            qemu_opts=os.environ.get("VNG_QEMU_OPTS", ""),
+                            timeout_s=_env_float("VNG_TIMEOUT", 600))
+            env = {"PYTHONPATH": f"{pydeps}:{package_root()}",
+                   "KVMHARNESS_VNG_KERNEL": kernel.version, **passthrough_env()}
+            if accel.warning:
+                say(f"{kernel.version}: {accel.warning}")
+            result = boot(vng, spec, name=kernel.version, version=kernel.version,
+                          body=exec_body(command), cwd=cwd, env=env, modprobe=modprobe,
+                          out=lambda line: print(line, flush=True),
+                          err=lambda line: print(line, file=sys.stderr, flush=True),
+                          console_log=Path(os.environ["VNG_CONSOLE_LOG"])
+                          if os.environ.get("VNG_CONSOLE_LOG") else None,
+                          tail_lines=int(_env_float("VNG_CONSOLE_TAIL", 60)))
+    except (KernelPathError, AccelError, BootError) as e:
+        say(str(e))
+        return RC_OWN_ERROR
+    except KeyboardInterrupt:
+        say("interrupted: QEMU stopped")
+        return 130
+    # The output was streamed already: only the summary and, on failure, the console.
+    say(result.summary())
+    if not result.ok:
+        say(f"---- guest kernel console, last {len(result.console_tail)} lines ----")
+        for line in result.console_tail:
+            print(line, file=sys.stderr)
+        say("---- end of console ----")
+    return result.rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(vng_run_main())

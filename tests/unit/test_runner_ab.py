@@ -1,0 +1,276 @@
+"""`kvmharness ab` without booting: option routing, errors before any boot, the dry run,
+and the whole flow with a fake boot that runs a fake scenario in-process (so rounds,
+collection, comparison, failure reporting and the manifest are exercised)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import struct
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from kvmharness import cli
+from kvmharness.runner import ab, host
+from kvmharness.runner.host import Accel
+from kvmharness.runner.vng import BootResult, BootSpec
+from kvmharness.scenarios import registry
+from kvmharness.scenarios.base import (
+    ZAP_AXIS,
+    Metric,
+    Parameter,
+    RunOutcome,
+    RunRequest,
+    ScenarioSpec,
+    VariantUnsupported,
+)
+
+FAKE_ENV = {"kernel": {"release": "test"}, "backend": {"kind": "svm", "nested": True}}
+TCG = Accel("tcg", "kvm_amd", 1, "TCG -cpu max: test host")
+RUNNING_IN: dict[str, str] = {"kernel": ""}  # which fake kernel the fake boot "is"
+
+
+def spec(name: str, param: str) -> ScenarioSpec:
+    rng = random.Random(name)
+
+    def run(req: RunRequest) -> RunOutcome:
+        if req.variant["zap"] == "slot" and RUNNING_IN["kernel"] == "old":
+            raise VariantUnsupported("quirk not supported: fake old kernel")
+        o = RunOutcome()
+        base = 100.0 if req.variant["zap"] == "all" else 50.0
+        for _ in range(req.iterations):
+            o.add("total", rng.gauss(base, 1.0))
+        return o
+
+    return ScenarioSpec(name=name, summary="fake",
+                        parameters=(Parameter(param, "pages", 100, 10, "p"),),
+                        metrics=(Metric("total", "ms", "lower", "t"),),
+                        variant_axes=(ZAP_AXIS,), run=run, default_iterations=3,
+                        default_warmup=0)
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> dict[str, ScenarioSpec]:
+    specs = {"one": spec("one", "pages"), "two": spec("two", "slots")}
+    monkeypatch.setattr(registry, "all_scenarios", lambda: specs)
+    monkeypatch.setattr(cli, "collect_fingerprint", lambda: dict(FAKE_ENV))
+    return specs
+
+
+def fake_kernel(root: Path, version: str) -> Path:
+    image = root / "boot" / f"vmlinuz-{version}"
+    image.parent.mkdir(parents=True)
+    data = bytearray(0x5000)
+    data[0x202:0x206] = b"HdrS"
+    text = version.encode() + b" (x) #1\0"
+    data[0x4400:0x4400 + len(text)] = text
+    struct.pack_into("<H", data, 0x20E, 0x4200)
+    image.write_bytes(bytes(data))
+    mods = root / "lib/modules" / version / "kernel/arch/x86/kvm"
+    mods.mkdir(parents=True)
+    (mods / "kvm-amd.ko").write_bytes(b"")
+    (root / "lib/modules" / version / "modules.dep").write_text(
+        "kernel/arch/x86/kvm/kvm-amd.ko:\n")
+    return root
+
+
+@pytest.fixture
+def kernels(tmp_path: Path) -> list[str]:
+    return ["--kernel", f"old={fake_kernel(tmp_path / 'k61', '6.1.0-9-amd64')}",
+            "--kernel", f"new={fake_kernel(tmp_path / 'k612', '6.12.1-amd64')}"]
+
+
+@pytest.fixture
+def host_ok(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host that has everything, with TCG; the guests are 'built'."""
+    monkeypatch.setattr(host, "find_vng", lambda *a, **k: "/usr/bin/vng")
+    monkeypatch.setattr(host, "check_prerequisites", lambda **k: [])
+    monkeypatch.setattr(host, "decide_accel", lambda request, cpus=None: TCG)
+    monkeypatch.setattr(ab, "pick_guest_python",
+                        lambda: ab.GuestPython("/usr/bin/python3", (Path("/repo"),)))
+    monkeypatch.setattr(ab, "build_guests", lambda err: ({"KVMHARNESS_GUESTS_BUILD_DIR": "/b"},
+                                                         []))
+
+
+def never_boot(*args: Any, **kwargs: Any) -> BootResult:
+    raise AssertionError("nothing may boot here")
+
+
+# --- options ----------------------------------------------------------------------------
+
+
+def test_params_and_variants_go_to_the_scenarios_that_have_them(fakes: Any) -> None:
+    args = cli.build_parser().parse_args(
+        ["ab", "one", "two", "--kernel", "A=/x", "--quick", "--param", "pages=20",
+         "--param", "slots=3", "--variant", "zap=all", "--rounds", "2", "--warmup", "0"])
+    calls = cli._ab_calls(args, fakes)
+    assert [c.scenario for c in calls] == ["one", "two"]
+    # --quick's 5 runs per variant, split over 2 rounds: 3 per boot.
+    assert calls[0].options == ("--quick", "--param", "pages=20", "--variant", "zap=all",
+                                "--repeat", "3", "--warmup", "0")
+    assert calls[1].options == ("--quick", "--param", "slots=3", "--variant", "zap=all",
+                                "--repeat", "3", "--warmup", "0")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--param", "nope=1"], "'nope': not a parameter or variant axis"),
+    (["--param", "pages=abc"], ""),
+    (["--variant", "zap=sometimes"], "no value 'sometimes'"),
+])
+def test_bad_scenario_options_fail_before_any_boot(fakes: Any, kernels: list[str],
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   extra: list[str], message: str) -> None:
+    monkeypatch.setattr(ab, "boot", never_boot)
+    assert cli.main(["ab", "one", *kernels, *extra]) == cli.EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_scenario(fakes: Any, kernels: list[str],
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["ab", "three", *kernels]) == cli.EXIT_USAGE
+    assert "unknown scenario 'three' (known: one, two)" in capsys.readouterr().err
+
+
+def test_a_kernel_that_does_not_exist(fakes: Any, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(ab, "boot", never_boot)
+    rc = cli.main(["ab", "one", "--kernel", f"A={tmp_path / 'vmlinuz-nope'}",
+                   "--kernel", f"B={fake_kernel(tmp_path / 'k', '6.12.1')}"])
+    assert rc == cli.EXIT_USAGE
+    assert f"kernel A: {tmp_path / 'vmlinuz-nope'} does not exist" in capsys.readouterr().err
+
+
+def test_duplicate_names_and_stray_modules(fakes: Any, kernels: list[str],
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["ab", "one", *kernels[:2], *kernels[:2]]) == cli.EXIT_USAGE
+    assert "must differ" in capsys.readouterr().err
+    assert cli.main(["ab", "one", *kernels, "--modules", "C=/x"]) == cli.EXIT_USAGE
+    assert "--modules for unknown kernel C" in capsys.readouterr().err
+
+
+def test_missing_prerequisites_are_listed_with_packages(fakes: Any, kernels: list[str],
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    monkeypatch.setattr(host, "find_vng", lambda *a, **k: None)
+    monkeypatch.setattr(host, "check_prerequisites", lambda **k: [
+        host.Missing("qemu-system-x86_64 (QEMU)", "apt-get install qemu-system-x86"),
+        host.Missing("vng (virtme-ng)", "pip install virtme-ng")])
+    monkeypatch.setattr(ab, "boot", never_boot)
+    assert cli.main(["ab", "one", *kernels]) == ab.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "missing prerequisites" in err
+    assert "apt-get install qemu-system-x86" in err and "pip install virtme-ng" in err
+
+
+def test_dry_run_prints_alternating_commands(fakes: Any, kernels: list[str], host_ok: None,
+                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(ab, "boot", never_boot)
+    rc = cli.main(["ab", "one", *kernels, "--quick", "--dry-run", "--out",
+                   str(tmp_path / "out")])
+    assert rc == 0
+    out = capsys.readouterr()
+    rounds = re.findall(r"^# round (\d), (\w+)$", out.out, re.MULTILINE)
+    assert rounds == [("1", "old"), ("1", "new"), ("2", "old"), ("2", "new")]
+    assert "--disable-kvm" in out.out and "-cpu max" in out.out
+    assert "/usr/bin/python3 -m kvmharness run one --quick --repeat 3 --label old --out" in out.out
+    assert "not representative" in out.err
+    assert not (tmp_path / "out").exists()
+
+
+# --- the whole flow with a fake boot ------------------------------------------------------
+
+
+def fake_boot_factory(fail: Callable[[str, int], str | None]) -> Callable[..., BootResult]:
+    """A boot that runs the scenarios in-process (as the guest would) unless ``fail``
+    names a status for (kernel, n-th boot of it)."""
+    count: dict[str, int] = {}
+
+    def fake_boot(vng: str, spec: BootSpec, *, name: str, version: str, body: str,
+                  **kw: Any) -> BootResult:
+        count[name] = count.get(name, 0) + 1
+        status = fail(name, count[name])
+        rwdir = spec.rwdirs[0]
+        if status is None:
+            for scenario in re.findall(r"-m kvmharness run (\S+) ", body):
+                opts = body.split(f"-m kvmharness run {scenario} ", 1)[1].split("\n", 1)[0]
+                argv = [a for a in opts.split() if a not in ("--label", name, "--out",
+                                                             str(rwdir))]
+                RUNNING_IN["kernel"] = name
+                rc = cli.main(["run", scenario, *argv, "--label", name, "--out", str(rwdir)])
+                with open(rwdir / "status", "a") as f:
+                    f.write(f"{scenario} {rc}\n")
+            return BootResult(name, version, "ok", 0, 12.0, ["vng"], [], [], None, [])
+        rc = {"no-status": 255, "timeout": 124}[status]
+        return BootResult(name, version, status, rc, 30.0, ["vng"],  # type: ignore[arg-type]
+                          ["[ 0.1] Linux version", "[ 1.2] Kernel panic - not syncing: x"],
+                          [], "[ 1.2] Kernel panic - not syncing: x", [])
+
+    return fake_boot
+
+
+def test_ab_alternates_collects_and_compares(fakes: Any, kernels: list[str],
+                                             host_ok: None, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(ab, "boot", fake_boot_factory(lambda name, n: None))
+    out_dir = tmp_path / "ab"
+    rc = cli.main(["ab", "one", *kernels, "--quick", "--repeat", "4", "--out", str(out_dir)])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    doc = json.loads((out_dir / "ab.json").read_text())
+    assert [(b["round"], b["kernel"], b["status"]) for b in doc["boots"]] == [
+        (1, "old", "ok"), (1, "new", "ok"), (2, "old", "ok"), (2, "new", "ok")]
+    assert doc["accel"]["mode"] == "tcg" and "not representative" in doc["accel"]["warning"]
+    assert all(len(b["files"]) == 1 for b in doc["boots"])
+    kernels_txt = (out_dir / "compare-kernels.txt").read_text()
+    assert "one (zap=all): A = old, B = new" in kernels_txt
+    assert "A: old, 8 runs" in kernels_txt
+    assert (out_dir / "compare-kernels.md").read_text().startswith("#")
+    variants = (out_dir / "compare-variants-new.txt").read_text()
+    assert "one (label new): A = zap=all, B = zap=slot" in variants
+    assert not (out_dir / "compare-variants-old.txt").exists()  # zap=slot skipped there
+    assert "== Kernels compared" in out.out and "WARNING: TCG" in out.out
+
+
+def test_a_kernel_that_panics_keeps_the_other_kernels_results(
+        fakes: Any, kernels: list[str], host_ok: None, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(ab, "boot", fake_boot_factory(
+        lambda name, n: "no-status" if name == "old" else None))
+    out_dir = tmp_path / "ab"
+    rc = cli.main(["ab", "one", *kernels, "--quick", "--repeat", "4", "--out", str(out_dir)])
+    out = capsys.readouterr()
+    assert rc == ab.EXIT_FAILED
+    assert "old FAILED" in out.err and "Kernel panic - not syncing: x" in out.err
+    assert "guest kernel console" in out.err
+    doc = json.loads((out_dir / "ab.json").read_text())
+    assert [b["status"] for b in doc["boots"]] == ["no-status", "ok", "skipped", "ok"]
+    assert "dropped after round 1" in doc["boots"][2]["reason"]
+    assert not (out_dir / "compare-kernels.txt").exists()
+    assert "A = zap=all, B = zap=slot" in (out_dir / "compare-variants-new.txt").read_text()
+    assert "only new produced results" in out.err
+
+
+def test_guest_body_records_each_status() -> None:
+    from kvmharness.runner.kernels import Kernel
+
+    k = Kernel("B", Path("/k"), "deb", Path("/k/boot/vmlinuz-6.12"), "6.12", None, None)
+    plan = ab.AbPlan((k,), (ab.ScenarioCall("rom-toggle", ("--quick",)),
+                            ab.ScenarioCall("slot-ops", ("--quick",))), 1, TCG, Path("/o"),
+                     60, "4G", ab.GuestPython("/usr/bin/python3", (Path("/p"), Path("/r"))),
+                     {})
+    body = ab.guest_body(plan, k, Path("/o/r1-B"))
+    assert "[ -c /dev/kvm ] ||" in body
+    assert ("/usr/bin/python3 -m kvmharness run rom-toggle --quick --label B --out /o/r1-B"
+            in body)
+    assert "echo slot-ops $s >> /o/r1-B/status" in body
+    assert body.endswith("exit $rc")
+    assert ab.guest_env(plan, k)["PYTHONPATH"] == "/p:/r"
+    assert ab.boot_order([k, k], 2) == [(1, k), (1, k), (2, k), (2, k)]
