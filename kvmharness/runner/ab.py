@@ -42,6 +42,11 @@ from kvmharness.runner.vng import (
 )
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
+# Where each boot's result folder appears inside the guest.  One fixed path for every
+# boot: it is on the guest kernel command line, which result files record, and boots of
+# one kernel should not look like different setups to `compare`.  (/tmp is a writable
+# overlay inside, so vng can create the mount point.)
+GUEST_OUT = Path("/tmp/kvmharness-ab-out")
 GUEST_DEPS = ("psutil", "elftools", "tabulate")
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -93,9 +98,10 @@ def boot_order(kernels: Sequence[Kernel], rounds: int) -> list[tuple[int, Kernel
     return [(r, k) for r in range(1, rounds + 1) for k in kernels]
 
 
-def guest_body(plan: AbPlan, kernel: Kernel, rwdir: Path) -> str:
+def guest_body(plan: AbPlan, kernel: Kernel, rwdir: Path = GUEST_OUT) -> str:
     """The shell lines the guest runs: check KVM is there, then each scenario, recording
-    each exit status in RWDIR/status (the boot's own status is the worst of them)."""
+    each exit status in RWDIR/status (the boot's own status is the worst of them).
+    ``rwdir`` is the guest's view of the boot's result folder."""
     py = shq(plan.python.interpreter)
     no_kvm = shq(f"kvmharness ab: no /dev/kvm in {kernel.name} after modprobe "
                  f"{plan.accel.module}")
@@ -187,23 +193,24 @@ def run_boots(plan: AbPlan, vng: str, out: TextIO, err: TextIO, staging: Path,
                       f"{record.skipped}\n")
             continue
         rwdir.mkdir(parents=True, exist_ok=True)
-        binds = binds_for([*kernel_binds(kernel), *plan.python.pythonpath,
+        binds = binds_for([*kernel_binds(kernel), *plan.python.pythonpath, plan.out_dir,
                            *plan.extra_binds, Path(plan.python.interpreter).parent])
         spec = BootSpec(target=targets[kernel.name], accel=plan.accel, memory=plan.memory,
-                        rodirs=tuple(binds), rwdirs=(rwdir.resolve(),),
+                        rodirs=tuple(binds), rw_mounts=((GUEST_OUT, rwdir.resolve()),),
                         timeout_s=plan.timeout_s)
         err.write(f"[{i}/{total}] round {rnd}: booting {kernel.name} ({kernel.version}, "
                   f"{plan.accel.mode}) ...\n")
         err.flush()
         prefix = f"[r{rnd} {kernel.name}] "
         try:
+            # Same script path and working folder in every round: see boot()'s script_dir.
             result = boot_fn(vng, spec, name=kernel.name, version=kernel.version,
-                             body=guest_body(plan, kernel, rwdir.resolve()), cwd=rwdir.resolve(),
+                             body=guest_body(plan, kernel), cwd=plan.out_dir,
                              env=guest_env(plan, kernel), modprobe=plan.accel.module,
                              out=_prefixed(out, prefix, plan.quiet),
                              err=_prefixed(err, prefix, plan.quiet),
                              output_log=rwdir / "output.log",
-                             console_log=rwdir / "console.log")
+                             console_log=rwdir / "console.log", script_dir=staging)
         except BootInterrupted:
             _collect(record)
             err.write(f"interrupted during {kernel.name} round {rnd}: QEMU stopped\n")
@@ -416,12 +423,13 @@ def execute(opts: AbOptions, argv: Sequence[str], out: TextIO, err: TextIO) -> i
         for rnd, k in boot_order(plan.kernels, plan.rounds):
             rwdir = plan.out_dir / f"r{rnd}-{k.name}"
             spec = BootSpec(k.vng_target, accel, plan.memory, tuple(binds_for(
-                [*kernel_binds(k), *python.pythonpath])), (rwdir,), timeout_s=plan.timeout_s)
+                [*kernel_binds(k), *python.pythonpath])), rw_mounts=((GUEST_OUT, rwdir),),
+                timeout_s=plan.timeout_s)
             script = Path("/tmp/kvmharness-vng.XXXXXX/guest.sh")
             cmd = vng_command(vng, spec, script, script.with_name("console.log"))
             out.write(f"# round {rnd}, {k.name}\n{' '.join(shq(c) for c in cmd)}\n")
             out.write("# guest.sh runs, after modprobe " + accel.module + ":\n")
-            out.writelines(f"#   {line}\n" for line in guest_body(plan, k, rwdir).splitlines())
+            out.writelines(f"#   {line}\n" for line in guest_body(plan, k).splitlines())
         return EXIT_OK
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     err.write(f"results: {plan.out_dir}\n")

@@ -81,10 +81,20 @@ class BootSpec:
     memory: str = "4G"
     rodirs: tuple[Path, ...] = ()
     rwdirs: tuple[Path, ...] = ()
+    # (guest path, host folder): writable, mounted at a guest path of our choosing.  The
+    # guest path, not the host one, is what lands on the kernel command line.
+    rw_mounts: tuple[tuple[Path, Path], ...] = ()
     append: str = ""                     # extra kernel command line
     qemu_opts: str = ""                  # extra QEMU options
     timeout_s: float = 600.0
     kill_grace_s: float = 5.0            # SIGTERM -> SIGKILL (vng removes its temp files)
+    # vng runs the command as the host user; modprobe and /dev/kvm need root inside.
+    user: str | None = dataclasses.field(default_factory=lambda: guest_user())
+
+
+def guest_user() -> str | None:
+    """``root`` when this host user is not (vng would otherwise run the command as them)."""
+    return None if os.geteuid() == 0 else "root"
 
 
 @dataclasses.dataclass
@@ -180,6 +190,9 @@ def vng_command(vng: str, spec: BootSpec, script: Path, console_log: Path) -> li
             f"--qemu-opts={' '.join(qemu)}", "--append", append]
     cmd += [f"--rodir={check_dir_arg(d)}" for d in spec.rodirs]
     cmd += [f"--rwdir={check_dir_arg(d)}" for d in spec.rwdirs]
+    cmd += [f"--rwdir={check_dir_arg(g)}={check_dir_arg(h)}" for g, h in spec.rw_mounts]
+    if spec.user:
+        cmd += ["--user", spec.user]
     cmd += ["--exec", f"sh {script}"]
     return cmd
 
@@ -342,13 +355,19 @@ def boot(vng: str, spec: BootSpec, *, name: str, version: str, body: str, cwd: P
          out: Callable[[str], None] = lambda line: print(line, flush=True),
          err: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
          output_log: Path | None = None, console_log: Path | None = None,
-         tail_lines: int = 60) -> BootResult:
+         tail_lines: int = 60, script_dir: Path | None = None) -> BootResult:
     """Boot, run ``body`` in the guest, return how it went.  Never leaves a process of the
-    boot behind; raises BootInterrupted (after the cleanup) on Ctrl-C/SIGTERM/SIGHUP."""
+    boot behind; raises BootInterrupted (after the cleanup) on Ctrl-C/SIGTERM/SIGHUP.
+
+    ``script_dir``: where the guest script goes (default: this boot's temporary folder).
+    Its path and ``cwd`` end up on the guest kernel command line, which the result files
+    record: repeated boots of one kernel that share both have identical command lines, so
+    `compare` does not flag them as differing setups."""
     # The host /tmp is the lower layer of the guest's /tmp overlay: script and console
-    # log must live there, whatever TMPDIR says.
+    # log must live there (or in another folder the guest sees), whatever TMPDIR says.
     tmp = Path(tempfile.mkdtemp(prefix="kvmharness-vng.", dir="/tmp"))
-    script, console = tmp / "guest.sh", tmp / "console.log"
+    script = (script_dir / f"guest-{name}.sh") if script_dir else tmp / "guest.sh"
+    console = tmp / "console.log"
     cmd = vng_command(vng, spec, script, console)
     log = open(output_log, "a", encoding="utf-8") if output_log else None  # noqa: SIM115
     proc: subprocess.Popen[bytes] | None = None

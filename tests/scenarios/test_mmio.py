@@ -84,8 +84,8 @@ def test_ioeventfd_writes_make_no_userspace_exit(quick):
     assert counts["userspace_exits"] == 0
     if quick.stat("ioeventfd", "mmio_exits") is not None:
         assert quick.stat("ioeventfd", "mmio_exits") == 0
-    # Only the per-round GUEST_SYNCs and the final DONE leave the guest.
-    assert quick.stat("ioeventfd", "exits") < quick.total("ioeventfd")
+    # (The vCPU stat "exits" is no measure here: on VT-x/AMD-V each write is an EPT/NPT
+    # exit handled inside KVM, which is the point; only userspace exits must be absent.)
 
 
 def test_coalesced_writes_land_in_the_ring(quick):
@@ -140,8 +140,11 @@ def test_coalesced_rounds_are_capped_at_the_ring_capacity():
     assert outcome.effective["kinds"] == ["coalesced"]
     assert outcome.effective["accesses_per_round"] == {"coalesced": mmio.RING_CAPACITY}
     counts = outcome.effective["host_counts"]["coalesced"]
-    assert counts["ring_entries"] == mmio.RING_CAPACITY * ROUNDS
-    assert counts["ring_full_exits"] == 0
+    # Every write arrives exactly once, in the ring or (ring full) as a userspace exit.
+    # Kernels differ by one in how full they let the ring get (6.1 keeps one more slot
+    # free than 6.12), so the capped round may spill a single write per round.
+    assert counts["ring_entries"] + counts["ring_full_exits"] == mmio.RING_CAPACITY * ROUNDS
+    assert counts["ring_full_exits"] <= ROUNDS
     assert set(outcome.samples) == {"coalesced_cycles", "coalesced_ns"}
     assert "coalesced_note" in outcome.effective
     assert fds[0] == fds[1] and threads[0] == threads[1]

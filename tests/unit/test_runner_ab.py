@@ -196,12 +196,14 @@ def fake_boot_factory(fail: Callable[[str, int], str | None]) -> Callable[..., B
                   **kw: Any) -> BootResult:
         count[name] = count.get(name, 0) + 1
         status = fail(name, count[name])
-        rwdir = spec.rwdirs[0]
+        ((guest_out, rwdir),) = spec.rw_mounts  # the guest writes GUEST_OUT, we rwdir
+        assert guest_out == ab.GUEST_OUT and not spec.rwdirs
         if status is None:
             for scenario in re.findall(r"-m kvmharness run (\S+) ", body):
                 opts = body.split(f"-m kvmharness run {scenario} ", 1)[1].split("\n", 1)[0]
+                assert f"--out {guest_out}" in opts
                 argv = [a for a in opts.split() if a not in ("--label", name, "--out",
-                                                             str(rwdir))]
+                                                             str(guest_out))]
                 RUNNING_IN["kernel"] = name
                 rc = cli.main(["run", scenario, *argv, "--label", name, "--out", str(rwdir)])
                 with open(rwdir / "status", "a") as f:
@@ -274,3 +276,29 @@ def test_guest_body_records_each_status() -> None:
     assert body.endswith("exit $rc")
     assert ab.guest_env(plan, k)["PYTHONPATH"] == "/p:/r"
     assert ab.boot_order([k, k], 2) == [(1, k), (1, k), (2, k), (2, k)]
+
+
+def test_ctrl_c_during_a_boot_keeps_what_was_collected(fakes: Any, kernels: list[str],
+                                                       host_ok: None, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    from kvmharness.runner.vng import BootInterrupted
+
+    ok_boot = fake_boot_factory(lambda name, n: None)
+
+    def boot_then_interrupt(vng: str, spec: BootSpec, *, name: str, **kw: Any) -> BootResult:
+        if name == "new":
+            raise BootInterrupted("Ctrl-C")  # boot() has killed QEMU before raising this
+        return ok_boot(vng, spec, name=name, **kw)
+
+    monkeypatch.setattr(ab, "boot", boot_then_interrupt)
+    out_dir = tmp_path / "ab"
+    rc = cli.main(["ab", "one", *kernels, "--quick", "--out", str(out_dir)])
+    assert rc == ab.EXIT_INTERRUPTED
+    assert "completed result files are kept" in capsys.readouterr().err
+    doc = json.loads((out_dir / "ab.json").read_text())
+    assert doc["interrupted"] is True
+    assert [(b["kernel"], b["status"]) for b in doc["boots"]] == [("old", "ok"),
+                                                                   ("new", "interrupted")]
+    assert len(list((out_dir / "r1-old").glob("one-*.json"))) == 1

@@ -39,7 +39,8 @@ KVM = Accel("kvm", "kvm_intel", 4, "test")
 
 def test_tcg_command_matches_the_recipe() -> None:
     spec = BootSpec(Path("/k/boot/vmlinuz-6.1"), TCG, rodirs=(Path("/var/cache/x"),),
-                    rwdirs=(Path("/out/r1-A"),), append="foo=1", qemu_opts="-s")
+                    rwdirs=(Path("/out/r1-A"),), append="foo=1", qemu_opts="-s",
+                    rw_mounts=((Path("/tmp/in"), Path("/out/r2-A")),))
     cmd = vng_command("vng", spec, Path("/tmp/t/guest.sh"), Path("/tmp/t/console.log"))
     assert cmd[:3] == ["vng", "--run", "/k/boot/vmlinuz-6.1"]
     assert "--disable-kvm" in cmd
@@ -53,7 +54,15 @@ def test_tcg_command_matches_the_recipe() -> None:
     assert append.startswith(BLACKLIST + " console=hvc0") and append.endswith("foo=1")
     assert " " not in BLACKLIST
     assert "--rodir=/var/cache/x" in cmd and "--rwdir=/out/r1-A" in cmd
+    assert "--rwdir=/tmp/in=/out/r2-A" in cmd
     assert cmd[-2:] == ["--exec", "sh /tmp/t/guest.sh"]
+
+
+def test_guest_command_runs_as_root() -> None:
+    as_user = vng_command("vng", BootSpec(Path("/k"), TCG, user="root"), Path("/g"), Path("/c"))
+    assert as_user[as_user.index("--user") + 1] == "root"
+    assert "--user" not in vng_command("vng", BootSpec(Path("/k"), TCG, user=None), Path("/g"),
+                                       Path("/c"))
 
 
 def test_kvm_command_uses_the_host_cpu() -> None:
