@@ -1,0 +1,77 @@
+"""The Python API behind ``kvmharness run``: run a scenario from a script or a notebook and
+get its result object.
+
+    from kvmharness import api
+    outcome = api.run_once("rom-toggle", quick=True, variant={"zap": "slot"})
+    session = api.run("rom-toggle", quick=True, variants={"zap": ["all", "slot"]}, repeat=5)
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from kvmharness.observe import fingerprint
+from kvmharness.results.session import SessionOutcome, SessionPlan, expand_variants, run_session
+from kvmharness.results.store import DEFAULT_DIR, default_result_path
+from kvmharness.scenarios import registry
+from kvmharness.scenarios.base import RunOutcome, RunRequest, ScenarioSpec
+
+Progress = Callable[[str], None]
+
+
+def scenario(name: str) -> ScenarioSpec:
+    """The registered scenario ``name``; KeyError lists the known ones."""
+    specs = registry.all_scenarios()
+    try:
+        return specs[name]
+    except KeyError:
+        raise KeyError(f"unknown scenario {name!r} (known: {', '.join(specs)})") from None
+
+
+def _params(spec: ScenarioSpec, params: Mapping[str, Any] | None, quick: bool) -> dict[str, Any]:
+    """Defaults (or quick values) overridden by ``params``, given as values or as the
+    strings ``--param`` takes."""
+    values = spec.resolve_params({}, quick=quick)
+    for key, value in (params or {}).items():
+        values[key] = spec.parameter(key).parse(value) if isinstance(value, str) else value
+    return values
+
+
+def run_once(name: str, *, quick: bool = False, params: Mapping[str, Any] | None = None,
+             variant: Mapping[str, str] | None = None, iterations: int | None = None,
+             warmup: int | None = None, progress: Progress | None = None) -> RunOutcome:
+    """One run (one fresh VM) of one variant; raises VariantUnsupported where the kernel
+    cannot run it.  Nothing is written to disk."""
+    spec = scenario(name)
+    chosen = dict(variant or {})
+    for axis in spec.variant_axes:
+        chosen.setdefault(axis.name, axis.values[0])
+    return spec.run(RunRequest(
+        params=_params(spec, params, quick), variant=chosen,
+        iterations=spec.default_iterations if iterations is None else iterations,
+        warmup=spec.default_warmup if warmup is None else warmup,
+        progress=progress or (lambda message: None)))
+
+
+def run(name: str, *, quick: bool = False, params: Mapping[str, Any] | None = None,
+        variants: Mapping[str, Sequence[str]] | None = None, repeat: int = 5,
+        iterations: int | None = None, warmup: int | None = None, label: str | None = None,
+        out: Path | str = DEFAULT_DIR, progress: Progress | None = None) -> SessionOutcome:
+    """What ``kvmharness run`` does: ``repeat`` runs per variant, interleaved, written to a
+    result file under ``out`` after every run.  Returns the session (``.result``, ``.path``,
+    ``.failed_runs``); Ctrl-C is re-raised after the completed runs were saved."""
+    spec = scenario(name)
+    plan = SessionPlan(
+        spec=spec, params=_params(spec, params, quick),
+        variants=expand_variants(spec, variants), repeat=repeat,
+        iterations=spec.default_iterations if iterations is None else iterations,
+        warmup=spec.default_warmup if warmup is None else warmup,
+        label=label or platform.release(), quick=quick)
+    path = default_result_path(Path(out), spec.name, plan.label)
+    session = run_session(plan, path, fingerprint.collect(),
+                          progress=progress or (lambda message: None))
+    if session.interrupted:
+        raise KeyboardInterrupt(f"interrupted; completed runs are in {path}")
+    return session
