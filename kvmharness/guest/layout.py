@@ -46,7 +46,8 @@ class Region:
     """``kind``: ram (read-write memslot), rom (KVM_MEM_READONLY memslot) or mmio (mapped in
     the guest page tables but with no memslot: every access exits to the host).
     ``page_size``: guest page-table leaf size, 4 KiB or 2 MiB (1 GiB only if CPUID has it).
-    ``hugepages``: host THP advice for the backing memory (None = system default)."""
+    ``hugepages``: host THP advice for the backing memory (None = system default);
+    ``hugetlb``: back it with reserved 2 MiB hugetlbfs pages instead."""
 
     name: str
     gpa: int
@@ -54,6 +55,7 @@ class Region:
     kind: RegionKind = "ram"
     page_size: int = PAGE_4K
     hugepages: bool | None = None
+    hugetlb: bool = False
 
     @property
     def end(self) -> int:

@@ -36,6 +36,7 @@ class GuestMemory:
         try:
             for r in sorted((r for r in regions if r.has_memslot), key=lambda r: r.gpa):
                 self.backing[r.name] = HostMemory(r.size, hugepages=r.hugepages,
+                                                  hugetlb=r.hugetlb,
                                                   name=f"{r.kind} region {r.name!r}")
                 self.regions.append(r)
                 self._starts.append(r.gpa)
@@ -64,6 +65,14 @@ class GuestMemory:
     def host_address(self, gpa: int, size: int = 1) -> int:
         mem, offset = self.locate(gpa, size)
         return mem.addr + offset
+
+    def report(self) -> dict[str, dict[str, object]]:
+        """Per region: where it is, its guest page size and how the host backs it — what a
+        result must record, since huge pages change every fault count."""
+        return {r.name: {"kind": r.kind, "gpa": r.gpa, "size": r.size,
+                         "guest_page_size": r.page_size,
+                         "host_backing": self.backing[r.name].backing}
+                for r in self.regions}
 
     def close(self) -> None:
         for mem in self.backing.values():

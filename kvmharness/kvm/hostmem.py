@@ -11,21 +11,39 @@ from kvmharness.kvm.closeable import Closeable
 from kvmharness.uapi.kvm import PAGE_SIZE
 
 
+HUGETLB_PAGE = 2 << 20
+
+
 class HostMemory(Closeable):
     """``size`` bytes of zeroed anonymous memory at ``addr``.  ``hugepages``: None leaves the
-    system's THP policy, True asks for THP (MADV_HUGEPAGE), False forbids it."""
+    system's THP policy, True asks for THP (MADV_HUGEPAGE), False forbids it.  ``hugetlb``
+    takes 2 MiB pages from the hugetlbfs pool instead (they must be reserved beforehand)."""
 
-    def __init__(self, size: int, *, hugepages: bool | None = None, name: str = "guest RAM"):
+    def __init__(self, size: int, *, hugepages: bool | None = None, hugetlb: bool = False,
+                 name: str = "guest RAM"):
         if size <= 0 or size % PAGE_SIZE:
             raise ValueError(f"{name}: size {size:#x} is not a positive multiple of 4 KiB")
+        if hugetlb and size % HUGETLB_PAGE:
+            raise ValueError(f"{name}: size {size:#x} is not a multiple of the 2 MiB hugetlb page")
         self.size = size
         self.name = name
-        self.addr = syscall.mmap(
-            size, syscall.PROT_READ | syscall.PROT_WRITE,
-            syscall.MAP_PRIVATE | syscall.MAP_ANONYMOUS | syscall.MAP_NORESERVE, what=name)
-        self.hugepages = hugepages
+        self.addr = 0
+        flags = syscall.MAP_PRIVATE | syscall.MAP_ANONYMOUS
+        flags |= (syscall.MAP_HUGETLB | syscall.MAP_HUGE_2MB) if hugetlb else syscall.MAP_NORESERVE
         try:
-            if hugepages is True:
+            self.addr = syscall.mmap(size, syscall.PROT_READ | syscall.PROT_WRITE, flags,
+                                     what=name)
+        except OSError as exc:
+            if hugetlb:
+                raise OSError(exc.errno, f"{exc.strerror}; hugetlb needs {size // HUGETLB_PAGE} "
+                              "free 2 MiB pages (see /proc/sys/vm/nr_hugepages)") from None
+            raise
+        self.hugepages = hugepages
+        self.hugetlb = hugetlb
+        try:
+            if hugetlb:
+                pass  # THP advice means nothing for hugetlbfs pages
+            elif hugepages is True:
                 syscall.madvise(self.addr, size, syscall.MADV_HUGEPAGE)
             elif hugepages is False:
                 syscall.madvise(self.addr, size, syscall.MADV_NOHUGEPAGE)
@@ -59,6 +77,13 @@ class HostMemory(Closeable):
     def discard(self) -> None:
         """Give the pages back to the host (MADV_DONTNEED: they read as zero again)."""
         syscall.madvise(self.addr, self.size, syscall.MADV_DONTNEED)
+
+    @property
+    def backing(self) -> str:
+        """How the host backs this memory, for results: hugetlb, thp, nothp or default."""
+        if self.hugetlb:
+            return "hugetlb-2M"
+        return {True: "thp", False: "nothp", None: "default"}[self.hugepages]
 
     def close(self) -> None:
         if self.addr:

@@ -59,6 +59,7 @@ class PhaseRecorder:
         self.vcpu_stats = [n for n in VCPU_STATS if n in vcpu_names]
         outcome.effective.setdefault("tracefs", "usable" if self.trace_events else
                                      f"unavailable: {self.trace_reason}")
+        outcome.effective.setdefault("memory", machine.memory.report())  # type: ignore[union-attr]
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[dict[str, int]]:

@@ -213,3 +213,24 @@ def test_reset_runs_the_guest_again_in_the_same_vm(machine):
     m.run(timeout_s=60)
     assert m.vm.fd == vm_fd
     assert [values for _, values in m.syncs] == [(1, 0), (2, 5050)] * 2
+
+
+def test_host_backing_is_recorded_and_hugetlb_errors_are_clear(machine):
+    layout = Layout.of([Region("thp", 1 * GiB, 4 * MiB, hugepages=True),
+                        Region("small", 2 * GiB, 4 * MiB, hugepages=False)])
+    m = machine("hello", layout)
+    report = m.memory.report()
+    assert report["thp"]["host_backing"] == "thp" and report["small"]["host_backing"] == "nothp"
+    assert report["low"]["host_backing"] == "default"
+    assert report["small"]["guest_page_size"] == 4096
+    from kvmharness.kvm import HostMemory
+
+    with pytest.raises(ValueError, match="multiple of the 2 MiB hugetlb page"):
+        HostMemory(4096, hugetlb=True)
+    try:
+        mem = HostMemory(2 * MiB, hugetlb=True)
+    except OSError as exc:
+        assert "nr_hugepages" in str(exc)
+    else:
+        assert mem.backing == "hugetlb-2M"
+        mem.close()
