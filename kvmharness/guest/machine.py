@@ -56,6 +56,14 @@ class _Runner:
     index: int
     vcpu: Vcpu
     thread: threading.Thread | None = None
+    # Set by the vCPU thread as its very last act.  Used instead of Thread.is_alive():
+    # CPython 3.11's Thread.join() interrupted by Ctrl-C marks a still-running thread as
+    # stopped, and unmapping kvm_run under a running vCPU thread would crash the process.
+    finished: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and not self.finished.is_set()
     state: VcpuState = VcpuState.READY
     error: BaseException | None = None
     last_activity: float = 0.0
@@ -205,6 +213,7 @@ class Machine:
             if runner.thread is not None:
                 raise GuestError(f"vCPU {runner.index} was already started")
             runner.state = VcpuState.RUNNING
+            runner.finished.clear()
             runner.last_activity = time.monotonic()
             runner.thread = threading.Thread(target=self._vcpu_thread, args=(runner,),
                                              name=f"kvmharness-vcpu{runner.index}", daemon=True)
@@ -214,7 +223,7 @@ class Machine:
         """Put every finished vCPU back at the image's entry, in the same VM and memory, so
         the guest can run again (iterations of a measurement reuse one VM)."""
         for r in self._runners:
-            if r.thread is not None and r.thread.is_alive():
+            if r.running:
                 raise GuestError(f"vCPU {r.index} is still running: stop() or wait() first")
             longmode.set_entry_regs(r.vcpu, entry=self.image.entry, stack_top=r.stack_top,
                                     args=(r.index, r.arg))
@@ -234,7 +243,7 @@ class Machine:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
             while True:
-                alive = [r for r in self._runners if r.thread is not None and r.thread.is_alive()]
+                alive = [r for r in self._runners if r.running]
                 if not alive or any(r.error is not None for r in self._runners):
                     break
                 now = time.monotonic()
@@ -243,7 +252,7 @@ class Machine:
                             deadline is not None and now > deadline):
                         r.timed_out = True
                         r.vcpu.request_stop()
-                alive[0].thread.join(0.02)  # type: ignore[union-attr]
+                alive[0].finished.wait(0.02)
         except BaseException:
             self.stop()
             raise
@@ -256,16 +265,20 @@ class Machine:
             raise first  # type: ignore[misc]
 
     def stop(self, join_timeout_s: float = 10.0) -> None:
-        """Kick every vCPU out of KVM_RUN and join its thread."""
+        """Kick every vCPU out of KVM_RUN and wait for its thread to finish."""
         for r in self._runners:
-            if r.thread is not None and r.thread.is_alive():
+            if r.running:
                 r.vcpu.request_stop()
+        deadline = time.monotonic() + join_timeout_s
         for r in self._runners:
-            if r.thread is not None:
-                r.thread.join(join_timeout_s)
-                if r.thread.is_alive():
+            if r.thread is None:
+                continue
+            while not r.finished.wait(0.05):
+                if time.monotonic() > deadline:
                     raise GuestError(f"vCPU {r.index} thread did not stop within "
                                      f"{join_timeout_s} s")
+                r.vcpu.request_stop()  # a kick that raced with the thread's start
+            r.thread.join()
 
     def request_guest_stop(self) -> None:
         """Ask the guest to finish at its next check of ``kh_stop`` (cooperative)."""
@@ -282,6 +295,8 @@ class Machine:
             for other in self._runners:  # fail fast: nobody waits on a dead peer's barrier
                 if other is not runner:
                     other.vcpu.request_stop()
+        finally:
+            runner.finished.set()
 
     def _run_vcpu(self, runner: _Runner) -> VcpuState:
         vcpu, index = runner.vcpu, runner.index
@@ -359,16 +374,16 @@ class Machine:
 
     # --- lifetime ------------------------------------------------------------------------------
     def close(self) -> None:
+        # If a vCPU thread cannot be stopped, stop() raises and nothing is unmapped: a
+        # leak is recoverable, a vCPU thread touching unmapped kvm_run is not.
+        if self._runners:
+            self.stop()
         try:
-            if self._runners:
-                self.stop()
+            if self.vm is not None:
+                self.vm.close()
         finally:
-            try:
-                if self.vm is not None:
-                    self.vm.close()
-            finally:
-                if self.memory is not None:
-                    self.memory.close()
+            if self.memory is not None:
+                self.memory.close()
 
     def __enter__(self) -> "Machine":
         return self

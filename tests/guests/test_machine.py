@@ -234,3 +234,18 @@ def test_host_backing_is_recorded_and_hugetlb_errors_are_clear(machine):
     else:
         assert mem.backing == "hugetlb-2M"
         mem.close()
+
+
+def test_ctrl_c_during_wait_stops_every_vcpu(machine):
+    import _thread
+
+    m = machine("hello", vcpus=2, watchdog_s=60)
+    m.write_var("hello_mode", HELLO_SPIN, u32)
+    threads = threading.active_count()
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        m.run(timeout_s=60)
+    timer.join()
+    assert [s.value for s in m.states()] == ["stopped", "stopped"]
+    assert threading.active_count() == threads
