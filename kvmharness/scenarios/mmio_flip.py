@@ -159,6 +159,10 @@ class Flipper:
         self.elapsed_ns = 0
         self.error: BaseException | None = None
         self._stop = threading.Event()
+        # Completion is tracked with an Event, not Thread.is_alive(): on CPython 3.11 a
+        # Ctrl-C inside Thread.join() marks a running thread stopped, and this thread
+        # stores into guest RAM, which must stay mapped until it has really finished.
+        self._finished = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kvmharness-mmio-flipper",
                                         daemon=True)
 
@@ -210,19 +214,23 @@ class Flipper:
                     self._publish()
                 except BaseException as exc:
                     self.error = self.error or exc
+            self._finished.set()
 
     def start(self) -> None:
         self._thread.start()
 
     def join(self, timeout_s: float | None = None) -> None:
-        self._thread.join(timeout_s)
+        self._finished.wait(timeout_s)
 
     def is_alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._thread.ident is not None and not self._finished.is_set()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.ident is not None:
+            while not self._finished.wait(0.05):
+                pass
+            self._thread.join()
         if self.error is not None:
             raise self.error
 
