@@ -67,7 +67,9 @@ class _Runner:
     state: VcpuState = VcpuState.READY
     error: BaseException | None = None
     last_activity: float = 0.0
-    timed_out: bool = False
+    timed_out: str = ""  # why the host stopped it: the watchdog or the wait's deadline
+    timeout_limit: float = 0.0
+    in_guest: bool = False  # inside KVM_RUN, as opposed to in a host handler
     stack_top: int = 0
     arg: int = 0
 
@@ -228,7 +230,7 @@ class Machine:
             longmode.set_entry_regs(r.vcpu, entry=self.image.entry, stack_top=r.stack_top,
                                     args=(r.index, r.arg))
             r.vcpu.clear_stop()
-            r.thread, r.state, r.error, r.timed_out = None, VcpuState.READY, None, False
+            r.thread, r.state, r.error, r.timed_out = None, VcpuState.READY, None, ""
         self.write_var("kh_stop", 0)
 
     def run(self, timeout_s: float | None = None) -> None:
@@ -248,10 +250,17 @@ class Machine:
                     break
                 now = time.monotonic()
                 for r in alive:
-                    if now - r.last_activity > self.watchdog_s or (
-                            deadline is not None and now > deadline):
-                        r.timed_out = True
-                        r.vcpu.request_stop()
+                    if r.timed_out:
+                        continue
+                    if r.in_guest and now - r.last_activity > self.watchdog_s:
+                        r.timed_out = "no ucall or exit within the watchdog's limit"
+                        r.timeout_limit = self.watchdog_s
+                    elif deadline is not None and timeout_s is not None and now > deadline:
+                        r.timed_out = "still running when wait()'s timeout ran out"
+                        r.timeout_limit = timeout_s
+                    else:
+                        continue
+                    r.vcpu.request_stop()
                 alive[0].finished.wait(0.02)
         except BaseException:
             self.stop()
@@ -301,7 +310,14 @@ class Machine:
     def _run_vcpu(self, runner: _Runner) -> VcpuState:
         vcpu, index = runner.vcpu, runner.index
         while True:
-            exit_ = vcpu.run()
+            # The watchdog times the guest only: time the host spends in a handler (a slot
+            # operation in on_sync, say) is never charged to it.
+            runner.last_activity = time.monotonic()
+            runner.in_guest = True
+            try:
+                exit_ = vcpu.run()
+            finally:
+                runner.in_guest = False
             runner.last_activity = time.monotonic()
             if isinstance(exit_, Io):
                 if exit_.port == KH_UCALL_PORT and exit_.is_out and exit_.size == 4:
@@ -340,8 +356,7 @@ class Machine:
             if isinstance(exit_, Stopped):
                 if runner.timed_out:
                     rip = regs_dict(vcpu)["rip"]
-                    raise GuestTimeout(index, rip, self.watchdog_s,
-                                       "no ucall or exit before the watchdog expired")
+                    raise GuestTimeout(index, rip, runner.timeout_limit, runner.timed_out)
                 return VcpuState.STOPPED
             if isinstance(exit_, Shutdown):
                 raise self._crash(runner, "triple fault (KVM_EXIT_SHUTDOWN)")

@@ -249,3 +249,21 @@ def test_ctrl_c_during_wait_stops_every_vcpu(machine):
     timer.join()
     assert [s.value for s in m.states()] == ["stopped", "stopped"]
     assert threading.active_count() == threads
+
+
+def test_wait_timeout_is_reported_as_such(machine):
+    m = machine("hello", watchdog_s=60)
+    m.write_var("hello_mode", HELLO_SPIN, u32)
+    with pytest.raises(GuestTimeout, match=r"within 0.3 s.*wait\(\)'s timeout"):
+        m.run(timeout_s=0.3)
+
+
+def test_slow_host_handler_is_not_charged_to_the_guest(machine):
+    import time as _time
+
+    def slow_sync(m, vcpu, values):
+        _time.sleep(0.8)  # longer than the watchdog: the guest is waiting on the host
+
+    m = machine("hello", watchdog_s=0.5, on_sync=slow_sync)
+    m.run(timeout_s=60)
+    assert [v for _, v in m.syncs] == [(1, 0), (2, 5050)]
