@@ -298,7 +298,13 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write(message + "\n")
         err.flush()
 
-    session = run_session(plan, path, environment, progress=progress)
+    try:
+        session = run_session(plan, path, environment, progress=progress)
+    except OSError as e:
+        # Scenario errors are recorded as failed runs; what escapes is (almost always)
+        # writing the result file: its folder or the disk.
+        err.write(f"kvmharness run: {e if e.filename else f'{path}: {e}'}\n")
+        return EXIT_FAILED
     result = session.result
     counts = ", ".join(f"{len(result.ok_runs(v))} {('/'.join(v.values()) or 'runs')}"
                        for v in result.variants)
@@ -421,7 +427,13 @@ def cmd_ab(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: Text
         memory=args.memory, timeout_s=args.timeout, fmt=args.format,
         settings=Settings(alpha=args.alpha, min_change=args.min_change),
         dry_run=args.dry_run, quiet=args.quiet)
-    return ab.execute(opts, argv, out, err)
+    try:
+        return ab.execute(opts, argv, out, err)
+    except OSError as e:
+        # The out folder, a boot folder, ab.json or a table cannot be written (a boot's
+        # QEMU is already gone: boot() cleans up before anything propagates).
+        err.write(f"kvmharness ab: {e}\n")
+        return EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:

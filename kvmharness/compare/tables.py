@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 import textwrap
 from typing import Callable, Literal, Sequence
 
@@ -149,10 +150,48 @@ def _wrapped(items: Sequence[str], indent: str = "  - ") -> list[str]:
     return out
 
 
+def _fit(line: str, indent: str = "    ") -> list[str]:
+    """One line if it fits in WIDTH, else wrapped (long words broken only when they must)."""
+    if len(line) <= WIDTH:
+        return [line]
+    return textwrap.wrap(line, WIDTH, subsequent_indent=indent, break_long_words=True,
+                         break_on_hyphens=False)
+
+
+def plain_side_lines(tag: str, side_name: str, n_ok: int, sources: Sequence[str]) -> list[str]:
+    """``side_line`` within WIDTH: when the file list does not fit, one file per line."""
+    line = side_line(tag, side_name, n_ok, sources)
+    files = [s for s in sources if s]
+    if len(line) <= WIDTH or not files:
+        return _fit(line)
+    out = _fit(f"{tag}: {side_name}, {n_ok} runs, from:")
+    for f in files:  # a path's continuation lines indented further than its first
+        out += [("    " if i == 0 else "      ") + piece
+                for i, piece in enumerate(_split_path(f, WIDTH - 6))]
+    return out
+
+
+def _split_path(path: str, room: int) -> list[str]:
+    """``path`` in pieces of at most ``room`` characters, cut after a '/' where possible."""
+    pieces: list[str] = []
+    current = ""
+    for part in re.findall(r"[^/]*/|[^/]+$", path):
+        if current and len(current) + len(part) > room:
+            pieces.append(current)
+            current = ""
+        current += part
+        while len(current) > room:
+            pieces.append(current[:room])
+            current = current[room:]
+    if current:
+        pieces.append(current)
+    return pieces
+
+
 def plain_comparison(c: Comparison) -> list[str]:
-    out = [title(c),
-           side_line("A", c.a.name, len(c.a.ok_runs), [f.source for f in c.a.files]),
-           side_line("B", c.b.name, len(c.b.ok_runs), [f.source for f in c.b.files])]
+    out = [*_fit(title(c)),
+           *plain_side_lines("A", c.a.name, len(c.a.ok_runs), [f.source for f in c.a.files]),
+           *plain_side_lines("B", c.b.name, len(c.b.ok_runs), [f.source for f in c.b.files])]
     if c.differences:
         out.append(f"A and B also differ in ({len(c.differences)}; check they are intended):")
         out += _wrapped(c.differences)

@@ -29,9 +29,34 @@ def flatten(value: Any, prefix: str = "") -> dict[str, str]:
     return {prefix: json.dumps(value, sort_keys=True)}
 
 
-def _short(text: str, limit: int = 40) -> str:
-    text = text.strip('"') if text.startswith('"') else text
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _unquote(text: str) -> str:
+    return text.strip('"') if text.startswith('"') else text
+
+
+def _short(text: str, limit: int = 40, start: int = 0) -> str:
+    """At most ``limit`` characters of ``text`` from about ``start`` on, '...' marking cuts."""
+    if len(text) <= limit:
+        return text
+    head = "..." if start > 0 else ""
+    room = limit - len(head)
+    if len(text) - start > room:
+        return head + text[start:start + room - 3] + "..."
+    return head + text[start:]
+
+
+def _short_pair(va: str, vb: str, limit: int = 40) -> tuple[str, str]:
+    """Both values cut to ``limit``, but around where they first differ: two long values
+    sharing a long prefix would otherwise be shown as the same text."""
+    va, vb = _unquote(va), _unquote(vb)
+    if len(va) <= limit and len(vb) <= limit:
+        return va, vb
+    common = 0
+    while common < min(len(va), len(vb)) and va[common] == vb[common]:
+        common += 1
+    # Keep a little shared context before the first difference.
+    start = max(0, common - 12) if common > limit - 12 else 0
+    return (_short(va, limit, start if len(va) > limit else 0),
+            _short(vb, limit, start if len(vb) > limit else 0))
 
 
 def differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -41,7 +66,8 @@ def differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") ->
     for key in sorted(fa.keys() | fb.keys()):
         va, vb = fa.get(key, "(absent)"), fb.get(key, "(absent)")
         if va != vb:
-            out.append(f"{key}: {_short(va)} -> {_short(vb)}")
+            sa, sb = _short_pair(va, vb)
+            out.append(f"{key}: {sa} -> {sb}")
     return out
 
 
@@ -74,7 +100,7 @@ def power_warning(n_a: int, n_b: int, alpha: float) -> list[str]:
     floor = stats.min_attainable_p(n_a, n_b)
     if n_a and n_b and floor >= alpha:
         needed = next((k for k in range(1, 200) if stats.min_attainable_p(k, k) < alpha), None)
-        hint = f" (needs --repeat >= {needed})" if needed else ""
+        hint = f" (needs >= {needed} runs per side)" if needed else ""
         return [f"n={n_a}/{n_b}: the smallest possible p is {floor:.3g} >= alpha {alpha:g}, "
                 f"so nothing can be significant{hint}"]
     return []

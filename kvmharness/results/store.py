@@ -78,6 +78,10 @@ def load_result(path: Path | str) -> ResultFile:
         raise ResultFormatError(
             f"{path}: not valid JSON{hint}: {e.msg} (line {e.lineno}, column {e.colno})"
         ) from None
+    except (ValueError, RecursionError) as e:
+        # Valid JSON that Python will not load: an integer of over 4300 digits, nesting
+        # deeper than the recursion limit.
+        raise ResultFormatError(f"{path}: not a usable JSON document: {e}") from None
     return parse_result(raw, str(path))
 
 

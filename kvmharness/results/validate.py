@@ -63,8 +63,12 @@ class _Checker:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.fail(path, f"expected a number, got {_type_name(value)}")
-        if not math.isfinite(value):
-            raise self.fail(path, f"expected a finite number, got {value}")
+        try:
+            finite = math.isfinite(value)  # an int too large for a float raises here
+        except OverflowError:
+            finite = False
+        if not finite:
+            raise self.fail(path, f"expected a finite number, got {str(value)[:20]}")
         return float(value)
 
     def bool_(self, value: Any, path: str) -> bool:

@@ -170,6 +170,25 @@ def _prefixed(stream: TextIO, prefix: str, quiet: bool) -> Callable[[str], None]
     return write
 
 
+def boot_spec(plan: AbPlan, kernel: Kernel, target: Path, rwdir: Path) -> BootSpec:
+    """How one kernel boots (the real boot and --dry-run both use this)."""
+    binds = binds_for([*kernel_binds(kernel), *plan.python.pythonpath, plan.out_dir,
+                       *plan.extra_binds, Path(plan.python.interpreter).parent])
+    return BootSpec(target=target, accel=plan.accel, memory=plan.memory,
+                    rodirs=tuple(binds), rw_mounts=((GUEST_OUT, rwdir),),
+                    timeout_s=plan.timeout_s)
+
+
+def earlier_boot_folders(plan: AbPlan) -> list[Path]:
+    """This plan's boot folders that already exist with something in them."""
+    out = []
+    for rnd, k in boot_order(plan.kernels, plan.rounds):
+        rwdir = plan.out_dir / f"r{rnd}-{k.name}"
+        if rwdir.is_dir() and any(rwdir.iterdir()):
+            out.append(rwdir)
+    return out
+
+
 def run_boots(plan: AbPlan, vng: str, out: TextIO, err: TextIO, staging: Path,
               boot_fn: Callable[..., BootResult] | None = None
               ) -> tuple[list[BootRecord], bool]:
@@ -193,11 +212,7 @@ def run_boots(plan: AbPlan, vng: str, out: TextIO, err: TextIO, staging: Path,
                       f"{record.skipped}\n")
             continue
         rwdir.mkdir(parents=True, exist_ok=True)
-        binds = binds_for([*kernel_binds(kernel), *plan.python.pythonpath, plan.out_dir,
-                           *plan.extra_binds, Path(plan.python.interpreter).parent])
-        spec = BootSpec(target=targets[kernel.name], accel=plan.accel, memory=plan.memory,
-                        rodirs=tuple(binds), rw_mounts=((GUEST_OUT, rwdir.resolve()),),
-                        timeout_s=plan.timeout_s)
+        spec = boot_spec(plan, kernel, targets[kernel.name], rwdir.resolve())
         err.write(f"[{i}/{total}] round {rnd}: booting {kernel.name} ({kernel.version}, "
                   f"{plan.accel.mode}) ...\n")
         err.flush()
@@ -276,16 +291,23 @@ def _ordered(records: Sequence[BootRecord], kernels: Sequence[Kernel]) -> list[P
 
 
 def build_comparisons(files: Sequence[Path], kernels: Sequence[Kernel],
-                      settings: Settings) -> tuple[list[tuple[str, Report]], list[str]]:
+                      settings: Settings, relative_to: Path | None = None
+                      ) -> tuple[list[tuple[str, Report]], list[str]]:
     """(name, report) pairs: "kernels" (labels compared, per variant) and "variants-NAME"
-    (variants compared within one kernel); plus notes on what could not be compared."""
+    (variants compared within one kernel); plus notes on what could not be compared.
+    ``relative_to``: the tables name files relative to this folder (where they are
+    written), not by absolute paths that do not fit a 78-column table."""
     loaded: list[ResultFile] = []
     notes: list[str] = []
     for f in files:
         try:
-            loaded.append(load_result(f))
+            result = load_result(f)
         except ResultFormatError as e:
             notes.append(f"not used: {e}")
+            continue
+        if relative_to is not None and Path(f).is_relative_to(relative_to):
+            result.source = str(Path(f).relative_to(relative_to))
+        loaded.append(result)
     scenarios = list(dict.fromkeys(f.scenario_name for f in loaded))
     out: list[tuple[str, Report]] = []
     by_kernel: list[Comparison] = []
@@ -422,15 +444,22 @@ def execute(opts: AbOptions, argv: Sequence[str], out: TextIO, err: TextIO) -> i
     if opts.dry_run:
         for rnd, k in boot_order(plan.kernels, plan.rounds):
             rwdir = plan.out_dir / f"r{rnd}-{k.name}"
-            spec = BootSpec(k.vng_target, accel, plan.memory, tuple(binds_for(
-                [*kernel_binds(k), *python.pythonpath])), rw_mounts=((GUEST_OUT, rwdir),),
-                timeout_s=plan.timeout_s)
-            script = Path("/tmp/kvmharness-vng.XXXXXX/guest.sh")
-            cmd = vng_command(vng, spec, script, script.with_name("console.log"))
+            spec = boot_spec(plan, k, k.vng_target, rwdir)
+            # As run_boots/boot() name them (the XXXXXX parts are made at boot time).
+            script = Path(f"/tmp/kvmharness-ab.XXXXXX/guest-{k.name}.sh")
+            cmd = vng_command(vng, spec, script, Path("/tmp/kvmharness-vng.XXXXXX/console.log"))
             out.write(f"# round {rnd}, {k.name}\n{' '.join(shq(c) for c in cmd)}\n")
             out.write("# guest.sh runs, after modprobe " + accel.module + ":\n")
             out.writelines(f"#   {line}\n" for line in guest_body(plan, k).splitlines())
         return EXIT_OK
+    stale = earlier_boot_folders(plan)
+    if stale:
+        # Their result files, status lines and logs would be merged into this run's
+        # (the boot folders are appended to and globbed), silently adding old runs.
+        err.write(f"kvmharness ab: {plan.out_dir} already holds boot folders of an earlier "
+                  f"run ({', '.join(p.name for p in stale)}): give another --out or remove "
+                  "them\n")
+        return EXIT_FAILED
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     err.write(f"results: {plan.out_dir}\n")
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -450,7 +479,7 @@ def execute(opts: AbOptions, argv: Sequence[str], out: TextIO, err: TextIO) -> i
         err.write(f"interrupted: completed result files are kept in {plan.out_dir}\n")
         return EXIT_INTERRUPTED
     reports, notes = build_comparisons(_ordered(records, plan.kernels), plan.kernels,
-                                       opts.settings)
+                                       opts.settings, relative_to=plan.out_dir)
     write_outputs(plan.out_dir, reports, opts.fmt, out)
     for n in notes:
         err.write(f"note: {n}\n")

@@ -321,13 +321,24 @@ def _deferred_interrupts() -> Iterator[None]:
 
 def _pump(stream: IO[bytes], sink: Callable[[str], None], tail: collections.deque[str],
           log: IO[str] | None) -> None:
+    """Drain ``stream`` to its end whatever happens to the sink or the log: a pump that
+    stopped reading (the terminal's reader gone: BrokenPipeError; a full disk) would
+    leave vng blocked on a full pipe until the boot's timeout."""
+    live_sink: Callable[[str], None] | None = sink
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", "replace").rstrip("\n")
         tail.append(line)
         if log is not None:
-            log.write(line + "\n")
-            log.flush()
-        sink(line)
+            try:
+                log.write(line + "\n")
+                log.flush()
+            except (OSError, ValueError):
+                log = None
+        if live_sink is not None:
+            try:
+                live_sink(line)
+            except Exception:  # noqa: BLE001 - keep draining; the tail still has the line
+                live_sink = None
     stream.close()
 
 
@@ -368,8 +379,12 @@ def boot(vng: str, spec: BootSpec, *, name: str, version: str, body: str, cwd: P
     tmp = Path(tempfile.mkdtemp(prefix="kvmharness-vng.", dir="/tmp"))
     script = (script_dir / f"guest-{name}.sh") if script_dir else tmp / "guest.sh"
     console = tmp / "console.log"
-    cmd = vng_command(vng, spec, script, console)
-    log = open(output_log, "a", encoding="utf-8") if output_log else None  # noqa: SIM115
+    try:
+        cmd = vng_command(vng, spec, script, console)
+        log = open(output_log, "a", encoding="utf-8") if output_log else None  # noqa: SIM115
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing started yet: no folder left behind
+        raise
     proc: subprocess.Popen[bytes] | None = None
     threads: list[threading.Thread] = []
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
@@ -526,7 +541,10 @@ def vng_run_main(argv: Sequence[str] | None = None) -> int:
                 say(f"missing {m}")
             say("or run: tools/vng-run --setup")
             return RC_OWN_ERROR
-        accel = decide_accel(os.environ.get("VNG_ACCEL", "auto"))  # type: ignore[arg-type]
+        accel_request = os.environ.get("VNG_ACCEL") or "auto"
+        if accel_request not in ("auto", "kvm", "tcg"):
+            raise BootError(f"VNG_ACCEL={accel_request!r}: expected auto, kvm or tcg")
+        accel = decide_accel(accel_request)  # type: ignore[arg-type]
         modprobe = os.environ.get("VNG_MODPROBE") or accel.module
         rwdirs = []
         for d in rw_args:

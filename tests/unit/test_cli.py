@@ -233,3 +233,16 @@ def test_argument_errors_return_2(argv: list[str], capsys: pytest.CaptureFixture
 def test_min_change_parsing() -> None:
     assert cli._fraction("1%") == pytest.approx(0.01)
     assert cli._fraction("0.02") == pytest.approx(0.02)
+
+
+def test_run_into_an_unwritable_folder_is_a_clear_error(
+        register: Callable[[ScenarioSpec], None], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    register(fake_spec())
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    rc = cli.main(["run", "fake-toggle", "--quick", "--out", str(blocker / "sub")])
+    assert rc == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err.startswith("kvmharness run: ") and "Traceback" not in err
+    assert str(blocker / "sub") in err

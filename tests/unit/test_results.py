@@ -375,3 +375,16 @@ def test_noise_delta_has_the_documented_keys() -> None:
     assert d["cpu_mhz_after"] == 2000.0
     short = noise.delta(before, noise.snapshot())
     assert short["others_busy_cpus"] is None  # too short a window to mean anything
+
+
+@pytest.mark.parametrize("value,message", [
+    ("1" + "0" * 400, "expected a finite number"),  # an int no float can hold
+    ("1" * 5000, "not a usable JSON document"),     # past Python's int-parsing limit
+])
+def test_huge_numbers_are_rejected_not_a_traceback(tmp_path: Path, value: str,
+                                                   message: str) -> None:
+    _, doc = sample_document(tmp_path)
+    doc["runs"][0]["samples"]["total"]["values"][0] = 0.123456789
+    text = json.dumps(doc).replace("0.123456789", value, 1)
+    with pytest.raises(ResultFormatError, match=message):
+        load_result(_write(tmp_path, text))

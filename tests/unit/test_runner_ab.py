@@ -302,3 +302,46 @@ def test_ctrl_c_during_a_boot_keeps_what_was_collected(fakes: Any, kernels: list
     assert [(b["kernel"], b["status"]) for b in doc["boots"]] == [("old", "ok"),
                                                                    ("new", "interrupted")]
     assert len(list((out_dir / "r1-old").glob("one-*.json"))) == 1
+
+
+def test_dry_run_shows_the_binds_the_real_boot_uses(fakes: Any, kernels: list[str],
+                                                    host_ok: None, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # An interpreter under a folder the guest masks needs a --rodir; the dry run used to
+    # leave out the binds for it and for --out.
+    monkeypatch.setattr(ab, "pick_guest_python", lambda: ab.GuestPython(
+        "/var/tmp/venv/bin/python3", (Path("/repo"),)))
+    monkeypatch.setattr(ab, "boot", never_boot)
+    assert cli.main(["ab", "one", *kernels, "--quick", "--dry-run", "--out",
+                     str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("--rodir=/var/tmp/venv/bin") == 4
+
+
+def test_a_reused_out_folder_is_refused(fakes: Any, kernels: list[str], host_ok: None,
+                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    # Boot folders are globbed for *.json and appended to: an earlier run's files in them
+    # would silently join this run's comparison.
+    out_dir = tmp_path / "ab"
+    (out_dir / "r1-old").mkdir(parents=True)
+    (out_dir / "r1-old" / "one-old-20240101T000000Z.json").write_text("{}")
+    monkeypatch.setattr(ab, "boot", never_boot)
+    rc = cli.main(["ab", "one", *kernels, "--quick", "--out", str(out_dir)])
+    assert rc == ab.EXIT_FAILED
+    assert "already holds boot folders of an earlier run (r1-old)" in capsys.readouterr().err
+
+
+def test_ab_tables_name_files_relative_to_the_out_folder(fakes: Any, kernels: list[str],
+                                                         host_ok: None, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    monkeypatch.setattr(ab, "boot", fake_boot_factory(lambda name, n: None))
+    out_dir = tmp_path / ("deep-" * 10) / "ab"
+    assert cli.main(["ab", "one", *kernels, "--quick", "--out", str(out_dir)]) == 0
+    capsys.readouterr()
+    text = (out_dir / "compare-kernels.txt").read_text()
+    assert str(tmp_path) not in text and "    r1-old/one-old-" in text
+    assert max(len(line) for line in text.splitlines()) <= 78

@@ -254,3 +254,62 @@ def test_interrupt_kills_qemu_before_exiting(fake_vng: Path, tmp_path: Path,
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "interrupted" in out
     assert group_members(int(pidfile.read_text())) == []
+
+
+def test_output_keeps_draining_when_the_sink_fails(tmp_path: Path) -> None:
+    # A reader that went away (BrokenPipeError on our stdout) must not stop the pump:
+    # vng would block on a full pipe until the boot's timeout.
+    import collections
+    import io
+
+    from kvmharness.runner.vng import _pump
+
+    calls = []
+
+    def sink(line: str) -> None:
+        calls.append(line)
+        raise BrokenPipeError
+
+    data = b"".join(f"line {i}\n".encode() for i in range(1000))
+    tail: collections.deque[str] = collections.deque(maxlen=5)
+    with open(tmp_path / "log", "w") as log:
+        _pump(io.BytesIO(data), sink, tail, log)
+    assert calls == ["line 0"]
+    assert list(tail)[-1] == "line 999"
+    assert (tmp_path / "log").read_text().count("\n") == 1000
+
+
+def test_a_boot_that_cannot_start_leaves_no_temp_folder(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    import tempfile
+
+    made: list[Path] = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(**kw: object) -> str:
+        path = real_mkdtemp(prefix="t.", dir=tmp_path)
+        made.append(Path(path))
+        return path
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    with pytest.raises(BootError, match="must not contain"):
+        boot("vng", BootSpec(Path("/k"), TCG, rwdirs=(Path("/out/a,b"),)), name="A",
+             version="v", body="true", cwd=tmp_path, env={}, modprobe="")
+    assert made and not any(p.exists() for p in made)
+
+
+def test_vng_run_rejects_an_unknown_accel(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from kvmharness.runner import vng as vng_mod
+
+    k = tmp_path / "k"
+    (k / "boot").mkdir(parents=True)
+    (k / "boot/vmlinuz-6.1.0").write_bytes(b"")
+    (k / "lib/modules/6.1.0").mkdir(parents=True)
+    monkeypatch.setattr(vng_mod, "find_vng", lambda: "/usr/bin/vng")
+    monkeypatch.setattr(vng_mod, "check_prerequisites", lambda vng=None: [])
+    monkeypatch.setattr(vng_mod, "boot", lambda *a, **kw: pytest.fail("must not boot"))
+    monkeypatch.setenv("VNG_ACCEL", "hardware")
+    assert vng_mod.vng_run_main([str(k), "--", "true"]) == vng_mod.RC_OWN_ERROR
+    assert "VNG_ACCEL='hardware': expected auto, kvm or tcg" in capsys.readouterr().err

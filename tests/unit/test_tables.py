@@ -216,3 +216,44 @@ def test_number_formatting() -> None:
     assert tables.num(123456.7) == "123457"
     assert tables.num(None) == "-"
     assert tables.ascii_text("16 \u00b5s \u00b1 2%") == "16 us +- 2%"
+
+
+def test_long_file_names_keep_plain_within_78_columns() -> None:
+    # `ab` and `compare DIR/*.json` name files by long paths; the side lines once ran to
+    # ~200 columns.
+    long_dir = "/work/main/results/examples/ab-6.1-vs-6.12/r1-6.1/" + "x" * 40
+    a = result_file("6.1.0", runs_from(DATA_A, {"zap": "all"}), environment("6.1.0", False),
+                    f"{long_dir}/rom-toggle-6.1-20261126T012522Z.json")
+    a2 = result_file("6.1.0", runs_from(DATA_A, {"zap": "all"}), environment("6.1.0", False),
+                     "r2-6.1/rom-toggle-6.1-20261126T012654Z.json")
+    b = result_file("6.12.0", runs_from(DATA_B, {"zap": "all"}), environment("6.12.0", True),
+                    "r1-6.12/rom-toggle-6.12-20261126T012605Z.json")
+    text = tables.format_report(build_report([a, a2, b], settings=Settings(seed=1)), "plain")
+    assert max(len(line) for line in text.splitlines()) <= 78
+    assert "A: 6.1.0, 20 runs, from:" in text
+    assert "\n    r2-6.1/rom-toggle-6.1-20261126T012654Z.json\n" in text
+    # Short enough: still one line.
+    assert "B: 6.12.0, 10 runs (r1-6.12/rom-toggle-6.12-20261126T012605Z.json)" in text
+
+
+def test_long_setup_differences_show_where_they_differ() -> None:
+    from kvmharness.compare.warnings import differences
+
+    prefix = "virtme_hostname=virtme-ng nr_open=1048576 virtme_link_mods=/var/cache/k/"
+    (line,) = differences({"cmdline": prefix + "6.1.0-56-amd64/lib"},
+                          {"cmdline": prefix + "6.12.117+deb12-amd64/lib"})
+    before, after = line.split(": ", 1)[1].split(" -> ")
+    assert before != after
+    assert "6.1.0-56" in before and "6.12.117" in after
+    assert len(before) <= 40 and len(after) <= 40
+    assert differences({"x": "abc"}, {"x": "abd"}) == ["x: abc -> abd"]
+    assert differences({"x": "short"}, {}) == ["x: short -> (absent)"]
+
+
+def test_long_paths_split_after_a_slash() -> None:
+    path = "/work/main/results/examples/ab-6.1-vs-6.12/r1-6.1/rom-toggle-6.1-20261126T012522Z.json"
+    assert tables._split_path(path, 72) == ["/work/main/results/examples/ab-6.1-vs-6.12/r1-6.1/",
+                                            "rom-toggle-6.1-20261126T012522Z.json"]
+    assert tables._split_path("a" * 100, 72) == ["a" * 72, "a" * 28]
+    assert "".join(tables._split_path("/x/" + "b" * 80 + "/c.json", 72)) == (
+        "/x/" + "b" * 80 + "/c.json")
