@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import threading
 from typing import Iterator, Mapping
 
 from kvmharness.guest.machine import Machine
@@ -22,6 +23,7 @@ KH_MAX_VCPUS = 64
 
 VCPU_STATS = ("pf_fixed", "pf_taken", "pf_mmio_spte_created", "mmio_exits", "exits",
               "insn_emulation", "tlb_flush", "io_exits", "halt_exits")
+LOST_EVENTS_KEY = "tracefs_lost_events"  # effective[...]: phase -> events the buffer dropped
 VM_STATS = ("mmu_shadow_zapped", "remote_tlb_flush", "remote_tlb_flush_requests",
             "pages_4k", "pages_2m", "pages_1g", "mmu_recycled", "mmu_cache_miss")
 
@@ -78,6 +80,10 @@ class PhaseRecorder:
             if counters.lost_events:
                 self.outcome.warnings.append(f"phase {name}: tracefs buffer overran, "
                                              f"{counters.lost_events} events lost")
+                # record_zap_path must not read "0 zap-all events" as proof of zap=slot
+                # when the events may have been overwritten.
+                lost = self.outcome.effective.setdefault(LOST_EVENTS_KEY, {})
+                lost[name] = lost.get(name, 0) + counters.lost_events
             self._accumulate(self.outcome.tracepoints, name, counters.tracepoints)
 
     @staticmethod
@@ -92,7 +98,9 @@ def record_zap_path(outcome: RunOutcome, variant: Mapping[str, str], deletes: in
                     phase: str) -> None:
     """Say which zap path the kernel took, from the tracepoint counts of ``phase`` (the
     phase that contains the memslot deletes/moves), and warn when it contradicts the
-    requested variant — a result must never claim a policy the kernel did not apply."""
+    requested variant — a result must never claim a policy the kernel did not apply.
+    No zap-all event is evidence of zap=slot only if deletes/moves happened and the trace
+    buffer lost nothing; otherwise the path is ``unverified``."""
     requested = variant.get("zap", "all")
     outcome.effective["zap_requested"] = requested
     counts = outcome.tracepoints.get(phase)
@@ -102,13 +110,39 @@ def record_zap_path(outcome: RunOutcome, variant: Mapping[str, str], deletes: in
                                              "requested one, not observed")
         return
     fast = counts["kvm_mmu_zap_all_fast"]
+    lost = outcome.effective.get(LOST_EVENTS_KEY, {}).get(phase, 0)
+    evidence = f"{fast} kvm_mmu_zap_all_fast events over {deletes} memslot deletes/moves"
+    if fast == 0 and (deletes == 0 or lost):
+        outcome.effective["zap_path"] = "unverified"
+        outcome.effective["zap_evidence"] = evidence + (
+            f", but the trace buffer lost {lost} events" if lost else
+            ": nothing was deleted or moved, so nothing shows the path")
+        return
     path = "all" if fast > 0 else "slot"
     outcome.effective["zap_path"] = path
-    outcome.effective["zap_evidence"] = (f"{fast} kvm_mmu_zap_all_fast events over "
-                                         f"{deletes} memslot deletes/moves")
+    outcome.effective["zap_evidence"] = evidence
     if deletes and path != requested:
         outcome.warnings.append(f"requested zap={requested} but the kernel took zap={path} "
-                                f"({outcome.effective['zap_evidence']})")
+                                f"({evidence})")
+
+
+def wait_finished(finished: threading.Event, poll_s: float = 0.05) -> None:
+    """Block until ``finished`` is set, holding back a Ctrl-C until then (re-raised after).
+
+    For host threads that use the VM or guest memory (memslot togglers): the caller has
+    already asked the thread to stop, so this is one ioctl or one dwell long, and whatever
+    the caller does next (closing the VM, unmapping guest RAM) must not run under a thread
+    that is still going.  ``Thread.join()`` is no substitute: on CPython 3.11 a Ctrl-C inside
+    it can mark a running thread stopped (see kvmharness/guest/machine.py)."""
+    interrupt: BaseException | None = None
+    while True:
+        try:
+            if finished.wait(poll_s):
+                break
+        except KeyboardInterrupt as exc:
+            interrupt = interrupt or exc
+    if interrupt is not None:
+        raise interrupt
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ result shows that an "ioeventfd" number was really taken without exits."""
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 from typing import Any, Mapping
 
@@ -238,9 +239,11 @@ def run(req: RunRequest) -> RunOutcome:
                     raise AssertionError("mmio: a write to the read-only slot reached its "
                                          "memory")
                 _record_kind(m, outcome, kind, per_kind[kind], req.warmup, rounds)
-                req.progress(f"mmio {kind}: {outcome.samples[f'{kind}_cycles'][0]:.0f}"
-                             f"{'' if len(outcome.samples[f'{kind}_cycles']) == 1 else '...'} "
-                             "cycles/access")
+                # Measured rounds if any (iterations may be 0 from the API), else warmups.
+                cycles = (outcome.samples.get(f"{kind}_cycles")
+                          or outcome.warmups[f"{kind}_cycles"])
+                req.progress(f"mmio {kind}: median {statistics.median(cycles):.0f} "
+                             f"cycles/access over {len(cycles)} round(s)")
             _record_effective(m, outcome, host, active, per_kind, rounds, skipped)
             if per_kind.get("coalesced", accesses) < accesses:
                 outcome.effective["coalesced_note"] = (

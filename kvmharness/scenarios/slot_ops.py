@@ -2,16 +2,20 @@
 
 For every slot size (4 KiB .. GiBs) one memslot, separate from the guest's RAM, goes through
 create -> dirty logging on -> off -> move -> delete, each timed with perf_counter_ns around
-the KVM_SET_USER_MEMORY_REGION(2) call alone.  With ``populated`` a hammer vCPU keeps the
-rest of guest RAM mapped (one write per 4 KiB page per pass) and stops at a GUEST_SYNC after
-every pass; the op runs in that sync handler, so the guest's next pass is exactly the
-refault cost of the op (zap=all throws every SPTE away on delete/move; zap=slot only the
-slot's).  Without ``populated`` the guest never runs and the MMU is empty: the ioctl alone.
+Vm.set_user_memory_region alone: the KVM_SET_USER_MEMORY_REGION(2) ioctl plus ~1-2 us of
+the binding's Python (argument struct, slot bookkeeping), the same for every kernel.
+With ``populated`` a hammer vCPU keeps the rest of guest RAM mapped (one write per 4 KiB
+page per pass) and stops at a GUEST_SYNC after every pass; the op runs in that sync
+handler, so the guest's next pass is exactly the refault cost of the op (zap=all throws
+every SPTE away on delete/move; zap=slot only the slot's).  Without ``populated`` the guest
+never runs and the MMU is empty: the ioctl alone.
 
 Evidence: KVM stats per phase (``populate``: the first pass; ``cycles@<size>``: that size's
 passes and ops; ``warmup``; ``slot_ops``: the whole run) and the whole run's kvmmmu
-tracepoint counts (this process's only), which say which zap path ran.
-Nothing is read or traced per op: doing so was measured to slow the ops 2-4x here.
+tracepoint counts (this process's only), which say which zap path ran.  Stats are read
+right after each op, never just before one (that was measured to slow the ops 2-4x here),
+so a phase's delta runs from one op's end to the next's: each (iteration, size) group's
+first op, a create, is counted with the phase before it.  Nothing is traced per op.
 
 The slot under test is backed by one MAP_NORESERVE mapping that nothing ever touches (the
 guest's page tables do not map it), so a 4 GiB slot costs KVM's per-slot metadata only.
@@ -86,8 +90,8 @@ class SlotUnderTest:
     def __init__(self, vm: Vm, max_size: int, gpa_a: int, gpa_b: int) -> None:
         self.vm = vm
         self.gpa_a, self.gpa_b = gpa_a, gpa_b
+        self.slot = vm.free_slot()  # before the mmap: nothing to undo if no slot is free
         self.mem = HostMemory(max_size, name="slot under test")
-        self.slot = vm.free_slot()
 
     def args(self, op: str, size: int) -> tuple[int, int, int, int]:
         """(flags, gpa, size, userspace_addr) for ``op`` in the create..delete cycle."""

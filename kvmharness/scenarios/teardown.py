@@ -70,7 +70,8 @@ class DelayProbe:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.ident is not None:
+            self._thread.join()
         if self.error is not None:
             raise self.error
 
@@ -121,8 +122,8 @@ def populate_and_destroy(kvm: Kvm, size: int, nvcpus: int, thp: bool, pin: bool,
         cpu = min(os.sched_getaffinity(0)) if pin else None
         probe = DelayProbe(cpu)
         with PinnedTo(cpu):
-            probe.start()
-            try:
+            try:  # start() inside: a probe that failed to start must still be stopped
+                probe.start()
                 t0 = time.perf_counter_ns()
                 m.vm.close()  # type: ignore[union-attr]
                 t1 = time.perf_counter_ns()
