@@ -36,8 +36,10 @@ WATCHDOG_S = 300.0
 
 
 class DelayProbe:
-    """A host thread that sleeps PROBE_SLEEP_NS at a time and keeps each sleep's (start,
-    end) in perf_counter_ns; lateness = end - start - PROBE_SLEEP_NS."""
+    """A host thread that sleeps PROBE_SLEEP_NS at a time and keeps, in perf_counter_ns,
+    each (previous wake-up, this wake-up) interval; lateness = end - start - PROBE_SLEEP_NS.
+    The intervals tile the whole run, so being kept off the CPU between two sleeps counts
+    as much as a sleep that overran."""
 
     def __init__(self, cpu: int | None) -> None:
         self.cpu = cpu
@@ -53,10 +55,12 @@ class DelayProbe:
                 os.sched_setaffinity(0, {self.cpu})  # 0: this thread only
             clock, sleep, record = time.perf_counter_ns, time.sleep, self.sleeps.append
             seconds = PROBE_SLEEP_NS / 1e9
+            woke = clock()
             while not self._stop.is_set():
-                t0 = clock()
                 sleep(seconds)
-                record((t0, clock()))
+                now = clock()
+                record((woke, now))
+                woke = now
         except BaseException as exc:
             self.error = exc
 
@@ -76,8 +80,8 @@ class DelayProbe:
             raise self.error
 
     def worst_delay_us(self, start: int, end: int) -> float:
-        """Worst lateness of the sleeps overlapping [start, end]; if the window fell between
-        two sleeps, the next sleep's (it was the one kept waiting)."""
+        """Worst lateness of the intervals overlapping [start, end] (they tile time, so at
+        least the one containing ``start`` does, once the probe has woken after it)."""
         overlapping = [(a, b) for a, b in self.sleeps if a < end and b > start]
         if not overlapping:
             overlapping = [next((a, b) for a, b in self.sleeps if b >= start)]

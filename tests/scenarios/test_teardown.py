@@ -68,12 +68,16 @@ def test_no_fd_thread_or_affinity_leaks(quick):
 def test_probe_picks_the_sleeps_overlapping_the_window():
     probe = teardown.DelayProbe(None)
     sleep = teardown.PROBE_SLEEP_NS
-    probe.sleeps = [(0, sleep + 50_000), (200_000, 200_000 + sleep + 900_000),
-                    (2_000_000, 2_000_000 + sleep + 10_000)]
-    assert probe.worst_delay_us(250_000, 300_000) == 900.0
+    # Wake-to-wake intervals tile time: a thread held off the CPU between two sleeps shows
+    # up as a late interval just like a sleep that overran.
+    a = sleep + 50_000
+    b = a + sleep + 900_000
+    c = b + sleep + 10_000
+    probe.sleeps = [(0, a), (a, b), (b, c)]
+    assert probe.worst_delay_us(a + 10, a + 20) == 900.0
     assert probe.worst_delay_us(0, 10) == 50.0
-    # A window between two sleeps is charged to the next one, which it kept waiting.
-    assert probe.worst_delay_us(1_300_000, 1_400_000) == 10.0
+    assert probe.worst_delay_us(b + 1, c - 1) == 10.0
+    assert probe.worst_delay_us(a - 1, b + 1) == 900.0
 
 
 def test_parameter_errors_are_clear():
