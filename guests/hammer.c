@@ -97,10 +97,13 @@ void guest_main(uint32_t vcpu, void *arg)
 		uint64_t t0, t1;
 
 		t0 = kh_rdtsc_ordered();
-		if (hammer_write)
+		if (hammer_write) {
 			hammer_write_pass(base, pages, step, HAMMER_WRITE_VALUE(vcpu, pass));
-		else
+			/* lfence does not wait for stores: drain them inside the pass. */
+			kh_mfence();
+		} else {
 			sum += hammer_read_pass(base, pages, step);
+		}
 		t1 = kh_rdtsc_ordered();
 
 		hammer_pass_tsc[vcpu][pass] = t1 - t0;
