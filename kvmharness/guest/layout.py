@@ -11,6 +11,7 @@ import dataclasses
 from typing import Iterable, Literal
 
 from kvmharness.guest.errors import GuestError
+from kvmharness.guest.ucall import KH_MAX_VCPUS
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -24,7 +25,7 @@ IDT_GPA = 0x2000
 TSS_GPA = 0x3000
 STACKS_GPA = 0x10000
 STACK_SIZE = 32 * KiB
-MAX_VCPUS = 64  # KH_MAX_VCPUS in guests/runtime/kh.h
+MAX_VCPUS = KH_MAX_VCPUS  # guests/runtime/kh.h, checked by tests/unit/test_ucall.py
 HARNESS_END = 4 * MiB
 IMAGE_GPA = 4 * MiB
 LOW_RAM_END = 16 * MiB

@@ -10,6 +10,7 @@ import threading
 from typing import Iterator, Mapping
 
 from kvmharness.guest.machine import Machine
+from kvmharness.guest.ucall import KH_MAX_VCPUS
 from kvmharness.kvm import Kvm
 from kvmharness.observe.counters import KvmCounters
 from kvmharness.observe.tracefs import MMIO_EVENTS, ZAP_EVENTS, tracefs_status
@@ -19,7 +20,6 @@ from kvmharness.uapi.x86 import KVM_X86_QUIRK_SLOT_ZAP_ALL
 
 u32, u64 = ctypes.c_uint32, ctypes.c_uint64
 HAMMER_MAX_PASSES = 4096  # guests/hammer.h
-KH_MAX_VCPUS = 64
 
 VCPU_STATS = ("pf_fixed", "pf_taken", "pf_mmio_spte_created", "mmio_exits", "exits",
               "insn_emulation", "tlb_flush", "io_exits", "halt_exits")

@@ -20,7 +20,7 @@ from kvmharness.scenarios.base import (
     ZAP_AXIS, Metric, Parameter, RunOutcome, RunRequest, ScenarioSpec,
 )
 from kvmharness.scenarios.common import (
-    HammerConfig, PhaseRecorder, hammer_pass_ns, record_zap_path, u64, wait_finished,
+    KH_MAX_VCPUS, HammerConfig, PhaseRecorder, hammer_pass_ns, record_zap_path, u64, wait_finished,
     zap_quirk_mask,
 )
 
@@ -153,8 +153,8 @@ def run(req: RunRequest) -> RunOutcome:
                 outcome.add("remote_tlb_flush", stats.get("vm.remote_tlb_flush", 0), warmup=warm)
                 req.progress(f"rom-toggle {'warmup' if warm else 'iteration'} {i + 1}/{runs}: "
                              f"{(t1 - t0) / 1e6:.1f} ms, {len(toggler.delete_ns)} ROM deletes")
-            present = m.read_var("hammer_rom_present", u64 * 64)
-            absent = m.read_var("hammer_rom_absent", u64 * 64)
+            present = m.read_var("hammer_rom_present", u64 * KH_MAX_VCPUS)
+            absent = m.read_var("hammer_rom_absent", u64 * KH_MAX_VCPUS)
             outcome.effective["rom_words_present"] = sum(present[:nvcpus])
             outcome.effective["rom_words_absent"] = sum(absent[:nvcpus])
             record_zap_path(outcome, req.variant, total_deletes, "hammer")
