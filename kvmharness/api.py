@@ -8,12 +8,11 @@ get its result object.
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from kvmharness.observe import fingerprint
-from kvmharness.results.session import SessionOutcome, SessionPlan, expand_variants, run_session
+from kvmharness.results.session import SessionOutcome, SessionPlan, run_session
 from kvmharness.results.store import DEFAULT_DIR, default_result_path
 from kvmharness.scenarios import registry
 from kvmharness.scenarios.base import RunOutcome, RunRequest, ScenarioSpec
@@ -30,29 +29,19 @@ def scenario(name: str) -> ScenarioSpec:
         raise KeyError(f"unknown scenario {name!r} (known: {', '.join(specs)})") from None
 
 
-def _params(spec: ScenarioSpec, params: Mapping[str, Any] | None, quick: bool) -> dict[str, Any]:
-    """Defaults (or quick values) overridden by ``params``, given as values or as the
-    strings ``--param`` takes."""
-    values = spec.resolve_params({}, quick=quick)
-    for key, value in (params or {}).items():
-        values[key] = spec.parameter(key).parse(value) if isinstance(value, str) else value
-    return values
-
-
 def run_once(name: str, *, quick: bool = False, params: Mapping[str, Any] | None = None,
              variant: Mapping[str, str] | None = None, iterations: int | None = None,
              warmup: int | None = None, progress: Progress | None = None) -> RunOutcome:
     """One run (one fresh VM) of one variant; raises VariantUnsupported where the kernel
     cannot run it.  Nothing is written to disk."""
     spec = scenario(name)
-    chosen = dict(variant or {})
-    for axis in spec.variant_axes:
-        chosen.setdefault(axis.name, axis.values[0])
-    return spec.run(RunRequest(
-        params=_params(spec, params, quick), variant=chosen,
-        iterations=spec.default_iterations if iterations is None else iterations,
-        warmup=spec.default_warmup if warmup is None else warmup,
-        progress=progress or (lambda message: None)))
+    chosen = {axis.name: (variant or {}).get(axis.name, axis.values[0])
+              for axis in spec.variant_axes}
+    plan = SessionPlan.resolve(spec, params=params, quick=quick, iterations=iterations,
+                               warmup=warmup, variants={k: [v] for k, v in chosen.items()})
+    return spec.run(RunRequest(params=plan.params, variant=plan.variants[0],
+                               iterations=plan.iterations, warmup=plan.warmup,
+                               progress=progress or (lambda message: None)))
 
 
 def run(name: str, *, quick: bool = False, params: Mapping[str, Any] | None = None,
@@ -63,12 +52,9 @@ def run(name: str, *, quick: bool = False, params: Mapping[str, Any] | None = No
     result file under ``out`` after every run.  Returns the session (``.result``, ``.path``,
     ``.failed_runs``); Ctrl-C is re-raised after the completed runs were saved."""
     spec = scenario(name)
-    plan = SessionPlan(
-        spec=spec, params=_params(spec, params, quick),
-        variants=expand_variants(spec, variants), repeat=repeat,
-        iterations=spec.default_iterations if iterations is None else iterations,
-        warmup=spec.default_warmup if warmup is None else warmup,
-        label=label or platform.release(), quick=quick)
+    plan = SessionPlan.resolve(spec, params=params, variants=variants, quick=quick,
+                               repeat=repeat, iterations=iterations, warmup=warmup,
+                               label=label)
     path = default_result_path(Path(out), spec.name, plan.label)
     session = run_session(plan, path, fingerprint.collect(),
                           progress=progress or (lambda message: None))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import platform
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -31,6 +32,10 @@ MAX_CONSECUTIVE_FAILURES = 3
 Progress = Callable[[str], None]
 
 
+DEFAULT_REPEAT = 10
+QUICK_REPEAT = 5  # the smallest n per side whose exact test can still reach p < 0.01
+
+
 @dataclasses.dataclass(frozen=True)
 class SessionPlan:
     spec: ScenarioSpec
@@ -41,6 +46,25 @@ class SessionPlan:
     warmup: int
     label: str
     quick: bool
+
+    @classmethod
+    def resolve(cls, spec: ScenarioSpec, *, params: Mapping[str, Any] | None = None,
+                variants: Mapping[str, Sequence[str]] | None = None, quick: bool = False,
+                repeat: int | None = None, iterations: int | None = None,
+                warmup: int | None = None, label: str | None = None) -> "SessionPlan":
+        """The one place a request (command line, ``ab``'s per-boot check, Python API)
+        becomes a plan: defaults or quick values, overridden by ``params`` given as values
+        or as the strings ``--param`` takes.  Raises ValueError/KeyError naming what is
+        wrong."""
+        values = spec.resolve_params({}, quick=quick)
+        for key, value in (params or {}).items():
+            values[key] = spec.parameter(key).parse(value) if isinstance(value, str) else value
+        return cls(
+            spec=spec, params=values, variants=expand_variants(spec, variants),
+            repeat=repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT),
+            iterations=spec.default_iterations if iterations is None else iterations,
+            warmup=spec.default_warmup if warmup is None else warmup,
+            label=label or platform.release(), quick=quick)
 
 
 @dataclasses.dataclass

@@ -25,9 +25,41 @@ class Parameter:
     quick: Any
     help: str
     type: type = int
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    def valid_range(self) -> str:
+        """The valid values in words, for help and error messages."""
+        if self.choices is not None:
+            return "one of " + ", ".join(map(str, self.choices))
+        if self.type is bool:
+            return "true or false"
+        lo, hi = self.minimum, self.maximum
+        unit = f" {self.unit}" if self.unit and self.type in (int, float) else ""
+        if lo is not None and hi is not None:
+            return f"{lo:g}..{hi:g}{unit}"
+        if lo is not None:
+            return f">= {lo:g}{unit}"
+        if hi is not None:
+            return f"<= {hi:g}{unit}"
+        return {int: "an integer", float: "a number"}.get(self.type, f"a {self.type.__name__}")
+
+    def check(self, value: Any) -> Any:
+        """``value`` if it lies in the declared range; else ValueError naming the parameter
+        and the range.  For values that arrive typed (the Python API) as well as parsed."""
+        bad = (self.choices is not None and value not in self.choices) or (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                (self.minimum is not None and value < self.minimum)
+                or (self.maximum is not None and value > self.maximum)))
+        if bad:
+            raise ValueError(f"parameter {self.name!r} must be {self.valid_range()}, "
+                             f"got {value!r}")
+        return value
 
     def parse(self, text: str) -> Any:
-        """Convert a ``--param name=value`` string; raises ValueError naming the parameter."""
+        """Convert and check a ``--param name=value`` string; raises ValueError naming the
+        parameter and its valid range."""
         try:
             if self.type is bool:
                 if text.lower() in ("1", "true", "yes", "on"):
@@ -35,11 +67,13 @@ class Parameter:
                 if text.lower() in ("0", "false", "no", "off"):
                     return False
                 raise ValueError(text)
-            return self.type(text)
-        except ValueError:
+            value = self.type(text)
+        except ValueError as e:
+            detail = f": {e}" if self.type not in (int, float, bool) and str(e) else ""
             raise ValueError(
-                f"parameter {self.name!r} expects {self.type.__name__} ({self.unit}), got {text!r}"
-            ) from None
+                f"parameter {self.name!r} expects {self.valid_range()} ({self.unit}), "
+                f"got {text!r}{detail}") from None
+        return self.check(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +143,9 @@ class ScenarioSpec:
     run: Callable[[RunRequest], RunOutcome]
     default_iterations: int = 5
     default_warmup: int = 1
+    # The metrics a default report shows (the answer); the rest appear with --all-metrics.
+    # Names may be size families (``create@<size>``) on a SizedScenarioSpec.
+    headline: tuple[str, ...] = ()
 
     def parameter(self, name: str) -> Parameter:
         for p in self.parameters:
@@ -128,3 +165,7 @@ class ScenarioSpec:
         for name, text in overrides.items():
             values[name] = self.parameter(name).parse(text)
         return values
+
+    def headline_metrics(self) -> tuple[str, ...]:
+        """``headline`` or, where a spec declares none, every metric."""
+        return self.headline or tuple(m.name for m in self.metrics)

@@ -291,7 +291,7 @@ SPEC = ScenarioSpec(
             "and MMIO-SPTE counters",
     parameters=(
         Parameter("accesses", "accesses", 1000, 32, "accesses per timed round (coalesced: "
-                  f"at most {RING_CAPACITY}, the ring's capacity)"),
+                  f"at most {RING_CAPACITY}, the ring's capacity)", minimum=1, maximum=100_000),
         Parameter("kinds", "kinds", "all", "all", "access kinds to run: 'all' or a comma list "
                   f"of {', '.join(KINDS)}", type=str),
     ),
@@ -307,6 +307,7 @@ SPEC = ScenarioSpec(
     ),
     variant_axes=(),
     run=run,
+    headline=tuple(f"{kind}_cycles" for kind in KINDS),
     default_iterations=10,
     default_warmup=2,
 )

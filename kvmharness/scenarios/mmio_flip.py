@@ -486,10 +486,14 @@ SPEC = ScenarioSpec(
     summary="correctness under memslot churn: a GPA range alternates between RAM (pattern P) "
             "and MMIO (host answers Q) while vCPUs read it; a stale P or Q is a FAIL",
     parameters=(
-        Parameter("vcpus", "vCPUs", 4, 2, "vCPUs reading the range"),
-        Parameter("pages", "pages", 16, 4, "pages in the flipping range (one word read each)"),
-        Parameter("toggles", "toggles", 2000, 40, "delete+create pairs per iteration"),
-        Parameter("dwell_us", "us", 100, 500, "time the range stays RAM, then MMIO, per toggle"),
+        Parameter("vcpus", "vCPUs", 4, 2, "vCPUs reading the range", minimum=1,
+                  maximum=KH_MAX_VCPUS),
+        Parameter("pages", "pages", 16, 4, "pages in the flipping range (one word read each)",
+                  minimum=1, maximum=4096),
+        Parameter("toggles", "toggles", 2000, 40, "delete+create pairs per iteration",
+                  minimum=1, maximum=10_000_000),
+        Parameter("dwell_us", "us", 100, 500, "time the range stays RAM, then MMIO, per toggle",
+                  minimum=1, maximum=10_000_000),
         Parameter("wrap", "bool", False, False, "afterwards, toggle until the memslot "
                   "generation passes an MMIO-generation wraparound (2^19 / address spaces "
                   "steps) while checking", type=bool),
@@ -511,6 +515,7 @@ SPEC = ScenarioSpec(
     ),
     variant_axes=(ZAP_AXIS,),
     run=run,
+    headline=("violations", "slot_delete", "slot_create", "toggles_per_s"),
     default_iterations=3,
     default_warmup=1,
 )

@@ -20,7 +20,7 @@ from kvmharness.scenarios.base import (
     ZAP_AXIS, Metric, Parameter, RunOutcome, RunRequest, ScenarioSpec,
 )
 from kvmharness.scenarios.common import (
-    KH_MAX_VCPUS, HammerConfig, PhaseRecorder, hammer_pass_ns, record_zap_path, u64, wait_finished,
+    HAMMER_MAX_PASSES, KH_MAX_VCPUS, HammerConfig, PhaseRecorder, hammer_pass_ns, record_zap_path, u64, wait_finished,
     zap_quirk_mask,
 )
 
@@ -167,12 +167,16 @@ SPEC = ScenarioSpec(
     summary="hammer guest RAM while a read-only ROM memslot is deleted and re-created "
             "(the 2019 fast-invalidate removal benchmark)",
     parameters=(
-        Parameter("vcpus", "vCPUs", 8, 1, "hammer vCPUs (the seed's -c)"),
+        Parameter("vcpus", "vCPUs", 8, 1, "hammer vCPUs (the 2019 benchmark's 8 threads)",
+                  minimum=1, maximum=KH_MAX_VCPUS),
         Parameter("mem_per_vcpu", "MiB", 2048, 4, "RAM each vCPU touches, 4 KiB guest pages "
-                  "(the seed's -m)"),
-        Parameter("passes", "passes", 10, 5, "passes over the memory per iteration"),
-        Parameter("toggle_ms", "ms", 10, 2, "interval between ROM slot deletes"),
-        Parameter("rom_size", "KiB", 128, 128, "size of the read-only ROM slot"),
+                  "(the 2019 benchmark's 2000 MB per thread)", minimum=1),
+        Parameter("passes", "passes", 10, 5, "passes over the memory per iteration",
+                  minimum=1, maximum=HAMMER_MAX_PASSES),
+        Parameter("toggle_ms", "ms", 10, 2, "interval between ROM slot deletes",
+                  minimum=1, maximum=60_000),
+        Parameter("rom_size", "KiB", 128, 128, "size of the read-only ROM slot (4 KiB granular)",
+                  minimum=4, maximum=1 << 20),
         Parameter("thp", "bool", False, False, "back guest RAM with transparent huge pages",
                   type=bool),
     ),
@@ -190,6 +194,7 @@ SPEC = ScenarioSpec(
     ),
     variant_axes=(ZAP_AXIS,),
     run=run,
+    headline=("total", "pass", "slot_delete", "pf_fixed"),
     default_iterations=3,
     default_warmup=1,
 )

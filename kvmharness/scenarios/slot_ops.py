@@ -301,9 +301,10 @@ SPEC = SizedScenarioSpec(
                   "mapped and re-touches it after every op; false: the guest never runs "
                   "(empty MMU, no pass metrics)", type=bool),
         Parameter("populated_mib", "MiB", 1024, 4, "guest RAM the hammer maps with 4 KiB "
-                  "pages (what a zap-all throws away)"),
+                  "pages (what a zap-all throws away)", minimum=1),
         Parameter("ops_per_size", "cycles", 5, 2, "create..delete cycles per size per "
-                  "iteration (samples per metric per iteration)"),
+                  "iteration (samples per metric per iteration)", minimum=1,
+                  maximum=10_000),
         Parameter("thp", "bool", False, False, "back guest RAM with transparent huge pages",
                   type=bool),
     ),
@@ -321,6 +322,8 @@ SPEC = SizedScenarioSpec(
     ),
     variant_axes=(ZAP_AXIS,),
     run=run,
+    headline=tuple(f"{op}@{SIZE_SLOT}" for op in OPS) + (f"delete_pf_fixed@{SIZE_SLOT}",
+                                                         f"delete_pass@{SIZE_SLOT}"),
     default_iterations=3,
     default_warmup=1,
 )

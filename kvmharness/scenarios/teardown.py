@@ -23,7 +23,7 @@ from kvmharness.guest.memory import check_host_memory
 from kvmharness.kvm import Kvm
 from kvmharness.scenarios.base import Metric, Parameter, RunOutcome, RunRequest
 from kvmharness.scenarios.common import (
-    SIZE_SLOT, HammerConfig, MiBList, PhaseRecorder, SizedScenarioSpec, hammer_pass_ns,
+    KH_MAX_VCPUS, SIZE_SLOT, HammerConfig, MiBList, PhaseRecorder, SizedScenarioSpec, hammer_pass_ns,
     size_label,
 )
 
@@ -183,7 +183,8 @@ SPEC = SizedScenarioSpec(
                   MiBList("256,1024,4096"), MiBList("4,16"),
                   "guest RAM mapped with 4 KiB guest pages before each destroy (one fresh "
                   "VM per size)", type=MiBList),
-        Parameter("vcpus", "vCPUs", 4, 1, "vCPUs populating the RAM (each a share)"),
+        Parameter("vcpus", "vCPUs", 4, 1, "vCPUs populating the RAM (each a share)",
+                  minimum=1, maximum=KH_MAX_VCPUS),
         Parameter("pin", "bool", True, True, "pin the probe and the destroying thread to one "
                   "CPU, so the probe runs only where the destroy reschedules", type=bool),
         Parameter("thp", "bool", False, False, "back guest RAM with transparent huge pages",
@@ -201,6 +202,7 @@ SPEC = SizedScenarioSpec(
     ),
     variant_axes=(),
     run=run,
+    headline=(f"destroy@{SIZE_SLOT}", f"probe_max_delay@{SIZE_SLOT}"),
     default_iterations=3,
     default_warmup=1,
 )

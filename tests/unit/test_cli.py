@@ -11,6 +11,7 @@ from typing import Callable
 import pytest
 
 from kvmharness import cli
+from kvmharness.cli import common as cli_common
 from kvmharness.observe import fingerprint
 from kvmharness.results.store import load_result
 from kvmharness.scenarios import registry
@@ -54,7 +55,7 @@ def fake_spec(run: Callable[[RunRequest], RunOutcome] | None = None) -> Scenario
 
 @pytest.fixture
 def register(monkeypatch: pytest.MonkeyPatch) -> Callable[[ScenarioSpec], None]:
-    monkeypatch.setattr(cli, "collect_fingerprint", lambda: dict(FAKE_ENV))
+    monkeypatch.setattr(cli_common, "collect_fingerprint", lambda: dict(FAKE_ENV))
 
     def do(spec: ScenarioSpec) -> None:
         monkeypatch.setattr(registry, "all_scenarios", lambda: {spec.name: spec})
@@ -200,7 +201,7 @@ def test_failed_runs_give_exit_status_1(register: Callable[[ScenarioSpec], None]
 
 @pytest.mark.parametrize("argv,message", [
     (["run", "nope"], "unknown scenario 'nope'"),
-    (["run", "fake-toggle", "--param", "pages=many"], "expects int"),
+    (["run", "fake-toggle", "--param", "pages=many"], "expects an integer"),
     (["run", "fake-toggle", "--param", "pagez=1"], "no parameter 'pagez'"),
     (["run", "fake-toggle", "--variant", "zap=some"], "no value 'some'"),
 ])
@@ -231,8 +232,8 @@ def test_argument_errors_return_2(argv: list[str], capsys: pytest.CaptureFixture
 
 
 def test_min_change_parsing() -> None:
-    assert cli._fraction("1%") == pytest.approx(0.01)
-    assert cli._fraction("0.02") == pytest.approx(0.02)
+    assert cli_common.fraction("1%") == pytest.approx(0.01)
+    assert cli_common.fraction("0.02") == pytest.approx(0.02)
 
 
 def test_run_into_an_unwritable_folder_is_a_clear_error(

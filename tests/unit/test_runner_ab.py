@@ -14,6 +14,8 @@ from typing import Any, Callable
 import pytest
 
 from kvmharness import cli
+from kvmharness.cli import ab as cli_ab
+from kvmharness.cli import common as cli_common
 from kvmharness.runner import ab, host
 from kvmharness.runner.host import Accel
 from kvmharness.runner.vng import BootResult, BootSpec
@@ -56,7 +58,7 @@ def spec(name: str, param: str) -> ScenarioSpec:
 def fakes(monkeypatch: pytest.MonkeyPatch) -> dict[str, ScenarioSpec]:
     specs = {"one": spec("one", "pages"), "two": spec("two", "slots")}
     monkeypatch.setattr(registry, "all_scenarios", lambda: specs)
-    monkeypatch.setattr(cli, "collect_fingerprint", lambda: dict(FAKE_ENV))
+    monkeypatch.setattr(cli_common, "collect_fingerprint", lambda: dict(FAKE_ENV))
     return specs
 
 
@@ -106,7 +108,7 @@ def test_params_and_variants_go_to_the_scenarios_that_have_them(fakes: Any) -> N
     args = cli.build_parser().parse_args(
         ["ab", "one", "two", "--kernel", "A=/x", "--quick", "--param", "pages=20",
          "--param", "slots=3", "--variant", "zap=all", "--rounds", "2", "--warmup", "0"])
-    calls = cli._ab_calls(args, fakes)
+    calls = cli_ab.scenario_calls(args, fakes)
     assert [c.scenario for c in calls] == ["one", "two"]
     # --quick's 5 runs per variant, split over 2 rounds: 3 per boot.
     assert calls[0].options == ("--quick", "--param", "pages=20", "--variant", "zap=all",

@@ -1,0 +1,47 @@
+"""``kvmharness info | list | run | compare | ab``: one module per subcommand, each adding
+its own parser and handler; the scenario options of ``run`` and ``ab`` are one shared
+argparse parent (``common.scenario_options``).
+
+Exit status: 0 success; 1 a run failed or a file could not be used; 2 usage error;
+130 interrupted by Ctrl-C (completed runs are kept in the result file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from kvmharness.cli import ab, compare, info, run
+from kvmharness.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
+
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_USAGE", "build_parser", "main"]
+
+SUBCOMMANDS = (info, run, compare, ab)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kvmharness",
+                                     description="Drive KVM through /dev/kvm; run and compare "
+                                                 "memslot/MMU zap scenarios.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help or a usage error: return the status, don't exit
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    out, err = sys.stdout, sys.stderr
+    full_argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return int(args.handler(args, full_argv, out, err))
+    except KeyboardInterrupt:
+        err.write("interrupted\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `kvmharness compare ... | head`: the reader left; not an error of ours.
+        return 0

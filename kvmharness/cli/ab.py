@@ -1,0 +1,139 @@
+"""``kvmharness ab``: boot each kernel under virtme-ng, run the scenarios inside, compare."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+from kvmharness.cli import common
+from kvmharness.compare.build import Settings
+from kvmharness.compare.tables import FORMATS
+from kvmharness.results.store import DEFAULT_DIR
+from kvmharness.scenarios import registry
+from kvmharness.scenarios.base import ScenarioSpec
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("ab", help="boot kernels A and B under QEMU (virtme-ng), run the "
+                       "scenarios inside each, compare them",
+                       parents=[common.scenario_options(per_boot=True)])
+    p.add_argument("scenarios", nargs="+", metavar="SCENARIO")
+    p.add_argument("--kernel", action="append", type=common.key_value, default=[], required=True,
+                   metavar="NAME=PATH", help="a kernel to boot: an image (bzImage/vmlinuz) "
+                   "with its modules tree, a build directory or an unpacked Debian "
+                   "linux-image package; NAME labels its results (repeat: A first)")
+    p.add_argument("--modules", action="append", type=common.key_value, default=[],
+                   metavar="NAME=DIR", help="the lib/modules/VERSION tree of an image given "
+                   "as PATH, when it is not beside the image")
+    p.add_argument("--rounds", type=common.positive, default=2, metavar="R",
+                   help="boots per kernel, interleaved A B A B (default 2)")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help=f"folder for result files, logs and tables (default {DEFAULT_DIR}/"
+                   "ab-<UTC time>/)")
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                   help="auto: -cpu host with nested KVM where the host has VT-x/AMD-V and a "
+                   "real /dev/kvm, else TCG -cpu max (timings not representative)")
+    p.add_argument("--cpus", type=common.positive, help="vCPUs per boot (TCG: 1 only)")
+    p.add_argument("--memory", default="4G", help="guest memory (default 4G)")
+    p.add_argument("--timeout", type=common.positive, default=1800, metavar="S",
+                   help="seconds per boot before QEMU is killed (default 1800)")
+    p.add_argument("--format", choices=FORMATS, default="plain",
+                   help="table format printed (plain and Markdown files are always written)")
+    p.add_argument("--alpha", type=common.alpha, default=0.05)
+    p.add_argument("--min-change", type=common.fraction, default=0.01, metavar="PCT")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check prerequisites and print the vng commands; boot nothing")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="do not echo the guests' output (it is in each boot's output.log)")
+    p.set_defaults(handler=cmd_ab)
+
+
+def scenario_calls(args: argparse.Namespace, specs: dict[str, ScenarioSpec]) -> list[Any]:
+    """One `kvmharness run` call per scenario, with the options that apply to it.
+
+    A --param or --variant goes to every scenario that declares it, and must fit at least
+    one; each call is checked here exactly as `run` would check it, so a typo fails before
+    any kernel boots.  Raises ValueError/KeyError with a message for the user.
+    """
+    import math
+
+    from kvmharness.runner.ab import ScenarioCall
+
+    unknown = [s for s in args.scenarios if s not in specs]
+    if unknown:
+        raise ValueError(f"unknown scenario {', '.join(map(repr, unknown))} "
+                         f"(known: {', '.join(specs) or 'none'})")
+    repeat = args.repeat or math.ceil((common.QUICK_REPEAT if args.quick
+                                       else common.DEFAULT_REPEAT)
+                                      / args.rounds)
+    used_params: set[str] = set()
+    used_axes: set[str] = set()
+    calls = []
+    for name in dict.fromkeys(args.scenarios):
+        spec = specs[name]
+        pnames = {p.name for p in spec.parameters}
+        axes = {a.name for a in spec.variant_axes}
+        params = [(k, v) for k, v in args.param if k in pnames]
+        variants = [(k, v) for k, v in args.variant if k in axes]
+        used_params |= {k for k, _ in params}
+        used_axes |= {k for k, _ in variants}
+        common.plan_from_args(spec, argparse.Namespace(
+            param=params, variant=variants, quick=args.quick, repeat=repeat,
+            iterations=args.iterations, warmup=args.warmup), label="ab")
+        options = ["--quick"] if args.quick else []
+        options += [x for k, v in params for x in ("--param", f"{k}={v}")]
+        options += [x for k, v in variants for x in ("--variant", f"{k}={v}")]
+        options += ["--repeat", str(repeat)]
+        if args.iterations:
+            options += ["--iterations", str(args.iterations)]
+        if args.warmup is not None:
+            options += ["--warmup", str(args.warmup)]
+        calls.append(ScenarioCall(name, tuple(options)))
+    stray = [k for k, _ in args.param if k not in used_params]
+    stray += [k for k, _ in args.variant if k not in used_axes]
+    if stray:
+        raise ValueError(f"{', '.join(map(repr, stray))}: not a parameter or variant axis of "
+                         f"{', '.join(args.scenarios)}")
+    return calls
+
+
+def cmd_ab(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: TextIO) -> int:
+    import datetime
+
+    from kvmharness.runner import ab
+    from kvmharness.runner.kernels import KernelPathError, resolve_kernel
+
+    try:
+        calls = scenario_calls(args, registry.all_scenarios())
+    except (ValueError, KeyError) as e:
+        err.write(f"kvmharness ab: {e.args[0] if e.args else e}\n")
+        return common.EXIT_USAGE
+    names = [n for n, _ in args.kernel]
+    if len(set(names)) != len(names):
+        err.write(f"kvmharness ab: kernel names must differ: {', '.join(names)}\n")
+        return common.EXIT_USAGE
+    modules = dict(args.modules)
+    stray = set(modules) - set(names)
+    if stray:
+        err.write(f"kvmharness ab: --modules for unknown kernel {', '.join(sorted(stray))}\n")
+        return common.EXIT_USAGE
+    try:
+        kernels = tuple(resolve_kernel(n, p, modules.get(n)) for n, p in args.kernel)
+    except KernelPathError as e:
+        err.write(f"kvmharness ab: {e}\n")
+        return common.EXIT_USAGE
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    opts = ab.AbOptions(
+        kernels=kernels, calls=tuple(calls), rounds=args.rounds,
+        out_dir=args.out or DEFAULT_DIR / f"ab-{stamp}", accel=args.accel, cpus=args.cpus,
+        memory=args.memory, timeout_s=args.timeout, fmt=args.format,
+        settings=Settings(alpha=args.alpha, min_change=args.min_change),
+        dry_run=args.dry_run, quiet=args.quiet)
+    try:
+        return ab.execute(opts, argv, out, err)
+    except OSError as e:
+        # The out folder, a boot folder, ab.json or a table cannot be written (a boot's
+        # QEMU is already gone: boot() cleans up before anything propagates).
+        err.write(f"kvmharness ab: {e}\n")
+        return common.EXIT_FAILED

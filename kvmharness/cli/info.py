@@ -1,0 +1,114 @@
+"""``kvmharness info`` (host fingerprint: what this host can measure) and ``kvmharness
+list`` (scenarios, parameters, variants, metrics)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, TextIO
+
+from kvmharness.cli import common
+from kvmharness.observe import fingerprint
+from kvmharness.results.model import spec_metadata
+from kvmharness.scenarios import registry
+from kvmharness.scenarios.base import ScenarioSpec
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("info", help="host fingerprint and what it can measure")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=lambda args, argv, out, err: cmd_info(args, out))
+
+    p = sub.add_parser("list", help="scenarios, their parameters, variants and metrics")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=lambda args, argv, out, err: cmd_list(args, out))
+
+
+def _gib(n: Any) -> str:
+    return f"{n / 2**30:.1f} GiB" if isinstance(n, (int, float)) else str(n)
+
+
+def info_text(fp: dict[str, Any]) -> str:
+    k, cpu, h = fp["kernel"], fp["cpu"], fp["harness"]
+    commit = h.get("git_commit")
+    version = f"kvmharness {h['version']}" + (
+        f" (git {commit[:12]}{', modified' if h.get('git_dirty') else ''})" if commit else "")
+    backend = fp["backend"]
+    lines = [
+        version,
+        f"kernel:   {k['release']} {k['version']}",
+        f"cmdline:  {k['cmdline']}",
+        f"cpu:      {cpu['model']} ({cpu['vendor']}, microcode {cpu['microcode']}), "
+        f"{cpu['nproc']} CPUs",
+        f"memory:   {_gib(fp['memory']['total_bytes'])}",
+        f"backend:  {backend['kind']}{' (nested)' if backend['nested'] else ''}",
+    ]
+    for module, params in fp["kvm_modules"].items():
+        keys = fingerprint.KEY_PARAMETERS.get(module, ())
+        shown = " ".join(f"{n}={params[n]}" for n in keys if n in params)
+        rest = len(params) - sum(1 for n in keys if n in params)
+        if shown:
+            lines.append(f"module {module}: {shown}" + (f"; {rest} more in --json" if rest else ""))
+        else:
+            lines.append(f"module {module}: loaded ({rest} parameters in --json)")
+    kvm = fp["kvm"]
+    if kvm.get("status") == "ok":
+        caps = kvm.get("capabilities", {})
+        lines.append(f"capabilities: {sum(1 for v in caps.values() if v)} of {len(caps)} "
+                     "known KVM_CAP_* supported (--json lists them)")
+        quirks = [q for q, on in kvm.get("quirks", {}).items() if on]
+        lines.append(f"quirks (KVM_CAP_DISABLE_QUIRKS2): {', '.join(quirks) or 'none'}")
+    else:
+        lines.append(f"KVM: {kvm.get('status')}")
+    lines += ["", "What this host can measure:"]
+    lines += [f"  - {s}" for s in fingerprint.statements(fp)]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
+    fp = common.collect_fingerprint()
+    if args.json:
+        json.dump({"fingerprint": fp, "statements": fingerprint.statements(fp)}, out, indent=2)
+        out.write("\n")
+    else:
+        out.write(info_text(fp))
+    return 0
+
+
+# --- list ------------------------------------------------------------------------------
+
+
+def spec_json(spec: ScenarioSpec) -> dict[str, Any]:
+    return {**spec_metadata(spec), "default_iterations": spec.default_iterations,
+            "default_warmup": spec.default_warmup}
+
+
+def list_text(specs: dict[str, ScenarioSpec]) -> str:
+    if not specs:
+        return "no scenarios registered (kvmharness/scenarios/registry.py)\n"
+    lines: list[str] = []
+    for spec in specs.values():
+        lines += [f"{spec.name}: {spec.summary}",
+                  f"  iterations {spec.default_iterations}, warmup {spec.default_warmup}"]
+        if spec.parameters:
+            lines.append("  parameters (default / --quick):")
+            lines += [f"    {p.name} = {p.default} / {p.quick} {p.unit}: {p.help}"
+                      for p in spec.parameters]
+        if spec.variant_axes:
+            lines.append("  variants:")
+            lines += [f"    {a.name} = {','.join(a.values)}: {a.help}" for a in spec.variant_axes]
+        lines.append("  metrics:")
+        lines += [f"    {m.name} [{m.unit}], {m.direction} is better: {m.help}"
+                  for m in spec.metrics]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
+    specs = registry.all_scenarios()
+    if args.json:
+        json.dump({"scenarios": [spec_json(s) for s in specs.values()]}, out, indent=2)
+        out.write("\n")
+    else:
+        out.write(list_text(specs))
+    return 0

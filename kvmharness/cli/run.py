@@ -1,0 +1,66 @@
+"""``kvmharness run``: run one scenario's variants, interleaved, into a result file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, TextIO
+
+from kvmharness.cli import common
+from kvmharness.compare.tables import format_run_summary
+from kvmharness.results.session import run_session
+from kvmharness.results.store import DEFAULT_DIR, default_result_path
+from kvmharness.scenarios import registry
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("run", help="run a scenario and write a result file",
+                       parents=[common.scenario_options(per_boot=False)])
+    p.add_argument("scenario")
+    p.add_argument("--label", help="name for this setup, e.g. the kernel under test "
+                   "(default: the kernel release)")
+    p.add_argument("--out", type=Path, default=DEFAULT_DIR, metavar="DIR",
+                   help=f"directory for the result file (default {DEFAULT_DIR}/)")
+    p.set_defaults(handler=lambda args, argv, out, err: cmd_run(args, out, err))
+
+
+def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    specs = registry.all_scenarios()
+    spec = specs.get(args.scenario)
+    if spec is None:
+        err.write(f"kvmharness run: unknown scenario {args.scenario!r} "
+                  f"(known: {', '.join(specs) or 'none'})\n")
+        return common.EXIT_USAGE
+    try:
+        plan = common.plan_from_args(spec, args, label=args.label)
+    except (ValueError, KeyError) as e:
+        err.write(f"kvmharness run: {e.args[0] if e.args else e}\n")
+        return common.EXIT_USAGE
+    environment = common.collect_fingerprint()
+    path = default_result_path(args.out, spec.name, plan.label)
+
+    def progress(message: str) -> None:
+        err.write(message + "\n")
+        err.flush()
+
+    try:
+        session = run_session(plan, path, environment, progress=progress)
+    except OSError as e:
+        # Scenario errors are recorded as failed runs; what escapes is (almost always)
+        # writing the result file: its folder or the disk.
+        err.write(f"kvmharness run: {e if e.filename else f'{path}: {e}'}\n")
+        return common.EXIT_FAILED
+    result = session.result
+    counts = ", ".join(f"{len(result.ok_runs(v))} {('/'.join(v.values()) or 'runs')}"
+                       for v in result.variants)
+    out.write(f"{spec.name}: {len(result.ok_runs())} completed runs ({counts}) "
+              f"-> {path}\n")
+    if result.ok_runs():
+        out.write(format_run_summary(result))
+    for w in result.warnings:
+        out.write(f"warning: {w}\n")
+    if len(result.variants) > 1 and result.ok_runs():
+        out.write(f"A/B statistics: kvmharness compare {path}\n")
+    if session.interrupted:
+        return common.EXIT_INTERRUPTED
+    return common.EXIT_FAILED if session.failed_runs else 0
