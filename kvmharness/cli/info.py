@@ -42,6 +42,7 @@ def info_text(fp: dict[str, Any]) -> str:
         f"{cpu['nproc']} CPUs",
         f"memory:   {_gib(fp['memory']['total_bytes'])}",
         f"backend:  {backend['kind']}{' (nested)' if backend['nested'] else ''}",
+        f"mmu:      {fingerprint.mmu_text(fingerprint.mmu_of(fp))}",
     ]
     for module, params in fp["kvm_modules"].items():
         keys = fingerprint.KEY_PARAMETERS.get(module, ())

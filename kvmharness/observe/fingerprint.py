@@ -115,6 +115,100 @@ def detect_backend(root: Path, flags: set[str], modules: Mapping[str, Any]) -> d
     }
 
 
+# --- which MMU builds the guest's mappings ---------------------------------------------
+
+MmuMode = str  # "tdp_mmu" | "legacy_tdp" | "shadow" | "unknown"
+MMU_MODES = ("tdp_mmu", "legacy_tdp", "shadow", "unknown")
+_ON, _OFF = ("Y", "y", "1"), ("N", "n", "0")
+
+
+def _flag(value: Any) -> bool | None:
+    if value in _ON:
+        return True
+    if value in _OFF:
+        return False
+    return None
+
+
+def mmu_mode(modules: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+    """The x86 MMU that maps guest memory, from the module parameters of a loaded KVM.
+
+    * ``tdp_mmu``: two-dimensional paging (NPT/EPT) through the TDP MMU (kvm.tdp_mmu=Y);
+    * ``legacy_tdp``: NPT/EPT through the older shadow-page code (kvm.tdp_mmu=N): zap-all
+      and memslot zaps walk kvm_mmu_page structures, counted by mmu_shadow_zapped;
+    * ``shadow``: no NPT/EPT (kvm_amd.npt=N / kvm_intel.ept=N): KVM shadows the guest's
+      own page tables.
+    kvm.tdp_mmu reads back the effective value once the vendor module has loaded (KVM
+    clears it when NPT/EPT is off), so it is trusted over what was asked for.
+
+    PVM (kvm_pvm) has no NPT/EPT and runs with kvm.tdp_mmu=N: its guest page tables are
+    shadowed by KVM's shadow MMU (a delete with zap=all zaps its shadow pages:
+    mmu_shadow_zapped and kvm_mmu_prepare_zap_page count, and guest page-table writes
+    count in mmu_pte_write), so it is ``shadow`` -- but it executes guest instructions by
+    emulation and reaches guest RAM through memslots, so data pages get no SPTEs and
+    pf_fixed stays 0; ``note`` says so.
+
+    ``mmio_caching``: kvm.mmio_caching (MMIO SPTEs: an MMIO access faults once, then
+    exits without a page-table walk); None when the parameter is not there.
+    """
+    kvm = modules.get("kvm")
+    mmio = _flag(kvm.get("mmio_caching")) if kvm is not None else None
+    out: dict[str, Any] = {"mode": "unknown", "mmio_caching": mmio, "basis": "", "note": None}
+    if kvm is None:
+        out["basis"] = "kvm module not loaded"
+        return out
+    tdp_text = kvm.get("tdp_mmu")
+    tdp_mmu = _flag(tdp_text)
+    basis = [f"kvm.tdp_mmu={tdp_text if tdp_text is not None else 'absent'}"]
+    hw: bool | None = None
+    vendor = next((m for m in ("kvm_amd", "kvm_intel") if m in modules), None)
+    if vendor is not None:
+        param = "npt" if vendor == "kvm_amd" else "ept"
+        text = modules[vendor].get(param)
+        hw = _flag(text)
+        basis.append(f"{vendor}.{param}={text if text is not None else 'absent'}")
+    out["basis"] = ", ".join(basis)
+    if vendor is None and "kvm_pvm" in modules:
+        if tdp_mmu is False:
+            out["mode"] = "shadow"
+            out["note"] = ("PVM: shadow paging of the guest's page tables; guest code is "
+                           "emulated, so data pages get no SPTEs (pf_fixed stays 0)")
+        else:
+            out["note"] = "PVM with kvm.tdp_mmu not N: no known MMU mode"
+        out["basis"] += ", kvm_pvm loaded"
+        return out
+    if vendor is None:
+        out["note"] = "no kvm_amd, kvm_intel or kvm_pvm loaded"
+    elif hw is False:
+        out["mode"] = "shadow"
+    elif hw is True and tdp_mmu is True:
+        out["mode"] = "tdp_mmu"
+    elif hw is True and tdp_mmu is False:
+        out["mode"] = "legacy_tdp"
+    elif hw is True and tdp_text is None:
+        # Kernels before 5.10 have no TDP MMU (and no parameter).
+        out["mode"] = "legacy_tdp"
+    return out
+
+
+def mmu_of(fp: Mapping[str, Any]) -> dict[str, Any]:
+    """``fp["kvm_mmu"]``, or derived from the recorded module parameters for a
+    fingerprint written before that key existed."""
+    recorded = fp.get("kvm_mmu")
+    if isinstance(recorded, Mapping) and recorded.get("mode") in MMU_MODES:
+        return dict(recorded)
+    modules = fp.get("kvm_modules")
+    return mmu_mode(modules if isinstance(modules, Mapping) else {})
+
+
+def mmu_text(mmu: Mapping[str, Any]) -> str:
+    """One line: ``legacy_tdp (kvm.tdp_mmu=N, kvm_amd.npt=Y), MMIO SPTE caching on``."""
+    caching = {True: "on", False: "off", None: "unknown"}[mmu.get("mmio_caching")]
+    text = f"{mmu.get('mode', 'unknown')} ({mmu.get('basis') or 'no basis recorded'}), " \
+           f"MMIO SPTE caching {caching}"
+    return text + (f"; {mmu['note']}" if mmu.get("note") else "")
+
+
 def tracefs_status(root: Path) -> dict[str, Any]:
     if root == Path("/"):
         # The live host: ask the module that will do the counting (it mounts tracefs when
@@ -266,6 +360,7 @@ def collect(
         },
         "cpufreq": cpufreq(root),
         "kvm_modules": modules,
+        "kvm_mmu": mmu_mode(modules),
         "kvm": _kvm_section(kvm_probe),
         "backend": detect_backend(root, flags, modules),
         "tracefs": tracefs_status(root),
@@ -296,6 +391,8 @@ def statements(fp: Mapping[str, Any]) -> list[str]:
                    "timings include the outer hypervisor's exits")
     if kind != "none" and not backend.get("dev_kvm"):
         out.append("/dev/kvm: missing")
+    if kind != "none":
+        out.append(f"MMU: {mmu_text(mmu_of(fp))}")
     tdp = _param(fp, "kvm", "tdp_mmu")
     if tdp is not None:
         out.append(f"TDP MMU (kvm.tdp_mmu): {'on' if tdp == 'Y' else 'off'}")
