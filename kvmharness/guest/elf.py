@@ -1,11 +1,13 @@
 """Loading guest ELF images (guests/ABI.md, "Image") with pyelftools.
 
 ``GuestImage.load(path)`` accepts only what the harness can run: ELF64, x86-64, ET_EXEC,
-static (no PT_INTERP / PT_DYNAMIC), identity-mapped PT_LOAD segments that do not overlap,
-an entry point inside an executable segment.  ``validate()`` then checks the segments
-against the machine's RAM and reserved ranges.  Every problem, including whatever
-pyelftools raises on a corrupt file, becomes a ``GuestImageError`` that names the file and
-the problem.
+freestanding (no PT_INTERP / PT_DYNAMIC), identity-mapped PT_LOAD segments that do not
+overlap, other program headers only of the types in ``ACCEPTED_PT_TYPES`` (a type the loader
+does not know could hold data the guest needs), an entry point inside an executable
+segment, every allocated section and every symbol inside a loaded segment.
+``validate()`` then checks the segments against the machine's RAM and reserved ranges.
+Every problem, including whatever pyelftools raises on a corrupt file, becomes a
+``GuestImageError`` that names the file, the problem and the header, section or symbol.
 """
 
 from __future__ import annotations
@@ -29,6 +31,30 @@ GUEST_IMAGE_LIMIT = 0x1000000
 PF_X, PF_W, PF_R = 1, 2, 4
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")  # Elf64_Ehdr
+_PHDR = struct.Struct("<IIQQQQQQ")  # Elf64_Phdr: type, flags, offset, vaddr, paddr, filesz,
+#                                     memsz, align
+
+PT_NULL, PT_LOAD, PT_DYNAMIC, PT_INTERP, PT_NOTE, PT_SHLIB, PT_PHDR, PT_TLS = range(8)
+PT_GNU_EH_FRAME = 0x6474E550
+PT_GNU_STACK = 0x6474E551
+PT_GNU_RELRO = 0x6474E552
+PT_GNU_PROPERTY = 0x6474E553
+PT_GNU_SFRAME = 0x6474E554
+# Program headers that carry nothing to load (their bytes, if any, are inside a PT_LOAD or
+# are metadata): accepted and ignored.  Anything else that is not PT_LOAD is refused.
+ACCEPTED_PT_TYPES = {
+    PT_NULL: "PT_NULL", PT_NOTE: "PT_NOTE", PT_PHDR: "PT_PHDR",
+    PT_GNU_EH_FRAME: "PT_GNU_EH_FRAME", PT_GNU_STACK: "PT_GNU_STACK",
+    PT_GNU_RELRO: "PT_GNU_RELRO", PT_GNU_PROPERTY: "PT_GNU_PROPERTY",
+    PT_GNU_SFRAME: "PT_GNU_SFRAME",
+}
+_REFUSED_PT_TYPES = {
+    PT_DYNAMIC: "PT_DYNAMIC", PT_INTERP: "PT_INTERP", PT_SHLIB: "PT_SHLIB", PT_TLS: "PT_TLS",
+}
+_ACCEPTED_LIST = ", ".join(["PT_LOAD", *ACCEPTED_PT_TYPES.values()])
+_MAX_INTERP = 256
+SHF_ALLOC = 0x2
+SHF_TLS = 0x400
 _EM_X86_64 = 62
 _ET_NAMES = {0: "ET_NONE", 1: "ET_REL", 2: "ET_EXEC", 3: "ET_DYN", 4: "ET_CORE"}
 _ZERO_CHUNK = 1 << 20
@@ -83,6 +109,12 @@ def _overlaps(a_start: int, a_end: int, b_start: int, b_end: int) -> bool:
     return a_start < b_end and b_start < a_end
 
 
+def _inside_segments(segments: Iterable[Segment], address: int, size: int) -> bool:
+    """[address, address + size) lies in one segment (a size-0 label may sit at its end)."""
+    return any(s.gpa <= address and address + size <= s.end and (size or address <= s.end)
+               for s in segments if s.memsz)
+
+
 def _merge(ranges: Iterable[GpaRange]) -> list[GpaRange]:
     """Coalesce touching/overlapping RAM ranges so a segment may span two memslots."""
     merged: list[GpaRange] = []
@@ -113,17 +145,19 @@ class GuestImage:
     # ---- loading ---------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: str | Path) -> GuestImage:
-        """Read and check ``path``.  Raises ``GuestImageError`` naming the problem."""
+    def load(cls, path: str | Path, *, require_symbols: bool = True) -> GuestImage:
+        """Read and check ``path``.  Raises ``GuestImageError`` naming the problem.
+        ``require_symbols=False`` accepts a stripped image (a foreign guest whose variables
+        the host never reads)."""
         path = Path(path)
         try:
             raw = path.read_bytes()
         except OSError as exc:
             raise GuestImageError(f"{path.name}: cannot read: {exc.strerror or exc}") from exc
-        return cls._parse(path, raw)
+        return cls._parse(path, raw, require_symbols)
 
     @classmethod
-    def _parse(cls, path: Path, raw: bytes) -> GuestImage:
+    def _parse(cls, path: Path, raw: bytes, require_symbols: bool = True) -> GuestImage:
         name = path.name
 
         def fail(problem: str) -> GuestImageError:
@@ -131,9 +165,11 @@ class GuestImage:
 
         cls._check_header(raw, fail)
         try:
+            segments = cls._read_program_headers(raw, fail)
             elf = ELFFile(io.BytesIO(raw))
-            entry, segments = cls._read_segments(elf, raw, fail)
-            symbols = cls._read_symbols(elf, fail)
+            entry = cls._check_entry(elf, segments, fail)
+            cls._check_sections(elf, raw, segments, fail)
+            symbols = cls._read_symbols(elf, segments, fail, require_symbols)
         except GuestImageError:
             raise
         except Exception as exc:
@@ -180,24 +216,38 @@ class GuestImage:
                        f", file has {len(raw):#x} bytes")
 
     @staticmethod
-    def _read_segments(elf: ELFFile, raw: bytes, fail: Callable[[str], GuestImageError]
-                       ) -> tuple[int, list[Segment]]:
+    def _read_program_headers(raw: bytes, fail: Callable[[str], GuestImageError]
+                              ) -> list[Segment]:
+        # Read by hand, not through pyelftools: every p_type must be seen, including values
+        # no library has a name for, and PT_INTERP's bytes may be anything.
+        e_phoff, = struct.unpack_from("<Q", raw, 32)
+        e_phnum, = struct.unpack_from("<H", raw, 56)
         segments: list[Segment] = []
-        for ph in elf.iter_segments():
-            p_type = ph["p_type"]
-            if p_type == "PT_INTERP":
-                interp = getattr(ph, "get_interp_name", lambda: "?")()
-                raise fail(f"has PT_INTERP ({interp}): dynamically linked; "
-                           "guests must be static (-static -nostdlib)")
-            if p_type == "PT_DYNAMIC":
-                raise fail("has PT_DYNAMIC: dynamically linked; guests must be static")
-            if p_type != "PT_LOAD":
+        for index in range(e_phnum):
+            (p_type, p_flags, off, vaddr, gpa, filesz, memsz,
+             _align) = _PHDR.unpack_from(raw, e_phoff + index * _PHDR.size)
+            header = f"program header {index}"
+            if p_type == PT_INTERP:
+                interp = raw[off:off + min(filesz, _MAX_INTERP)].split(b"\0", 1)[0]
+                shown = interp.decode("ascii", errors="backslashreplace") or "empty"
+                raise fail(f"{header} is PT_INTERP ({shown}): a dynamically linked program, "
+                           "not a freestanding image; link guests with -static -nostdlib")
+            if p_type == PT_DYNAMIC:
+                raise fail(f"{header} is PT_DYNAMIC: a dynamically linked program, not a "
+                           "freestanding image; link guests with -static -nostdlib")
+            if p_type in _REFUSED_PT_TYPES:
+                what = {PT_TLS: "thread-local storage, which the harness does not set up",
+                        PT_SHLIB: "a reserved type with unspecified meaning"}[p_type]
+                raise fail(f"{header} is {_REFUSED_PT_TYPES[p_type]}: {what}")
+            if p_type in ACCEPTED_PT_TYPES:
                 continue
-            off, filesz, memsz = ph["p_offset"], ph["p_filesz"], ph["p_memsz"]
-            gpa = ph["p_paddr"]
-            seg = Segment(gpa, b"", memsz, ph["p_flags"]).describe(len(segments))
-            if ph["p_vaddr"] != gpa:
-                raise fail(f"{seg}: p_vaddr {ph['p_vaddr']:#x} != p_paddr {gpa:#x}; "
+            if p_type != PT_LOAD:
+                raise fail(f"{header} has type {p_type:#x}, which this loader does not know "
+                           f"(it may hold data the guest needs); accepted: {_ACCEPTED_LIST}")
+            seg = Segment(gpa, b"", memsz, p_flags).describe(len(segments))
+            seg = f"{seg} (program header {index})"
+            if vaddr != gpa:
+                raise fail(f"{seg}: p_vaddr {vaddr:#x} != p_paddr {gpa:#x}; "
                            "guest memory is identity mapped")
             if filesz > memsz:
                 raise fail(f"{seg}: p_filesz {filesz:#x} > p_memsz {memsz:#x}")
@@ -207,7 +257,7 @@ class GuestImage:
             if gpa + memsz > 1 << 52:
                 raise fail(f"{seg}: beyond the 52-bit physical address space")
             # Empty segments stay in the list so "segment N" always means segments[N].
-            segments.append(Segment(gpa, raw[off:off + filesz], memsz, ph["p_flags"]))
+            segments.append(Segment(gpa, raw[off:off + filesz], memsz, p_flags))
         if not any(s.memsz for s in segments):
             raise fail("no PT_LOAD segments")
 
@@ -215,38 +265,73 @@ class GuestImage:
         for (a_start, a_end, a), (b_start, b_end, b) in itertools.pairwise(ordered):
             if _overlaps(a_start, a_end, b_start, b_end):
                 raise fail(f"{segments[a].describe(a)} overlaps {segments[b].describe(b)}")
+        return segments
 
+    @staticmethod
+    def _check_entry(elf: ELFFile, segments: list[Segment],
+                     fail: Callable[[str], GuestImageError]) -> int:
         entry: int = elf["e_entry"]
         if not any(s.gpa <= entry < s.end and s.flags & PF_X for s in segments):
             raise fail(f"entry point {entry:#x} is not inside an executable segment")
-        for section in elf.iter_sections():
-            if section.name == ".dynamic" or section["sh_type"] == "SHT_DYNAMIC":
-                raise fail("has a .dynamic section: dynamically linked; guests must be static")
-            if section["sh_type"] != "SHT_NOBITS" and \
-                    section["sh_offset"] + section["sh_size"] > len(raw):
-                raise fail(f"truncated: section {section.name or '?'} ends at "
-                           f"{section['sh_offset'] + section['sh_size']:#x}, "
-                           f"file has {len(raw):#x} bytes")
-        return entry, segments
+        return entry
 
     @staticmethod
-    def _read_symbols(elf: ELFFile, fail: Callable[[str], GuestImageError]
+    def _check_sections(elf: ELFFile, raw: bytes, segments: list[Segment],
+                        fail: Callable[[str], GuestImageError]) -> None:
+        for section in elf.iter_sections():
+            name = section.name or f"#{section.header['sh_name']}"
+            sh_type, flags = section["sh_type"], section["sh_flags"]
+            addr, size = section["sh_addr"], section["sh_size"]
+            if name == ".dynamic" or sh_type == "SHT_DYNAMIC":
+                raise fail("has a .dynamic section: a dynamically linked program, not a "
+                           "freestanding image; link guests with -static -nostdlib")
+            nobits = sh_type == "SHT_NOBITS"
+            if not nobits and section["sh_offset"] + size > len(raw):
+                raise fail(f"truncated: section {name} ends at "
+                           f"{section['sh_offset'] + size:#x}, file has {len(raw):#x} bytes")
+            # .tbss takes no room in its segment; other allocated sections must be loaded,
+            # with their file bytes when they have some, or the guest runs without them.
+            if not flags & SHF_ALLOC or not size or (nobits and flags & SHF_TLS):
+                continue
+            home = next((n for n, s in enumerate(segments)
+                         if s.gpa <= addr and addr + size <= s.end), None)
+            where = f"section {name} [{addr:#x}-{addr + size:#x})"
+            if home is None:
+                raise fail(f"{where} is allocated but not inside any loaded segment "
+                           "(its contents would be missing from guest memory)")
+            seg = segments[home]
+            if not nobits and addr + size > seg.gpa + len(seg.data):
+                raise fail(f"{where} has file contents but lies in the zero-filled part of "
+                           f"{seg.describe(home)} (p_filesz {len(seg.data):#x})")
+
+    @staticmethod
+    def _read_symbols(elf: ELFFile, segments: list[Segment],
+                      fail: Callable[[str], GuestImageError], require: bool = True
                       ) -> dict[str, Symbol]:
         symtab = elf.get_section_by_name(".symtab")
         if symtab is None or not hasattr(symtab, "iter_symbols"):
+            if not require:
+                return {}
             raise fail("no .symtab: the host finds guest variables by name (do not strip)")
         symbols: dict[str, Symbol] = {}
         globals_seen: set[str] = set()
         for sym in symtab.iter_symbols():
             if not sym.name or sym["st_info"]["type"] in ("STT_SECTION", "STT_FILE"):
                 continue
-            if sym["st_shndx"] == "SHN_UNDEF":
+            shndx = sym["st_shndx"]
+            if shndx == "SHN_UNDEF":
                 continue
+            address, size = sym["st_value"], sym["st_size"]
+            # A symbol defined in a section is memory the host may read or write by name:
+            # it must be loaded.  Absolute symbols (linker-script values) are not addresses.
+            if shndx != "SHN_ABS" and not _inside_segments(segments, address, size):
+                raise fail(f"symbol {sym.name!r} [{address:#x}-{address + size:#x}) is not "
+                           "inside any loaded segment")
             is_global = sym["st_info"]["bind"] != "STB_LOCAL"
             # A global wins over a same-named static from another file.
             if sym.name in symbols and (sym.name in globals_seen or not is_global):
                 continue
-            symbols[sym.name] = Symbol(sym["st_value"], sym["st_size"])
+            symbols[sym.name] = Symbol(address, size)
             if is_global:
                 globals_seen.add(sym.name)
         return symbols
@@ -297,6 +382,19 @@ class GuestImage:
     def address(self, name: str) -> int:
         """Shorthand for ``symbol(name).address``."""
         return self.symbol(name).address
+
+    def checked_address(self, name: str, size: int, type_name: str = "") -> int:
+        """Address of ``name`` for an access of ``size`` bytes: the symbol's size must match
+        (a symbol of size 0, e.g. an assembly label without ``.size``, takes any size) and
+        the bytes must lie inside one loaded segment."""
+        sym = self.symbol(name)
+        if sym.size and sym.size != size:
+            raise GuestImageError(f"{self.name}: symbol {name!r} is {sym.size} bytes but "
+                                  f"{type_name or 'the access'} is {size} bytes")
+        if not _inside_segments(self.segments, sym.address, size):
+            raise GuestImageError(f"{self.name}: symbol {name!r}: [{sym.address:#x}-"
+                                  f"{sym.address + size:#x}) is not inside one loaded segment")
+        return sym.address
 
     @property
     def end(self) -> int:

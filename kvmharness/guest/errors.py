@@ -15,7 +15,27 @@ if TYPE_CHECKING:  # only for annotations: ucall.py imports this module
 
 
 class GuestError(Exception):
-    """Base class of every guest-side failure."""
+    """Base class of every guest-side failure.
+
+    When several vCPUs fail in one run, the machine raises the first and records the others
+    with ``add_peer_failure``; ``str()`` then names every failing vCPU, one per line, since
+    a result file keeps only the message."""
+
+    peers: tuple[tuple[int, BaseException], ...] = ()
+
+    def add_peer_failure(self, vcpu: int, error: BaseException) -> None:
+        """Record that vCPU ``vcpu`` failed too, with ``error``."""
+        self.peers = self.peers + ((vcpu, error),)
+
+    def _text(self) -> str:
+        return super().__str__()
+
+    def __str__(self) -> str:
+        return self._text() + "".join(f"\nalso vCPU {vcpu}: {error}" for vcpu, error in self.peers)
+
+    def _state(self) -> dict[str, object]:
+        # Exceptions cross process boundaries (multiprocessing) by pickling; keep the peers.
+        return {"peers": self.peers} if self.peers else {}
 
 
 class GuestBuildError(GuestError):
@@ -62,7 +82,8 @@ class GuestAssertionError(GuestError):
 
     def __reduce__(self) -> tuple[object, ...]:
         # Keyword-only state would be lost by Exception's default pickling (multiprocessing).
-        return (type(self), (self.file, self.line, self.expr, self.values, self.msg, self.vcpu))
+        return (type(self), (self.file, self.line, self.expr, self.values, self.msg, self.vcpu),
+                self._state())
 
     def _format(self) -> str:
         text = f"{self.file}:{self.line}: {self.expr}"
@@ -73,7 +94,7 @@ class GuestAssertionError(GuestError):
             text += f": {self.msg}"
         return text
 
-    def __str__(self) -> str:
+    def _text(self) -> str:
         return self._format()
 
 
@@ -87,7 +108,7 @@ class GuestExceptionError(GuestError):
         super().__init__(exception.describe(vcpu))
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.exception, self.vcpu))
+        return (type(self), (self.exception, self.vcpu), self._state())
 
     @property
     def vector(self) -> int:
@@ -114,7 +135,7 @@ class GuestTimeout(GuestError):
         super().__init__(f"{text}: {detail}" if detail else text)
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.vcpu, self.rip, self.deadline, self.detail))
+        return (type(self), (self.vcpu, self.rip, self.deadline, self.detail), self._state())
 
 
 def format_regs(regs: Mapping[str, int], per_line: int = 4) -> str:
@@ -126,20 +147,31 @@ def format_regs(regs: Mapping[str, int], per_line: int = 4) -> str:
 class GuestCrash(GuestError):
     """The vCPU stopped in a way the guest could not report: shutdown (triple fault), failed
     VM entry, KVM internal error, an unexpected exit.  ``reason`` is a short name
-    (``"shutdown"``), ``detail`` the exit's specifics, ``regs`` the vCPU registers if read."""
+    (``"shutdown"``), ``detail`` the exit's specifics, ``regs`` the vCPU registers and
+    ``control`` the control registers (cr0, cr2, cr3, cr4, efer) if they could be read.
+    CR2 is the address of the last page fault, often the cause of a triple fault."""
 
     def __init__(self, vcpu: int, reason: str, regs: Mapping[str, int] | None = None,
-                 detail: str = "") -> None:
+                 detail: str = "", control: Mapping[str, int] | None = None) -> None:
         self.vcpu = vcpu
         self.reason = reason
         self.regs = dict(regs) if regs else {}
         self.detail = detail
+        self.control = dict(control) if control else {}
         text = f"vCPU {vcpu} crashed: {reason}"
         if detail:
             text += f": {detail}"
         if self.regs:
             text += "\n" + format_regs(self.regs)
+        if self.control:
+            text += "\n" + format_regs(self.control, per_line=5)
         super().__init__(text)
 
+    @property
+    def cr2(self) -> int | None:
+        """CR2 when the vCPU stopped (the last page-fault address), if it could be read."""
+        return self.control.get("cr2")
+
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.vcpu, self.reason, self.regs, self.detail))
+        return (type(self), (self.vcpu, self.reason, self.regs, self.detail, self.control),
+                self._state())

@@ -23,6 +23,7 @@ PAGE_1G = 1 * GiB
 GDT_GPA = 0x1000
 IDT_GPA = 0x2000
 TSS_GPA = 0x3000
+EXCEPTION_STUBS_GPA = 0x4000  # harness IDT stubs for foreign guests (guest/foreign.py)
 STACKS_GPA = 0x10000
 STACK_SIZE = 32 * KiB
 MAX_VCPUS = KH_MAX_VCPUS  # guests/runtime/kh.h, checked by tests/unit/test_ucall.py

@@ -85,6 +85,7 @@ VECTOR_NAMES: Mapping[int, str] = {
 
 # Vectors for which the CPU pushes an error code (the stubs push 0 for the others).
 ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21, 29, 30})
+PF_VECTOR = 14
 
 
 def vector_name(vector: int) -> str:
@@ -157,15 +158,17 @@ class GuestException:
         return vector_name(self.vector)
 
     def describe(self, vcpu: int | None = None) -> str:
-        """Multi-line message: what, where, error code (decoded for #PF), CR2, registers."""
+        """Multi-line message: what, where, error code (decoded for #PF), registers.  CR2
+        only for #PF: for any other vector it is a stale value that would mislead."""
         who = f" on vCPU {vcpu}" if vcpu is not None else ""
-        code = f"error code {self.error_code:#x}"
-        if self.vector == 14:
-            code += f" ({describe_pf_error_code(self.error_code)})"
-        head = (f"guest exception {self.name}{who} at RIP {self.rip:#x}: {code}, "
-                f"CR2 {self.cr2:#x}")
+        head = f"guest exception {self.name}{who} at RIP {self.rip:#x}"
+        if self.vector in ERROR_CODE_VECTORS:
+            head += f": error code {self.error_code:#x}"
         frame = {"rip": self.rip, "rsp": self.rsp, "rflags": self.rflags,
-                 "cs": self.cs, "ss": self.ss, "cr2": self.cr2}
+                 "cs": self.cs, "ss": self.ss}
+        if self.vector == PF_VECTOR:
+            head += f" ({describe_pf_error_code(self.error_code)}), CR2 {self.cr2:#x}"
+            frame["cr2"] = self.cr2
         return "\n".join([head, format_regs(self.regs), format_regs(frame)])
 
     def error(self, vcpu: int | None = None) -> GuestExceptionError:

@@ -189,12 +189,25 @@ def test_exception_decode_and_message(mem: FakeMemory) -> None:
 def test_exception_names(mem: FakeMemory) -> None:
     de = decode(mem, pack(5, exception_args(0, 0, 0x400100, 0)))
     assert isinstance(de, GuestException)
-    assert str(de.error()).startswith("guest exception #DE divide error at RIP 0x400100: "
-                                      "error code 0x0, CR2 0x0")
+    assert str(de.error()).splitlines()[0] == "guest exception #DE divide error at RIP 0x400100"
     other = decode(mem, pack(5, exception_args(200, 0, 0x400100, 0)))
     assert isinstance(other, GuestException) and other.name == "vector 200"
     assert ucall.vector_name(13) == "#GP general protection"
     assert ucall.describe_pf_error_code(0x15) == "protection-violation instruction fetch, user"
+
+
+def test_cr2_is_reported_only_for_page_faults(mem: FakeMemory) -> None:
+    """CR2 holds the last #PF address: for any other vector it is stale and misleading."""
+    gp = decode(mem, pack(5, exception_args(13, 0x18, 0x400100, 0xDEAD000)))
+    assert isinstance(gp, GuestException)
+    text = str(gp.error(vcpu=0))
+    assert text.splitlines()[0] == ("guest exception #GP general protection on vCPU 0 at RIP "
+                                    "0x400100: error code 0x18")
+    assert "CR2" not in text and "cr2" not in text and "dead000" not in text
+    pf = decode(mem, pack(5, exception_args(14, 0, 0x400100, 0xDEAD000)))
+    assert isinstance(pf, GuestException)
+    text = str(pf.error())
+    assert "CR2 0xdead000" in text.splitlines()[0] and "cr2=0x000000000dead000" in text
 
 
 def test_exception_wrong_nargs(mem: FakeMemory) -> None:
