@@ -5,11 +5,16 @@
 - ``vm``: a fresh ``Vm`` closed after the test.
 - ``@pytest.mark.requires_cap(KvmCap.X, ...)``, ``@pytest.mark.requires_quirk(mask)``,
   ``@pytest.mark.requires_tracefs``: skip with the reason where the host lacks it.
+- ``sigint_default``: Python's Ctrl-C handler for the test, for tests that send SIGINT
+  (a shell script starts ``cmd &`` with SIGINT ignored, and Python then never installs it).
+
+At the start of a session, tracefs instances left by ended harness processes are removed.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from typing import Iterator
 
 import pytest
@@ -33,6 +38,27 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "requires_quirk(mask): skip unless "
                             "KVM_CAP_DISABLE_QUIRKS2 can disable the quirk bits")
     config.addinivalue_line("markers", "requires_tracefs: skip unless kvm tracepoints are usable")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # A killed earlier run's instance would keep recording KVM events into 8 MiB per CPU
+    # and skew tracepoint counts; only root can see or remove one.
+    from kvmharness.observe.tracefs import remove_stale_instances
+
+    remove_stale_instances()
+
+
+@pytest.fixture
+def sigint_default() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt during the test, however pytest was started: a
+    background job of a script (``pytest &``) starts with SIGINT ignored, and then neither
+    ``_thread.interrupt_main()`` nor a SIGINT reaches Python code, and child processes
+    inherit the ignored signal.  Restored afterwards."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 @pytest.fixture(scope="session")

@@ -236,7 +236,7 @@ def test_host_backing_is_recorded_and_hugetlb_errors_are_clear(machine):
         mem.close()
 
 
-def test_ctrl_c_during_wait_stops_every_vcpu(machine):
+def test_ctrl_c_during_wait_stops_every_vcpu(machine, sigint_default):
     import _thread
 
     m = machine("hello", vcpus=2, watchdog_s=60)

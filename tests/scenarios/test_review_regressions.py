@@ -53,7 +53,7 @@ def interrupt_main_after(delay_s: float) -> threading.Timer:
     return timer
 
 
-def test_wait_finished_holds_ctrl_c_until_the_thread_is_done():
+def test_wait_finished_holds_ctrl_c_until_the_thread_is_done(sigint_default):
     finished = threading.Event()
     setter = threading.Timer(0.4, finished.set)
     setter.start()
@@ -88,7 +88,7 @@ class SlowMachine:
         self.present = True
 
 
-def test_rom_toggler_stop_survives_ctrl_c_and_leaves_the_rom_present():
+def test_rom_toggler_stop_survives_ctrl_c_and_leaves_the_rom_present(sigint_default):
     m = SlowMachine(ioctl_s=0.3, ctrl_c_in_plug=True)
     toggler = rom_toggle.RomToggler(m, "rom", interval_s=0.01)  # type: ignore[arg-type]
     toggler.start()

@@ -15,23 +15,23 @@ from pathlib import Path
 import pytest
 
 from kvmharness.runner.host import Accel
-from kvmharness.runner.vng import (
+from kvmharness.runner.boot import (
     BLACKLIST,
     RC_NO_STATUS,
     RC_TIMEOUT,
     BootError,
     BootSpec,
-    _parse_vng_run,
     binds_for,
     boot,
     check_dir_arg,
     exec_body,
     find_panic,
-    group_members,
     guest_script,
     passthrough_env,
     vng_command,
 )
+from kvmharness.runner.procgroup import group_members
+from kvmharness.runner.vng_run import VngRunArgs, parse_vng_run
 
 TCG = Accel("tcg", "kvm_amd", 1, "test")
 KVM = Accel("kvm", "kvm_intel", 4, "test")
@@ -56,6 +56,16 @@ def test_tcg_command_matches_the_recipe() -> None:
     assert "--rodir=/var/cache/x" in cmd and "--rwdir=/out/r1-A" in cmd
     assert "--rwdir=/tmp/in=/out/r2-A" in cmd
     assert cmd[-2:] == ["--exec", "sh /tmp/t/guest.sh"]
+
+
+def test_tcg_with_several_vcpus_is_single_threaded() -> None:
+    two = Accel("tcg", "kvm_amd", 2, "test")
+    cmd = vng_command("vng", BootSpec(Path("/k"), two), Path("/g"), Path("/c"))
+    qemu = next(c for c in cmd if c.startswith("--qemu-opts="))
+    assert " -accel tcg,thread=single" in qemu and cmd[cmd.index("--cpus") + 1] == "2"
+    for accel in (TCG, KVM):
+        cmd = vng_command("vng", BootSpec(Path("/k"), accel), Path("/g"), Path("/c"))
+        assert "thread=single" not in " ".join(cmd)
 
 
 def test_guest_command_runs_as_root() -> None:
@@ -117,14 +127,23 @@ def test_find_panic() -> None:
 
 
 def test_vng_run_argument_parsing() -> None:
-    chdir, kernel, rw, ro, cmd = _parse_vng_run(
-        ["--chdir", "/repo", "6.1", "--rwdir", "/o", "--rodir=/r", "--", "python3", "-m",
-         "pytest", "--rwdir", "x"])
-    assert (chdir, kernel, rw, ro) == (Path("/repo"), "6.1", [Path("/o")], [Path("/r")])
-    assert cmd == ["python3", "-m", "pytest", "--rwdir", "x"]
-    for bad in ([], ["6.1"], ["6.1", "--"], ["6.1", "--bogus", "x", "--", "true"]):
+    a = parse_vng_run(
+        ["--chdir", "/repo", "6.1", "--rwdir", "/o", "--rodir=/r", "--cpus", "2",
+         "--append", "kvm.tdp_mmu=0", "--append=kvm_amd.npt=0", "--", "python3", "-m",
+         "pytest", "--rwdir", "x", "--cpus", "9"])
+    assert a == VngRunArgs(Path("/repo"), "6.1", ("python3", "-m", "pytest", "--rwdir", "x",
+                                                  "--cpus", "9"),
+                           (Path("/o"),), (Path("/r"),), 2, "kvm.tdp_mmu=0 kvm_amd.npt=0")
+    assert parse_vng_run(["6.1", "--", "true"]).cpus is None
+    for bad in ([], ["6.1"], ["6.1", "--"], ["6.1", "--bogus", "x", "--", "true"],
+                ["6.1", "--cpus", "--", "true"]):
         with pytest.raises(BootError, match="usage"):
-            _parse_vng_run(bad)
+            parse_vng_run(bad)
+    for bad_cpus in ("0", "two", "-1"):
+        with pytest.raises(BootError, match=f"--cpus='{bad_cpus}': expected a number"):
+            parse_vng_run(["6.1", "--cpus", bad_cpus, "--", "true"])
+    with pytest.raises(BootError, match="--cpus given twice"):
+        parse_vng_run(["6.1", "--cpus", "2", "--cpus", "4", "--", "true"])
 
 
 # --- boot() with a fake vng ---------------------------------------------------------------
@@ -219,7 +238,7 @@ DRIVER = textwrap.dedent("""\
     import sys
     from pathlib import Path
     from kvmharness.runner.host import Accel
-    from kvmharness.runner.vng import BootInterrupted, BootSpec, boot
+    from kvmharness.runner.boot import BootInterrupted, BootSpec, boot
     try:
         boot(sys.argv[1], BootSpec(Path("/k"), Accel("tcg", "kvm_amd", 1, "t"),
                                    timeout_s=300, kill_grace_s=0.5), name="A", version="v",
@@ -236,7 +255,8 @@ DRIVER = textwrap.dedent("""\
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_kills_qemu_before_exiting(fake_vng: Path, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch,
-                                             sig: signal.Signals) -> None:
+                                             sig: signal.Signals, sigint_default: None) -> None:
+    # sigint_default: the driver must not inherit an ignored SIGINT (pytest run from a script)
     monkeypatch.setenv("FAKE_VNG_MODE", "hang")
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
@@ -262,7 +282,7 @@ def test_output_keeps_draining_when_the_sink_fails(tmp_path: Path) -> None:
     import collections
     import io
 
-    from kvmharness.runner.vng import _pump
+    from kvmharness.runner.boot import _pump
 
     calls = []
 
@@ -301,7 +321,7 @@ def test_a_boot_that_cannot_start_leaves_no_temp_folder(tmp_path: Path,
 
 def test_vng_run_rejects_an_unknown_accel(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    from kvmharness.runner import vng as vng_mod
+    from kvmharness.runner import vng_run as vng_mod
 
     k = tmp_path / "k"
     (k / "boot").mkdir(parents=True)
