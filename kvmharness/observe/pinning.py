@@ -134,7 +134,8 @@ def sibling_groups(root: Path = Path("/")) -> list[tuple[int, ...]]:
     return sorted(groups)
 
 
-def auto(allowed: Sequence[int], siblings: Sequence[Sequence[int]] = ()) -> dict[str, tuple[int, ...]]:
+def auto(allowed: Sequence[int],
+         siblings: Sequence[Sequence[int]] = ()) -> dict[str, tuple[int, ...]]:
     """``--pin auto`` on these usable CPUs: main and togglers share the lowest one, vCPUs
     get the rest, minus its SMT siblings (a sibling shares the core's execution units with
     the togglers) unless nothing else remains."""
@@ -228,3 +229,13 @@ def current_cpu(tid: int | None = None) -> int:
 def thread_affinity() -> frozenset[int]:
     """The calling thread's own affinity mask."""
     return frozenset(os.sched_getaffinity(0))
+
+
+def resolve(spec: str | Mapping[str, Collection[int]] | None) -> dict[str, tuple[int, ...]]:
+    """A ``--pin`` string or a role -> CPUs mapping (the Python API), checked against the
+    CPUs this process may use; None or empty: no pinning."""
+    if not spec:
+        return {}
+    if isinstance(spec, str):
+        return parse(spec)
+    return check({role: tuple(cpus) for role, cpus in spec.items()}, allowed_cpus())

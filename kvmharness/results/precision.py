@@ -1,0 +1,285 @@
+"""``--until-ci``: keep adding runs until every headline metric's median is known to
+within +-PCT, or the time is up; and the spread check ``run`` prints at the end.
+
+The rule looks at precision only, never at significance.  Stopping when a comparison
+first looks significant ("optional stopping") inflates the false-positive rate: with
+enough peeks an A/A comparison crosses p < 0.05 by chance alone, and the p-values and
+CIs computed afterwards assume a sample size fixed in advance.  The width of a CI does
+not depend on where the A and B medians sit relative to each other, so a stopping rule
+based on width alone chooses n without looking at the answer, and the later comparison
+keeps its stated error rates.
+
+The interval is the distribution-free one ``compare`` reports: the order statistics
+[x_(k), x_(n+1-k)] of the per-run values, the narrowest pair whose binomial coverage of
+the population median reaches the confidence level.  Six runs is the fewest for which
+any such interval reaches 95% (five give at most 93.75%), so the rule never stops
+before that.  Runs are added a round at a time (one run of every variant), keeping the
+variants interleaved and equally sized.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from time import monotonic
+from typing import Callable, Iterable, Sequence
+
+from kvmharness.results.model import ResultFile, RunRecord, variant_text
+
+DEFAULT_CONFIDENCE = 0.95
+# The smallest n whose order-statistic interval reaches 95% coverage.
+MIN_RUNS = 6
+DEFAULT_MAX_TIME_S = 600.0
+# `run` prints one line when a headline metric's run-to-run spread exceeds this.
+COV_LIMIT = 0.10
+
+
+def binomial_cdf_half(k: int, n: int) -> float:
+    """P(X <= k) for X ~ Binomial(n, 1/2), exact via integer arithmetic."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    return sum(math.comb(n, i) for i in range(k + 1)) / (1 << n)
+
+
+def median_ci_ranks(n: int, confidence: float = DEFAULT_CONFIDENCE) -> tuple[int, int, float]:
+    """1-based ranks (lo, hi) of the order statistics bounding the median, and the coverage.
+
+    The interval [x_(k), x_(n+1-k)] covers the population median with probability
+    1 - 2 P(Binomial(n, 1/2) <= k-1); take the narrowest one that still reaches
+    ``confidence``.  When n is too small for that, return the full range and its (lower)
+    coverage so the caller can say so instead of silently over-claiming.
+    """
+    if n < 1:
+        raise ValueError("median CI needs at least one value")
+    best_k = 1
+    for k in range(1, (n + 1) // 2 + 1):
+        coverage = 1.0 - 2.0 * binomial_cdf_half(k - 1, n)
+        if coverage >= confidence:
+            best_k = k
+        else:
+            break
+    coverage = 1.0 - 2.0 * binomial_cdf_half(best_k - 1, n)
+    return best_k, n + 1 - best_k, coverage
+
+
+@dataclasses.dataclass(frozen=True)
+class UntilCi:
+    """Stop when every headline metric's median CI is within +-``target`` (a fraction) of
+    the median, for every variant; or when another round would end after ``max_time_s``."""
+
+    target: float
+    max_time_s: float = DEFAULT_MAX_TIME_S
+    confidence: float = DEFAULT_CONFIDENCE
+    min_runs: int = MIN_RUNS
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target < 1:
+            raise ValueError(f"--until-ci must be between 0% and 100% (exclusive), "
+                             f"got {self.target * 100:g}%")
+        if not self.max_time_s > 0:
+            raise ValueError(f"--max-time must be > 0 seconds, got {self.max_time_s:g}")
+        if self.min_runs < MIN_RUNS:
+            raise ValueError(f"--until-ci needs at least {MIN_RUNS} runs per variant before "
+                             f"it can stop (got a minimum of {self.min_runs})")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricPrecision:
+    variant: str
+    metric: str
+    n: int
+    median: float | None
+    ci_low: float | None
+    ci_high: float | None
+    coverage: float | None
+    # max(median - low, high - median) / |median|; None where it cannot be said (no
+    # values, or a zero median with a non-zero interval).
+    half_width: float | None
+
+    def precise(self, target: float, confidence: float) -> bool:
+        return (self.coverage is not None and self.coverage >= confidence
+                and self.half_width is not None and self.half_width <= target)
+
+    def text(self) -> str:
+        width = "n/a" if self.half_width is None else f"+-{self.half_width * 100:.1f}%"
+        return f"{self.metric} ({self.variant}) {width}, n={self.n}"
+
+
+def median_ci(values: Sequence[float], confidence: float = DEFAULT_CONFIDENCE
+              ) -> tuple[float, float, float, float]:
+    """(median, low, high, coverage) of the order-statistic interval."""
+    ordered = sorted(values)
+    lo, hi, coverage = median_ci_ranks(len(ordered), confidence)
+    return statistics.median(ordered), ordered[lo - 1], ordered[hi - 1], coverage
+
+
+def headline_names(headline: Iterable[str], present: Iterable[str]) -> list[str]:
+    """Headline entries matched against the metric names a result holds: a size family
+    ``create@<size>`` stands for every ``create@4K``, ``create@1G``, ... present."""
+    names = list(dict.fromkeys(present))
+    out: list[str] = []
+    for h in headline:
+        if h.endswith("@<size>"):
+            prefix = h[: -len("<size>")]
+            out += [n for n in names if n.startswith(prefix) and n not in out]
+        elif h in names and h not in out:
+            out.append(h)
+    return out
+
+
+def _metric_names(runs: Sequence[RunRecord]) -> list[str]:
+    return list(dict.fromkeys(name for r in runs for name in r.samples))
+
+
+def assess(result: ResultFile, headline: Sequence[str],
+           confidence: float = DEFAULT_CONFIDENCE) -> list[MetricPrecision]:
+    """Per variant and headline metric, the median CI of the per-run values."""
+    out: list[MetricPrecision] = []
+    for variant in result.variants:
+        runs = result.ok_runs(variant)
+        for name in headline_names(headline, _metric_names(runs)):
+            values = [v for r in runs if (v := r.value(name)) is not None]
+            if not values:
+                continue
+            med, lo, hi, coverage = median_ci(values, confidence)
+            spread = max(med - lo, hi - med)
+            half = (spread / abs(med) if med != 0 else 0.0 if spread == 0 else None)
+            out.append(MetricPrecision(variant_text(variant), name, len(values), med, lo, hi,
+                                       coverage, half))
+    return out
+
+
+def widest(assessments: Sequence[MetricPrecision]) -> MetricPrecision | None:
+    """The least precise entry (one whose width cannot be said counts as widest)."""
+    if not assessments:
+        return None
+    return max(assessments, key=lambda a: (a.half_width is None, a.half_width or 0.0,
+                                            -(a.coverage or 0.0)))
+
+
+def all_precise(assessments: Sequence[MetricPrecision], rule: UntilCi) -> bool:
+    return bool(assessments) and all(a.precise(rule.target, rule.confidence)
+                                     for a in assessments)
+
+
+def spread_too_high(result: ResultFile, headline: Sequence[str],
+                    limit: float = COV_LIMIT) -> list[tuple[str, str, float]]:
+    """(metric, variant, CoV) of every headline metric whose per-run values vary by more
+    than ``limit`` (stdev / |mean|), worst first."""
+    found: list[tuple[str, str, float]] = []
+    for variant in result.variants:
+        runs = result.ok_runs(variant)
+        for name in headline_names(headline, _metric_names(runs)):
+            values = [v for r in runs if (v := r.value(name)) is not None]
+            if len(values) < 2:
+                continue
+            mean = statistics.fmean(values)
+            if mean == 0:
+                continue
+            cov = statistics.stdev(values) / abs(mean)
+            if cov > limit:
+                found.append((name, variant_text(variant), cov))
+    return sorted(found, key=lambda f: -f[2])
+
+
+def spread_line(found: Sequence[tuple[str, str, float]], limit: float = COV_LIMIT,
+                shown: int = 3) -> str | None:
+    """The one line ``run`` prints about ``spread_too_high``'s findings (None if none)."""
+    if not found:
+        return None
+    items = ", ".join(f"{m} ({v}) {cov * 100:.0f}%" for m, v, cov in found[:shown])
+    more = f" and {len(found) - shown} more" if len(found) > shown else ""
+    return (f"spread too high to trust (CoV > {limit * 100:.0f}%): {items}{more}; "
+            "see `kvmharness info` for tuning, pin threads with --pin, or add runs "
+            "with --until-ci")
+
+
+def state(assessments: Sequence[MetricPrecision], rule: UntilCi, rounds: int,
+          elapsed_s: float, stop: str | None) -> dict[str, object]:
+    """What a run's ``effective["until_ci"]`` records after its round."""
+    w = widest(assessments)
+    return {
+        "target_pct": rule.target * 100,
+        "max_time_s": rule.max_time_s,
+        "rounds": rounds,
+        "elapsed_s": round(elapsed_s, 3),
+        "widest": None if w is None else {
+            "variant": w.variant, "metric": w.metric, "n": w.n,
+            "half_width_pct": None if w.half_width is None else w.half_width * 100},
+        "stop": stop,
+    }
+
+
+def summary_text(stop: str, assessments: Sequence[MetricPrecision], rule: UntilCi,
+                 rounds: int, elapsed_s: float) -> str:
+    """``--until-ci 5%: precise after 9 runs per variant (41 s); widest: ...``."""
+    w = widest(assessments)
+    tail = f"; widest: {w.text()}" if w is not None else ""
+    head = f"--until-ci {rule.target * 100:g}%"
+    if stop == "precise":
+        return f"{head}: precise after {rounds} runs per variant ({elapsed_s:.0f} s){tail}"
+    if stop == "no variant left":
+        return f"{head}: stopped after {rounds} rounds: no variant left to run{tail}"
+    return (f"{head}: time up (--max-time {rule.max_time_s:g} s) after {rounds} runs per "
+            f"variant ({elapsed_s:.0f} s), not every headline metric reached the target"
+            f"{tail}")
+
+
+def parse_percent(text: str) -> float:
+    """'5' / '5%' -> 0.05 (``--until-ci`` is always in percent)."""
+    try:
+        value = float(text.strip().removesuffix("%"))
+    except ValueError:
+        raise ValueError(f"--until-ci expects a percentage like 5 or 2.5%, got {text!r}") from None
+    if not 0 < value < 100:
+        raise ValueError(f"--until-ci must be between 0 and 100 percent (exclusive), "
+                         f"got {text!r}")
+    return value / 100
+
+
+class Stopper:
+    """The ``--until-ci`` loop's bookkeeping for a session: asked before each round
+    whether to start it, it measures rounds and time, and on stopping records why (the
+    last completed run's ``effective["until_ci"]``, plus a result warning when time ran
+    out) and returns the line to print."""
+
+    def __init__(self, rule: UntilCi, headline: Sequence[str], minimum: int,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.rule = rule
+        self.headline = tuple(headline)
+        self.minimum = max(minimum, rule.min_runs)
+        self.clock = clock or monotonic
+        self.start = self.clock()
+        self.round_start = self.start
+        self.last_round_s = 0.0
+        self.stop: str | None = None
+
+    def check(self, result: ResultFile, rounds: int, variants_left: int = 1) -> str | None:
+        """None to run round ``rounds + 1``; else the summary line (``self.stop`` says
+        "precise", "time up", or "no variant left" when every variant was skipped or
+        dropped)."""
+        now = self.clock()
+        if rounds:
+            self.last_round_s = now - self.round_start
+        self.round_start = now
+        elapsed = now - self.start
+        assessments = assess(result, self.headline, self.rule.confidence)
+        stop = ("time up" if elapsed + self.last_round_s > self.rule.max_time_s
+                else None)
+        if rounds >= self.minimum and all_precise(assessments, self.rule):
+            stop = "precise"
+        elif not variants_left:
+            stop = "no variant left"
+        if stop is None:
+            return None
+        self.stop = stop
+        ok = result.ok_runs()
+        if ok:
+            ok[-1].effective["until_ci"] = state(assessments, self.rule, rounds, elapsed, stop)
+        line = summary_text(stop, assessments, self.rule, rounds, elapsed)
+        if stop == "time up":
+            result.warnings.append(line)
+        return line
