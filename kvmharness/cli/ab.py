@@ -15,26 +15,32 @@ from kvmharness.scenarios.base import ScenarioSpec
 
 
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("ab", help="boot kernels A and B under QEMU (virtme-ng), run the "
-                       "scenarios inside each, compare them",
+    p = sub.add_parser("ab", help="boot kernels A, B, ... under QEMU (virtme-ng), run the "
+                       "scenarios inside each, compare each with A",
                        parents=[common.scenario_options(per_boot=True)])
     p.add_argument("scenarios", nargs="+", metavar="SCENARIO")
     p.add_argument("--kernel", action="append", type=common.key_value, default=[], required=True,
                    metavar="NAME=PATH", help="a kernel to boot: an image (bzImage/vmlinuz) "
                    "with its modules tree, a build directory or an unpacked Debian "
-                   "linux-image package; NAME labels its results (repeat: A first)")
+                   "linux-image package; NAME labels its results (repeat: A first; one "
+                   "PATH may be given under several names, with different --append)")
+    p.add_argument("--append", action="append", type=common.key_value, default=[],
+                   metavar="NAME=ARGS", help="kernel command line for kernel NAME, e.g. "
+                   "kvm.tdp_mmu=0 (legacy TDP MMU), kvm_amd.npt=0 or kvm_intel.ept=0 (shadow "
+                   "paging); repeatable")
     p.add_argument("--modules", action="append", type=common.key_value, default=[],
                    metavar="NAME=DIR", help="the lib/modules/VERSION tree of an image given "
                    "as PATH, when it is not beside the image")
     p.add_argument("--rounds", type=common.positive, default=2, metavar="R",
-                   help="boots per kernel, interleaved A B A B (default 2)")
+                   help="boots per kernel, interleaved A B C A B C (default 2)")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help=f"folder for result files, logs and tables (default {DEFAULT_DIR}/"
                    "ab-<UTC time>/)")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                    help="auto: -cpu host with nested KVM where the host has VT-x/AMD-V and a "
                    "real /dev/kvm, else TCG -cpu max (timings not representative)")
-    p.add_argument("--cpus", type=common.positive, help="vCPUs per boot (TCG: 1 only)")
+    p.add_argument("--cpus", type=common.positive, help="vCPUs per boot (default: 1 under "
+                   "TCG, where more run on one TCG thread; up to 8 with KVM)")
     p.add_argument("--memory", default="4G", help="guest memory (default 4G)")
     p.add_argument("--timeout", type=common.positive, default=1800, metavar="S",
                    help="seconds per boot before QEMU is killed (default 1800)")
@@ -98,7 +104,18 @@ def scenario_calls(args: argparse.Namespace, specs: dict[str, ScenarioSpec]) -> 
     return calls
 
 
+def check_append(name: str, text: str) -> None:
+    """vng puts the command line into QEMU's -append and virtme-ng-init reads it back:
+    quotes would be taken apart differently there than here."""
+    from kvmharness.runner.kernels import KernelPathError
+
+    if any(c in text for c in "'\"\\\n"):
+        raise KernelPathError(f"--append {name}={text!r}: no quotes, backslashes or "
+                              "newlines in a kernel command line given here")
+
+
 def cmd_ab(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: TextIO) -> int:
+    import dataclasses
     import datetime
 
     from kvmharness.runner import ab
@@ -114,12 +131,21 @@ def cmd_ab(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: Text
         err.write(f"kvmharness ab: kernel names must differ: {', '.join(names)}\n")
         return common.EXIT_USAGE
     modules = dict(args.modules)
-    stray = set(modules) - set(names)
-    if stray:
-        err.write(f"kvmharness ab: --modules for unknown kernel {', '.join(sorted(stray))}\n")
-        return common.EXIT_USAGE
+    appends: dict[str, list[str]] = {}
+    for n, text in args.append:
+        appends.setdefault(n, []).append(text)
+    for option, given in (("--modules", modules), ("--append", appends)):
+        stray = set(given) - set(names)
+        if stray:
+            err.write(f"kvmharness ab: {option} for unknown kernel "
+                      f"{', '.join(sorted(stray))}\n")
+            return common.EXIT_USAGE
     try:
-        kernels = tuple(resolve_kernel(n, p, modules.get(n)) for n, p in args.kernel)
+        kernels = tuple(dataclasses.replace(resolve_kernel(n, p, modules.get(n)),
+                                            append=" ".join(appends.get(n, ())))
+                        for n, p in args.kernel)
+        for k in kernels:
+            check_append(k.name, k.append)
     except KernelPathError as e:
         err.write(f"kvmharness ab: {e}\n")
         return common.EXIT_USAGE

@@ -1,11 +1,14 @@
-"""``kvmharness ab``: run the same scenarios inside kernel A and kernel B, compare them.
+"""``kvmharness ab``: run the same scenarios inside kernels A, B, ..., compare them with A.
 
-Each round boots every kernel once, in the order given (A B, A B, ...: rounds interleave so
-that a slow drift of the host hits both kernels alike, DESIGN.md §4/§6).  Inside a boot
-the scenarios run with the very harness code of this host (the root file system is shared),
-as ``python3 -m kvmharness run SCENARIO ... --label NAME --out RWDIR``; the result files
-come back through vng's --rwdir.  Afterwards every file is compared by label (A vs B, per
-variant) and, for a kernel that ran several variants, by variant (zap=all vs zap=slot).
+A "kernel" here is a configuration: an image plus its own extra command line (``--append
+NAME=ARGS``), so one image can run as several, e.g. with the TDP MMU, the legacy TDP MMU
+(kvm.tdp_mmu=0) and shadow paging (kvm_amd.npt=0).  Each round boots every configuration
+once, in the order given (A B C, A B C, ...: rounds interleave so that a slow drift of the
+host hits all of them alike).  Inside a boot the scenarios run with the very harness code
+of this host (the root file system is shared), as ``python3 -m kvmharness run SCENARIO ...
+--label NAME --out RWDIR``; the result files come back through vng's --rwdir.  Afterwards
+every file is compared by label (each configuration against the first, per variant) and,
+for a configuration that ran several variants, by variant (zap=all vs zap=slot).
 
 A kernel that does not boot, panics or times out is reported with the tail of its console
 log and dropped from later rounds; what the other kernel produced is kept and shown.
@@ -25,9 +28,7 @@ from kvmharness.compare.build import CompareError, Comparison, Report, Settings,
 from kvmharness.results.model import ResultFile, variant_text
 from kvmharness.results.store import load_result
 from kvmharness.results.validate import ResultFormatError
-from kvmharness.runner.host import Accel
-from kvmharness.runner.kernels import Kernel, KernelPathError
-from kvmharness.runner.vng import (
+from kvmharness.runner.boot import (
     BootInterrupted,
     BootResult,
     BootSpec,
@@ -40,6 +41,8 @@ from kvmharness.runner.vng import (
     prepare_kernel,
     shq,
 )
+from kvmharness.runner.host import Accel
+from kvmharness.runner.kernels import Kernel, KernelPathError
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 # Where each boot's result folder appears inside the guest.  One fixed path for every
@@ -68,18 +71,33 @@ class GuestPython:
 
 
 @dataclasses.dataclass(frozen=True)
-class AbPlan:
-    kernels: tuple[Kernel, ...]
+class AbOptions:
+    """What `kvmharness ab` was asked, after the CLI checked it: the one description of an
+    A/B run (the CLI builds it; tests build it directly)."""
+
+    kernels: tuple[Kernel, ...]         # configurations, A first; names are distinct
     calls: tuple[ScenarioCall, ...]
     rounds: int
-    accel: Accel
     out_dir: Path
-    timeout_s: float
-    memory: str
+    accel: str = "auto"                 # requested: auto, kvm or tcg
+    cpus: int | None = None
+    memory: str = "4G"
+    timeout_s: float = 1800.0
+    fmt: str = "plain"
+    settings: Settings = Settings()
+    dry_run: bool = False
+    quiet: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class AbPlan:
+    """The options plus what this host decided for them (nothing the options hold)."""
+
+    options: AbOptions
+    accel: Accel
     python: GuestPython
     guest_env: Mapping[str, str]        # extra variables for the guest (guest build dir, ...)
     extra_binds: tuple[Path, ...] = ()  # host folders the guest must see (masked otherwise)
-    quiet: bool = False
 
 
 @dataclasses.dataclass
@@ -94,7 +112,7 @@ class BootRecord:
 
 
 def boot_order(kernels: Sequence[Kernel], rounds: int) -> list[tuple[int, Kernel]]:
-    """A B A B ...: every round boots each kernel once, in the order given."""
+    """A B C A B C ...: every round boots each configuration once, in the order given."""
     return [(r, k) for r in range(1, rounds + 1) for k in kernels]
 
 
@@ -106,7 +124,7 @@ def guest_body(plan: AbPlan, kernel: Kernel, rwdir: Path = GUEST_OUT) -> str:
     no_kvm = shq(f"kvmharness ab: no /dev/kvm in {kernel.name} after modprobe "
                  f"{plan.accel.module}")
     lines = ["rc=0", f"[ -c /dev/kvm ] || {{ echo {no_kvm} >&2; exit 3; }}"]
-    for call in plan.calls:
+    for call in plan.options.calls:
         argv = [*call.options, "--label", kernel.name, "--out", str(rwdir)]
         lines.append(f"{py} -m kvmharness run {shq(call.scenario)} "
                      + " ".join(shq(a) for a in argv))
@@ -130,7 +148,7 @@ def pick_guest_python(cache: Path | None = None,
                       ) -> GuestPython:
     """Debian's /usr/bin/python3 with the pip --target folder of tools/vng-run --setup
     when it has the dependencies: it starts in ~1 s under TCG, where a pyenv or venv
-    interpreter over 9p takes 6-17 s (DESIGN.md §5).  Otherwise this very interpreter,
+    interpreter over 9p takes 6-17 s (tools/README.md).  Otherwise this very interpreter,
     which has them (it is running kvmharness)."""
     pydeps = (cache or cache_dir()) / "pydeps"
     root = package_root()
@@ -172,18 +190,19 @@ def _prefixed(stream: TextIO, prefix: str, quiet: bool) -> Callable[[str], None]
 
 def boot_spec(plan: AbPlan, kernel: Kernel, target: Path, rwdir: Path) -> BootSpec:
     """How one kernel boots (the real boot and --dry-run both use this)."""
-    binds = binds_for([*kernel_binds(kernel), *plan.python.pythonpath, plan.out_dir,
+    opts = plan.options
+    binds = binds_for([*kernel_binds(kernel), *plan.python.pythonpath, opts.out_dir,
                        *plan.extra_binds, Path(plan.python.interpreter).parent])
-    return BootSpec(target=target, accel=plan.accel, memory=plan.memory,
+    return BootSpec(target=target, accel=plan.accel, memory=opts.memory,
                     rodirs=tuple(binds), rw_mounts=((GUEST_OUT, rwdir),),
-                    timeout_s=plan.timeout_s)
+                    append=kernel.append, timeout_s=opts.timeout_s)
 
 
-def earlier_boot_folders(plan: AbPlan) -> list[Path]:
-    """This plan's boot folders that already exist with something in them."""
+def earlier_boot_folders(opts: AbOptions) -> list[Path]:
+    """These options' boot folders that already exist with something in them."""
     out = []
-    for rnd, k in boot_order(plan.kernels, plan.rounds):
-        rwdir = plan.out_dir / f"r{rnd}-{k.name}"
+    for rnd, k in boot_order(opts.kernels, opts.rounds):
+        rwdir = opts.out_dir / f"r{rnd}-{k.name}"
         if rwdir.is_dir() and any(rwdir.iterdir()):
             out.append(rwdir)
     return out
@@ -192,18 +211,19 @@ def earlier_boot_folders(plan: AbPlan) -> list[Path]:
 def run_boots(plan: AbPlan, vng: str, out: TextIO, err: TextIO, staging: Path,
               boot_fn: Callable[..., BootResult] | None = None
               ) -> tuple[list[BootRecord], bool]:
-    """Every boot of the plan, A B A B.  Returns the records and whether Ctrl-C (or
+    """Every boot of the plan, A B C A B C.  Returns the records and whether Ctrl-C (or
     SIGTERM/SIGHUP) stopped it; QEMU is never left running either way.  ``staging``: a
     folder under /tmp (the guest sees it) for kernels that need a symlink tree."""
     boot_fn = boot_fn or boot  # looked up now, so tests can substitute ab.boot
+    opts = plan.options
     records: list[BootRecord] = []
     dropped: dict[str, str] = {}
     targets: dict[str, Path] = {}
-    for k in plan.kernels:
+    for k in opts.kernels:
         targets[k.name] = prepare_kernel(k, plan.accel.module, staging / k.name)
-    total = len(plan.kernels) * plan.rounds
-    for i, (rnd, kernel) in enumerate(boot_order(plan.kernels, plan.rounds), 1):
-        rwdir = plan.out_dir / f"r{rnd}-{kernel.name}"
+    total = len(opts.kernels) * opts.rounds
+    for i, (rnd, kernel) in enumerate(boot_order(opts.kernels, opts.rounds), 1):
+        rwdir = opts.out_dir / f"r{rnd}-{kernel.name}"
         record = BootRecord(rnd, kernel.name, rwdir)
         records.append(record)
         if kernel.name in dropped:
@@ -213,17 +233,18 @@ def run_boots(plan: AbPlan, vng: str, out: TextIO, err: TextIO, staging: Path,
             continue
         rwdir.mkdir(parents=True, exist_ok=True)
         spec = boot_spec(plan, kernel, targets[kernel.name], rwdir.resolve())
+        extra = f", + {kernel.append}" if kernel.append else ""
         err.write(f"[{i}/{total}] round {rnd}: booting {kernel.name} ({kernel.version}, "
-                  f"{plan.accel.mode}) ...\n")
+                  f"{plan.accel.mode}{extra}) ...\n")
         err.flush()
         prefix = f"[r{rnd} {kernel.name}] "
         try:
             # Same script path and working folder in every round: see boot()'s script_dir.
             result = boot_fn(vng, spec, name=kernel.name, version=kernel.version,
-                             body=guest_body(plan, kernel), cwd=plan.out_dir,
+                             body=guest_body(plan, kernel), cwd=opts.out_dir,
                              env=guest_env(plan, kernel), modprobe=plan.accel.module,
-                             out=_prefixed(out, prefix, plan.quiet),
-                             err=_prefixed(err, prefix, plan.quiet),
+                             out=_prefixed(out, prefix, opts.quiet),
+                             err=_prefixed(err, prefix, opts.quiet),
                              output_log=rwdir / "output.log",
                              console_log=rwdir / "console.log", script_dir=staging)
         except BootInterrupted:
@@ -247,6 +268,7 @@ def run_boots(plan: AbPlan, vng: str, out: TextIO, err: TextIO, staging: Path,
 def manifest(plan: AbPlan, records: Sequence[BootRecord], argv: Sequence[str],
              started: datetime.datetime, interrupted: bool) -> dict[str, Any]:
     """What ab.json records: enough to know how the files in the folder were produced."""
+    opts = plan.options
     return {
         "command": ["kvmharness", *argv],
         "started": started.isoformat(timespec="seconds"),
@@ -254,14 +276,15 @@ def manifest(plan: AbPlan, records: Sequence[BootRecord], argv: Sequence[str],
         "interrupted": interrupted,
         "accel": {"mode": plan.accel.mode, "cpus": plan.accel.cpus, "module": plan.accel.module,
                   "reason": plan.accel.reason, "warning": plan.accel.warning},
-        "memory": plan.memory,
+        "memory": opts.memory,
         "guest_python": plan.python.interpreter,
         "kernels": [{"name": k.name, "version": k.version, "kind": k.kind,
                      "source": str(k.source), "image": str(k.image),
-                     "modules": str(k.modules) if k.modules else None}
-                    for k in plan.kernels],
-        "scenarios": [{"scenario": c.scenario, "options": list(c.options)} for c in plan.calls],
-        "rounds": plan.rounds,
+                     "modules": str(k.modules) if k.modules else None,
+                     "append": k.append}
+                    for k in opts.kernels],
+        "scenarios": [{"scenario": c.scenario, "options": list(c.options)} for c in opts.calls],
+        "rounds": opts.rounds,
         "boots": [{
             "round": r.round, "kernel": r.kernel,
             "status": r.result.status if r.result else ("skipped" if r.skipped else
@@ -271,7 +294,7 @@ def manifest(plan: AbPlan, records: Sequence[BootRecord], argv: Sequence[str],
             "reason": r.skipped or (r.result.summary() if r.result and not r.result.ok
                                     else None),
             "scenario_status": r.scenario_status,
-            "files": [str(f.relative_to(plan.out_dir)) for f in r.files],
+            "files": [str(f.relative_to(opts.out_dir)) for f in r.files],
         } for r in records],
     }
 
@@ -351,24 +374,6 @@ def check_kernels(kernels: Sequence[Kernel], module: str) -> list[str]:
 # --- the whole command ---------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class AbOptions:
-    """What `kvmharness ab` was asked, after the CLI checked the scenario options."""
-
-    kernels: tuple[Kernel, ...]
-    calls: tuple[ScenarioCall, ...]
-    rounds: int
-    out_dir: Path
-    accel: str = "auto"
-    cpus: int | None = None
-    memory: str = "4G"
-    timeout_s: float = 1800.0
-    fmt: str = "plain"
-    settings: Settings = Settings()
-    dry_run: bool = False
-    quiet: bool = False
-
-
 def build_guests(err: TextIO) -> tuple[dict[str, str], list[Path]]:
     """Build every guest ELF here, before booting: inside, the tree is read-only and the
     guest kernel would have to compile under TCG.  Returns the variables that point the
@@ -404,7 +409,7 @@ def execute(opts: AbOptions, argv: Sequence[str], out: TextIO, err: TextIO) -> i
     from kvmharness.guest.errors import GuestBuildError
     from kvmharness.results.store import atomic_write_json
     from kvmharness.runner.host import AccelError, check_prerequisites, decide_accel, find_vng
-    from kvmharness.runner.vng import BootError, vng_command
+    from kvmharness.runner.boot import BootError, vng_command
 
     vng = find_vng()
     missing = check_prerequisites(vng=vng)
@@ -439,11 +444,11 @@ def execute(opts: AbOptions, argv: Sequence[str], out: TextIO, err: TextIO) -> i
         except GuestBuildError as e:
             err.write(f"kvmharness ab: {e}\n")
             return EXIT_FAILED
-    plan = AbPlan(opts.kernels, opts.calls, opts.rounds, accel, opts.out_dir.resolve(),
-                  opts.timeout_s, opts.memory, python, env, tuple(binds), opts.quiet)
+    opts = dataclasses.replace(opts, out_dir=opts.out_dir.resolve())
+    plan = AbPlan(opts, accel, python, env, tuple(binds))
     if opts.dry_run:
-        for rnd, k in boot_order(plan.kernels, plan.rounds):
-            rwdir = plan.out_dir / f"r{rnd}-{k.name}"
+        for rnd, k in boot_order(opts.kernels, opts.rounds):
+            rwdir = opts.out_dir / f"r{rnd}-{k.name}"
             spec = boot_spec(plan, k, k.vng_target, rwdir)
             # As run_boots/boot() name them (the XXXXXX parts are made at boot time).
             script = Path(f"/tmp/kvmharness-ab.XXXXXX/guest-{k.name}.sh")
@@ -452,16 +457,16 @@ def execute(opts: AbOptions, argv: Sequence[str], out: TextIO, err: TextIO) -> i
             out.write("# guest.sh runs, after modprobe " + accel.module + ":\n")
             out.writelines(f"#   {line}\n" for line in guest_body(plan, k).splitlines())
         return EXIT_OK
-    stale = earlier_boot_folders(plan)
+    stale = earlier_boot_folders(opts)
     if stale:
         # Their result files, status lines and logs would be merged into this run's
         # (the boot folders are appended to and globbed), silently adding old runs.
-        err.write(f"kvmharness ab: {plan.out_dir} already holds boot folders of an earlier "
+        err.write(f"kvmharness ab: {opts.out_dir} already holds boot folders of an earlier "
                   f"run ({', '.join(p.name for p in stale)}): give another --out or remove "
                   "them\n")
         return EXIT_FAILED
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
-    err.write(f"results: {plan.out_dir}\n")
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    err.write(f"results: {opts.out_dir}\n")
     started = datetime.datetime.now(datetime.timezone.utc)
     staging = Path(tempfile.mkdtemp(prefix="kvmharness-ab.", dir="/tmp"))
     try:
@@ -473,14 +478,14 @@ def execute(opts: AbOptions, argv: Sequence[str], out: TextIO, err: TextIO) -> i
         import shutil
 
         shutil.rmtree(staging, ignore_errors=True)
-    atomic_write_json(plan.out_dir / "ab.json", manifest(plan, records, argv, started,
+    atomic_write_json(opts.out_dir / "ab.json", manifest(plan, records, argv, started,
                                                          interrupted))
     if interrupted:
-        err.write(f"interrupted: completed result files are kept in {plan.out_dir}\n")
+        err.write(f"interrupted: completed result files are kept in {opts.out_dir}\n")
         return EXIT_INTERRUPTED
-    reports, notes = build_comparisons(_ordered(records, plan.kernels), plan.kernels,
-                                       opts.settings, relative_to=plan.out_dir)
-    write_outputs(plan.out_dir, reports, opts.fmt, out)
+    reports, notes = build_comparisons(_ordered(records, opts.kernels), opts.kernels,
+                                       opts.settings, relative_to=opts.out_dir)
+    write_outputs(opts.out_dir, reports, opts.fmt, out)
     for n in notes:
         err.write(f"note: {n}\n")
     out.write("\nboots:\n")
@@ -491,5 +496,5 @@ def execute(opts: AbOptions, argv: Sequence[str], out: TextIO, err: TextIO) -> i
         out.write(f"  round {r.round} {r.kernel}: {state}{extra}\n")
     if accel.warning:
         out.write(f"\nWARNING: {accel.warning}\n")
-    out.write(f"files: {plan.out_dir}\n")
+    out.write(f"files: {opts.out_dir}\n")
     return EXIT_OK if all_ok(records) else EXIT_FAILED

@@ -1,10 +1,14 @@
 """What the host offers for booting a kernel under QEMU: acceleration and prerequisites.
 
-Acceleration (DESIGN.md §5): with a real VT-x/AMD-V /dev/kvm and nested virtualization
+Acceleration (tools/README.md): with a real VT-x/AMD-V /dev/kvm and nested virtualization
 enabled, the kernel under test runs as a nested hypervisor (``-cpu host``) at near-native
 speed.  Otherwise QEMU's TCG with ``-cpu max`` still exposes SVM + NPT, so ``kvm_amd`` loads
 and KVM behaves as on hardware (zap paths, pf_fixed, tracepoints) -- but every instruction
-is translated, so timings are not representative, and only one vCPU is safe.
+is translated, so timings are not representative.  More than one vCPU under TCG needs
+single-threaded TCG (``-accel tcg,thread=single``): with the default one-thread-per-vCPU
+TCG the guest kernel intermittently oopses (int3 in the scheduler) while it patches its
+own text, which every KVM VM create/destroy and tracepoint toggle does.  One thread runs
+all vCPUs in turn, so N vCPUs cost N times the CPU of one, not less.
 
 PVM hosts (kvm_pvm, like the machines this project runs on) have a /dev/kvm that QEMU
 could use, but PVM cannot run a guest hypervisor: they get TCG.
@@ -24,9 +28,15 @@ from typing import Callable, Literal
 AccelMode = Literal["kvm", "tcg"]
 AccelRequest = Literal["auto", "kvm", "tcg"]
 
-TCG_WARNING = ("TCG (QEMU instruction translation, -cpu max, 1 vCPU): KVM's behaviour and "
+TCG_WARNING = ("TCG (QEMU instruction translation, -cpu max, {cpus}): KVM's behaviour and "
                "counters are real, but timings are not representative of hardware; use "
                "them to compare A with B on this machine only")
+# One TCG thread runs every vCPU in turn: beyond a few, each vCPU gets too little of it
+# for a guest kernel's timers and watchdogs.
+TCG_MAX_CPUS = 8
+# Multi-threaded TCG oopses a multi-vCPU guest kernel while it patches its text (module
+# doc); one TCG thread for all vCPUs does not.
+TCG_SINGLE_THREAD = "-accel tcg,thread=single"
 
 
 class AccelError(RuntimeError):
@@ -45,8 +55,16 @@ class Accel:
         return "host" if self.mode == "kvm" else "max"
 
     @property
+    def qemu_accel(self) -> str:
+        """QEMU options choosing the accelerator's flavour ("" = vng's default)."""
+        return TCG_SINGLE_THREAD if self.mode == "tcg" and self.cpus > 1 else ""
+
+    @property
     def warning(self) -> str | None:
-        return TCG_WARNING if self.mode == "tcg" else None
+        if self.mode != "tcg":
+            return None
+        what = "1 vCPU" if self.cpus == 1 else f"{self.cpus} vCPUs on one TCG thread"
+        return TCG_WARNING.format(cpus=what)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +105,9 @@ def decide_accel(request: AccelRequest = "auto", cpus: int | None = None,
                  host: HostView | None = None) -> Accel:
     """KVM acceleration when the host can nest a hypervisor, else TCG (see module doc).
 
-    ``cpus``: vCPUs for the boot; under TCG only 1 is allowed (2 vCPUs oops the guest when
-    it patches kernel text, DESIGN.md §5).  Raises AccelError for an impossible request.
+    ``cpus``: vCPUs for the boot (default: up to 8 with KVM, 1 under TCG; more than one
+    under TCG runs single-threaded TCG, see the module doc).  Raises AccelError for an
+    impossible request.
     """
     host = host or HostView.read()
     vendor_module = "kvm_intel" if "vmx" in host.cpu_flags else "kvm_amd"
@@ -109,12 +128,13 @@ def decide_accel(request: AccelRequest = "auto", cpus: int | None = None,
         n = cpus or min(host.nproc, 8)
         return Accel("kvm", vendor_module, n,
                      f"hardware virtualization ({vendor_module}, nested, -cpu host)")
-    if cpus not in (None, 1):
-        raise AccelError(f"--cpus {cpus}: under TCG only 1 vCPU is safe (the guest kernel "
-                         "oopses when it patches its text with 2)")
+    if cpus is not None and not 1 <= cpus <= TCG_MAX_CPUS:
+        raise AccelError(f"--cpus {cpus}: under TCG 1 to {TCG_MAX_CPUS} vCPUs")
+    n = cpus or 1
     reason = "asked for --accel tcg" if request == "tcg" else why_not or ""
+    flavour = "" if n == 1 else f", {n} vCPUs on one TCG thread (thread=single)"
     # TCG implements SVM, not VMX: whatever the host CPU, the guest gets kvm_amd.
-    return Accel("tcg", "kvm_amd", 1, f"TCG -cpu max: {reason}")
+    return Accel("tcg", "kvm_amd", n, f"TCG -cpu max{flavour}: {reason}")
 
 
 # --- prerequisites ------------------------------------------------------------------------

@@ -53,6 +53,10 @@ class Kernel:
     modules: Path | None      # lib/modules/VER; None: built in, or vng prepares it (build dir)
     config: Path | None       # the kernel .config, when one is known
     staged: bool = False      # needs a symlink folder so vng finds `modules` (see module doc)
+    # Extra kernel command line of this configuration (`ab --append NAME=ARGS`): module
+    # parameters such as kvm.tdp_mmu=0 take effect when udev/modprobe loads the module.
+    # One image may be booted under several names with different command lines.
+    append: str = ""
 
     @property
     def vng_target(self) -> Path:
@@ -61,7 +65,8 @@ class Kernel:
 
     def describe(self) -> str:
         mods = str(self.modules) if self.modules else "built in / prepared by vng"
-        return f"{self.name}: {self.version} ({self.kind}) image {self.image}, modules {mods}"
+        text = f"{self.name}: {self.version} ({self.kind}) image {self.image}, modules {mods}"
+        return text + (f", command line + {self.append}" if self.append else "")
 
 
 def check_name(name: str) -> str:

@@ -18,7 +18,7 @@ from kvmharness.cli import ab as cli_ab
 from kvmharness.cli import common as cli_common
 from kvmharness.runner import ab, host
 from kvmharness.runner.host import Accel
-from kvmharness.runner.vng import BootResult, BootSpec
+from kvmharness.runner.boot import BootResult, BootSpec
 from kvmharness.scenarios import registry
 from kvmharness.scenarios.base import (
     ZAP_AXIS,
@@ -266,9 +266,10 @@ def test_guest_body_records_each_status() -> None:
     from kvmharness.runner.kernels import Kernel
 
     k = Kernel("B", Path("/k"), "deb", Path("/k/boot/vmlinuz-6.12"), "6.12", None, None)
-    plan = ab.AbPlan((k,), (ab.ScenarioCall("rom-toggle", ("--quick",)),
-                            ab.ScenarioCall("slot-ops", ("--quick",))), 1, TCG, Path("/o"),
-                     60, "4G", ab.GuestPython("/usr/bin/python3", (Path("/p"), Path("/r"))),
+    opts = ab.AbOptions((k,), (ab.ScenarioCall("rom-toggle", ("--quick",)),
+                               ab.ScenarioCall("slot-ops", ("--quick",))), 1, Path("/o"),
+                        timeout_s=60)
+    plan = ab.AbPlan(opts, TCG, ab.GuestPython("/usr/bin/python3", (Path("/p"), Path("/r"))),
                      {})
     body = ab.guest_body(plan, k, Path("/o/r1-B"))
     assert "[ -c /dev/kvm ] ||" in body
@@ -285,7 +286,7 @@ def test_ctrl_c_during_a_boot_keeps_what_was_collected(fakes: Any, kernels: list
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]
                                                        ) -> None:
-    from kvmharness.runner.vng import BootInterrupted
+    from kvmharness.runner.boot import BootInterrupted
 
     ok_boot = fake_boot_factory(lambda name, n: None)
 
@@ -347,3 +348,67 @@ def test_ab_tables_name_files_relative_to_the_out_folder(fakes: Any, kernels: li
     text = (out_dir / "compare-kernels.txt").read_text()
     assert str(tmp_path) not in text and "    r1-old/one-old-" in text
     assert max(len(line) for line in text.splitlines()) <= 78
+
+
+# --- configurations: one image under several names, --append, three or more ---------------
+
+
+def test_one_image_as_three_configurations_rotates_and_compares_with_the_first(
+        fakes: Any, tmp_path: Path, host_ok: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    image = fake_kernel(tmp_path / "k612", "6.12.1-amd64")
+    specs: list[tuple[str, str]] = []
+    ok_boot = fake_boot_factory(lambda name, n: None)
+
+    def recording_boot(vng: str, spec: BootSpec, *, name: str, **kw: Any) -> BootResult:
+        specs.append((name, spec.append))
+        return ok_boot(vng, spec, name=name, **kw)
+
+    monkeypatch.setattr(ab, "boot", recording_boot)
+    out_dir = tmp_path / "ab"
+    rc = cli.main(["ab", "one", "--kernel", f"tdp={image}", "--kernel", f"legacy={image}",
+                   "--append", "legacy=kvm.tdp_mmu=0", "--kernel", f"shadow={image}",
+                   "--append", "shadow=kvm_amd.npt=0", "--append", "shadow=kvm.tdp_mmu=0",
+                   "--quick", "--repeat", "3", "--variant", "zap=all", "--out", str(out_dir)])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert specs == [("tdp", ""), ("legacy", "kvm.tdp_mmu=0"),
+                     ("shadow", "kvm_amd.npt=0 kvm.tdp_mmu=0")] * 2
+    assert "booting legacy (6.12.1-amd64, tcg, + kvm.tdp_mmu=0)" in out.err
+    doc = json.loads((out_dir / "ab.json").read_text())
+    assert [k["append"] for k in doc["kernels"]] == ["", "kvm.tdp_mmu=0",
+                                                     "kvm_amd.npt=0 kvm.tdp_mmu=0"]
+    assert [b["kernel"] for b in doc["boots"]] == ["tdp", "legacy", "shadow"] * 2
+    # Every configuration's results carry its own label, and each is compared with A.
+    labels = {json.loads(f.read_text())["label"] for f in out_dir.glob("r*-*/one-*.json")}
+    assert labels == {"tdp", "legacy", "shadow"}
+    text = (out_dir / "compare-kernels.txt").read_text()
+    assert "A = tdp, B = legacy" in text and "A = tdp, B = shadow" in text
+    assert "A = legacy, B = shadow" not in text
+
+
+def test_append_errors_fail_before_any_boot(fakes: Any, kernels: list[str], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(ab, "boot", never_boot)
+    assert cli.main(["ab", "one", *kernels, "--append", "C=kvm.tdp_mmu=0"]) == cli.EXIT_USAGE
+    assert "--append for unknown kernel C" in capsys.readouterr().err
+    assert cli.main(["ab", "one", *kernels, "--append", "old=a='b c'"]) == cli.EXIT_USAGE
+    assert "no quotes" in capsys.readouterr().err
+    assert cli.main(["ab", "one", *kernels, "--append", "kvm.tdp_mmu"]) == cli.EXIT_USAGE
+    assert "expected NAME=VALUE" in capsys.readouterr().err
+
+
+def test_dry_run_shows_each_configurations_command_line(fakes: Any, tmp_path: Path,
+                                                        host_ok: None,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    image = fake_kernel(tmp_path / "k", "6.12.1-amd64")
+    monkeypatch.setattr(ab, "boot", never_boot)
+    assert cli.main(["ab", "one", "--kernel", f"tdp={image}", "--kernel", f"legacy={image}",
+                     "--append", "legacy=kvm.tdp_mmu=0", "--rounds", "1", "--dry-run",
+                     "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    tdp, legacy = out.split("# round 1, legacy")
+    assert "kvm.tdp_mmu=0" not in tdp and "kvm.tdp_mmu=0" in legacy.split("\n")[1]

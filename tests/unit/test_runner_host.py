@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from kvmharness.runner.host import AccelError, HostView, check_prerequisites, decide_accel
+from kvmharness.runner.host import (
+    TCG_MAX_CPUS,
+    AccelError,
+    HostView,
+    check_prerequisites,
+    decide_accel,
+)
 
 
 def host(flags: str = "", modules: tuple[str, ...] = (), nested: dict[str, str] | None = None,
@@ -40,11 +46,19 @@ def test_falls_back_to_tcg_and_says_why(view: HostView, why: str) -> None:
         decide_accel("kvm", host=view)
 
 
-def test_tcg_allows_one_vcpu_only() -> None:
+def test_tcg_runs_several_vcpus_on_one_thread() -> None:
     pvm = host("svm", ("kvm", "kvm_pvm"))
-    assert decide_accel("tcg", cpus=1, host=pvm).cpus == 1
-    with pytest.raises(AccelError, match="only 1 vCPU"):
-        decide_accel("auto", cpus=2, host=pvm)
+    one = decide_accel("tcg", cpus=1, host=pvm)
+    assert one.cpus == 1 and one.qemu_accel == "" and "1 vCPU" in str(one.warning)
+    two = decide_accel("auto", cpus=2, host=pvm)
+    assert (two.mode, two.cpus, two.qemu_accel) == ("tcg", 2, "-accel tcg,thread=single")
+    assert "thread=single" in two.reason and "2 vCPUs on one TCG thread" in str(two.warning)
+    assert decide_accel("auto", cpus=TCG_MAX_CPUS, host=pvm).cpus == TCG_MAX_CPUS
+    with pytest.raises(AccelError, match=f"--cpus {TCG_MAX_CPUS + 1}: under TCG 1 to"):
+        decide_accel("auto", cpus=TCG_MAX_CPUS + 1, host=pvm)
+    # Hardware acceleration never needs it.
+    kvm = decide_accel("auto", cpus=4, host=host("svm", ("kvm", "kvm_amd"), {"kvm_amd": "1"}))
+    assert kvm.qemu_accel == ""
     # Asked for TCG on a host that could do better: honoured, with the reason.
     a = decide_accel("tcg", host=host("svm", ("kvm", "kvm_amd"), {"kvm_amd": "Y"}))
     assert a.mode == "tcg" and "asked" in a.reason

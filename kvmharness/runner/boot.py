@@ -1,25 +1,20 @@
 """Booting a kernel with virtme-ng and running a shell script inside it.
 
-The recipe is DESIGN.md §5 (verified on these machines): vng shares the host's root file
-system read-only over 9p, overlays make /tmp, /etc, /usr, ... writable (and discarded),
-``--rwdir`` folders come back to the host, and the guest command's exit status becomes
-vng's.  What this module adds around it:
+The recipe (tools/README.md): vng shares the host's root file system read-only over 9p,
+overlays make /tmp, /etc, /usr, ... writable (and discarded), ``--rwdir`` folders come
+back to the host, and the guest command's exit status becomes vng's.  What this module
+adds around it:
 
 * ``vng_command`` and ``guest_script`` are pure functions (unit-tested without booting);
 * the kernel console goes to a virtio console (hvc0) logged to a file, because vng sends
   ttyS0 to /dev/null unless --verbose; its tail is shown when a boot fails;
-* vng/QEMU run in a process group of their own with a timeout; on timeout, Ctrl-C,
-  SIGTERM or SIGHUP the whole group is killed, and the boot waits until no process of the
-  group is left, so no QEMU outlives the harness;
+* vng/QEMU run in a process group of their own with a timeout, and nothing of it outlives
+  a boot (``procgroup``);
 * QEMU opens /proc/self/fd/1 and 2 with O_TRUNC, so vng gets pipes, never files: a log the
   caller redirects into is not truncated.
 
-Run as a program it is the engine behind ``tools/vng-run`` (same options, environment and
-exit statuses; see tools/README.md):
-
-    python3 -m kvmharness.runner.vng --chdir REPO KERNEL [--rwdir DIR]... -- COMMAND...
-
-Standard library only, so that a bare /usr/bin/python3 can run it.
+Used by ``kvmharness ab`` and by ``tools/vng-run`` (``vng_run``).  Standard library only,
+so that a bare /usr/bin/python3 can run it.
 """
 
 from __future__ import annotations
@@ -31,20 +26,21 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import IO, Callable, Iterator, Literal, Mapping, Sequence
+from typing import IO, Callable, Literal, Mapping, Sequence
 
-from kvmharness.runner.host import Accel, AccelError, check_prerequisites, decide_accel, find_vng
+from kvmharness.runner.host import Accel
 from kvmharness.runner.kernels import Kernel, KernelPathError, ensure_modules_dep, \
-    kernel_problems, resolve_kernel, stage
+    kernel_problems, stage
+from kvmharness.runner.procgroup import BootInterrupted, deferred_interrupts, kill_group, \
+    reap_group, signals_as_interrupt
 
-# Modules whose probing under TCG costs 3-10 s of boot (DESIGN.md §5); no spaces allowed.
+# Modules whose probing under TCG costs 3-10 s of boot; no spaces allowed.
 BLACKLIST = ("modprobe.blacklist=ahci,libahci,libata,sr_mod,cdrom,sg,iTCO_wdt,"
              "iTCO_vendor_support,intel_pmc_bxt,psmouse,evdev,i6300esb,i2c_i801,i2c_smbus,"
              "serio_raw,lpc_ich,pcspkr,crc32_pclmul,crct10dif_pclmul,ghash_clmulni_intel,"
@@ -68,10 +64,6 @@ BootStatus = Literal["ok", "failed", "timeout", "no-status"]
 
 class BootError(RuntimeError):
     """The boot could not even be attempted (bad folder name, vng missing, ...)."""
-
-
-class BootInterrupted(KeyboardInterrupt):
-    """Ctrl-C / SIGTERM / SIGHUP during a boot; QEMU has already been killed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,8 +169,11 @@ def check_dir_arg(path: Path) -> Path:
 
 
 def vng_command(vng: str, spec: BootSpec, script: Path, console_log: Path) -> list[str]:
-    """The full vng argv (DESIGN.md §5 plus the console log and the binds)."""
+    """The full vng argv (the recipe plus the console log, the binds and, for more than one
+    vCPU under TCG, single-threaded TCG)."""
     qemu = [f"-cpu {spec.accel.qemu_cpu}", CONSOLE_OPTS.format(log=console_log)]
+    if spec.accel.qemu_accel:
+        qemu.append(spec.accel.qemu_accel)
     if spec.qemu_opts:
         qemu.append(spec.qemu_opts)
     append = " ".join(x for x in (BLACKLIST, "console=hvc0 loglevel=7", spec.append) if x)
@@ -233,90 +228,6 @@ def find_panic(lines: Sequence[str]) -> str | None:
                 return line.strip()
     return None
 
-
-# --- processes ----------------------------------------------------------------------------
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live PIDs whose process group is ``pgid``.  Zombies are left out: they are dead
-    already and only wait for init to reap them (which takes a second or two here)."""
-    members = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            members.append(int(entry.name))
-    return members
-
-
-def kill_group(proc: subprocess.Popen[bytes], grace_s: float = 5.0,
-               settle_s: float = 10.0) -> list[int]:
-    """SIGTERM the group (vng cleans up), then SIGKILL it, and wait until it is empty.
-    Returns the PIDs still there afterwards (should be none)."""
-    pgid = proc.pid
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(grace_s)
-    return reap_group(proc, settle_s)
-
-
-def reap_group(proc: subprocess.Popen[bytes], settle_s: float = 10.0) -> list[int]:
-    pgid = proc.pid
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(settle_s)
-    deadline = time.monotonic() + settle_s
-    left = group_members(pgid)
-    while left and time.monotonic() < deadline:
-        # Orphans are reparented and reaped by init; give it a moment.
-        time.sleep(0.1)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-        left = group_members(pgid)
-    return left
-
-
-@contextlib.contextmanager
-def _signals_as_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP interrupt a boot like Ctrl-C, so the cleanup runs for them too."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise BootInterrupted(f"signal {signal.Signals(signum).name}")
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-@contextlib.contextmanager
-def _deferred_interrupts() -> Iterator[None]:
-    """While QEMU is being killed, a second Ctrl-C must not cut the cleanup short (and
-    leave QEMU running): hold SIGINT/SIGTERM/SIGHUP off until it is done."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {s: signal.signal(s, signal.SIG_IGN)
-           for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def _pump(stream: IO[bytes], sink: Callable[[str], None], tail: collections.deque[str],
@@ -393,7 +304,7 @@ def boot(vng: str, spec: BootSpec, *, name: str, version: str, body: str, cwd: P
     start = time.monotonic()
     try:
         script.write_text(guest_script(cwd=cwd, env=env, modprobe=modprobe, body=body))
-        with _signals_as_interrupt():
+        with signals_as_interrupt():
             try:
                 proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, cwd=cwd,
@@ -415,7 +326,7 @@ def boot(vng: str, spec: BootSpec, *, name: str, version: str, body: str, cwd: P
                 leftover = reap_group(proc)  # whatever vng left in its group
     except BaseException as e:
         if proc is not None:
-            with _deferred_interrupts():
+            with deferred_interrupts():
                 leftover = kill_group(proc, grace_s=min(2.0, spec.kill_grace_s))
             if leftover:
                 err(f"kvmharness: processes {leftover} of the boot survived SIGKILL")
@@ -476,123 +387,3 @@ def prepare_kernel(kernel: Kernel, module: str, staging: Path) -> Path:
     return stage(kernel, staging)
 
 
-# --- tools/vng-run ------------------------------------------------------------------------
-
-
-def _env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name) or default)
-    except ValueError:
-        raise BootError(f"{name}={os.environ[name]!r} is not a number") from None
-
-
-def _parse_vng_run(argv: Sequence[str]) -> tuple[Path, str, list[Path], list[Path], list[str]]:
-    """[--chdir DIR] KERNEL [--rwdir DIR]... [--rodir DIR]... -- COMMAND [ARG...]
-    (parsed by hand: argparse mangles a COMMAND that has options of its own)."""
-    args = list(argv)
-    chdir = Path.cwd()
-    if args[:1] == ["--chdir"] and len(args) >= 2:
-        chdir, args = Path(args[1]), args[2:]
-    if not args or args[0].startswith("-"):
-        raise BootError(VNG_RUN_USAGE)
-    kernel, args = args[0], args[1:]
-    rw: list[Path] = []
-    ro: list[Path] = []
-    while args and args[0] != "--":
-        opt = args.pop(0)
-        if "=" in opt and opt.split("=", 1)[0] in ("--rwdir", "--rodir"):
-            opt, value = opt.split("=", 1)
-            args.insert(0, value)
-        if opt not in ("--rwdir", "--rodir") or not args:
-            raise BootError(VNG_RUN_USAGE)
-        (rw if opt == "--rwdir" else ro).append(Path(args.pop(0)))
-    if len(args) < 2:
-        raise BootError(VNG_RUN_USAGE)
-    return chdir, kernel, rw, ro, args[1:]
-
-
-VNG_RUN_USAGE = ("usage: tools/vng-run KERNEL [--rwdir DIR]... [--rodir DIR]... -- COMMAND "
-                 "[ARG...]")
-
-
-def vng_run_main(argv: Sequence[str] | None = None) -> int:
-    """The engine of tools/vng-run (see tools/README.md)."""
-    prog = "vng-run"
-
-    def say(text: str) -> None:
-        print(f"{prog}: {text}", file=sys.stderr, flush=True)
-
-    cache = cache_dir()
-    try:
-        chdir, kernel_arg, rw_args, ro_args, command = _parse_vng_run(
-            sys.argv[1:] if argv is None else argv)
-        path = Path(kernel_arg)
-        if not path.exists() and (cache / "kernels" / kernel_arg).is_dir():
-            path = cache / "kernels" / kernel_arg
-        if not path.exists():
-            raise KernelPathError(f"no kernel folder {kernel_arg} (nor "
-                                  f"{cache / 'kernels' / kernel_arg}); try: tools/vng-run "
-                                  f"--setup {kernel_arg}")
-        kernel = resolve_kernel("guest", path)
-        vng = find_vng()
-        missing = check_prerequisites(vng=vng)
-        if missing or vng is None:
-            for m in missing:
-                say(f"missing {m}")
-            say("or run: tools/vng-run --setup")
-            return RC_OWN_ERROR
-        accel_request = os.environ.get("VNG_ACCEL") or "auto"
-        if accel_request not in ("auto", "kvm", "tcg"):
-            raise BootError(f"VNG_ACCEL={accel_request!r}: expected auto, kvm or tcg")
-        accel = decide_accel(accel_request)  # type: ignore[arg-type]
-        modprobe = os.environ.get("VNG_MODPROBE") or accel.module
-        rwdirs = []
-        for d in rw_args:
-            check_dir_arg(d)
-            d.mkdir(parents=True, exist_ok=True)
-            rwdirs.append(d.resolve())
-        rodirs = [check_dir_arg(d).resolve() for d in ro_args]
-        pydeps = cache / "pydeps"
-        if not pydeps.is_dir():
-            say(f"warning: {pydeps} missing: run tools/vng-run --setup")
-        cwd = chdir.resolve()
-        with tempfile.TemporaryDirectory(prefix="kvmharness-stage.", dir="/tmp") as staging:
-            target = prepare_kernel(kernel, modprobe.split()[0], Path(staging))
-            binds = binds_for([*([cache] if cache.is_dir() else []), *kernel_binds(kernel),
-                               cwd, package_root()])
-            binds += [d for d in rodirs if d not in binds]
-            spec = BootSpec(target=target, accel=accel,
-                            memory=os.environ.get("VNG_MEMORY") or "4G",
-                            rodirs=tuple(binds), rwdirs=tuple(rwdirs),
-                            append=os.environ.get("VNG_APPEND", ""),
-                            qemu_opts=os.environ.get("VNG_QEMU_OPTS", ""),
-                            timeout_s=_env_float("VNG_TIMEOUT", 600))
-            env = {"PYTHONPATH": f"{pydeps}:{package_root()}",
-                   "KVMHARNESS_VNG_KERNEL": kernel.version, **passthrough_env()}
-            if accel.warning:
-                say(f"{kernel.version}: {accel.warning}")
-            result = boot(vng, spec, name=kernel.version, version=kernel.version,
-                          body=exec_body(command), cwd=cwd, env=env, modprobe=modprobe,
-                          out=lambda line: print(line, flush=True),
-                          err=lambda line: print(line, file=sys.stderr, flush=True),
-                          console_log=Path(os.environ["VNG_CONSOLE_LOG"])
-                          if os.environ.get("VNG_CONSOLE_LOG") else None,
-                          tail_lines=int(_env_float("VNG_CONSOLE_TAIL", 60)))
-    except (KernelPathError, AccelError, BootError) as e:
-        say(str(e))
-        return RC_OWN_ERROR
-    except KeyboardInterrupt:
-        say("interrupted: QEMU stopped")
-        return 130
-    # The output was streamed already: only the summary and, on failure, the console.
-    say(result.summary())
-    if not result.ok:
-        say(f"---- guest kernel console, last {len(result.console_tail)} lines ----")
-        for line in result.console_tail:
-            print(line, file=sys.stderr)
-        say("---- end of console ----")
-    return result.rc
-
-
-if __name__ == "__main__":
-    raise SystemExit(vng_run_main())
