@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from kvmharness.observe import noise
+from kvmharness.observe import pinning as pins
 from kvmharness.results.model import (
     ResultFile,
     RunRecord,
@@ -23,6 +24,7 @@ from kvmharness.results.model import (
     variant_text,
 )
 from kvmharness.results.store import write_result
+from kvmharness.results.precision import Stopper, UntilCi
 from kvmharness.scenarios.base import RunRequest, ScenarioSpec, VariantUnsupported
 
 # A variant that keeps failing is almost always failing for a systematic reason; stop
@@ -46,12 +48,18 @@ class SessionPlan:
     warmup: int
     label: str
     quick: bool
+    # CPUs per role (observe.pinning); empty: the scheduler places every thread.
+    pinning: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    # Run until precise (results.precision); ``repeat`` is then the minimum per variant.
+    until_ci: UntilCi | None = None
 
     @classmethod
     def resolve(cls, spec: ScenarioSpec, *, params: Mapping[str, Any] | None = None,
                 variants: Mapping[str, Sequence[str]] | None = None, quick: bool = False,
                 repeat: int | None = None, iterations: int | None = None,
-                warmup: int | None = None, label: str | None = None) -> "SessionPlan":
+                warmup: int | None = None, label: str | None = None,
+                pinning: str | Mapping[str, Sequence[int]] | None = None,
+                until_ci: UntilCi | None = None) -> "SessionPlan":
         """The one place a request (command line, ``ab``'s per-boot check, Python API)
         becomes a plan: defaults or quick values, overridden by ``params`` given as values
         or as the strings ``--param`` takes.  Raises ValueError/KeyError naming what is
@@ -61,10 +69,12 @@ class SessionPlan:
             values[key] = spec.parameter(key).parse(value) if isinstance(value, str) else value
         return cls(
             spec=spec, params=values, variants=expand_variants(spec, variants),
-            repeat=repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT),
+            repeat=repeat or (until_ci.min_runs if until_ci else
+                              QUICK_REPEAT if quick else DEFAULT_REPEAT),
             iterations=spec.default_iterations if iterations is None else iterations,
             warmup=spec.default_warmup if warmup is None else warmup,
-            label=label or platform.release(), quick=quick)
+            label=label or platform.release(), quick=quick,
+            pinning=pins.resolve(pinning), until_ci=until_ci)
 
 
 @dataclasses.dataclass
@@ -133,13 +143,20 @@ def run_session(
     failed = 0
     total = plan.repeat * len(active)
     done = 0
+    stopper = (Stopper(plan.until_ci, plan.spec.headline_metrics(), plan.repeat)
+               if plan.until_ci else None)
     try:
-        for rep in range(plan.repeat):
+        for rep in itertools.count() if stopper else range(plan.repeat):
+            if stopper and (line := stopper.check(result, rep, len(active))):
+                progress(line)
+                break
             for variant in list(active):
                 name = variant_text(variant)
                 done += 1
                 progress(f"[{done}/{total}] {plan.spec.name} {name} "
-                         f"run {rep + 1}/{plan.repeat}")
+                         f"run {rep + 1}/{plan.repeat}" if stopper is None else
+                         f"[{done}] {plan.spec.name} {name} run {rep + 1} "
+                         f"(until +-{stopper.rule.target * 100:g}%)")
                 request = RunRequest(params=dict(plan.params), variant=dict(variant),
                                      iterations=plan.iterations, warmup=plan.warmup,
                                      progress=progress)
@@ -171,6 +188,8 @@ def run_session(
                     write_result(path, result)
                     continue
                 host = noise.delta(before, snapshot())
+                if plan.pinning:
+                    outcome.effective.setdefault("pinning", pins.record(plan.pinning))
                 if outcome.end_time is None:
                     outcome.end_time = time.time()
                 consecutive_failures[name] = 0
