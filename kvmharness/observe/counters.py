@@ -45,21 +45,30 @@ class KvmCounters:
 
     def __enter__(self) -> "KvmCounters":
         if self.events:
-            self._tracer = TraceCounter(self.events).__enter__()
+            # Kept before it is entered: whatever interrupts us from here on, __exit__ or
+            # the except below finds it and removes its tracefs instance.
+            self._tracer = TraceCounter(self.events)
+            self._tracer.__enter__()
         try:
             self._before = self.snapshot()
         except BaseException:
-            if self._tracer is not None:
-                self._tracer.__exit__(None, None, None)
+            self._close_tracer()
             raise
         return self
+
+    def _close_tracer(self) -> None:
+        tracer, self._tracer = self._tracer, None
+        if tracer is not None:
+            tracer.__exit__(KeyboardInterrupt, None, None)  # remove without reading counts
 
     def __exit__(self, *exc: object) -> None:
         try:
             if self._before is not None:
                 self.stats = self.delta(self._before, self.snapshot())
         finally:
-            if self._tracer is not None:
-                self.tracepoints = self._tracer.stop()
-                self.lost_events = self._tracer.lost
-                self._tracer.__exit__(None, None, None)
+            try:
+                if self._tracer is not None:
+                    self.tracepoints = self._tracer.stop()
+                    self.lost_events = self._tracer.lost
+            finally:
+                self._close_tracer()

@@ -5,13 +5,18 @@ a result proves which zap path was taken."""
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import errno
 import itertools
 import os
 import re
+import sys
+import threading
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, TextIO
+
+from kvmharness.observe.signals import signals_held
 
 CANDIDATE_MOUNTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 ZAP_EVENTS = (
@@ -24,6 +29,13 @@ MMIO_EVENTS = (
 )
 BUFFER_KB_PER_CPU = 8192
 _instance_ids = itertools.count()
+INSTANCE_PREFIX = "kvmharness-"
+_INSTANCE_NAME = re.compile(r"kvmharness-(\d+)-(\d+)\Z")
+# Instances this process made and has not removed yet: removed at exit if a path out of
+# here skipped the ``with`` block's cleanup (sys.exit in a thread, an exception in __del__).
+_live: dict[Path, "TraceCounter"] = {}
+_live_lock = threading.Lock()
+_stale_checked = False
 _LINE = re.compile(r"\s\d+\.\d+:\s+([A-Za-z0-9_]+):")
 # With options/record-tgid: "comm-TID (  TGID) [CPU] ..."; "-----" when unknown.
 _TGID = re.compile(r"\(\s*(\d+|-----)\)\s+\[\d+\]")
@@ -103,16 +115,44 @@ class TraceCounter:
         self.root: Path | None = None
         self.instance: Path | None = None
         self._counts: dict[str, int] | None = None
+        self._free_buffer_fd: int | None = None
         self.lost = 0
+
+    def _hold_free_buffer(self) -> None:
+        """Keep instance/free_buffer open: the kernel frees the buffer (and stops tracing)
+        when it is closed, which process exit does however the process ends; an open file
+        also makes rmdir fail with EBUSY, so no other harness can remove a live instance."""
+        assert self.instance is not None
+        try:
+            (self.instance / "options" / "disable_on_free").write_text("1")
+        except OSError:
+            pass  # kernels without the option still free the buffer
+        try:
+            self._free_buffer_fd = os.open(self.instance / "free_buffer", os.O_WRONLY)
+        except OSError:
+            self._free_buffer_fd = None
 
     def __enter__(self) -> "TraceCounter":
         status = tracefs_status(self.events)
         if not status.usable:
             raise TracefsError(errno.ENOTSUP, f"tracefs not usable: {status.reason}")
         self.root = Path(status.path)  # type: ignore[arg-type]
-        name = f"kvmharness-{os.getpid()}-{next(_instance_ids)}"
-        self.instance = self.root / "instances" / name
-        self.instance.mkdir()
+        remove_stale_instances(self.root)
+        name = f"{INSTANCE_PREFIX}{os.getpid()}-{next(_instance_ids)}"
+        with signals_held():
+            # The cleanup is registered before the instance exists, and no signal can fall
+            # between mkdir and holding free_buffer open: from then on even SIGKILL leaves
+            # only an empty, stopped instance (closing free_buffer frees the ring buffer
+            # and, with disable_on_free, turns tracing off), which the next start removes.
+            self.instance = self.root / "instances" / name
+            with _live_lock:
+                _live[self.instance] = self
+            try:
+                self.instance.mkdir()
+                self._hold_free_buffer()
+            except BaseException:
+                self._teardown()
+                raise
         try:
             (self.instance / "buffer_size_kb").write_text(str(self.buffer_kb))
             if self.this_process_only:
@@ -174,18 +214,31 @@ class TraceCounter:
         return total
 
     def _teardown(self) -> None:
-        if self.instance is None:
-            return
-        for event in self.events:
+        # Signals held: a second Ctrl-C must not cut the removal short.
+        with signals_held():
+            instance, self.instance = self.instance, None
+            if instance is None:
+                return
             try:
-                (self.instance / "events" / event / "enable").write_text("0")
+                (instance / "tracing_on").write_text("0")
             except OSError:
                 pass
-        try:
-            self.instance.rmdir()
-        except OSError:
-            pass
-        self.instance = None
+            for event in self.events:
+                try:
+                    (instance / "events" / event / "enable").write_text("0")
+                except OSError:
+                    pass
+            if self._free_buffer_fd is not None:
+                os.close(self._free_buffer_fd)
+                self._free_buffer_fd = None
+            try:
+                instance.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                pass  # EBUSY: someone has a file of it open; the next start retries
+            with _live_lock:
+                _live.pop(instance, None)
 
     def __exit__(self, *exc: object) -> None:
         try:
@@ -193,3 +246,91 @@ class TraceCounter:
                 self.stop()
         finally:
             self._teardown()
+
+
+@atexit.register
+def _remove_live_instances() -> None:
+    with _live_lock:
+        counters = list(_live.values())
+    for counter in counters:
+        counter._teardown()
+
+
+def _pid_alive_since(pid: int, created: float) -> bool:
+    """Whether ``pid`` is a process that already existed at time ``created`` (a process
+    started later reused the number of the one that made the instance)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, someone else's
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # Field 22 (starttime, clock ticks since boot) counted after the ")" of comm.
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return True  # cannot tell: assume it is the owner
+    started = btime + start_ticks / os.sysconf("SC_CLK_TCK")
+    return started <= created + 2.0  # btime has whole-second resolution
+
+
+def remove_stale_instances(root: Path | str | None = None, *,
+                           err: TextIO | None = None, force: bool = False) -> list[str]:
+    """Remove the tracefs instances this harness made (``kvmharness-PID-N``) whose process
+    is gone: a killed run leaves its instance, which would hold 8 MiB per CPU and keep KVM
+    events enabled until reboot.  Done once per process (``force`` repeats it); what was
+    removed is said once on ``err`` (default stderr).  Returns the removed names."""
+    global _stale_checked
+    if _stale_checked and not force:
+        return []
+    _stale_checked = True
+    if root is None:
+        try:
+            root = find_tracefs(mount=False)
+        except TracefsError:
+            return []  # not mounted or not ours to change: nothing we could have left
+    instances = Path(root) / "instances"  # type: ignore[arg-type]
+    try:
+        names = sorted(os.listdir(instances))
+    except OSError:
+        return []
+    removed: list[str] = []
+    busy: list[str] = []
+    for name in names:
+        m = _INSTANCE_NAME.match(name)
+        if not m:
+            continue
+        path = instances / name
+        try:
+            created = path.stat().st_mtime
+        except OSError:
+            continue
+        if int(m.group(1)) == os.getpid() or _pid_alive_since(int(m.group(1)), created):
+            continue
+        with signals_held():
+            try:
+                (path / "tracing_on").write_text("0")
+            except OSError:
+                pass
+            try:
+                path.rmdir()
+            except FileNotFoundError:
+                continue  # another harness removed it first
+            except PermissionError:
+                return removed
+            except OSError:
+                busy.append(name)  # a file of it is open: possibly a live owner we cannot see
+                continue
+        removed.append(name)
+    out = err if err is not None else sys.stderr
+    if removed:
+        out.write(f"kvmharness: removed {len(removed)} tracefs instance"
+                  f"{'s' if len(removed) > 1 else ''} left by ended runs: "
+                  f"{', '.join(removed)}\n")
+    if busy:
+        out.write(f"kvmharness: tracefs instance{'s' if len(busy) > 1 else ''} "
+                  f"{', '.join(busy)} of ended runs still in use; not removed\n")
+    return removed

@@ -3,11 +3,16 @@
 Writes go to a temporary file in the same directory, are fsynced, then renamed over the
 target: a reader (or a Ctrl-C, or a crash) sees the previous complete file or the new
 complete file, never half of one.
+
+A result file is created exclusively (``create_result``): the complete first version is
+hard-linked to its name, which fails if the name exists, so two runs started in the same
+second with the same label never share a file; the later one gets ``-2``, ``-3``, ...
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 import re
@@ -21,8 +26,8 @@ from kvmharness.results.validate import ResultFormatError, parse_result
 DEFAULT_DIR = Path("results")
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    path = Path(path)
+def _write_temp(path: Path, data: Any) -> str:
+    """A complete, fsynced copy of ``data`` in a temp file next to ``path``; its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # allow_nan=False: NaN/Infinity are not JSON and other tools would reject the file.
     text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
@@ -34,14 +39,63 @@ def atomic_write_json(path: Path, data: Any) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         # BaseException: a Ctrl-C during the write must not leave the temp file behind.
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _unlink_quietly(tmp)
         raise
+    return tmp
+
+
+def _unlink_quietly(name: str) -> None:
+    try:
+        os.unlink(name)
+    except FileNotFoundError:
+        pass
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    path = Path(path)
+    tmp = _write_temp(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    _fsync_dir(path)
+
+
+def create_json_exclusive(path: Path, data: Any, *, max_tries: int = 1000) -> Path:
+    """Write ``data`` to ``path`` if no file has that name, else to ``<stem>-2<suffix>``,
+    ``-3``, ...: never over an existing file, even one another process creates at the same
+    moment.  Returns the name used.  Later versions go through ``atomic_write_json``."""
+    path = Path(path)
+    tmp = _write_temp(path, data)
+    try:
+        for n in range(1, max_tries + 1):
+            candidate = path if n == 1 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+            try:
+                os.link(tmp, candidate)  # atomic, fails if the name exists; content complete
+            except FileExistsError:
+                continue
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise
+                # A file system without hard links: claim the name with O_EXCL, then
+                # rename the complete copy over it.
+                try:
+                    os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                except FileExistsError:
+                    continue
+                os.replace(tmp, candidate)
+            _fsync_dir(candidate)
+            return candidate
+        raise FileExistsError(errno.EEXIST, f"{max_tries} result files named like this "
+                              "already exist", str(path))
+    finally:
+        _unlink_quietly(tmp)
+
+
+def _fsync_dir(path: Path) -> None:
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)
     except OSError:
@@ -55,7 +109,14 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 
 def write_result(path: Path, result: ResultFile) -> None:
+    """Replace ``path`` (a file ``create_result`` made) with the new version of ``result``."""
     atomic_write_json(path, result.to_json())
+
+
+def create_result(path: Path, result: ResultFile) -> Path:
+    """Create a new result file at ``path`` or, if that name is taken, at ``path`` with
+    ``-2``, ``-3``... added; returns the name used."""
+    return create_json_exclusive(path, result.to_json())
 
 
 def load_result(path: Path | str) -> ResultFile:

@@ -1,0 +1,115 @@
+"""Ending a run on a signal, and holding signals off around steps that must not be cut.
+
+``interrupts_raise()`` makes SIGTERM and SIGHUP end a run the way Ctrl-C does: they raise
+``Interrupted`` (a KeyboardInterrupt), so the same cleanup runs, and ``last_signal()``
+tells the caller which signal it was (exit status 128 + signal).
+
+``signals_held()`` defers SIGINT/SIGTERM/SIGHUP for the duration of a block: creating or
+removing kernel state (a tracefs instance) or writing the final result file.  A signal
+that arrives meanwhile is delivered when the block ends, so it is never lost either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from types import FrameType
+from typing import Any, Iterator
+
+HELD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+ENDING = (signal.SIGTERM, signal.SIGHUP)
+
+_last: int | None = None
+_held = threading.local()  # .depth: this thread's nesting of signals_held
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run ended by SIGTERM or SIGHUP; ``signum`` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def last_signal() -> int | None:
+    """The most recent of SIGINT/SIGTERM/SIGHUP that ``interrupts_raise`` saw, if any."""
+    return _last
+
+
+def exit_status(default: int = 128 + signal.SIGINT) -> int:
+    """128 + the signal that ended the run (the shell's convention), else ``default``."""
+    return 128 + _last if _last is not None else default
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    global _last
+    _last = signum
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def interrupts_raise() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise ``Interrupted``; SIGINT, unless ignored (a shell's ``cmd &``
+    ignores it, and so do we then), raises KeyboardInterrupt as usual.  Main thread only;
+    elsewhere (signal handlers cannot be set there) this does nothing."""
+    global _last
+    _last = None
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old: dict[signal.Signals, Any] = {}
+    for s in HELD:
+        current = signal.getsignal(s)
+        if s == signal.SIGINT and current is signal.SIG_IGN:
+            continue
+        old[s] = signal.signal(s, _raise_interrupt)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Defer SIGINT, SIGTERM and SIGHUP until the block ends, then deliver them.
+
+    Blocking them (pthread_sigmask) in this thread is not enough in a threaded process: the
+    kernel hands a process signal to any thread that does not block it, and CPython then
+    runs the Python handler in the main thread at its next bytecode.  So in the main thread
+    the handlers are also swapped for one that only records the signal.  Nested blocks
+    share the outermost one."""
+    depth = getattr(_held, "depth", 0)
+    if depth:
+        yield
+        return
+    main = threading.current_thread() is threading.main_thread()
+    pending: list[int] = []
+
+    def record(signum: int, frame: FrameType | None) -> None:
+        pending.append(signum)
+
+    _held.depth = 1
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+    old: dict[signal.Signals, Any] = {}
+    try:
+        if main:
+            for s in HELD:
+                current = signal.getsignal(s)
+                if current in (signal.SIG_IGN, signal.SIG_DFL, None):
+                    continue  # nothing of ours runs on it (SIG_DFL: the block above holds it)
+                old[s] = signal.signal(s, record)
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        _held.depth = 0
+        # Signals that arrived while blocked are delivered here, to the restored handlers.
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for n in dict.fromkeys(pending):
+            handler = old.get(signal.Signals(n))
+            if callable(handler):
+                handler(n, None)
