@@ -95,6 +95,7 @@ def scenario_calls(args: argparse.Namespace, specs: dict[str, ScenarioSpec]) -> 
             options += ["--iterations", str(args.iterations)]
         if args.warmup is not None:
             options += ["--warmup", str(args.warmup)]
+        options += common.per_boot_options(args, len(dict.fromkeys(args.scenarios)))
         calls.append(ScenarioCall(name, tuple(options)))
     stray = [k for k, _ in args.param if k not in used_params]
     stray += [k for k, _ in args.variant if k not in used_axes]

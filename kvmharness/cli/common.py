@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kvmharness.observe import fingerprint
+from kvmharness.observe import fingerprint, pinning
+from kvmharness.results import precision
 from kvmharness.results.session import DEFAULT_REPEAT, QUICK_REPEAT, SessionPlan
 from kvmharness.scenarios.base import ScenarioSpec
 
@@ -90,7 +91,74 @@ def scenario_options(*, per_boot: bool) -> argparse.ArgumentParser:
                    help="measured iterations per run (default: the scenario's)")
     g.add_argument("--warmup", type=non_negative, metavar="W",
                    help="discarded iterations per run (default: the scenario's)")
+    where = " inside each boot" if per_boot else ""
+    g.add_argument("--pin", metavar="SPEC",
+                   help=f"CPUs for the vCPU threads, memslot togglers and main thread{where}, "
+                   "recorded per run: 'auto' (main and togglers on the first usable CPU, "
+                   "vCPUs on the others), a CPU list for everything ('1', '0-3'), or "
+                   "'vcpus=1,togglers=0,main=0'")
+    g.add_argument("--until-ci", type=until_ci_percent, metavar="PCT",
+                   help=f"keep adding rounds of runs (one per variant){where} until the 95%% "
+                   "CI of every headline metric's median is within +-PCT of it, or "
+                   f"--max-time is up (at least {precision.MIN_RUNS} runs per variant; "
+                   "--repeat raises that minimum).  The rule looks only at how precise "
+                   "each median is, never at whether variants or kernels differ, so "
+                   "stopping cannot bias the comparison's p-values")
+    g.add_argument("--max-time", type=seconds, metavar="S",
+                   help=f"with --until-ci: start no round that would end after S seconds"
+                   f"{' per scenario in each boot' if per_boot else ''} (default "
+                   f"{precision.DEFAULT_MAX_TIME_S:g})")
     return p
+
+
+def until_ci_percent(text: str) -> float:
+    try:
+        return precision.parse_percent(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
+
+
+def until_ci_rule(args: argparse.Namespace) -> precision.UntilCi | None:
+    """The --until-ci/--max-time rule of ``args`` (None without --until-ci)."""
+    target, max_time = getattr(args, "until_ci", None), getattr(args, "max_time", None)
+    if target is None:
+        if max_time is not None:
+            raise ValueError("--max-time applies only with --until-ci")
+        return None
+    return precision.UntilCi(target, max_time or precision.DEFAULT_MAX_TIME_S)
+
+
+def per_boot_options(args: argparse.Namespace, scenarios: int = 1) -> list[str]:
+    """``ab``: the --pin/--until-ci/--max-time options passed on to the ``run`` inside each
+    boot.  The pin spec's CPUs are checked there, against the boot's own CPUs (here only
+    its form, and its CPUs against --cpus when given).  Raises ValueError."""
+    options: list[str] = []
+    if args.pin is not None:
+        cpus = getattr(args, "cpus", None)
+        if cpus:
+            pinning.parse(args.pin, allowed=range(cpus), siblings=())
+        else:
+            pinning.check_syntax(args.pin)
+        options += ["--pin", args.pin]
+    rule = until_ci_rule(args)
+    if rule is not None:
+        options += ["--until-ci", f"{rule.target * 100:g}", "--max-time", f"{rule.max_time_s:g}"]
+        timeout = getattr(args, "timeout", None)
+        if timeout is not None and rule.max_time_s * scenarios >= timeout:
+            raise ValueError(f"--max-time {rule.max_time_s:g} s for each of {scenarios} "
+                             f"scenario(s) does not fit in a boot's --timeout of {timeout} s: "
+                             "lower --max-time or raise --timeout")
+    return options
 
 
 def plan_from_args(spec: ScenarioSpec, args: argparse.Namespace, *,
@@ -102,4 +170,5 @@ def plan_from_args(spec: ScenarioSpec, args: argparse.Namespace, *,
     return SessionPlan.resolve(spec, params=dict(args.param), variants=selected,
                                quick=args.quick, repeat=args.repeat,
                                iterations=args.iterations, warmup=args.warmup,
-                               label=label)
+                               label=label, pinning=getattr(args, "pin", None),
+                               until_ci=until_ci_rule(args))

@@ -8,6 +8,7 @@ from typing import Any, TextIO
 
 from kvmharness.cli import common
 from kvmharness.compare.tables import format_run_summary
+from kvmharness.results.precision import spread_line, spread_too_high
 from kvmharness.results.session import run_session
 from kvmharness.results.store import DEFAULT_DIR, default_result_path
 from kvmharness.scenarios import registry
@@ -59,6 +60,9 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(format_run_summary(result))
     for w in result.warnings:
         out.write(f"warning: {w}\n")
+    spread = spread_line(spread_too_high(result, spec.headline_metrics()))
+    if spread:
+        out.write(f"warning: {spread}\n")
     if len(result.variants) > 1 and result.ok_runs():
         out.write(f"A/B statistics: kvmharness compare {path}\n")
     if session.interrupted:
