@@ -43,6 +43,18 @@ static void hello_triple_fault(void)
 	__asm__ volatile("lidt %0; ud2" :: "m"(null_idt) : "memory");
 }
 
+/* A #PF that cannot be delivered: CR2 holds the address when the vCPU shuts down. */
+static void hello_triple_fault_pf(void)
+{
+	static const struct {
+		uint16_t limit;
+		uint64_t base;
+	} __attribute__((packed)) null_idt = { 0, 0 };
+
+	__asm__ volatile("lidt %0; movq (%1), %%rax" :: "m"(null_idt), "r"(hello_fault_addr)
+			 : "rax", "memory");
+}
+
 static uint64_t hello_sum_range(uint64_t lo, uint64_t hi)
 {
 	uint64_t i, sum = 0;
@@ -102,6 +114,17 @@ void guest_main(uint32_t vcpu, void *arg)
 		break;
 	case HELLO_BARRIER_SUM:
 		hello_barrier_sum(vcpu);
+		break;
+	case HELLO_GP_FAULT:
+		GUEST_SYNC(*(volatile uint64_t *)0x8000000000000000ULL);
+		break;
+	case HELLO_FAULT_TOGETHER:
+		/* Both vCPUs fault within a few instructions of each other. */
+		kh_barrier_wait();
+		GUEST_SYNC(*(volatile uint64_t *)(uintptr_t)(hello_fault_addr + vcpu * 4096ULL));
+		break;
+	case HELLO_TRIPLE_FAULT_PF:
+		hello_triple_fault_pf();
 		break;
 	case HELLO_READ_GPAS:
 		GUEST_ASSERT_LE(hello_read_count, HELLO_MAX_READS);

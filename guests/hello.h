@@ -17,6 +17,9 @@ enum hello_mode {
 	HELLO_TRIPLE_FAULT = 5,	/* lidt a null IDT, then ud2: KVM_EXIT_SHUTDOWN */
 	HELLO_BARRIER_SUM = 6,	/* per-vCPU sums into hello_result, vCPU 0 checks */
 	HELLO_READ_GPAS = 7,	/* hello_read_values[i] = *(u64 *)hello_read_gpas[i] */
+	HELLO_GP_FAULT = 8,	/* #GP: read a non-canonical address */
+	HELLO_FAULT_TOGETHER = 9, /* barrier, then vCPU v reads hello_fault_addr + v * 4096 */
+	HELLO_TRIPLE_FAULT_PF = 10, /* lidt a null IDT, read hello_fault_addr: shutdown */
 };
 
 /* Mode 0: second SYNC value, sum of 1..100 computed at run time. */

@@ -110,9 +110,8 @@ def _overlaps(a_start: int, a_end: int, b_start: int, b_end: int) -> bool:
 
 
 def _inside_segments(segments: Iterable[Segment], address: int, size: int) -> bool:
-    """[address, address + size) lies in one segment (a size-0 label may sit at its end)."""
-    return any(s.gpa <= address and address + size <= s.end and (size or address <= s.end)
-               for s in segments if s.memsz)
+    """[address, address + size) lies in one segment."""
+    return any(s.gpa <= address and address + size <= s.end for s in segments if s.memsz)
 
 
 def _merge(ranges: Iterable[GpaRange]) -> list[GpaRange]:
@@ -322,9 +321,11 @@ class GuestImage:
             if shndx == "SHN_UNDEF":
                 continue
             address, size = sym["st_value"], sym["st_size"]
-            # A symbol defined in a section is memory the host may read or write by name:
-            # it must be loaded.  Absolute symbols (linker-script values) are not addresses.
-            if shndx != "SHN_ABS" and not _inside_segments(segments, address, size):
+            # A sized symbol defined in a section is memory the host may read or write by
+            # name: it must be loaded.  Absolute symbols (linker-script values) are not
+            # addresses, and size-0 labels (_end) may mark an end; checked_address() checks
+            # those when they are used.
+            if shndx != "SHN_ABS" and size and not _inside_segments(segments, address, size):
                 raise fail(f"symbol {sym.name!r} [{address:#x}-{address + size:#x}) is not "
                            "inside any loaded segment")
             is_global = sym["st_info"]["bind"] != "STB_LOCAL"

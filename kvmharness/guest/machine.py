@@ -425,7 +425,8 @@ class Machine:
         peers = [r for r in self._runners if r is not runner]
         grace_end = time.monotonic() + PEER_REPORT_GRACE_S
         for other in peers:
-            other.finished.wait(max(0.0, grace_end - time.monotonic()))
+            if other.error is None:  # a failed peer is not waited for: it is waiting too
+                other.finished.wait(max(0.0, grace_end - time.monotonic()))
         for other in peers:
             other.vcpu.request_stop()
 
