@@ -3,45 +3,110 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Sequence, TextIO
 
 from kvmharness.cli import common
-from kvmharness.compare.build import CompareError, Settings, build_report
-from kvmharness.compare.tables import FORMATS, format_report
+from kvmharness.compare.build import (
+    AXIS_CHOICES,
+    CompareError,
+    Settings,
+    build_report,
+    build_sides_report,
+)
+from kvmharness.compare.gate import regressions
+from kvmharness.compare.tables import FORMATS, View, format_report
 from kvmharness.results.store import load_result
 from kvmharness.results.validate import ResultFormatError
 
 
+def percent(text: str) -> float:
+    """'5%' or '5' -> 0.05 (a regression limit; 0 flags any significant slowdown)."""
+    try:
+        value = float(text.rstrip("%")) / 100
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage, got {text!r}") from None
+    if not 0 <= value < 100:
+        raise argparse.ArgumentTypeError(f"expected 0..10000%, got {text!r}")
+    return value
+
+
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("compare", help="compare result files (labels or variants)")
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p = sub.add_parser("compare", help="compare result files (labels, variants, or explicit "
+                       "sides --a/--b)")
+    p.add_argument("files", nargs="*", type=Path, metavar="FILE")
+    p.add_argument("--a", nargs="+", type=Path, default=[], metavar="FILE",
+                   help="the baseline side: every run of these files")
+    p.add_argument("--b", nargs="+", type=Path, default=[], metavar="FILE",
+                   help="the other side (with --a)")
     p.add_argument("--format", choices=FORMATS, default="plain")
     p.add_argument("--alpha", type=common.alpha, default=0.05)
     p.add_argument("--min-change", type=common.fraction, default=0.01, metavar="PCT",
                    help="smallest |change| reported as significant (default 1%%)")
-    p.add_argument("--by", choices=("auto", "label", "variant", "file"), default="auto",
-                   help="what differs between A and B (default: labels if the files have "
-                   "several, else variants, else files)")
+    p.add_argument("--by", choices=AXIS_CHOICES, default="auto",
+                   help="what differs between the sides (default: labels if the files have "
+                   "several, else variants, else files; label+variant: each pair a side)")
+    p.add_argument("--pool", action="store_true",
+                   help="pool files into one side even when they differ in kernel, command "
+                   "line, module parameters, MMU mode or scenario parameters")
+    p.add_argument("--all-metrics", action="store_true",
+                   help="every metric (default: the scenario's headline metrics)")
+    p.add_argument("--detail", action="store_true",
+                   help="per-side statistics and the CI of each change")
+    p.add_argument("--show-setup", action="store_true",
+                   help="list every setup difference instead of grouped counts")
+    p.add_argument("--fail-on-regression", type=percent, metavar="PCT",
+                   help="exit 1 when a headline metric of B is significantly worse than A "
+                   "by more than PCT (e.g. 5%%), else 0: for CI and git bisect run")
     p.add_argument("--seed", type=int, default=Settings().seed,
                    help="bootstrap seed (same files + seed = same output)")
-    p.set_defaults(handler=lambda args, argv, out, err: cmd_compare(args, out, err))
+    p.set_defaults(handler=cmd_compare)
 
 
-def cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def gate(report: Any, threshold: float | None, err: TextIO, prog: str) -> int:
+    """0, or 1 with one stderr line per regression (shared with ``kvmharness ab``)."""
+    if threshold is None:
+        return 0
+    found = regressions(report, threshold)
+    for line in found:
+        err.write(f"{prog}: regression: {line}\n")
+    return common.EXIT_FAILED if found else 0
+
+
+def cmd_compare(args: argparse.Namespace, argv: Sequence[str], out: TextIO,
+                err: TextIO) -> int:
+    if bool(args.a) != bool(args.b) or (args.a and args.files):
+        err.write("kvmharness compare: give FILE... or both --a FILE... and --b FILE...\n")
+        return common.EXIT_USAGE
+    if not args.a and not args.files:
+        err.write("kvmharness compare: no result files given\n")
+        return common.EXIT_USAGE
+    settings = Settings(alpha=args.alpha, min_change=args.min_change, seed=args.seed,
+                        all_metrics=args.all_metrics, pool=args.pool)
+    command = shlex.join(["kvmharness", *argv])
     try:
-        files = [load_result(p) for p in args.files]
-        report = build_report(files, by=args.by,
-                              settings=Settings(alpha=args.alpha, min_change=args.min_change,
-                                                seed=args.seed))
+        if args.a:
+            report = build_sides_report([load_result(p) for p in args.a],
+                                        [load_result(p) for p in args.b],
+                                        settings=settings, command=command)
+        else:
+            report = build_report([load_result(p) for p in args.files], by=args.by,
+                                  settings=settings, command=command)
     except (ResultFormatError, CompareError) as e:
         err.write(f"kvmharness compare: {e}\n")
         return common.EXIT_FAILED
-    out.write(format_report(report, args.format))
+    except OSError as e:
+        err.write(f"kvmharness compare: {e}\n")
+        return common.EXIT_FAILED
+    out.write(format_report(report, args.format,
+                            View(detail=args.detail, show_setup=args.show_setup)))
+    for note in report.notes:
+        err.write(f"warning: {note}\n")
     if args.format == "csv":
         # CSV stays machine-readable; the caveats still reach the person running it.
         for c in report.comparisons:
             for line in (*c.differences, *c.warnings):
                 err.write(f"warning: {c.scenario} ({c.context}) {c.a.name} vs {c.b.name}: "
                           f"{line}\n")
-    return 0
+    return gate(report, args.fail_on_regression, err, "kvmharness compare")

@@ -1,24 +1,39 @@
 """Deciding what to compare with what, and computing every row.
 
-Files are grouped by scenario.  Within a scenario the compared axis is, unless asked:
+Files are grouped by scenario (one section each).  Within a scenario the compared axis is,
+unless asked:
   - label, when the files carry more than one label (kernel A vs kernel B), per variant;
   - variant, when one label holds several variants (zap=all vs zap=slot), per label;
   - file, when neither differs but there are several files (two runs of one setup).
-The first value seen on the axis is A (the baseline); every other value is a B.
+``label+variant`` makes each (label, variant) pair a side (6.1 zap=all vs 6.12 zap=slot);
+``build_sides_report`` takes the two sides as explicit file lists.  The first side seen is
+A (the baseline); every other one is a B.
+
+A side pools the runs of its files only when the files agree on what decides KVM's
+behaviour (kernel, command line, module parameters, MMU mode, scenario parameters);
+otherwise the build is refused with the differing key named, unless ``Settings.pool``.
+The same run given twice (the same file twice, or a copy) counts once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Mapping, Sequence
+import functools
+import hashlib
+import json
+import re
+from typing import Any, Literal, Mapping, Sequence
 
 from kvmharness.compare import stats
 from kvmharness.compare import warnings as warn
 from kvmharness.results.model import ResultFile, RunRecord, variant_text
 from kvmharness.scenarios.base import Direction
 
-Axis = Literal["label", "variant", "file"]
-AxisChoice = Literal["auto", "label", "variant", "file"]
+Axis = Literal["label", "variant", "file", "label+variant", "sides"]
+AxisChoice = Literal["auto", "label", "variant", "file", "label+variant"]
+AXIS_CHOICES: tuple[str, ...] = ("auto", "label", "variant", "file", "label+variant")
+SIZE_SLOT = "<size>"  # a headline family ``create@<size>`` names every size of ``create``
+CORRECTION = "Holm"
 
 
 class CompareError(ValueError):
@@ -32,6 +47,11 @@ class Settings:
     confidence: float = stats.DEFAULT_CONFIDENCE
     seed: int = stats.DEFAULT_SEED
     resamples: int = stats.DEFAULT_BOOTSTRAP_RESAMPLES
+    # Every metric is a row (and a test); default: the scenario's headline metrics only.
+    all_metrics: bool = False
+    # Pool files that differ in kernel, command line, module parameters, MMU mode or
+    # scenario parameters into one side (refused otherwise).
+    pool: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,10 +75,55 @@ class MetricRow:
     test: stats.MannWhitney | None
     change: stats.Change
     significant: bool
+    # The p-value after the report's multiple-comparison correction (Report sets it).
+    p_adj: float | None = None
 
     @property
     def p(self) -> float | None:
         return self.test.p if self.test else None
+
+
+_EVIDENCE = re.compile(r"(\d+) kvm_mmu_zap_all_fast events over (\d+) memslot")
+
+
+@dataclasses.dataclass(frozen=True)
+class ZapSummary:
+    """Which zap path a side's runs took (``effective.zap_path``) and the evidence summed
+    over them: zap-all events against memslot deletes/moves."""
+
+    paths: tuple[tuple[str, int], ...]  # (path, runs) most frequent first
+    fast: int
+    deletes: int
+
+    @property
+    def path(self) -> str:
+        if len(self.paths) == 1:
+            return self.paths[0][0]
+        return "mixed " + ",".join(f"{p}x{n}" for p, n in self.paths)
+
+    def text(self, long: bool = True) -> str:
+        if not self.deletes:
+            return self.path
+        tail = " deletes zapped all" if long else ""
+        return f"{self.path} ({self.fast}/{self.deletes}{tail})"
+
+
+def zap_summary(runs: Sequence[RunRecord]) -> ZapSummary | None:
+    counts: dict[str, int] = {}
+    fast = deletes = 0
+    for r in runs:
+        path = r.effective.get("zap_path")
+        if not isinstance(path, str):
+            continue
+        counts[path] = counts.get(path, 0) + 1
+        m = _EVIDENCE.search(str(r.effective.get("zap_evidence", "")))
+        if m:
+            fast += int(m.group(1))
+            deletes += int(m.group(2))
+    if not counts:
+        return None
+    paths = tuple(sorted(counts.items(), key=lambda kv: -kv[1]))
+    return ZapSummary(paths, fast, deletes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,29 +136,112 @@ class Comparison:
     rows: tuple[MetricRow, ...]
     differences: tuple[str, ...]  # setup differences other than the compared axis
     warnings: tuple[str, ...]
+    headline: tuple[str, ...] = ()  # the concrete metric names that are headline
+    zap: tuple[ZapSummary | None, ZapSummary | None] = (None, None)
+    # Metrics this backend does not count (all zero on a PVM side): not rows.
+    uncounted: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class Report:
     comparisons: tuple[Comparison, ...]
     settings: Settings
+    notes: tuple[str, ...] = ()  # about the input as a whole (runs given twice, pooling)
+    command: str = ""  # the command line that produced it, for the cover letter
+
+    def __post_init__(self) -> None:
+        # Holm over every test of the report: the marks use the adjusted p.  Reports that
+        # `ab` assembles from several builds are corrected over all of their tests.
+        tested = [(ci, ri) for ci, c in enumerate(self.comparisons)
+                  for ri, r in enumerate(c.rows) if r.test is not None]
+        adjusted = stats.holm([self.comparisons[ci].rows[ri].test.p  # type: ignore[union-attr]
+                               for ci, ri in tested])
+        new_rows = [list(c.rows) for c in self.comparisons]
+        s = self.settings
+        for (ci, ri), p in zip(tested, adjusted, strict=True):
+            row = new_rows[ci][ri]
+            new_rows[ci][ri] = dataclasses.replace(
+                row, p_adj=p, significant=stats.is_significant(
+                    p, row.change, alpha=s.alpha, min_change=s.min_change))
+        object.__setattr__(self, "comparisons", tuple(
+            dataclasses.replace(c, rows=tuple(rows))
+            for c, rows in zip(self.comparisons, new_rows, strict=True)))
 
     @property
     def tests(self) -> int:
         return sum(1 for c in self.comparisons for r in c.rows if r.test is not None)
 
 
+# --- metrics -----------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _registry() -> dict[str, Any]:
+    try:
+        from kvmharness.scenarios.registry import all_scenarios
+        return dict(all_scenarios())
+    except Exception:  # a broken scenario module must not stop a comparison of files
+        return {}
+
+
+def _current_direction(scenario: str, metric: str) -> Direction | None:
+    spec = _registry().get(scenario)
+    if spec is None:
+        return None
+    try:
+        return spec.metric(metric).direction  # type: ignore[no-any-return]
+    except KeyError:
+        return None
+
+
 def _metric_order(files: Sequence[ResultFile]) -> list[tuple[str, str, Direction]]:
-    """Declared metrics first (declaration order), then any extra ones that runs carry."""
+    """Declared metrics first (declaration order), then any extra ones that runs carry.
+    Directions come from the current scenario spec when it knows the metric (a file
+    written before a direction was corrected must not be read the old way)."""
     seen: dict[str, tuple[str, Direction]] = {}
     for f in files:
         for m in f.scenario.get("metrics", []):
-            seen.setdefault(m["name"], (m["unit"], m["direction"]))
+            if SIZE_SLOT not in m["name"]:
+                seen.setdefault(m["name"], (m["unit"], m["direction"]))
     for f in files:
         for r in f.runs:
             for name, s in r.samples.items():
                 seen.setdefault(name, (s.unit, s.direction))
-    return [(name, unit, d) for name, (unit, d) in seen.items()]
+    scenario = files[0].scenario_name if files else ""
+    return [(name, unit, _current_direction(scenario, name) or d)
+            for name, (unit, d) in seen.items()]
+
+
+def headline_names(files: Sequence[ResultFile]) -> tuple[str, ...] | None:
+    """The scenario's headline metrics: as the files declare them, else as the current
+    spec of that name declares them, else None (every metric)."""
+    for f in files:
+        declared = f.scenario.get("headline")
+        if declared:
+            return tuple(declared)
+    spec = _registry().get(files[0].scenario_name) if files else None
+    if spec is not None and spec.headline:
+        return tuple(spec.headline)
+    return None
+
+
+def expand_headline(names: Sequence[str] | None,
+                    metrics: Sequence[tuple[str, str, Direction]]) -> list[str]:
+    """Concrete metric names in headline order; a family ``op@<size>`` names every size."""
+    all_names = [m for m, _, _ in metrics]
+    if not names:
+        return all_names
+    out: list[str] = []
+    for h in names:
+        family, sep, size = h.partition("@")
+        if sep and size == SIZE_SLOT:
+            out += [m for m in all_names if m.partition("@")[0] == family and "@" in m]
+        elif h in all_names:
+            out.append(h)
+    return list(dict.fromkeys(out))
+
+
+# --- rows ----------------------------------------------------------------------------------
 
 
 def _row(metric: str, unit: str, direction: Direction, a: Side, b: Side,
@@ -112,29 +260,163 @@ def _values(side: Side, metric: str) -> list[float]:
     return [v for r in side.ok_runs if (v := r.value(metric)) is not None]
 
 
+def _is_pvm(side: Side) -> bool:
+    return any(str(f.environment.get("backend", {}).get("kind", "")).lower() == "pvm"
+               for f in side.files)
+
+
+def _uncounted(metric: str, a: Side, b: Side) -> bool:
+    """A counter the backend does not count: every run of both sides reads 0, and a side
+    runs on PVM (which counts no pf_fixed); elsewhere a 0 is data (zap=slot refaults)."""
+    if not (_is_pvm(a) or _is_pvm(b)):
+        return False
+    values = _values(a, metric) + _values(b, metric)
+    return bool(values) and all(v == 0 for v in values)
+
+
 def compare_sides(scenario: str, axis: Axis, context: str, a: Side, b: Side,
                   metrics: Sequence[tuple[str, str, Direction]],
-                  settings: Settings) -> Comparison:
-    rows = tuple(_row(m, u, d, a, b, settings) for m, u, d in metrics)
+                  settings: Settings, headline: Sequence[str] | None = None) -> Comparison:
+    shown_names = expand_headline(headline, metrics)
+    names = [m for m, _, _ in metrics] if settings.all_metrics else shown_names
+    by_name = {m: (u, d) for m, u, d in metrics}
+    rows: list[MetricRow] = []
+    uncounted: list[str] = []
+    for m in names:
+        unit, direction = by_name[m]
+        if not _values(a, m) and not _values(b, m):
+            continue  # no runs on either side: never a row
+        if _uncounted(m, a, b):
+            uncounted.append(m)
+            continue
+        rows.append(_row(m, unit, direction, a, b, settings))
     diffs: list[str] = []
     if a.files and b.files and a.files[0] is not b.files[0]:
         diffs = warn.setup_differences(a.files[0], b.files[0])
     notes: list[str] = []
+    shown = {r.metric for r in rows}
     for label, side in (("A", a), ("B", b)):
-        for other in side.files[1:]:
-            notes += [f"{label}: files differ among themselves: {d}"
-                      for d in warn.setup_differences(side.files[0], other)]
         notes += warn.file_status_warnings(label, side.files)
         notes += warn.run_record_warnings(label, side.runs)
         if not side.ok_runs:
             notes.append(f"{label} ({side.name}): no completed runs")
-        values = {m: _values(side, m) for m, _, _ in metrics}
+        values = {m: _values(side, m) for m in shown}
         summaries = {row.metric: (row.a if label == "A" else row.b) for row in rows}
         notes += warn.side_warnings(label, values, summaries)
         notes += warn.noise_warnings(label, side.ok_runs)
     notes += warn.frequency_between_sides(a.ok_runs, b.ok_runs)
     notes += warn.power_warning(len(a.ok_runs), len(b.ok_runs), settings.alpha)
-    return Comparison(scenario, axis, context, a, b, rows, tuple(diffs), tuple(notes))
+    return Comparison(scenario, axis, context, a, b, tuple(rows), tuple(diffs), tuple(notes),
+                      headline=tuple(shown_names),
+                      zap=(zap_summary(a.ok_runs), zap_summary(b.ok_runs)),
+                      uncounted=tuple(uncounted))
+
+
+# --- input: identity, pooling -------------------------------------------------------------
+
+
+def run_identity(run: RunRecord) -> str:
+    """A run is the same run when its record is the same (start time, samples, counters,
+    noise): a copied or twice-given file yields the same identities."""
+    text = json.dumps(run.to_json(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def dedupe(files: Sequence[ResultFile]) -> tuple[list[ResultFile | None], list[str]]:
+    """Each run counted once: a file whose runs were all seen is dropped (None in its
+    place), repeated runs of a partly overlapping file are left out; one warning each."""
+    seen: dict[str, str] = {}
+    out: list[ResultFile | None] = []
+    notes: list[str] = []
+    for i, f in enumerate(files):
+        name = f.source or f"file {i + 1}"
+        key_prefix = f"{f.scenario_name}|"
+        keep: list[RunRecord] = []
+        repeated_from: list[str] = []
+        for r in f.runs:
+            key = key_prefix + run_identity(r)
+            if key in seen:
+                repeated_from.append(seen[key])
+            else:
+                seen[key] = name
+                keep.append(r)
+        if not repeated_from:
+            out.append(f)
+            continue
+        origin = ", ".join(dict.fromkeys(repeated_from))
+        if not keep:
+            notes.append(f"{name}: the same runs as {origin} (the same file given twice, "
+                         "or a copy): counted once")
+            out.append(None)
+            continue
+        notes.append(f"{name}: {len(repeated_from)} runs also in {origin}: counted once")
+        out.append(dataclasses.replace(f, runs=keep))
+    return out, notes
+
+
+def _identity_keys(f: ResultFile) -> dict[str, str]:
+    env = f.environment
+    keys = {
+        "kernel.release": env.get("kernel", {}).get("release"),
+        "kernel.version": env.get("kernel", {}).get("version"),
+        "kernel.cmdline": env.get("kernel", {}).get("cmdline"),
+        "kvm_mmu.mode": env.get("kvm_mmu", {}).get("mode") if isinstance(
+            env.get("kvm_mmu"), Mapping) else None,
+    }
+    out = {k: json.dumps(v, sort_keys=True) for k, v in keys.items() if v is not None}
+    out.update(warn.flatten(env.get("kvm_modules", {}), "kvm_modules"))
+    out.update(warn.flatten(f.parameters, "parameters"))
+    out["quick"] = json.dumps(f.quick)
+    return out
+
+
+def pool_conflicts(files: Sequence[ResultFile]) -> list[str]:
+    """'KEY: A_FILE has X, B_FILE has Y' for every identity key the files disagree on."""
+    if len(files) < 2:
+        return []
+    first = _identity_keys(files[0])
+    out: list[str] = []
+    for f in files[1:]:
+        other = _identity_keys(f)
+        for key in sorted(first.keys() | other.keys()):
+            va, vb = first.get(key, "(absent)"), other.get(key, "(absent)")
+            if va != vb:
+                sa, sb = warn._short_pair(va, vb)
+                out.append(f"{key}: {files[0].source or files[0].label} has {sa}, "
+                           f"{f.source or f.label} has {sb}")
+    return out
+
+
+def _check_pool(tag: str, name: str, files: Sequence[ResultFile], settings: Settings,
+                notes: list[str]) -> None:
+    conflicts = pool_conflicts(files)
+    if not conflicts:
+        return
+    if not settings.pool:
+        more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+        raise CompareError(
+            f"side {tag} ({name}) pools files that differ in {conflicts[0]}{more}; "
+            "compare them as separate sides (--a/--b, or different labels), or give "
+            "--pool to pool them anyway")
+    notes.append(f"{tag} ({name}) pools files that differ ({len(conflicts)} keys, "
+                 f"--pool): {conflicts[0]}")
+
+
+def _check_units(scenario: str, files: Sequence[ResultFile]) -> None:
+    """One metric, one unit across every file compared (a ms run next to a us run would
+    compare numbers of different things)."""
+    units: dict[str, tuple[str, str]] = {}
+    for f in files:
+        for r in f.runs:
+            for name, s in r.samples.items():
+                prev = units.setdefault(name, (s.unit, f.source))
+                if prev[0] != s.unit:
+                    raise CompareError(
+                        f"{scenario}: metric {name!r} is in {prev[0]!r} in {prev[1]} but "
+                        f"in {s.unit!r} in {f.source} (run {r.index + 1})")
+
+
+# --- building -----------------------------------------------------------------------------
 
 
 def _variants_in(files: Sequence[ResultFile]) -> list[dict[str, str]]:
@@ -171,49 +453,115 @@ def _file_names(files: Sequence[ResultFile]) -> list[str]:
     return names
 
 
-def build_report(files: Sequence[ResultFile], *, by: AxisChoice = "auto",
-                 settings: Settings = Settings()) -> Report:
-    if not files:
-        raise CompareError("no result files given")
+def _scenario_comparisons(scenario: str, group: Sequence[ResultFile], by: AxisChoice,
+                          settings: Settings, notes: list[str]) -> list[Comparison]:
+    _check_units(scenario, group)
+    variants = _variants_in(group) or [{}]
+    axis: Axis = _pick_axis(group, variants) if by == "auto" else by
+    metrics = _metric_order(group)
+    headline = headline_names(group)
+    out: list[Comparison] = []
+
+    def add(context: str, a: Side, b: Side) -> None:
+        out.append(compare_sides(scenario, axis, context, a, b, metrics, settings, headline))
+
+    labels = list(dict.fromkeys(f.label for f in group))
+    by_label = {lb: [f for f in group if f.label == lb] for lb in labels}
+    if axis in ("label", "variant", "label+variant"):
+        for lb in labels:
+            _check_pool("side", lb, by_label[lb], settings, notes)
+    if axis == "label":
+        if len(labels) < 2:
+            raise CompareError(f"{scenario}: all files have label {labels[0]!r}")
+        for v in variants:
+            a = _side(labels[0], by_label[labels[0]], v)
+            for other in labels[1:]:
+                add(variant_text(v), a, _side(other, by_label[other], v))
+    elif axis == "variant":
+        if len(variants) < 2:
+            raise CompareError(f"{scenario}: only variant {variant_text(variants[0])} "
+                               "was run")
+        for lb in labels:
+            a = _side(variant_text(variants[0]), by_label[lb], variants[0])
+            for v in variants[1:]:
+                add(f"label {lb}", a, _side(variant_text(v), by_label[lb], v))
+    elif axis == "label+variant":
+        pairs = [(lb, v) for lb in labels for v in variants
+                 if any(r.variant == v for f in by_label[lb] for r in f.runs)]
+        if len(pairs) < 2:
+            raise CompareError(f"{scenario}: only one label and variant: nothing to compare")
+        sides = [_side(f"{lb} {variant_text(v)}", by_label[lb], v) for lb, v in pairs]
+        for b in sides[1:]:
+            add("label and variant", sides[0], b)
+    else:
+        if len(group) < 2:
+            raise CompareError(f"{scenario}: comparing files needs at least two")
+        names = _file_names(group)
+        for v in variants:
+            a = _side(names[0], group[:1], v)
+            for name, f in zip(names[1:], group[1:], strict=True):
+                add(variant_text(v), a, _side(name, [f], v))
+    return out
+
+
+def _by_scenario(files: Sequence[ResultFile]) -> dict[str, list[ResultFile]]:
     scenarios: dict[str, list[ResultFile]] = {}
     for f in files:
         scenarios.setdefault(f.scenario_name, []).append(f)
+    return scenarios
+
+
+def build_report(files: Sequence[ResultFile], *, by: AxisChoice = "auto",
+                 settings: Settings = Settings(), command: str = "") -> Report:
+    if not files:
+        raise CompareError("no result files given")
+    kept, notes = dedupe(files)
     comparisons: list[Comparison] = []
-    for scenario, group in scenarios.items():
-        variants = _variants_in(group) or [{}]
-        axis: Axis = _pick_axis(group, variants) if by == "auto" else by
-        metrics = _metric_order(group)
-        if axis == "label":
-            labels = list(dict.fromkeys(f.label for f in group))
-            if len(labels) < 2:
-                raise CompareError(f"{scenario}: all files have label {labels[0]!r}")
-            by_label = {lb: [f for f in group if f.label == lb] for lb in labels}
-            for v in variants:
-                a = _side(labels[0], by_label[labels[0]], v)
-                for other in labels[1:]:
-                    b = _side(other, by_label[other], v)
-                    comparisons.append(compare_sides(scenario, axis, variant_text(v), a, b,
-                                                     metrics, settings))
-        elif axis == "variant":
-            if len(variants) < 2:
-                raise CompareError(f"{scenario}: only variant {variant_text(variants[0])} "
-                                   "was run")
-            labels = list(dict.fromkeys(f.label for f in group))
-            for lb in labels:
-                mine = [f for f in group if f.label == lb]
-                a = _side(variant_text(variants[0]), mine, variants[0])
-                for v in variants[1:]:
-                    b = _side(variant_text(v), mine, v)
-                    comparisons.append(compare_sides(scenario, axis, f"label {lb}", a, b,
-                                                     metrics, settings))
+    for scenario, group in _by_scenario([f for f in kept if f is not None]).items():
+        comparisons += _scenario_comparisons(scenario, group, by, settings, notes)
+    return Report(tuple(comparisons), settings, tuple(notes), command)
+
+
+def _side_name(files: Sequence[ResultFile], other: Sequence[ResultFile], tag: str) -> str:
+    labels = list(dict.fromkeys(f.label for f in files))
+    other_labels = set(f.label for f in other)
+    if len(labels) == 1 and labels[0] not in other_labels:
+        return labels[0]
+    return tag
+
+
+def build_sides_report(a_files: Sequence[ResultFile], b_files: Sequence[ResultFile], *,
+                       settings: Settings = Settings(), command: str = "") -> Report:
+    """A is every run of ``a_files``, B every run of ``b_files`` (per scenario).  Sides with
+    the same variants are compared per variant; a side of one variant against a side of
+    another (6.1 zap=all vs 6.12 zap=slot) is one comparison."""
+    if not a_files or not b_files:
+        raise CompareError("--a and --b each need at least one result file")
+    kept, notes = dedupe([*a_files, *b_files])
+    a_kept = [f for f in kept[:len(a_files)] if f is not None]
+    b_kept = [f for f in kept[len(a_files):] if f is not None]
+    comparisons: list[Comparison] = []
+    sa, sb = _by_scenario(a_kept), _by_scenario(b_kept)
+    for scenario in dict.fromkeys([*sa, *sb]):
+        fa, fb = sa.get(scenario, []), sb.get(scenario, [])
+        if not fa or not fb:
+            notes.append(f"{scenario}: only on side {'A' if fa else 'B'}: not compared")
+            continue
+        _check_units(scenario, [*fa, *fb])
+        name_a, name_b = _side_name(fa, fb, "A"), _side_name(fb, fa, "B")
+        _check_pool("A", name_a, fa, settings, notes)
+        _check_pool("B", name_b, fb, settings, notes)
+        metrics = _metric_order([*fa, *fb])
+        headline = headline_names([*fa, *fb])
+        va, vb = _variants_in(fa) or [{}], _variants_in(fb) or [{}]
+        if len(va) == 1 and len(vb) == 1 and va != vb:
+            pairs = [(va[0], vb[0], f"{variant_text(va[0])} vs {variant_text(vb[0])}")]
         else:
-            if len(group) < 2:
-                raise CompareError(f"{scenario}: comparing files needs at least two")
-            names = _file_names(group)
-            for v in variants:
-                a = _side(names[0], group[:1], v)
-                for name, f in zip(names[1:], group[1:], strict=True):
-                    b = _side(name, [f], v)
-                    comparisons.append(compare_sides(scenario, axis, variant_text(v), a, b,
-                                                     metrics, settings))
-    return Report(tuple(comparisons), settings)
+            pairs = [(v, v, variant_text(v)) for v in _variants_in([*fa, *fb])]
+        for v_a, v_b, context in pairs:
+            comparisons.append(compare_sides(
+                scenario, "sides", context, _side(name_a, fa, v_a), _side(name_b, fb, v_b),
+                metrics, settings, headline))
+    if not comparisons:
+        raise CompareError("no scenario has files on both sides")
+    return Report(tuple(comparisons), settings, tuple(notes), command)

@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import math
 import random
-import statistics
 from typing import Literal, Sequence
 
 DEFAULT_ALPHA = 0.05
@@ -58,7 +57,56 @@ class Change:
 
 
 def median(values: Sequence[float]) -> float | None:
-    return float(statistics.median(values)) if values else None
+    return safe_median(values) if values else None
+
+
+def safe_median(values: Sequence[float]) -> float:
+    """The median without overflow or underflow: two values near the float maximum give
+    their mean, not inf (same signs: lo + (hi - lo)/2; opposite signs: the sum fits)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    if n % 2:
+        return float(ordered[n // 2])
+    lo, hi = ordered[n // 2 - 1], ordered[n // 2]
+    if (lo < 0) != (hi < 0):
+        return float((lo + hi) / 2)
+    return float(lo + (hi - lo) / 2)
+
+
+def _scaled(values: Sequence[float]) -> tuple[list[float], int]:
+    """``values`` divided by 2**e near their largest magnitude, and e:
+    sums of squares of finite inputs then never overflow (the statistics module raises
+    OverflowError or AttributeError on them), and the power of two loses no precision."""
+    big = max((abs(v) for v in values), default=0.0)
+    if big == 0:
+        return [float(v) for v in values], 0
+    exponent = math.frexp(big)[1]
+    return [math.ldexp(v, -exponent) for v in values], exponent
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def mean_stdev(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of finite values, never raising: results that
+    do not fit a float are None."""
+    if not values:
+        return None, None
+    scaled, scale = _scaled(values)
+    m = math.fsum(scaled) / len(scaled)
+    mean = _finite(_times(m, scale))
+    if len(scaled) < 2:
+        return mean, None
+    var = math.fsum((v - m) ** 2 for v in scaled) / (len(scaled) - 1)
+    return mean, _finite(_times(math.sqrt(var), scale))
+
+
+def _times(x: float, exponent: int) -> float:
+    try:
+        return math.ldexp(x, exponent)
+    except OverflowError:
+        return math.inf
 
 
 def binomial_cdf_half(k: int, n: int) -> float:
@@ -97,12 +145,12 @@ def summarize(values: Sequence[float], confidence: float = DEFAULT_CONFIDENCE) -
         return Summary(0, None, None, None, None, None, None, None)
     ordered = sorted(values)
     lo, hi, coverage = median_ci_ranks(n, confidence)
-    mean = statistics.fmean(ordered)
-    stdev = statistics.stdev(ordered) if n >= 2 else None
-    cov = stdev / abs(mean) if stdev is not None and mean != 0 else None
+    mean, stdev = mean_stdev(ordered)
+    cov = (_finite(stdev / abs(mean)) if stdev is not None and mean is not None and mean != 0
+           else None)
     return Summary(
         n=n,
-        median=statistics.median(ordered),
+        median=safe_median(ordered),
         ci_low=ordered[lo - 1],
         ci_high=ordered[hi - 1],
         ci_level=coverage,
@@ -194,18 +242,20 @@ def bootstrap_change(
     """median(b)/median(a) - 1 with a percentile bootstrap CI (seeded: same input, same CI)."""
     if not a or not b:
         return Change(None, None, None)
-    med_a, med_b = statistics.median(a), statistics.median(b)
+    med_a, med_b = safe_median(a), safe_median(b)
     if med_a == 0:
         return Change(None, None, None)
-    ratio = med_b / med_a - 1
+    ratio = _ratio(med_b, med_a)
+    if ratio is None:
+        return Change(None, None, None)
     rng = random.Random(seed)
     stats: list[float] = []
     la, lb = list(a), list(b)
     for _ in range(resamples):
-        ra = statistics.median(rng.choices(la, k=len(la)))
-        rb = statistics.median(rng.choices(lb, k=len(lb)))
-        if ra != 0:
-            stats.append(rb / ra - 1)
+        ra = safe_median(rng.choices(la, k=len(la)))
+        rb = safe_median(rng.choices(lb, k=len(lb)))
+        if ra != 0 and (r := _ratio(rb, ra)) is not None:
+            stats.append(r)
     if not stats:
         return Change(ratio, None, None)
     stats.sort()
@@ -213,6 +263,31 @@ def bootstrap_change(
     lo = stats[max(0, math.floor(tail * len(stats)))]
     hi = stats[min(len(stats) - 1, math.ceil((1 - tail) * len(stats)) - 1)]
     return Change(ratio, lo, hi)
+
+
+def _ratio(b: float, a: float) -> float | None:
+    """b / a - 1, or None when it does not fit a float (1e308 / 1e-308)."""
+    try:
+        r = b / a - 1
+    except (OverflowError, ZeroDivisionError):
+        return None
+    return _finite(r)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order.
+
+    Step-down: the i-th smallest p (0-based) is multiplied by (m - i), then made
+    monotone, so adjusted p < alpha controls the family-wise error rate at alpha over
+    all m tests without assuming they are independent."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def is_significant(p: float | None, change: Change, *, alpha: float, min_change: float) -> bool:
@@ -231,8 +306,10 @@ def robust_outliers(values: Sequence[float], threshold: float = 3.5) -> list[flo
     """
     if len(values) < 3:
         return []
-    med = statistics.median(values)
-    mad = statistics.median(abs(v - med) for v in values)
+    scaled, _ = _scaled(values)
+    med = safe_median(scaled)
+    mad = safe_median([abs(v - med) for v in scaled])
     if mad == 0:
         return []
-    return [v for v in values if 0.6745 * abs(v - med) / mad > threshold]
+    return [v for v, s in zip(values, scaled, strict=True)
+            if 0.6745 * abs(s - med) / mad > threshold]

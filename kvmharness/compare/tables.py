@@ -1,27 +1,43 @@
-"""Rendering a ``Report``: plain (ASCII, <= 78 columns), Markdown, CSV, cover-letter lines.
+"""Rendering a ``Report``: plain (ASCII, <= 75 columns), Markdown, CSV, cover letter (<= 72).
 
-Plain output is meant for terminals and kernel mailing lists, hence ASCII only ("+-",
-"us") and the 78-column limit; long metric names wrap onto their own line rather than
-widening the table.
+One report, one header: what was compared (per setup: kernel, backend, MMU mode, CPU,
+runs, host noise) and how the setups differ, grouped and counted; then one section per
+scenario with the headline metrics, the zap path each side took, and a footnote with the
+test.  Parametrized metrics (``op@size``) pivot into grids; three or more sides put the
+baseline first and one column of changes per other side.  Plain text is for terminals and
+mailing lists: ASCII only, 75 columns (checkpatch's limit), rows never wrapped.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import re
+import statistics
 import textwrap
 from typing import Callable, Literal, Sequence
 
-from kvmharness.compare.build import Comparison, MetricRow, Report
+from kvmharness.compare import warnings as warn
+from kvmharness.compare.build import CORRECTION, Comparison, MetricRow, Report, Side
 from kvmharness.compare.stats import Summary, summarize
-from kvmharness.results.model import ResultFile, variant_text
+from kvmharness.results.model import ResultFile, RunRecord, variant_text
 
 Format = Literal["plain", "markdown", "csv", "cover-letter"]
 FORMATS: tuple[str, ...] = ("plain", "markdown", "csv", "cover-letter")
-WIDTH = 78
+WIDTH = 75
+COVER_WIDTH = 72
 GAP = "  "
+TAGS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+    """What a rendering shows beyond the default."""
+
+    detail: bool = False  # per-side statistics and the CI of each change
+    show_setup: bool = False  # every setup difference, not the grouped counts
 
 
 def ascii_text(text: str) -> str:
@@ -37,16 +53,18 @@ def num(x: float | None, digits: int = 4) -> str:
     if x == 0:
         return "0"
     mag = math.floor(math.log10(abs(x)))
+    if mag >= 9 or mag < -4:
+        return f"{x:.{digits - 1}e}"
     if mag >= digits - 1:
         return f"{x:.0f}"
-    if mag < -4:
-        return f"{x:.{digits - 1}e}"
     return f"{x:.{digits - 1 - mag}f}"
 
 
 def pct(x: float | None, signed: bool = True) -> str:
     if x is None or not math.isfinite(x):
         return "-"
+    if abs(x) >= 100:  # 100x: a ratio reads better than +9900.0%
+        return f"{x + 1:.0f}x"
     return f"{x * 100:+.1f}%" if signed else f"{x * 100:.1f}%"
 
 
@@ -60,6 +78,13 @@ def change_text(row: MetricRow) -> str:
     if row.test is None:
         return "-"  # a side without values: no verdict at all, not "no change"
     return pct(row.change.ratio) if row.significant else "~"
+
+
+def verdict(row: MetricRow) -> str:
+    if not row.significant or row.change.ratio is None:
+        return ""
+    worse = row.change.ratio > 0 if row.direction == "lower" else row.change.ratio < 0
+    return "worse" if worse else "better"
 
 
 def change_ci_text(row: MetricRow, sep: str = "..") -> str:
@@ -95,19 +120,227 @@ def side_line(tag: str, side_name: str, n_ok: int, sources: Sequence[str]) -> st
     return f"{tag}: {side_name}, {n_ok} runs" + (f" ({files})" if files else "")
 
 
-def rule_text(report: Report) -> str:
-    s = report.settings
-    expected = s.alpha * report.tests
-    return (
-        f"Significant: p < {s.alpha:g} (Mann-Whitney U, two-sided), the "
-        f"{s.confidence * 100:g}% bootstrap CI of the change excludes 0, and "
-        f"|change| >= {s.min_change * 100:g}%; '~' otherwise. Values are medians of "
-        f"per-run medians; change = B/A - 1. With {report.tests} tests, about "
-        f"{expected:.2g} would be flagged by chance alone (alpha x tests) if nothing changed."
-    )
+# --- groups: one A, its B's ---------------------------------------------------------------
 
 
-# --- plain -----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Comparisons sharing scenario, context and A: one table, one column per B."""
+
+    scenario: str
+    context: str
+    a: Side
+    comparisons: tuple[Comparison, ...]
+
+    @property
+    def sides(self) -> list[Side]:
+        return [self.a, *(c.b for c in self.comparisons)]
+
+    def title(self) -> str:
+        names = ", ".join(f"{TAGS[i]} = {s.name}" for i, s in enumerate(self.sides))
+        return f"{self.scenario} ({self.context}): {names}"
+
+
+def groups(report: Report) -> list[Group]:
+    out: dict[tuple[str, str, str, int], list[Comparison]] = {}
+    for c in report.comparisons:
+        key = (c.scenario, c.context, c.a.name, id(c.a.files[0]) if c.a.files else 0)
+        out.setdefault(key, []).append(c)
+    return [Group(k[0], k[1], cs[0].a, tuple(cs)) for k, cs in out.items()]
+
+
+def _metric_names(g: Group) -> list[str]:
+    """Rows of the group's table, in headline order, each once."""
+    names: dict[str, None] = {}
+    order = {m: i for i, m in enumerate(g.comparisons[0].headline)}
+    for c in g.comparisons:
+        for r in c.rows:
+            names.setdefault(r.metric)
+    return sorted(names, key=lambda m: order.get(m, len(order)))
+
+
+def _row_of(c: Comparison, metric: str) -> MetricRow | None:
+    return next((r for r in c.rows if r.metric == metric), None)
+
+
+# --- setups: the header -------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Setup:
+    name: str
+    files: list[ResultFile]
+
+    @property
+    def env(self) -> dict[str, object]:
+        return self.files[0].environment
+
+
+def _setup_key(f: ResultFile) -> tuple[str, str, str]:
+    k = f.environment.get("kernel", {})
+    return (f.label, str(k.get("release", "")), str(k.get("version", "")))
+
+
+def setups(report: Report) -> list[Setup]:
+    seen: dict[tuple[str, str, str], Setup] = {}
+    ids: set[int] = set()
+    for c in report.comparisons:
+        for side in (c.a, c.b):
+            for f in side.files:
+                if id(f) in ids:
+                    continue
+                ids.add(id(f))
+                key = _setup_key(f)
+                if key not in seen:
+                    seen[key] = Setup(f.label, [])
+                seen[key].files.append(f)
+    out = list(seen.values())
+    names = [s.name for s in out]
+    for i, s in enumerate(out):
+        if names.count(s.name) > 1:
+            s.name = f"{s.name}#{names[:i + 1].count(s.name)}"
+    return out
+
+
+def backend_text(env: dict[str, object]) -> str:
+    b = env.get("backend")
+    if not isinstance(b, dict) or not b.get("kind"):
+        return "backend unknown"
+    text = str(b["kind"]).upper()
+    return f"{text} (nested)" if b.get("nested") else text
+
+
+MMU_NAMES = {"tdp_mmu": "TDP MMU", "legacy_tdp": "legacy TDP", "shadow": "shadow MMU",
+             "unknown": "MMU unknown"}
+
+
+def mmu_mode(env: dict[str, object]) -> str:
+    """``kvm_mmu.mode`` when the file has it; else from the module parameters: ept/npt
+    off is shadow paging, tdp_mmu says which TDP MMU; PVM always shadows."""
+    recorded = env.get("kvm_mmu")
+    if isinstance(recorded, dict) and recorded.get("mode"):
+        return str(recorded["mode"])
+    backend = env.get("backend")
+    if isinstance(backend, dict) and str(backend.get("kind", "")).lower() == "pvm":
+        return "shadow"
+    mods = env.get("kvm_modules")
+    if not isinstance(mods, dict):
+        return "unknown"
+    vendor = mods.get("kvm_intel") or mods.get("kvm_amd")
+    tdp = None
+    if isinstance(vendor, dict):
+        tdp = vendor.get("ept", vendor.get("npt"))
+    if tdp in ("N", "0"):
+        return "shadow"
+    tdp_mmu = mods.get("kvm", {}).get("tdp_mmu") if isinstance(mods.get("kvm"), dict) else None
+    if tdp in ("Y", "1") and tdp_mmu is not None:
+        return "tdp_mmu" if tdp_mmu in ("Y", "1") else "legacy_tdp"
+    return "unknown"
+
+
+def _noise(runs: Sequence[RunRecord]) -> str:
+    def vals(key: str) -> list[float]:
+        return [float(v) for r in runs if isinstance(v := r.noise.get(key), (int, float))
+                and not isinstance(v, bool)]
+
+    steal, busy = vals("steal_pct"), vals("others_busy_cpus")
+    parts = []
+    if steal:
+        parts.append(f"steal {statistics.median(steal):.1f}% (max {max(steal):.1f}%)")
+    if busy:
+        parts.append(f"others busy {statistics.median(busy):.2f} CPUs "
+                     f"(max {max(busy):.2f})")
+    return "noise: " + ", ".join(parts) if parts else "noise: not recorded"
+
+
+def setup_lines(s: Setup, width: int) -> list[str]:
+    k = s.env.get("kernel", {})
+    k = k if isinstance(k, dict) else {}
+    cpu = s.env.get("cpu", {})
+    cpu_model = str(cpu.get("model", "CPU unknown")) if isinstance(cpu, dict) else "CPU unknown"
+    runs = [r for f in s.files for r in f.runs]
+    ok = sum(1 for r in runs if r.status == "ok")
+    other = len(runs) - ok
+    runs_text = f"{ok} runs ok" + (f", {other} not" if other else "")
+    mmu = MMU_NAMES.get(mmu_mode(s.env), mmu_mode(s.env))
+    release = str(k.get("release", "kernel unknown"))
+    name = "" if s.name == release else f"{s.name}: "
+    first = f"{name}{release} {k.get('version', '')}".rstrip()
+    out = [_cut(first, width)]
+    out += _fit(f"  {backend_text(s.env)}, {mmu}, {cpu_model}, {runs_text}; "
+                f"{_noise(runs)}", width, "    ")
+    return out
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+_GROUPS = (("kvm.capabilities.", "capabilities"), ("kvm_modules.", "module parameters"),
+           ("cpu.", "CPU"), ("memory.", "memory"), ("harness.", "harness"),
+           ("tracefs.", "tracefs"), ("thp.", "THP"), ("cpufreq.", "cpufreq"),
+           ("kvm.disable_quirks2_mask", "capabilities"), ("kernel.", "kernel"))
+
+
+def group_differences(diffs: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """(differences shown one by one, {group: keys}): quirks, parameters, MMU mode and
+    backend matter one by one; capabilities and module parameters are counted."""
+    single: list[str] = []
+    counted: dict[str, list[str]] = {}
+    for d in diffs:
+        key = d.split(": ", 1)[0]
+        for prefix, name in _GROUPS:
+            if key.startswith(prefix):
+                counted.setdefault(name, []).append(key[len(prefix):] or key)
+                break
+        else:
+            single.append(d)
+    return single, counted
+
+
+def difference_lines(report: Report, sets: Sequence[Setup], view: View,
+                     width: int) -> list[str]:
+    out: list[str] = []
+    if len(sets) < 2:
+        return out
+    for other in sets[1:]:
+        diffs = warn.setup_differences(sets[0].files[0], other.files[0])
+        if not diffs:
+            continue
+        head = f"Setup differences, {sets[0].name} -> {other.name} ({len(diffs)}"
+        if view.show_setup:
+            out += _fit(head + "):", width)
+            out += _wrapped(diffs, width)
+            continue
+        out += _fit(head + "; all with --show-setup):", width)
+        single, counted = group_differences(diffs)
+        out += _wrapped(single, width)
+        parts = []
+        for name, keys in counted.items():
+            if name == "kernel":
+                parts.append("kernel " + ", ".join(keys))
+            elif len(keys) <= 2:
+                parts.append(f"{name} " + ", ".join(keys))
+            else:
+                parts.append(f"{name}: {len(keys)} differ")
+        if parts:
+            out += _fit("  - " + "; ".join(parts), width, "    ")
+    return out
+
+
+def uncounted_line(report: Report, width: int) -> list[str]:
+    names: dict[str, None] = {}
+    for c in report.comparisons:
+        for m in c.uncounted:
+            family, sep, _ = m.partition("@")
+            names.setdefault(f"{family}@*" if sep else m)
+    if not names:
+        return []
+    return _fit("Not counted here (PVM counts none, all zero): " + ", ".join(names), width,
+                "  ")
+
+
+# --- plain ---------------------------------------------------------------------------------
 
 
 def grid(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool],
@@ -141,33 +374,35 @@ def grid(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[
     return out
 
 
-def _wrapped(items: Sequence[str], indent: str = "  - ") -> list[str]:
+def _wrapped(items: Sequence[str], width: int = WIDTH, indent: str = "  - ") -> list[str]:
     out = []
     for item in items:
-        out += textwrap.wrap(item, WIDTH, initial_indent=indent,
+        out += textwrap.wrap(item, width, initial_indent=indent,
                              subsequent_indent=" " * len(indent),
                              break_long_words=True, break_on_hyphens=False)
     return out
 
 
-def _fit(line: str, indent: str = "    ") -> list[str]:
-    """One line if it fits in WIDTH, else wrapped (long words broken only when they must)."""
-    if len(line) <= WIDTH:
+def _fit(line: str, width: int = WIDTH, indent: str = "    ") -> list[str]:
+    """One line if it fits in ``width``, else wrapped (long words broken only when they
+    must)."""
+    if len(line) <= width:
         return [line]
-    return textwrap.wrap(line, WIDTH, subsequent_indent=indent, break_long_words=True,
+    return textwrap.wrap(line, width, subsequent_indent=indent, break_long_words=True,
                          break_on_hyphens=False)
 
 
-def plain_side_lines(tag: str, side_name: str, n_ok: int, sources: Sequence[str]) -> list[str]:
-    """``side_line`` within WIDTH: when the file list does not fit, one file per line."""
+def plain_side_lines(tag: str, side_name: str, n_ok: int, sources: Sequence[str],
+                     width: int = WIDTH) -> list[str]:
+    """``side_line`` within ``width``: when the file list does not fit, one file per line."""
     line = side_line(tag, side_name, n_ok, sources)
-    files = [s for s in sources if s]
-    if len(line) <= WIDTH or not files:
-        return _fit(line)
-    out = _fit(f"{tag}: {side_name}, {n_ok} runs, from:")
+    files = list(dict.fromkeys(s for s in sources if s))
+    if len(line) <= width or not files:
+        return _fit(line, width)
+    out = _fit(f"{tag}: {side_name}, {n_ok} runs, from:", width)
     for f in files:  # a path's continuation lines indented further than its first
         out += [("    " if i == 0 else "      ") + piece
-                for i, piece in enumerate(_split_path(f, WIDTH - 6))]
+                for i, piece in enumerate(_split_path(f, width - 6))]
     return out
 
 
@@ -188,45 +423,305 @@ def _split_path(path: str, room: int) -> list[str]:
     return pieces
 
 
-def plain_comparison(c: Comparison) -> list[str]:
-    out = [*_fit(title(c)),
-           *plain_side_lines("A", c.a.name, len(c.a.ok_runs), [f.source for f in c.a.files]),
-           *plain_side_lines("B", c.b.name, len(c.b.ok_runs), [f.source for f in c.b.files])]
-    if c.differences:
-        out.append(f"A and B also differ in ({len(c.differences)}; check they are intended):")
-        out += _wrapped(c.differences)
-    out.append("")
-    main = [[metric_label(r), r.direction, num(r.a.median), num(r.b.median),
-             change_text(r), change_ci_text(r), p_text(r.p), n_text(r)] for r in c.rows]
-    out += grid(["metric [unit]", "better", "A", "B", "change", "95% CI", "p", "n"], main,
-                [False, False, True, True, True, False, True, True])
-    out.append("")
-    detail = []
-    for r in c.rows:
-        for tag, s in (("A", r.a), ("B", r.b)):
-            detail.append([metric_label(r) if tag == "A" else "", tag, num(s.median),
-                           median_ci_text(s), num(s.mean), num(s.stdev),
-                           pct(s.cov, signed=False), str(s.n)])
-    out += grid(["per side", "", "median", "95% CI of median", "mean", "stdev", "CoV", "n"],
-                detail, [False, False, True, False, True, True, True, True])
-    if any(s.ci_level is not None and s.ci_level < 0.95 - 1e-9
-           for r in c.rows for s in (r.a, r.b)):
-        out.append("(with n < 6 the CI of a median is the full range; its coverage is "
-                   "below 95%)")
-    if c.warnings:
-        out += ["", "Warnings:"] + _wrapped(c.warnings)
+def _why_no_runs(side: Side) -> str:
+    reasons = list(dict.fromkeys(f"{r.status}: {r.reason}" for r in side.runs
+                                 if r.status != "ok"))
+    return "; ".join(reasons) if reasons else "no runs of this variant"
+
+
+def pivot_key(scenario: str, metric: str) -> tuple[str, str] | None:
+    """(row, column) for metrics that form a grid: ``op@size`` (slot-ops, teardown) and
+    ``kind_cycles``/``kind_ns`` (mmio)."""
+    family, sep, size = metric.partition("@")
+    if sep:
+        return family, size
+    if scenario == "mmio":
+        kind, _, unit = metric.rpartition("_")
+        if kind and unit in ("cycles", "ns"):
+            return kind, unit
+    return None
+
+
+def _cell(row: MetricRow | None) -> str:
+    if row is None or row.test is None:
+        return "-"
+    if not row.significant:
+        return "~"
+    mark = {"worse": "!", "better": "*"}.get(verdict(row), "")
+    return pct(row.change.ratio) + mark
+
+
+def plain_table(g: Group, names: Sequence[str], view: View, width: int) -> list[str]:
+    rows_by = [{m: _row_of(c, m) for m in names} for c in g.comparisons]
+    units = {}
+    for rb in rows_by:
+        for m, r in rb.items():
+            if r is not None:
+                units.setdefault(m, r)
+    if len(g.comparisons) == 1:
+        rb = rows_by[0]
+        body = []
+        for m in names:
+            r = rb[m]
+            if r is None:
+                continue
+            cells = [metric_label(r), num(r.a.median), num(r.b.median), change_text(r),
+                     verdict(r), p_text(r.p_adj), n_text(r)]
+            if view.detail:
+                cells.insert(5, change_ci_text(r))
+            body.append(cells)
+        headers = ["metric [unit]", "A", "B", "change", "", "p", "n"]
+        right = [False, True, True, True, False, True, True]
+        if view.detail:
+            headers.insert(5, "95% CI")
+            right.insert(5, False)
+        if not any(cells[4] for cells in body):  # nothing significant: no verdict column
+            body = [cells[:4] + cells[5:] for cells in body]
+            headers, right = headers[:4] + headers[5:], right[:4] + right[5:]
+        return grid(headers, body, right, width)
+    # Three or more sides: A's value, then per other side its value and change.
+    out: list[str] = []
+    per_chunk = max(1, (width - 30) // 20)
+    for start in range(0, len(g.comparisons), per_chunk):
+        chunk = list(range(start, min(start + per_chunk, len(g.comparisons))))
+        headers = ["metric [unit]", "A"]
+        for i in chunk:
+            headers += [TAGS[i + 1], "change"]
+        body = []
+        for m in names:
+            base = units[m]
+            cells = [metric_label(base), num(base.a.median)]
+            for i in chunk:
+                r = rows_by[i][m]
+                cells += [num(r.b.median) if r else "-", _cell(r)]
+            body.append(cells)
+        if out:
+            out.append("")
+        out += grid(headers, body, [False] + [True] * (len(headers) - 1), width)
     return out
 
 
-def format_plain(report: Report) -> str:
+def pivot_tables(g: Group, names: Sequence[str], width: int) -> list[str]:
+    """Rows = family (operation, kind), columns = size; each family a line per side:
+    A's median, then every other side's median with its change."""
+    keys = {m: pivot_key(g.scenario, m) for m in names}
+    families = list(dict.fromkeys(k[0] for k in keys.values() if k))
+    columns = list(dict.fromkeys(k[1] for k in keys.values() if k))
+    cell_of: dict[tuple[str, str], str] = {k: m for m, k in keys.items() if k}
+    labels: dict[str, str] = {}
+    for fam in families:
+        unit = next((r.unit for c in g.comparisons for r in c.rows
+                     if keys.get(r.metric, ("",))[0] == fam and r.unit), "")
+        labels[fam] = f"{fam} [{unit}]" if unit else fam
+
+    def raw(fam: str, col: str) -> list[tuple[str, str]]:
+        """(value, change) per side; A has no change."""
+        metric = cell_of.get((fam, col))
+        rows = [_row_of(c, metric) if metric else None for c in g.comparisons]
+        first = next((r for r in rows if r is not None), None)
+        out = [(num(first.a.median) if first else "-", "")]
+        out += [("-", "") if r is None else (num(r.b.median), _cell(r)) for r in rows]
+        return out
+
+    change_w = {col: max(len(ch) for fam in families for _, ch in raw(fam, col))
+                for col in columns}
+
+    def cells(fam: str, col: str) -> list[str]:
+        w = change_w[col]
+        return [f"{v} {ch:<{w}}" if w else v for v, ch in raw(fam, col)]
+
+    label_w = max(len(v) for v in labels.values()) if labels else 6
+    # Column width: the widest cell of that column over every family and side.
+    col_w = {col: max([len(col), *(len(x) for fam in families for x in cells(fam, col))])
+             for col in columns}
     out: list[str] = []
-    for c in report.comparisons:
-        out += plain_comparison(c) + [""]
-    out += textwrap.wrap(rule_text(report), WIDTH)
+    chunk: list[str] = []
+    chunks: list[list[str]] = []
+    used = label_w + 3
+    for col in columns:
+        if chunk and used + 2 + col_w[col] > width:
+            chunks.append(chunk)
+            chunk, used = [], label_w + 3
+        chunk.append(col)
+        used += 2 + col_w[col]
+    if chunk:
+        chunks.append(chunk)
+    for cols in chunks:
+        if out:
+            out.append("")
+        head = " " * (label_w + 3) + "  ".join(c.rjust(col_w[c]) for c in cols)
+        out += [head.rstrip(), "-" * len(head.rstrip())]
+        for fam in families:
+            per_col = {c: cells(fam, c) for c in cols}
+            for i, side in enumerate(g.sides):
+                name = labels[fam] if i == 0 else ""
+                line = (f"{name:<{label_w}} {TAGS[i]} "
+                        + "  ".join(per_col[c][i].rjust(col_w[c]) for c in cols))
+                out.append(line.rstrip())
+    return out
+
+
+def zap_line(g: Group, width: int) -> list[str]:
+    zaps = [g.comparisons[0].zap[0], *(c.zap[1] for c in g.comparisons)]
+    if not any(zaps):
+        return []
+    parts = [f"{TAGS[i]} {z.text(long=(i == 0)) if z else '-'}" for i, z in enumerate(zaps)]
+    return _fit("zap path: " + ", ".join(parts), width, "  ")
+
+
+def compact_warnings(g: Group, width: int) -> list[str]:
+    """Run problems and noise, each kind on one line rather than one line per metric."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for i, side in enumerate(g.sides):
+        tag = TAGS[i]
+        for w in (*warn.file_status_warnings(tag, side.files),
+                  *warn.run_record_warnings(tag, side.runs)):
+            if w not in seen:
+                seen.add(w)
+                out.append(w)
+    noisy: list[str] = []
+    outliers: list[str] = []
+    names = _metric_names(g)
+    for i, side in enumerate(g.sides):
+        covs: list[tuple[float, str]] = []
+        flagged: list[str] = []
+        for m in names:
+            rows = [r for c in g.comparisons if (r := _row_of(c, m))]
+            if not rows:
+                continue
+            s = rows[0].a if i == 0 else (_row_of(g.comparisons[i - 1], m) or rows[0]).b
+            if s.cov is not None and s.cov >= warn.COV_LIMIT:
+                covs.append((s.cov, m))
+            values = [v for r in side.ok_runs if (v := r.value(m)) is not None]
+            if _outliers(values):
+                flagged.append(m)
+        if covs:
+            worst = max(covs)
+            noisy.append(f"{TAGS[i]} {', '.join(m for _, m in covs)}" if len(covs) <= 3 else
+                         f"{TAGS[i]} {len(covs)} of {len(names)} metrics (max "
+                         f"{worst[0] * 100:.0f}%, {worst[1]})")
+        if flagged:
+            outliers.append(f"{TAGS[i]} {', '.join(flagged)}" if len(flagged) <= 3 else
+                            f"{TAGS[i]} in {len(flagged)} metrics")
+    if noisy:
+        out.append(f"noisy (CoV >= {warn.COV_LIMIT * 100:.0f}%): " + "; ".join(noisy))
+    if outliers:
+        out.append("outlier runs (--detail shows the spread): " + "; ".join(outliers))
+    for c in g.comparisons:
+        for w in warn.frequency_between_sides(c.a.ok_runs, c.b.ok_runs):
+            out.append(w)
+    return [x for w in out for x in _wrapped([w], width, "  - ")]
+
+
+def _outliers(values: Sequence[float]) -> list[float]:
+    from kvmharness.compare.stats import robust_outliers
+    return robust_outliers(values)
+
+
+def detail_lines(g: Group, names: Sequence[str], width: int) -> list[str]:
+    detail = []
+    for m in names:
+        rows = [r for c in g.comparisons if (r := _row_of(c, m))]
+        if not rows:
+            continue
+        sums = [rows[0].a, *((_row_of(c, m) or rows[0]).b for c in g.comparisons)]
+        for i, s in enumerate(sums):
+            detail.append([m if i == 0 else "", TAGS[i], num(s.median), median_ci_text(s),
+                           num(s.mean), num(s.stdev), pct(s.cov, signed=False), str(s.n)])
+    return grid(["per side", "", "median", "95% CI of median", "mean", "stdev", "CoV", "n"],
+                detail, [False, False, True, False, True, True, True, True], width)
+
+
+def group_lines(g: Group, view: View, width: int = WIDTH) -> list[str]:
+    out = _fit(g.title(), width)
+    shared = len({tuple(id(f) for f in s.files) for s in g.sides}) == 1
+    for i, side in enumerate(g.sides):
+        out += plain_side_lines(TAGS[i], side.name, len(side.ok_runs),
+                                [] if shared else [f.source for f in side.files], width)
+    if shared:  # variants of the same files: name them once
+        out += [x for f in g.a.files if f.source for x in _fit(f"from {f.source}", width,
+                                                                 "  ")]
+    empty = [i for i, s in enumerate(g.sides) if not s.ok_runs]
+    if empty:
+        for i in empty:
+            out += _fit(f"  {TAGS[i]} has no completed runs ({_why_no_runs(g.sides[i])}): "
+                        "not compared", width, "    ")
+        return out
+    names = _metric_names(g)
+    flat = [m for m in names if pivot_key(g.scenario, m) is None]
+    pivot = [m for m in names if pivot_key(g.scenario, m) is not None]
+    out.append("")
+    if flat:
+        out += plain_table(g, flat, view, width)
+    if pivot:
+        if flat:
+            out.append("")
+        out += pivot_tables(g, pivot, width)
+    if not names:
+        out.append("(no metric has values on both sides)")
+    out += zap_line(g, width)
+    if view.detail and names:
+        out += [""] + detail_lines(g, names, width)
+    warns = compact_warnings(g, width)
+    if warns:
+        out += ["Warnings:"] + warns
+    return out
+
+
+def rule_text(report: Report) -> str:
+    s = report.settings
+    marked = any(len(g.comparisons) > 1 or any(pivot_key(g.scenario, r.metric)
+                                               for c in g.comparisons for r in c.rows)
+                 for g in groups(report))
+    marks = (" In grids and multi-side tables '*' marks a better, '!' a worse "
+             "significant change." if marked else "")
+    return (
+        f"Values are medians of per-run medians; change = B/A - 1, shown when "
+        f"significant, '~' otherwise: Mann-Whitney U (two-sided) p < {s.alpha:g} after "
+        f"{CORRECTION}'s correction over the report's {report.tests} tests (p shows the "
+        f"adjusted value), the {s.confidence * 100:g}% bootstrap CI of the change excludes "
+        f"0, and |change| >= {s.min_change * 100:g}%." + marks
+    )
+
+
+def report_header(report: Report, view: View, width: int = WIDTH) -> list[str]:
+    sets = setups(report)
+    out = ["Setups compared:" if len(sets) > 1 else "Setup:"]
+    for s in sets:
+        out += setup_lines(s, width)
+    out += difference_lines(report, sets, view, width)
+    for n in report.notes:
+        out += _wrapped([n], width, "note: ")
+    return out
+
+
+def report_footer(report: Report, width: int = WIDTH) -> list[str]:
+    out: list[str] = []
+    out += uncounted_line(report, width)
+    power = list(dict.fromkeys(w for c in report.comparisons
+                               for w in warn.power_warning(len(c.a.ok_runs), len(c.b.ok_runs),
+                                                           report.settings.alpha)))
+    out += [x for w in power for x in _fit(w, width, "  ")]
+    out += textwrap.wrap(rule_text(report), width)
+    return out
+
+
+def format_plain(report: Report, view: View = View()) -> str:
+    out = report_header(report, view)
+    scenario = None
+    for g in groups(report):
+        out.append("")
+        if g.scenario != scenario and len({c.scenario for c in report.comparisons}) > 1:
+            out += [f"== {g.scenario} ==", ""]
+        scenario = g.scenario
+        out += group_lines(g, view)
+    out.append("")
+    out += report_footer(report)
     return ascii_text("\n".join(out)) + "\n"
 
 
-# --- markdown --------------------------------------------------------------------------
+# --- markdown ------------------------------------------------------------------------------
 
 
 def _md_escape(text: str) -> str:
@@ -241,39 +736,61 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]],
     return out
 
 
-def format_markdown(report: Report) -> str:
-    out: list[str] = []
-    for c in report.comparisons:
-        out += [f"### {_md_escape(title(c))}", "",
-                "- " + side_line("A", c.a.name, len(c.a.ok_runs), [f.source for f in c.a.files]),
-                "- " + side_line("B", c.b.name, len(c.b.ok_runs), [f.source for f in c.b.files]),
-                ""]
-        if c.differences:
-            out += ["**A and B also differ in** (check they are intended):", ""]
-            out += [f"- `{d}`" for d in c.differences] + [""]
-        rows = [[r.metric, r.unit, r.direction,
-                 median_with_ci(r.a), median_with_ci(r.b), change_text(r),
-                 "-" if r.change.ci_low is None else f"[{change_ci_text(r, ', ')}]",
-                 p_text(r.p), n_text(r),
-                 f"{pct(r.a.cov, False)} / {pct(r.b.cov, False)}"] for r in c.rows]
-        out += _md_table(["metric", "unit", "better", "A median [95% CI]",
-                          "B median [95% CI]", "change", "95% CI of change", "p", "n",
-                          "CoV A / B"], rows,
-                         [False, False, False, True, True, True, True, True, True, True])
-        if c.warnings:
-            out += ["", "**Warnings**", ""] + [f"- {w}" for w in c.warnings]
+def format_markdown(report: Report, view: View = View()) -> str:
+    """The plain report's content with Markdown tables (the header and the grids are
+    preformatted text: they are already aligned for a fixed-width font)."""
+    scenarios = ", ".join(dict.fromkeys(c.scenario for c in report.comparisons))
+    out = [f"## kvmharness compare: {scenarios}", "", "```", *report_header(report, view),
+           "```", ""]
+    for g in groups(report):
+        out += [f"### {_md_escape(g.title())}", ""]
+        for i, side in enumerate(g.sides):
+            out.append("- " + side_line(TAGS[i], side.name, len(side.ok_runs),
+                                        [f.source for f in side.files]))
         out.append("")
-    out.append(f"_{rule_text(report)}_")
+        if any(not s.ok_runs for s in g.sides):
+            out += [f"No completed runs on {TAGS[i]}: {_why_no_runs(s)}"
+                    for i, s in enumerate(g.sides) if not s.ok_runs] + [""]
+            continue
+        names = _metric_names(g)
+        flat = [m for m in names if pivot_key(g.scenario, m) is None]
+        pivot = [m for m in names if pivot_key(g.scenario, m) is not None]
+        if flat:
+            rows = []
+            for m in flat:
+                for i, c in enumerate(g.comparisons):
+                    r = _row_of(c, m)
+                    if r is None:
+                        continue
+                    rows.append([r.metric if i == 0 else "", r.unit, TAGS[i + 1],
+                                 median_with_ci(r.a), median_with_ci(r.b), change_text(r),
+                                 verdict(r),
+                                 "-" if r.change.ci_low is None
+                                 else f"[{change_ci_text(r, ', ')}]",
+                                 p_text(r.p_adj), n_text(r)])
+            out += _md_table(["metric", "unit", "vs", "A median [95% CI]", "median [95% CI]",
+                              "change", "", "95% CI of change", "p (adj.)", "n"], rows,
+                             [False, False, False, True, True, True, False, True, True, True])
+            out.append("")
+        if pivot:
+            out += ["```", *pivot_tables(g, pivot, 100), "```", ""]
+        out += zap_line(g, 200)
+        warns = compact_warnings(g, 200)
+        if warns:
+            out += ["", "**Warnings**", ""] + [w.replace("  - ", "- ", 1) for w in warns]
+        out.append("")
+    out += [f"_{line}_" for line in report_footer(report, 400)]
     return "\n".join(out) + "\n"
 
 
-# --- csv -------------------------------------------------------------------------------
+# --- csv -----------------------------------------------------------------------------------
 
 CSV_FIELDS = (
     "scenario", "axis", "context", "a", "b", "metric", "unit", "direction",
     "a_n", "a_median", "a_ci_low", "a_ci_high", "a_mean", "a_stdev", "a_cov",
     "b_n", "b_median", "b_ci_low", "b_ci_high", "b_mean", "b_stdev", "b_cov",
-    "change", "change_ci_low", "change_ci_high", "u", "p", "test", "significant",
+    "change", "change_ci_low", "change_ci_high", "u", "p", "p_adjusted", "test",
+    "significant",
 )
 
 
@@ -286,7 +803,7 @@ def _csv_side(s: Summary) -> list[object]:
             _csv_num(s.mean), _csv_num(s.stdev), _csv_num(s.cov)]
 
 
-def format_csv(report: Report) -> str:
+def format_csv(report: Report, view: View = View()) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_FIELDS)
@@ -296,41 +813,94 @@ def format_csv(report: Report) -> str:
                         r.direction, *_csv_side(r.a), *_csv_side(r.b), _csv_num(r.change.ratio),
                         _csv_num(r.change.ci_low), _csv_num(r.change.ci_high),
                         _csv_num(r.test.u if r.test else None), _csv_num(r.p),
-                        r.test.method if r.test else "", int(r.significant)])
+                        _csv_num(r.p_adj), r.test.method if r.test else "",
+                        int(r.significant)])
     return buf.getvalue()
 
 
-# --- cover letter ----------------------------------------------------------------------
+# --- cover letter --------------------------------------------------------------------------
 
 
-def cover_line(c: Comparison, r: MetricRow) -> str:
-    unit = f" {r.unit}" if r.unit else ""
-
-    def value(s: Summary) -> str:
-        return "no runs" if s.median is None else f"{num(s.median, 5)}{unit}"
-
-    if r.p is None:
-        verdict = "not compared"
-    else:
-        p = "p<0.001" if r.p < 0.001 else f"p={p_text(r.p)}"
-        verdict = f"{change_text(r)}, {p}"
-    return (f"{c.scenario} {r.metric}: Before: {value(r.a)}, After: {value(r.b)} "
-            f"({verdict}, n={n_text(r)})")
+def _value(s: Summary, unit: str) -> str:
+    return "no runs" if s.median is None else f"{num(s.median, 5)}{' ' + unit if unit else ''}"
 
 
-def format_cover_letter(report: Report) -> str:
+def cover_lines(c: Comparison, width: int = COVER_WIDTH) -> list[str]:
+    rows = list(c.rows)
+    label_w = min(max((len(r.metric) for r in rows), default=4), 24)
+    before_w = max((len(_value(r.a, r.unit)) for r in rows), default=0)
+    out = []
+    for r in rows:
+        change = "not compared" if r.test is None else (
+            f"{pct(r.change.ratio)}" if r.significant else "no change")
+        line = (f"  {r.metric + ':':<{label_w + 1}} Before: {_value(r.a, r.unit):>{before_w}}"
+                f"  After: {_value(r.b, r.unit)}  ({change})")
+        if len(line) > width:
+            line = (f"  {r.metric}: Before: {_value(r.a, r.unit)}  After: "
+                    f"{_value(r.b, r.unit)}  ({change})")
+        out += _fit(line, width, "      ")
+    za, zb = c.zap
+    if za or zb:
+        out += _fit(f"  zap path: Before: {za.text() if za else '-'}  After: "
+                    f"{zb.text() if zb else '-'}", width, "      ")
+    return out
+
+
+def _setup_short(s: Setup) -> str:
+    k = s.env.get("kernel", {})
+    release = k.get("release", "?") if isinstance(k, dict) else "?"
+    return f"{s.name} = {release}" if s.name != release else str(release)
+
+
+def format_cover_letter(report: Report, view: View = View()) -> str:
+    width = COVER_WIDTH
+    sets = setups(report)
     out: list[str] = []
+    out += _fit("Kernel: " + ", ".join(_setup_short(s) for s in sets), width, "        ")
+    hosts = list(dict.fromkeys(
+        f"{backend_text(s.env)}, {MMU_NAMES.get(mmu_mode(s.env), mmu_mode(s.env))}, "
+        f"{s.env.get('cpu', {}).get('model', 'CPU unknown')}"  # type: ignore[union-attr]
+        for s in sets))
+    out += _fit("Host:   " + "; ".join(hosts), width, "        ")
+    out.append("")
     for c in report.comparisons:
-        out.append(f"{c.scenario} ({c.context}): Before = {c.a.name}, After = {c.b.name}")
-        out += [cover_line(c, r) for r in c.rows]
+        if not c.a.ok_runs or not c.b.ok_runs:
+            empty = c.a if not c.a.ok_runs else c.b
+            out += _fit(f"{c.scenario} ({c.context}): {empty.name} has no completed runs "
+                        f"({_why_no_runs(empty)})", width, "  ")
+            out.append("")
+            continue
+        out += _fit(f"{c.scenario} ({c.context}): Before = {c.a.name}, After = {c.b.name}",
+                    width, "  ")
+        out += cover_lines(c, width)
         out.append("")
     s = report.settings
-    out.append(f"(medians of per-run medians; ~ = no significant change: p >= {s.alpha:g}, "
-               f"CI of the change includes 0, or |change| < {s.min_change * 100:g}%)")
+    ns = sorted({f"{len(c.a.ok_runs)}/{len(c.b.ok_runs)}" for c in report.comparisons})
+    foot = (f"Medians of per-run medians, n = {', '.join(ns)} runs (before/after). A "
+            f"change is shown when significant: Mann-Whitney U, p < {s.alpha:g} after "
+            f"{CORRECTION}'s correction over {report.tests} tests, bootstrap CI of the "
+            f"change excluding 0, |change| >= {s.min_change * 100:g}%.")
+    out += textwrap.wrap(foot, width)
+    if report.command:
+        out += _command_lines(report.command, width)
     return ascii_text("\n".join(out)) + "\n"
 
 
-FORMATTERS: dict[str, Callable[[Report], str]] = {
+def _command_lines(command: str, width: int) -> list[str]:
+    """The command under the table, continued with backslashes within ``width``."""
+    words = command.split()
+    lines: list[str] = []
+    current = "  $"
+    for w in words:
+        if len(current) + 1 + len(w) > width - 2 and current.strip() != "$":
+            lines.append(current + " \\")
+            current = "     "
+        current += " " + w
+    lines.append(current)
+    return lines
+
+
+FORMATTERS: dict[str, Callable[[Report, View], str]] = {
     "plain": format_plain,
     "markdown": format_markdown,
     "csv": format_csv,
@@ -338,20 +908,22 @@ FORMATTERS: dict[str, Callable[[Report], str]] = {
 }
 
 
-def format_report(report: Report, fmt: str = "plain") -> str:
+def format_report(report: Report, fmt: str = "plain", view: View = View()) -> str:
     try:
-        return FORMATTERS[fmt](report)
+        formatter = FORMATTERS[fmt]
     except KeyError:
         raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})") from None
+    return formatter(report, view)
 
 
-# --- after `run` -----------------------------------------------------------------------
+# --- after `run` ---------------------------------------------------------------------------
 
 
 def format_run_summary(result: ResultFile, confidence: float = 0.95) -> str:
     """Per variant and metric: median of run values with its CI, CoV and n (no test)."""
     rows = []
-    metrics = [(m["name"], m["unit"]) for m in result.scenario.get("metrics", [])]
+    metrics = [(m["name"], m["unit"]) for m in result.scenario.get("metrics", [])
+               if "<size>" not in m["name"]]
     declared = {name for name, _ in metrics}
     for r in result.runs:
         for name, samples in r.samples.items():
@@ -362,6 +934,8 @@ def format_run_summary(result: ResultFile, confidence: float = 0.95) -> str:
         runs = result.ok_runs(v)
         for i, (name, unit) in enumerate(metrics):
             s = summarize([x for r in runs if (x := r.value(name)) is not None], confidence)
+            if s.n == 0:
+                continue
             rows.append([variant_text(v) if i == 0 else "",
                          f"{name} [{unit}]" if unit else name, num(s.median),
                          median_ci_text(s), pct(s.cov, signed=False), str(s.n)])

@@ -124,6 +124,9 @@ def spec_metadata(spec: ScenarioSpec) -> dict[str, Any]:
         "variant_axes": [
             {"name": a.name, "values": list(a.values), "help": a.help} for a in spec.variant_axes
         ],
+        # What a default report shows; files written before this key fall back to the
+        # registry's current spec (compare.build.headline_names).
+        "headline": list(spec.headline_metrics()),
     }
 
 

@@ -16,6 +16,7 @@ from kvmharness.results.model import (
     MetricSamples,
     ResultFile,
     RunRecord,
+    variant_text,
 )
 
 
@@ -143,7 +144,60 @@ def _scenario(c: _Checker, raw: Any) -> dict[str, Any]:
     c.list_(c.field(d, "metrics", "scenario"), "scenario.metrics", metric)
     c.list_(c.field(d, "parameters", "scenario"), "scenario.parameters", c.obj)
     c.list_(c.field(d, "variant_axes", "scenario"), "scenario.variant_axes", c.obj)
+    if "headline" in d:
+        c.list_(d["headline"], "scenario.headline", c.str_)
     return d
+
+
+# Units whose values are durations, with seconds per unit: such a value cannot be
+# negative, and one longer than a year is not a measurement of one run.
+TIME_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "ms": 1e-3, "s": 1.0}
+# Units that count events (or events per second): never negative.
+COUNT_UNITS = frozenset({
+    "cycles", "faults", "flushes", "deletes", "violations", "reads", "steps", "toggles/s",
+    "steps/s", "exits", "pages", "events", "zaps", "1/s"})
+ABSURD_SECONDS = 365 * 86400.0
+ABSURD_COUNT = 1e18
+
+
+def declared_unit(scenario: Mapping[str, Any], metric: str) -> str | None:
+    """The unit the file's scenario declares for ``metric`` (``create@4K`` matches the
+    family ``create@<size>``), or None for an undeclared metric."""
+    units = {m["name"]: m["unit"] for m in scenario.get("metrics", [])}
+    if metric in units:
+        return str(units[metric])
+    family, sep, _ = metric.partition("@")
+    if sep and f"{family}@<size>" in units:
+        return str(units[f"{family}@<size>"])
+    return None
+
+
+def check_values(result: ResultFile) -> None:
+    """Units as declared, and values a run can have: raises ``ResultFormatError`` naming
+    the file, the run and the metric.  (Non-finite numbers are refused while parsing.)"""
+    for i, run in enumerate(result.runs):
+        where = f"{result.source}: runs[{i}] (run {run.index + 1}, {variant_text(run.variant)})"
+        for name, s in run.samples.items():
+            unit = declared_unit(result.scenario, name)
+            if unit is not None and s.unit != unit:
+                raise ResultFormatError(
+                    f"{where}: metric {name!r} is in {s.unit!r} but the scenario declares "
+                    f"{unit!r}: a hand-edited or mixed file; fix the unit or the values")
+            for v in [*s.values, *run.warmups.get(name, [])]:
+                if s.unit in TIME_UNITS or s.unit in COUNT_UNITS:
+                    if v < 0:
+                        kind = "time" if s.unit in TIME_UNITS else "count"
+                        raise ResultFormatError(
+                            f"{where}: metric {name!r}: negative value {v:g} {s.unit} "
+                            f"(a {kind} cannot be negative)")
+                limit = (ABSURD_SECONDS / TIME_UNITS[s.unit] if s.unit in TIME_UNITS
+                         else ABSURD_COUNT)
+                if abs(v) > limit:
+                    what = ("longer than a year" if s.unit in TIME_UNITS
+                            else f"above {ABSURD_COUNT:g}")
+                    raise ResultFormatError(
+                        f"{where}: metric {name!r}: absurd value {v:g} {s.unit} ({what}: "
+                        "not a measurement of one run)")
 
 
 def parse_result(raw: Any, source: str = "<result>") -> ResultFile:
@@ -162,7 +216,7 @@ def parse_result(raw: Any, source: str = "<result>") -> ResultFile:
     def f(key: str) -> Any:
         return c.field(d, key, "$")
 
-    return ResultFile(
+    result = ResultFile(
         schema_version=version,
         created=c.str_(f("created"), "created"),
         status=c.choice(f("status"), "status", ("running", "complete", "interrupted")),
@@ -180,3 +234,5 @@ def parse_result(raw: Any, source: str = "<result>") -> ResultFile:
         environment=c.obj(f("environment"), "environment"),
         source=source,
     )
+    check_values(result)
+    return result

@@ -70,7 +70,8 @@ def result_file(label: str, runs: Sequence[RunRecord], env: dict[str, Any],
                 source: str, variants: list[dict[str, str]] | None = None) -> ResultFile:
     return ResultFile(
         scenario={"name": "rom-toggle", "summary": "", "parameters": [], "metrics": METRICS,
-                  "variant_axes": [{"name": "zap", "values": ["all", "slot"], "help": ""}]},
+                  "variant_axes": [{"name": "zap", "values": ["all", "slot"], "help": ""}],
+                  "headline": [m["name"] for m in METRICS]},
         parameters={"pages": 2000}, quick=False, label=label,
         variants=variants or [{"zap": "all"}], repeat=len(runs), iterations=1, warmup=1,
         environment=env, status="complete", created="2024-06-01T00:00:00+00:00",
@@ -101,14 +102,16 @@ def test_golden(fmt: str, name: str) -> None:
     check_golden(name, tables.format_report(label_report(), fmt))
 
 
-def test_plain_is_ascii_and_fits_78_columns() -> None:
+def test_plain_is_ascii_and_fits_75_columns() -> None:
     text = tables.format_report(label_report(), "plain")
     text.encode("ascii")
-    assert max(len(line) for line in text.splitlines()) <= 78
-    assert "delete [us]" in text and "lower" in text and "higher" in text
-    # The environment differences come before the table.
-    assert text.index("kernel.release: 6.1.0 -> 6.12.0") < text.index("metric [unit]")
+    assert max(len(line) for line in text.splitlines()) <= 75
+    assert "delete [us]" in text and "total [ms]" in text
+    # The setup differences come once, before the table; in full with show_setup.
+    assert text.index("kernel release") < text.index("metric [unit]")
     assert "kvm.quirks.SLOT_ZAP_ALL: false -> true" in text
+    full = tables.format_report(label_report(), "plain", tables.View(show_setup=True))
+    assert "kernel.release: 6.1.0 -> 6.12.0" in full
 
 
 def test_verdicts() -> None:
@@ -118,16 +121,21 @@ def test_verdicts() -> None:
         84.75 / 89.15 - 1)
     assert not rows["delete"].significant
     plain = tables.format_report(report, "plain")
-    assert re.search(r"^delete \[us\] +lower .* ~ ", plain, re.M)
-    assert "With 3 tests, about 0.15 would be flagged by chance alone" in " ".join(
-        plain.split())
+    assert re.search(r"^total \[ms\] +89\.15 +84\.75 +-4\.9% +better +<0\.001 +10/10$",
+                     plain, re.M)
+    assert re.search(r"^delete \[us\] +16\.30 +16\.35 +~ +1\.000 +10/10$", plain, re.M)
+    assert "Holm's correction over the report's 3 tests" in " ".join(plain.split())
 
 
 def test_cover_letter_line_format() -> None:
     text = tables.format_report(label_report(), "cover-letter")
-    assert re.search(r"^rom-toggle total: Before: 89\.150 ms, After: 84\.750 ms "
-                     r"\(-4\.9%, p<0\.001, n=10/10\)$", text, re.M)
-    assert "rom-toggle delete: Before: 16.300 us, After: 16.350 us (~, p=0.673" in text
+    assert max(len(line) for line in text.splitlines()) <= 72
+    assert re.search(r"^  total: +Before: 89\.150 ms  After: 84\.750 ms  \(-4\.9%\)$", text,
+                     re.M)
+    assert re.search(r"^  delete: +Before: 16\.300 us  After: 16\.350 us  \(no change\)$",
+                     text, re.M)
+    assert text.startswith("Kernel: 6.1.0, 6.12.0\nHost:   SVM (nested)")
+    assert "n = 10/10 runs" in " ".join(text.split())
 
 
 def test_csv_is_machine_readable() -> None:
@@ -166,7 +174,11 @@ def test_a_side_without_runs_is_not_compared() -> None:
     for fmt in tables.FORMATS:
         tables.format_report(report, fmt)
     cover = tables.format_report(report, "cover-letter")
-    assert "rom-toggle total: Before: 89.150 ms, After: no runs (not compared, n=10/0)" in cover
+    assert "6.1.0 has no completed runs (skipped: no SLOT_ZAP_ALL quirk)" in " ".join(
+        cover.split())
+    plain = tables.format_report(report, "plain")
+    assert "B has no completed runs (skipped: no SLOT_ZAP_ALL quirk): not compared" in plain
+    assert "metric [unit]" not in plain  # n=0: no table, no row of dashes
 
 
 def test_nothing_to_compare() -> None:
@@ -206,8 +218,8 @@ def test_noise_warnings() -> None:
 
 def test_long_names_wrap_instead_of_widening() -> None:
     lines = tables.grid(["metric", "value"], [["x" * 90, "1"], ["short", "2"]], [False, True])
-    assert max(len(line) for line in lines) <= 78
-    assert lines[2:4] == ["x" * 78, "x" * 12] and lines[4].endswith("1")
+    assert max(len(line) for line in lines) <= 75
+    assert lines[2:4] == ["x" * 75, "x" * 15] and lines[4].endswith("1")
 
 
 def test_number_formatting() -> None:
@@ -224,12 +236,13 @@ def test_long_file_names_keep_plain_within_78_columns() -> None:
     long_dir = "/work/main/results/examples/ab-6.1-vs-6.12/r1-6.1/" + "x" * 40
     a = result_file("6.1.0", runs_from(DATA_A, {"zap": "all"}), environment("6.1.0", False),
                     f"{long_dir}/rom-toggle-6.1-20261126T012522Z.json")
-    a2 = result_file("6.1.0", runs_from(DATA_A, {"zap": "all"}), environment("6.1.0", False),
+    a2 = result_file("6.1.0", runs_from(DATA_A, {"zap": "all"}, start=100),
+                     environment("6.1.0", False),
                      "r2-6.1/rom-toggle-6.1-20261126T012654Z.json")
     b = result_file("6.12.0", runs_from(DATA_B, {"zap": "all"}), environment("6.12.0", True),
                     "r1-6.12/rom-toggle-6.12-20261126T012605Z.json")
     text = tables.format_report(build_report([a, a2, b], settings=Settings(seed=1)), "plain")
-    assert max(len(line) for line in text.splitlines()) <= 78
+    assert max(len(line) for line in text.splitlines()) <= 75
     assert "A: 6.1.0, 20 runs, from:" in text
     assert "\n    r2-6.1/rom-toggle-6.1-20261126T012654Z.json\n" in text
     # Short enough: still one line.
