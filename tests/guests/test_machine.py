@@ -267,3 +267,97 @@ def test_slow_host_handler_is_not_charged_to_the_guest(machine):
     m = machine("hello", watchdog_s=0.5, on_sync=slow_sync)
     m.run(timeout_s=60)
     assert [v for _, v in m.syncs] == [(1, 0), (2, 5050)]
+
+
+HELLO_GP_FAULT, HELLO_FAULT_TOGETHER, HELLO_TRIPLE_FAULT_PF = 8, 9, 10
+
+
+def test_general_protection_report_has_no_cr2(machine):
+    m = machine("hello")
+    m.write_var("hello_mode", HELLO_GP_FAULT, u32)
+    with pytest.raises(GuestExceptionError) as info:
+        m.run(timeout_s=60)
+    assert info.value.vector == 13 and info.value.exception.error_code == 0
+    assert "error code 0x0" in str(info.value) and "cr2" not in str(info.value).lower()
+
+
+def test_every_faulting_vcpu_is_reported(machine):
+    m = machine("hello", vcpus=2)
+    m.write_var("hello_mode", HELLO_FAULT_TOGETHER, u32)
+    m.write_var("hello_fault_addr", 5 * GiB)
+    with pytest.raises(GuestExceptionError) as info:
+        m.run(timeout_s=60)
+    first, peers = info.value, info.value.peers
+    assert first.vcpu == 0 and first.exception.cr2 == 5 * GiB
+    assert [vcpu for vcpu, _ in peers] == [1]
+    assert isinstance(peers[0][1], GuestExceptionError)
+    assert peers[0][1].exception.cr2 == 5 * GiB + 4096
+    text = str(first)
+    assert f"on vCPU 0 at RIP {first.rip:#x}" in text
+    assert "\nalso vCPU 1: guest exception #PF page fault on vCPU 1" in text
+    assert f"CR2 {5 * GiB + 4096:#x}" in text
+    assert [s.value for s in m.states()] == ["failed", "failed"]
+
+
+def test_triple_fault_report_has_cr2(machine):
+    m = machine("hello")
+    m.write_var("hello_mode", HELLO_TRIPLE_FAULT_PF, u32)
+    m.write_var("hello_fault_addr", 5 * GiB)
+    with pytest.raises(GuestCrash) as info:
+        m.run(timeout_s=60)
+    assert "KVM_EXIT_SHUTDOWN" in str(info.value)
+    assert info.value.cr2 == 5 * GiB and f"cr2={5 * GiB:#018x}" in str(info.value)
+
+
+def test_error_during_construction_closes_what_was_built(kvm):
+    from kvmharness.guest.machine import Machine
+    from kvmharness.kvm import KvmError
+
+    fds, threads = open_fds(), threading.active_count()
+    # The VM, its memory and its memslots exist when KVM refuses the quirk mask.
+    with pytest.raises(KvmError):
+        Machine(kvm, "hello", disable_quirks=1 << 62)
+    assert open_fds() == fds and threading.active_count() == threads
+    assert kvm.vms == []
+
+
+def test_plug_and_unplug_return_the_syscall_time(machine):
+    layout = Layout.of([Region("rom", 1 * GiB, 2 * MiB, "rom"),
+                        Region("hole", 2 * GiB, 2 * MiB, "mmio")])
+    m = machine("hello", layout)
+    slot = m.slots["rom"]
+    unplug_ns = m.unplug("rom")
+    assert m.vm.memslot_at(1 * GiB) is None
+    plug_ns = m.plug("rom")
+    assert m.slots["rom"] == slot and m.vm.memslot_at(1 * GiB).slot == slot
+    for ns in (unplug_ns, plug_ns):
+        assert isinstance(ns, int) and ns > 0
+    if hasattr(m.vm, "last_memslot_ns"):
+        assert m.vm.last_memslot_ns == plug_ns
+    with pytest.raises(LayoutError, match="'hole' has no memslot backing"):
+        m.plug("hole")
+    m.run(timeout_s=60)  # the guest still runs with the re-created slot
+
+
+def test_vcpu_cpus_pins_each_vcpu_thread(machine):
+    cpus = sorted(os.sched_getaffinity(0))
+    main_mask = os.sched_getaffinity(0)
+    wanted = [cpus[-1], cpus[0], cpus[-1]]
+    seen: dict[int, set[int]] = {}
+
+    def on_sync(m, vcpu, values):  # runs on the vCPU's thread
+        seen[vcpu] = os.sched_getaffinity(0)
+
+    m = machine("hello", vcpus=3, vcpu_cpus=wanted[:2], on_sync=on_sync)
+    m.run(timeout_s=120)
+    assert seen == {v: {wanted[v]} for v in range(3)}  # vCPU 2 wraps around to cpus[-1]
+    assert os.sched_getaffinity(0) == main_mask
+
+
+def test_vcpu_cpus_outside_the_host_is_refused_before_anything_is_built(kvm):
+    from kvmharness.guest.machine import Machine
+
+    fds = open_fds()
+    with pytest.raises(ValueError, match=r"vcpu_cpus: CPU 4096 is not a host CPU \(0\.\."):
+        Machine(kvm, "hello", vcpu_cpus=[0, 4096])
+    assert open_fds() == fds and kvm.vms == []

@@ -304,3 +304,122 @@ def test_random_corruption_never_escapes(tmp_path: Path, hello_bytes: bytes) -> 
             pass
         except GuestError as exc:  # pragma: no cover - would be a bug
             pytest.fail(f"wrong error type {type(exc).__name__}: {exc}")
+
+
+# ---- generated malformed variants: each kind refused with its own message -------------
+
+PH_TYPE = 0
+SH_ADDR = 16  # Elf64_Shdr field offset
+ST_VALUE = 8  # Elf64_Sym field offset
+PT_LOAD, PT_DYNAMIC, PT_INTERP, PT_NOTE, PT_TLS = 1, 2, 3, 4, 7
+NON_LOAD_TYPES = [0, 2, 3, 4, 5, 6, 7, 8, 0x6474E550, 0x6474E551, 0x6474E552, 0x6474E553,
+                  0x6474E554, 0x6474E555, 0x60000000, 0x6FFFFFFF, 0x70000000, 0x7FFFFFFF,
+                  0xFFFFFFFF]
+
+
+def _sections(raw: bytes) -> dict[str, int]:
+    """Section name -> offset of its section header."""
+    import io
+
+    from elftools.elf.elffile import ELFFile
+
+    elf = ELFFile(io.BytesIO(raw))
+    e_shoff = elf["e_shoff"]
+    return {s.name: e_shoff + i * 64 for i, s in enumerate(elf.iter_sections())}
+
+
+def _sized_symbols(raw: bytes) -> dict[str, int]:
+    """Name -> offset of the Elf64_Sym of every symbol with a size, defined in a section."""
+    import io
+
+    from elftools.elf.elffile import ELFFile
+
+    elf = ELFFile(io.BytesIO(raw))
+    symtab = elf.get_section_by_name(".symtab")
+    out = {}
+    for i, sym in enumerate(symtab.iter_symbols()):
+        if sym.name and sym["st_size"] and isinstance(sym["st_shndx"], int):
+            out.setdefault(sym.name, symtab["sh_offset"] + i * 24)
+    return out
+
+
+def _ptype(raw: bytes, index: int, p_type: int) -> bytes:
+    return patch(raw, phdr_offset(raw, index) + PH_TYPE, "<I", p_type)
+
+
+def _malformed_kinds(raw: bytes) -> dict[str, tuple[bytes, str]]:
+    """kind -> (variant of the hello image, the phrase its message must contain)."""
+    data_ph = phdr_offset(raw, 2)
+    sym = _sized_symbols(raw)["hello_result"]
+    return {
+        "unknown p_type": (_ptype(raw, 2, 0x60000001),
+                           "program header 2 has type 0x60000001, which this loader does not "
+                           "know (it may hold data the guest needs); accepted: PT_LOAD, PT_NULL"),
+        "PT_INTERP": (_ptype(raw, 2, PT_INTERP),
+                      "program header 2 is PT_INTERP ("),
+        "PT_DYNAMIC": (_ptype(raw, 1, PT_DYNAMIC), "program header 1 is PT_DYNAMIC: a "
+                       "dynamically linked program, not a freestanding image"),
+        "PT_TLS": (_ptype(raw, 2, PT_TLS), "program header 2 is PT_TLS: thread-local storage"),
+        "load turned into a note": (_ptype(raw, 2, PT_NOTE),
+                                    "is allocated but not inside any loaded segment"),
+        "symbol outside segments": (patch(raw, sym + ST_VALUE, "<Q", 0x2000000),
+                                    "symbol 'hello_result' [0x2000000-0x2000200) is not "
+                                    "inside any loaded segment"),
+        "section bytes in .bss": (patch(raw, data_ph + PH_FILESZ, "<Q", 0),
+                                  "section .data [0x"),
+        "overlapping segments": (patch(patch(raw, phdr_offset(raw, 1) + PH_VADDR, "<Q",
+                                             0x400010), phdr_offset(raw, 1) + PH_PADDR,
+                                       "<Q", 0x400010), "overlaps segment 1 [0x400010-"),
+        "filesz > memsz": (patch(raw, phdr_offset(raw, 0) + PH_MEMSZ, "<Q", 16),
+                           "segment 0 [0x400000-0x400010) (program header 0): p_filesz"),
+        "vaddr != paddr": (patch(raw, phdr_offset(raw, 0) + PH_PADDR, "<Q", 0x800000),
+                           "guest memory is identity mapped"),
+        "segment beyond file": (patch(patch(raw, phdr_offset(raw, 0) + PH_FILESZ, "<Q",
+                                            1 << 30), phdr_offset(raw, 0) + PH_MEMSZ, "<Q",
+                                      1 << 30), "truncated: segment 0"),
+        "truncated file": (raw[:len(raw) // 2], "truncated: "),
+        "no PT_LOAD": (_ptype(_ptype(_ptype(raw, 0, 0), 1, 0), 2, 0), "no PT_LOAD segments"),
+        "entry outside text": (patch(raw, 24, "<Q", 0x10), "entry point 0x10 is not inside"),
+    }
+
+
+def test_each_malformed_kind_has_its_own_message(tmp_path: Path, hello_bytes: bytes) -> None:
+    messages = {}
+    for kind, (variant, phrase) in _malformed_kinds(hello_bytes).items():
+        with pytest.raises(GuestImageError) as info:
+            load_bytes(tmp_path, variant)
+        message = str(info.value)
+        assert message.startswith("hello.elf: ") and phrase in message, (kind, message)
+        assert "Error" not in message, (kind, message)  # no library exception leaks through
+        messages[kind] = message
+    assert len(set(messages.values())) == len(messages)
+    assert "zero-filled part of segment 2" in messages["section bytes in .bss"]
+
+
+def test_interp_with_binary_bytes_is_named_not_decoded(tmp_path: Path,
+                                                       hello_bytes: bytes) -> None:
+    """A PT_INTERP pointing at non-text bytes (here the data segment) gives the loader's
+    message, not a UnicodeDecodeError."""
+    message = reject(tmp_path, _ptype(hello_bytes, 0, PT_INTERP), "program header 0 is PT_INTERP (",
+                     "not a freestanding image")
+    assert "Unicode" not in message
+
+
+def test_no_generated_variant_loads_silently(tmp_path: Path, hello_bytes: bytes) -> None:
+    """Every PT_LOAD turned into every other program header type, every sized symbol and
+    every allocated section moved out of the image: all refused, none loads with data
+    dropped."""
+    variants = []
+    for index in range(3):
+        variants += [_ptype(hello_bytes, index, t) for t in NON_LOAD_TYPES]
+    for offset in _sized_symbols(hello_bytes).values():
+        variants.append(patch(hello_bytes, offset + ST_VALUE, "<Q", 0x2000000))
+    image = GuestImage.load(guest_path("hello"))
+    for name, offset in _sections(hello_bytes).items():
+        addr, = struct.unpack_from("<Q", hello_bytes, offset + SH_ADDR)
+        if addr:  # allocated sections only
+            variants.append(patch(hello_bytes, offset + SH_ADDR, "<Q", image.end + 0x100000))
+    assert len(variants) > 57 + 30
+    for variant in variants:
+        with pytest.raises(GuestImageError):
+            load_bytes(tmp_path, variant)

@@ -256,6 +256,24 @@ def test_errors_pickle(mem: FakeMemory) -> None:
         assert type(again) is type(err) and str(again) == str(err)
 
 
+def test_peer_failures_are_named_in_the_message_and_survive_pickling(mem: FakeMemory) -> None:
+    exc = decode(mem, pack(5, exception_args(14, 0, 0x400000, 0x5000)))
+    assert isinstance(exc, GuestException)
+    crash = GuestCrash(2, "triple fault (KVM_EXIT_SHUTDOWN)", {"rip": 1}, "",
+                       {"cr0": 0x80000011, "cr2": 0xBAD000})
+    for first in [GuestAssertionError("a.c", 1, "x", (1, 2), "m", 0), exc.error(0)]:
+        first.add_peer_failure(1, exc.error(1))
+        first.add_peer_failure(2, crash)
+        lines = str(first).splitlines()
+        assert sum(line.startswith("also vCPU ") for line in lines) == 2
+        assert "also vCPU 1: guest exception #PF page fault on vCPU 1" in str(first)
+        assert "also vCPU 2: vCPU 2 crashed: triple fault" in str(first)
+        again = pickle.loads(pickle.dumps(first))
+        assert str(again) == str(first) and [v for v, _ in again.peers] == [1, 2]
+    assert crash.cr2 == 0xBAD000 and "cr2=0x0000000000bad000" in str(crash)
+    assert GuestCrash(0, "x").cr2 is None
+
+
 def test_c_header_matches(tmp_path: Path) -> None:
     """guests/runtime/kh.h and this module agree on the layout and the command numbers."""
     if shutil.which("gcc") is None:
