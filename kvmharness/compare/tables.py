@@ -779,7 +779,7 @@ def format_markdown(report: Report, view: View = View()) -> str:
         if warns:
             out += ["", "**Warnings**", ""] + [w.replace("  - ", "- ", 1) for w in warns]
         out.append("")
-    out += [f"_{line}_" for line in report_footer(report, 400)]
+    out += report_footer(report, 100)
     return "\n".join(out) + "\n"
 
 
@@ -826,23 +826,34 @@ def _value(s: Summary, unit: str) -> str:
 
 
 def cover_lines(c: Comparison, width: int = COVER_WIDTH) -> list[str]:
+    """``  metric: Before: 89.117 ms  After: 84.768 ms  (-4.9%)``, aligned."""
     rows = list(c.rows)
-    label_w = min(max((len(r.metric) for r in rows), default=4), 24)
-    before_w = max((len(_value(r.a, r.unit)) for r in rows), default=0)
-    out = []
-    for r in rows:
-        change = "not compared" if r.test is None else (
-            f"{pct(r.change.ratio)}" if r.significant else "no change")
-        line = (f"  {r.metric + ':':<{label_w + 1}} Before: {_value(r.a, r.unit):>{before_w}}"
-                f"  After: {_value(r.b, r.unit)}  ({change})")
-        if len(line) > width:
-            line = (f"  {r.metric}: Before: {_value(r.a, r.unit)}  After: "
-                    f"{_value(r.b, r.unit)}  ({change})")
-        out += _fit(line, width, "      ")
+    if not rows:
+        return ["  (no metric has values on both sides)"]
+    label_w = max(len(r.metric) for r in rows) + 1
+    before_w = max(len(_value(r.a, r.unit)) for r in rows)
+    after_w = max(len(_value(r.b, r.unit)) for r in rows)
+    def change(r: MetricRow) -> str:
+        return "-" if r.test is None else (pct(r.change.ratio) if r.significant else "~")
+
+    out = [f"  {r.metric + ':':<{label_w}} Before: {_value(r.a, r.unit):>{before_w}}"
+           f"  After: {_value(r.b, r.unit):>{after_w}}  ({change(r)})" for r in rows]
+    if max(len(line) for line in out) > width:
+        # Too wide for the words: two value columns under a header instead.
+        head_a, head_b = f"Before ({c.a.name})", f"After ({c.b.name})"
+        wa, wb = max(before_w, len(head_a)), max(after_w, len(head_b))
+        label_w = max(1, min(label_w, width - wa - wb - 16))
+        out = [f"  {'':<{label_w}} {head_a:>{wa}}  {head_b:>{wb}}"]
+        for r in rows:
+            if len(r.metric) > label_w:  # a long name on a line of its own
+                out.append(f"  {r.metric}")
+            name = r.metric if len(r.metric) <= label_w else ""
+            out.append(f"  {name:<{label_w}} {_value(r.a, r.unit):>{wa}}  "
+                       f"{_value(r.b, r.unit):>{wb}}  ({change(r)})")
     za, zb = c.zap
     if za or zb:
-        out += _fit(f"  zap path: Before: {za.text() if za else '-'}  After: "
-                    f"{zb.text() if zb else '-'}", width, "      ")
+        out.append(f"  {'zap path:':<{label_w}} Before: {za.text() if za else '-'}")
+        out.append(f"  {'':<{label_w}} After:  {zb.text() if zb else '-'}")
     return out
 
 
@@ -875,9 +886,11 @@ def format_cover_letter(report: Report, view: View = View()) -> str:
         out += cover_lines(c, width)
         out.append("")
     s = report.settings
-    ns = sorted({f"{len(c.a.ok_runs)}/{len(c.b.ok_runs)}" for c in report.comparisons})
-    foot = (f"Medians of per-run medians, n = {', '.join(ns)} runs (before/after). A "
-            f"change is shown when significant: Mann-Whitney U, p < {s.alpha:g} after "
+    ns = sorted({f"{len(c.a.ok_runs)}/{len(c.b.ok_runs)}" for c in report.comparisons
+                 if c.a.ok_runs and c.b.ok_runs})
+    foot = (f"Medians of per-run medians, n = {', '.join(ns) or '0'} runs (before/after); "
+            f"'~' no significant change.  A change is significant when: Mann-Whitney U, "
+            f"p < {s.alpha:g} after "
             f"{CORRECTION}'s correction over {report.tests} tests, bootstrap CI of the "
             f"change excluding 0, |change| >= {s.min_change * 100:g}%.")
     out += textwrap.wrap(foot, width)

@@ -388,3 +388,24 @@ def test_huge_numbers_are_rejected_not_a_traceback(tmp_path: Path, value: str,
     text = json.dumps(doc).replace("0.123456789", value, 1)
     with pytest.raises(ResultFormatError, match=message):
         load_result(_write(tmp_path, text))
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda d: d["runs"][0]["samples"]["total"].update(unit="s"),
+     r"x\.json: runs\[0\] \(run 1, zap=all\): metric 'total' is in 's' but the scenario "
+     r"declares 'ms'"),
+    (lambda d: d["runs"][1]["samples"]["total"]["values"].__setitem__(0, -2.5),
+     r"x\.json: runs\[1\] \(run 2, .*\): metric 'total': negative value -2\.5 ms \(a time"),
+    (lambda d: d["runs"][0]["samples"]["total"]["values"].__setitem__(0, 1e300),
+     r"metric 'total': absurd value 1e\+300 ms \(longer than a year"),
+])
+def test_values_a_run_cannot_have_are_named(tmp_path: Path, mutate: Any, message: str) -> None:
+    _, doc = sample_document(tmp_path)
+    mutate(doc)
+    with pytest.raises(ResultFormatError, match=message):
+        parse_result(doc, "x.json")
+
+
+def test_files_declare_their_headline(tmp_path: Path) -> None:
+    _, doc = sample_document(tmp_path)
+    assert doc["scenario"]["headline"] == [m["name"] for m in doc["scenario"]["metrics"]]

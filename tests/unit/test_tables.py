@@ -130,10 +130,19 @@ def test_verdicts() -> None:
 def test_cover_letter_line_format() -> None:
     text = tables.format_report(label_report(), "cover-letter")
     assert max(len(line) for line in text.splitlines()) <= 72
-    assert re.search(r"^  total: +Before: 89\.150 ms  After: 84\.750 ms  \(-4\.9%\)$", text,
+    # Too wide for "Before: ... After: ...": two value columns, the long name on its own.
+    assert re.search(r"^  total +89\.150 ms +84\.750 ms  \(-4\.9%\)$", text, re.M)
+    assert re.search(r"^  memslot_generation_wraps_per_second\n +3\.1000 1/s +3\.1000 1/s  "
+                     r"\(~\)$", text, re.M)
+    a, b = (result_file(lb, runs_from(data, {"zap": "all"}), environment(lb, q), f"{lb}.json")
+            for lb, data, q in (("6.1.0", DATA_A, False), ("6.12.0", DATA_B, True)))
+    for f in (a, b):
+        f.scenario["headline"] = ["total", "delete"]
+    short = tables.format_report(build_report([a, b], settings=Settings(seed=1)),
+                                 "cover-letter")
+    assert re.search(r"^  total: +Before: 89\.150 ms  After: 84\.750 ms  \(-4\.9%\)$", short,
                      re.M)
-    assert re.search(r"^  delete: +Before: 16\.300 us  After: 16\.350 us  \(no change\)$",
-                     text, re.M)
+    assert re.search(r"^  delete: +Before: 16\.300 us  After: 16\.350 us  \(~\)$", short, re.M)
     assert text.startswith("Kernel: 6.1.0, 6.12.0\nHost:   SVM (nested)")
     assert "n = 10/10 runs" in " ".join(text.split())
 
@@ -270,3 +279,190 @@ def test_long_paths_split_after_a_slash() -> None:
     assert tables._split_path("a" * 100, 72) == ["a" * 72, "a" * 28]
     assert "".join(tables._split_path("/x/" + "b" * 80 + "/c.json", 72)) == (
         "/x/" + "b" * 80 + "/c.json")
+
+
+# --- pairing, pooling, identity, correction, gate -------------------------------------------
+
+
+def test_the_same_file_twice_counts_once() -> None:
+    a = result_file("6.1.0", runs_from({k: v[:4] for k, v in DATA_A.items()}, {"zap": "all"}),
+                    environment("6.1.0", False), "a.json")
+    b = result_file("6.12.0", runs_from({k: v[:4] for k, v in DATA_B.items()}, {"zap": "all"}),
+                    environment("6.12.0", True), "b.json")
+    once = build_report([a, b], settings=Settings(seed=1))
+    import copy
+    twice = build_report([a, copy.deepcopy(a), b, b], settings=Settings(seed=1))
+    row_once, row_twice = once.comparisons[0].rows[0], twice.comparisons[0].rows[0]
+    assert (row_twice.a.n, row_twice.b.n) == (4, 4)
+    assert row_twice.p == row_once.p  # n did not double, so neither did the evidence
+    assert any("a.json: the same runs as a.json" in n and "counted once" in n
+               for n in twice.notes)
+    assert sum("counted once" in n for n in twice.notes) == 2
+
+
+def test_pooling_different_kernels_is_refused_unless_asked() -> None:
+    patched = environment("6.12.0", True)
+    patched["kernel"]["version"] = "#2 SMP patched"
+    a1 = result_file("6.12.0", runs_from(DATA_A, {"zap": "all"}), environment("6.12.0", True),
+                     "a1.json")
+    a2 = result_file("6.12.0", runs_from(DATA_A, {"zap": "all"}, start=50), patched, "a2.json")
+    b = result_file("6.1.0", runs_from(DATA_B, {"zap": "all"}), environment("6.1.0", False),
+                    "b.json")
+    with pytest.raises(CompareError, match=r"kernel\.version: a1\.json has .*a2\.json has "
+                                           r".*patched.*--pool"):
+        build_report([a1, a2, b])
+    report = build_report([a1, a2, b], settings=Settings(pool=True, seed=1))
+    assert report.comparisons[0].a.name == "6.12.0" and len(report.comparisons[0].a.ok_runs) == 20
+    assert any("pools files that differ" in n for n in report.notes)
+    params = result_file("6.12.0", runs_from(DATA_A, {"zap": "all"}, start=70),
+                         environment("6.12.0", True), "p.json")
+    params.parameters = {"pages": 4000}
+    with pytest.raises(CompareError, match=r"parameters\.pages"):
+        build_report([a1, params, b])
+
+
+def test_explicit_sides_pair_different_variants() -> None:
+    from kvmharness.compare.build import build_sides_report
+
+    old = result_file("6.1.0", runs_from(DATA_A, {"zap": "all"}), environment("6.1.0", False),
+                      "old.json")
+    new = result_file("6.12.0", runs_from(DATA_B, {"zap": "slot"}), environment("6.12.0", True),
+                      "new.json", variants=[{"zap": "slot"}])
+    (c,) = build_sides_report([old], [new], settings=Settings(seed=1)).comparisons
+    assert (c.a.name, c.b.name, c.context) == ("6.1.0", "6.12.0", "zap=all vs zap=slot")
+    assert len(c.a.ok_runs) == len(c.b.ok_runs) == 10
+    (c,) = build_report([old, new], by="label+variant", settings=Settings(seed=1)).comparisons
+    assert (c.a.name, c.b.name) == ("6.1.0 zap=all", "6.12.0 zap=slot")
+
+
+def test_several_scenarios_get_one_section_each() -> None:
+    a = result_file("6.1.0", runs_from(DATA_A, {"zap": "all"}), environment("6.1.0", False),
+                    "a.json")
+    b = result_file("6.12.0", runs_from(DATA_B, {"zap": "all"}), environment("6.12.0", True),
+                    "b.json")
+    c, d = (result_file(f.label, runs_from(data, {"zap": "all"}, start=30), f.environment,
+                        f"other-{f.source}") for f, data in ((a, DATA_A), (b, DATA_B)))
+    for f in (c, d):
+        f.scenario = dict(f.scenario, name="other")
+    text = tables.format_report(build_report([a, b, c, d], settings=Settings(seed=1)))
+    assert "== rom-toggle ==" in text and "== other ==" in text
+    assert text.count("Setups compared:") == 1  # one header per report
+
+
+def test_holm_adjusts_the_p_the_marks_use() -> None:
+    report = label_report()
+    rows = {r.metric: r for r in report.comparisons[0].rows}
+    from kvmharness.compare.stats import holm
+    raw = [r.p for r in report.comparisons[0].rows]
+    assert [r.p_adj for r in report.comparisons[0].rows] == pytest.approx(holm(raw))
+    assert rows["total"].p_adj == pytest.approx(3 * rows["total"].p)
+    # p = 0.02 raw is significant alone but not after x3 for three tests.
+    assert holm([0.02, 0.5, 0.9])[0] == pytest.approx(0.06)
+    assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+
+
+def test_regression_gate_both_ways() -> None:
+    from kvmharness.compare.gate import regressions
+
+    # B (DATA_A, the slower one) against A (DATA_B): total got 5.2% worse.
+    slower = build_report([result_file("new", runs_from(DATA_B, {"zap": "all"}),
+                                       environment("6.1.0", False), "a.json"),
+                           result_file("old", runs_from(DATA_A, {"zap": "all"}),
+                                       environment("6.12.0", True), "b.json")],
+                          settings=Settings(seed=1))
+    assert len(regressions(slower, 0.02)) == 1 and "total" in regressions(slower, 0.02)[0]
+    assert regressions(slower, 0.10) == []  # worse, but by less than the limit
+    assert regressions(label_report(), 0.0) == []  # faster: no regression
+
+
+def test_rows_without_runs_and_uncounted_counters() -> None:
+    pvm = {"kernel": {"release": "6.18"}, "backend": {"kind": "pvm", "nested": True}}
+    data_a = dict(DATA_A, delete=[0.0] * 10)
+    data_b = dict(DATA_B, delete=[0.0] * 10)
+    f = result_file("6.18", [*runs_from(data_a, {"zap": "all"}),
+                             *runs_from(data_b, {"zap": "slot"}, start=10)], pvm, "f.json",
+                    variants=[{"zap": "all"}, {"zap": "slot"}])
+    report = build_report([f], settings=Settings(seed=1))
+    (c,) = report.comparisons
+    assert [r.metric for r in c.rows] == ["total", "memslot_generation_wraps_per_second"]
+    assert c.uncounted == ("delete",)
+    text = tables.format_report(report)
+    assert "Not counted here (PVM counts none, all zero): delete" in text
+    assert "PVM (nested), shadow MMU" in text
+
+
+def test_zap_path_row() -> None:
+    def with_zap(runs: list[RunRecord], path: str, fast: int) -> list[RunRecord]:
+        for r in runs:
+            r.effective = {"zap_path": path, "zap_evidence":
+                           f"{fast} kvm_mmu_zap_all_fast events over 5 memslot deletes/moves"}
+        return runs
+
+    f = result_file("6.12", [*with_zap(runs_from(DATA_A, {"zap": "all"}), "all", 5),
+                             *with_zap(runs_from(DATA_B, {"zap": "slot"}, start=10), "slot", 0)],
+                    environment("6.12", True), "f.json",
+                    variants=[{"zap": "all"}, {"zap": "slot"}])
+    report = build_report([f], settings=Settings(seed=1))
+    text = tables.format_report(report)
+    assert "zap path: A all (50/50 deletes zapped all), B slot (0/50)" in text
+    cover = tables.format_report(report, "cover-letter")
+    assert "Before: all (50/50 deletes zapped all)" in cover
+
+
+def test_huge_values_do_not_raise() -> None:
+    huge = {"total": [1.7e308] * 5, "delete": [1e-300] * 5,
+            "memslot_generation_wraps_per_second": [1e308, 1.5e308, 1.7e308, 1e308, 1.2e308]}
+    tiny = {"total": [1e-308] * 5, "delete": [1e300] * 5,
+            "memslot_generation_wraps_per_second": [5e-324] * 5}
+    report = build_report([result_file("a", runs_from(huge, {"zap": "all"}), {}, "a.json"),
+                           result_file("b", runs_from(tiny, {"zap": "all"}), {}, "b.json")])
+    for fmt in tables.FORMATS:
+        tables.format_report(report, fmt)
+
+
+def test_three_sides_baseline_and_change_columns() -> None:
+    files = [result_file(lb, runs_from(data, {"zap": "all"}, start=i * 20),
+                         environment(lb, True), f"{lb}.json")
+             for i, (lb, data) in enumerate((("k1", DATA_A), ("k2", DATA_B), ("k3", DATA_A)))]
+    text = tables.format_report(build_report(files, settings=Settings(seed=1)))
+    assert "rom-toggle (zap=all): A = k1, B = k2, C = k3" in text
+    assert re.search(r"^metric \[unit\] +A +B +change +C +change$", text, re.M)
+    assert re.search(r"^total \[ms\] +89\.15 +84\.75 +-4\.9%\* +89\.15 +~$", text, re.M)
+    assert max(len(line) for line in text.splitlines()) <= 75
+
+
+def _write(tmp_path: Path, f: ResultFile, name: str) -> Path:
+    import json
+
+    path = tmp_path / name
+    path.write_text(json.dumps(f.to_json()))
+    return path
+
+
+def test_cli_sides_gate_and_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kvmharness import cli
+
+    fast = _write(tmp_path, result_file("old", runs_from(DATA_B, {"zap": "all"}),
+                                        environment("6.1.0", False), ""), "fast.json")
+    slow = _write(tmp_path, result_file("new", runs_from(DATA_A, {"zap": "all"}),
+                                        environment("6.12.0", True), ""), "slow.json")
+    # B is 5.2% slower in total: fails a 2% gate, passes a 10% one.
+    assert cli.main(["compare", "--a", str(fast), "--b", str(slow),
+                     "--fail-on-regression", "2%"]) == 1
+    out = capsys.readouterr()
+    assert "regression: rom-toggle (zap=all) total: new is +5.2% vs old" in out.err
+    assert cli.main(["compare", "--a", str(fast), "--b", str(slow),
+                     "--fail-on-regression", "10%"]) == 0
+    assert cli.main(["compare", "--a", str(slow), "--b", str(fast),
+                     "--fail-on-regression", "0"]) == 0
+    capsys.readouterr()
+    # The same file on both sides counts once, and then one side is empty.
+    assert cli.main(["compare", str(fast), str(fast), str(slow)]) == 0
+    assert "counted once" in capsys.readouterr().err
+    assert cli.main(["compare", "--a", str(fast)]) == 2
+    bad = tmp_path / "bad.json"
+    doc = result_file("x", runs_from(DATA_A, {"zap": "all"}), {}, "").to_json()
+    doc["runs"][2]["samples"]["total"]["values"] = [-1.0]
+    bad.write_text(__import__("json").dumps(doc))
+    assert cli.main(["compare", str(bad), str(fast)]) == 1
+    assert "runs[2] (run 3, zap=all): metric 'total': negative value" in capsys.readouterr().err
