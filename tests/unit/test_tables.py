@@ -466,3 +466,29 @@ def test_cli_sides_gate_and_refusals(tmp_path: Path, capsys: pytest.CaptureFixtu
     bad.write_text(__import__("json").dumps(doc))
     assert cli.main(["compare", str(bad), str(fast)]) == 1
     assert "runs[2] (run 3, zap=all): metric 'total': negative value" in capsys.readouterr().err
+
+
+def test_show_one_file_and_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kvmharness import __version__, cli
+
+    runs = runs_from(DATA_A, {"zap": "all"})
+    for r in runs:
+        r.effective = {"zap_path": "all",
+                       "zap_evidence": "4 kvm_mmu_zap_all_fast events over 4 memslot deletes"}
+    skipped = RunRecord(index=20, repeat=0, variant={"zap": "slot"}, status="skipped",
+                        reason="quirk not supported", start_time=0.0, end_time=0.0)
+    path = _write(tmp_path, result_file("6.1.0", [*runs, skipped], environment("6.1.0", False),
+                                        "", variants=[{"zap": "all"}, {"zap": "slot"}]),
+                  "r.json")
+    assert cli.main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "Scenario: rom-toggle, label '6.1.0', complete" in out
+    assert "zap=all: 10 ok; zap path all (40/40 deletes zapped all)" in out
+    assert "zap=slot: 1 skipped\n  skipped: quirk not supported" in out
+    assert "KVM_X86_QUIRK_SLOT_ZAP_ALL absent" in out
+    assert re.search(r"^zap=all +total \[ms\] +89\.15", out, re.M)
+    assert max(len(line) for line in out.splitlines()) <= 75
+    assert cli.main(["show", str(tmp_path / "missing.json")]) == 1
+    assert "kvmharness show:" in capsys.readouterr().err
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"kvmharness {__version__}"

@@ -1,0 +1,149 @@
+"""One result file in a page: what ran, where, which runs completed (and why the others did
+not), the zap path each variant took, the headline metrics, the fingerprint in brief."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvmharness.compare.build import expand_headline, headline_names, zap_summary
+from kvmharness.compare.tables import (
+    MMU_NAMES,
+    WIDTH,
+    _fit,
+    ascii_text,
+    backend_text,
+    grid,
+    median_ci_text,
+    mmu_mode,
+    num,
+    pct,
+    pivot_key,
+)
+from kvmharness.compare.stats import summarize
+from kvmharness.results.model import ResultFile, variant_text
+
+KEY_PARAMETERS = {"kvm": ("tdp_mmu", "mmio_caching", "nx_huge_pages", "eager_page_split"),
+                  "kvm_intel": ("ept", "nested"), "kvm_amd": ("npt", "nested")}
+
+
+def _get(d: Any, *keys: str, default: str = "?") -> str:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return str(d)
+
+
+def fingerprint_lines(env: dict[str, Any]) -> list[str]:
+    out = [f"Kernel:   {_get(env, 'kernel', 'release')} {_get(env, 'kernel', 'version', default='')}"
+           .rstrip()]
+    out.append(f"Backend:  {backend_text(env)}, "
+               f"{MMU_NAMES.get(mmu_mode(env), mmu_mode(env))}, "
+               f"{_get(env, 'cpu', 'model')} ({_get(env, 'cpu', 'nproc')} CPUs)")
+    params = []
+    mods = env.get("kvm_modules", {})
+    for module, keys in KEY_PARAMETERS.items():
+        for k in keys:
+            v = mods.get(module, {}).get(k) if isinstance(mods, dict) else None
+            if v is not None:
+                params.append(f"{module}.{k}={v}")
+    if params:
+        out.append("KVM:      " + " ".join(params))
+    quirks = env.get("kvm", {}).get("quirks", {}) if isinstance(env.get("kvm"), dict) else {}
+    if isinstance(quirks, dict) and "SLOT_ZAP_ALL" in quirks:
+        out.append("Quirk:    KVM_X86_QUIRK_SLOT_ZAP_ALL "
+                   + ("can be disabled (zap=slot possible)" if quirks["SLOT_ZAP_ALL"]
+                      else "absent (every delete zaps all)"))
+    out.append(f"tracefs:  {_get(env, 'tracefs', 'status')}")
+    out.append(f"Harness:  kvmharness {_get(env, 'harness', 'version')} "
+               f"(git {_get(env, 'harness', 'git_commit')[:12]}"
+               f"{', dirty' if _get(env, 'harness', 'git_dirty') == 'True' else ''})")
+    return out
+
+
+def format_show(f: ResultFile, width: int = WIDTH) -> str:
+    params = " ".join(f"{k}={v}" for k, v in f.parameters.items())
+    out = [f"{f.source or 'result'}"]
+    out += _fit(f"Scenario: {f.scenario_name}, label {f.label!r}, {f.status}, created "
+                f"{f.created}", width, "          ")
+    out += _fit(f"Plan:     {f.repeat} runs per variant x ({f.warmup} warmup + "
+                f"{f.iterations} iterations){', quick' if f.quick else ''}", width, "          ")
+    out += _fit(f"Params:   {params or '-'}", width, "          ")
+    out += [x for line in fingerprint_lines(f.environment) for x in _fit(line, width,
+                                                                          "          ")]
+    out.append("")
+    variants = f.variants or [{}]
+    for v in variants:
+        runs = [r for r in f.runs if r.variant == dict(v)]
+        ok = [r for r in runs if r.status == "ok"]
+        counts = {s: sum(1 for r in runs if r.status == s) for s in ("ok", "failed",
+                                                                      "skipped")}
+        line = f"{variant_text(v)}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        zap = zap_summary(ok)
+        if zap:
+            line += f"; zap path {zap.text()}"
+        out += _fit(line or "-", width, "    ")
+        reasons: dict[str, int] = {}
+        for r in runs:
+            if r.status != "ok":
+                key = f"{r.status}: {r.reason}"
+                reasons[key] = reasons.get(key, 0) + 1
+        for reason, n in reasons.items():
+            out += _fit(f"  {reason}" + (f" ({n} runs)" if n > 1 else ""), width, "    ")
+    out.append("")
+    metrics: dict[str, str] = {}
+    for r in f.runs:
+        for name, s in r.samples.items():
+            metrics.setdefault(name, s.unit)
+    names = expand_headline(headline_names([f]), [(m, u, "lower") for m, u in metrics.items()])
+    flat = [m for m in names if pivot_key(f.scenario_name, m) is None]
+    sized = [m for m in names if pivot_key(f.scenario_name, m) is not None]
+    rows = []
+    for v in variants:
+        runs = f.ok_runs(v)
+        first = True
+        for name in flat:
+            s = summarize([x for r in runs if (x := r.value(name)) is not None])
+            if s.n == 0:
+                continue
+            unit = metrics[name]
+            rows.append([variant_text(v) if first else "",
+                         f"{name} [{unit}]" if unit else name, num(s.median),
+                         median_ci_text(s), pct(s.cov, signed=False), str(s.n)])
+            first = False
+    if rows:
+        out += grid(["variant", "headline metric", "median", "95% CI of median", "CoV", "n"],
+                    rows, [False, False, True, False, True, True], width, shrink=1)
+    if sized:
+        out += ([""] if rows else []) + _sized_grid(f, variants, sized, metrics, width)
+    if not rows and not sized:
+        out.append("(no completed runs)")
+    reasons = {f"{variant_text(r.variant)}: {r.status}: {r.reason}" for r in f.runs}
+    warnings = [w for w in dict.fromkeys([*f.warnings, *(w for r in f.runs for w in r.warnings)])
+                if w not in reasons]
+    if warnings:
+        out += ["", "Warnings:"]
+        out += [x for w in warnings for x in _fit(f"  - {w}", width, "    ")]
+    return ascii_text("\n".join(out)) + "\n"
+
+
+def _sized_grid(f: ResultFile, variants: list[dict[str, str]], names: list[str],
+                metrics: dict[str, str], width: int) -> list[str]:
+    """Medians of ``op@size`` metrics: a row per operation and variant, a column per size."""
+    keys = {m: pivot_key(f.scenario_name, m) for m in names}
+    families = list(dict.fromkeys(k[0] for k in keys.values() if k))
+    columns = list(dict.fromkeys(k[1] for k in keys.values() if k))
+    by_key = {k: m for m, k in keys.items() if k}
+    rows = []
+    for fam in families:
+        unit = next((metrics[m] for m, k in keys.items() if k and k[0] == fam), "")
+        for i, v in enumerate(variants):
+            runs = f.ok_runs(v)
+            cells = []
+            for col in columns:
+                m = by_key.get((fam, col))
+                vals = [x for r in runs if m and (x := r.value(m)) is not None]
+                cells.append(num(summarize(vals).median))
+            rows.append([f"{fam} [{unit}]" if i == 0 else "", variant_text(v), *cells])
+    return grid(["median", "variant", *columns], rows,
+                [False, False, *([True] * len(columns))], width)
