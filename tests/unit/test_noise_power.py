@@ -1,0 +1,105 @@
+"""bench.power's bookkeeping with fake runs: verdicts at each checkpoint, the time to
+detection (from when the verdict stayed right), the rates and the tables."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+from kvmharness.bench import power
+from kvmharness.bench.power import Checkpoint, Settings, Trial
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def noisy(rng: random.Random, centre: float, clock: Clock | None = None):  # type: ignore[no-untyped-def]
+    def run() -> float:
+        if clock is not None:
+            clock.now += 2.0
+        return centre * (1 + rng.uniform(-0.005, 0.005))
+    return run
+
+
+def test_a_clear_change_is_detected_from_the_first_separable_n() -> None:
+    rng, clock = random.Random(1), Clock()
+    s = Settings(runs=6, min_change=0.01)
+    trial = power.run_trial(noisy(rng, 100.0, clock), noisy(rng, 105.0, clock), s,
+                            direction=1, clock=clock)
+    assert [c.n for c in trial.checkpoints] == [3, 4, 5, 6]
+    # n=3 per side: the smallest exact two-sided p is 0.1, above alpha; from n=4 (p=0.029)
+    # complete separation is significant.
+    assert [c.flagged for c in trial.checkpoints] == [False, True, True, True]
+    detected = trial.detected_at()
+    assert detected is not None and detected.n == 4 and detected.elapsed_s == 16.0
+    assert trial.final.change is not None and 0.04 < trial.final.change < 0.06
+
+
+def test_identical_sides_are_not_flagged_and_the_direction_counts() -> None:
+    rng = random.Random(2)
+    s = Settings(runs=6)
+    same = power.run_trial(noisy(rng, 100.0), noisy(rng, 100.0), s, direction=0)
+    assert not any(c.flagged for c in same.checkpoints) and same.detected_at() is None
+    # B faster is a real difference, but not the +5% an A/A' trial is looking for.
+    faster = power.run_trial(noisy(rng, 100.0), noisy(rng, 95.0), s, direction=1)
+    assert not faster.final.flagged
+    either = power.run_trial(noisy(rng, 100.0), noisy(rng, 95.0), s, direction=0)
+    assert either.final.flagged
+
+
+def test_a_verdict_that_flips_back_is_not_a_detection_yet() -> None:
+    cps = [Checkpoint(n, 10.0 * n, 0.01, 0.05, f)
+           for n, f in zip(range(3, 8), (True, False, True, True, True))]
+    assert Trial(tuple(cps)).detected_at() == cps[2]
+    assert Trial(tuple(cps[:2])).detected_at() is None
+
+
+def test_alternation_swaps_which_side_goes_first() -> None:
+    order: list[str] = []
+    values = itertools.count()
+
+    def side(name: str):  # type: ignore[no-untyped-def]
+        def run() -> float:
+            order.append(name)
+            return float(next(values))
+        return run
+
+    power.run_trial(side("a"), side("b"), Settings(runs=4), direction=0)
+    assert "".join(order) == "abbaabba"
+
+
+def test_measure_and_report() -> None:
+    rng = random.Random(3)
+    calls: list[int] = []
+
+    def run(passes: int) -> float:
+        calls.append(passes)
+        return 10.0 * passes * (1 + rng.uniform(-0.002, 0.002))
+
+    s = Settings(runs=5, trials=2, passes=20)
+    assert s.passes_b == 21
+    rows = power.measure(run, s)
+    assert sorted(set(calls)) == [20, 21] and len(calls) == 2 * 2 * 2 * 5
+    aa, ab = rows
+    assert aa.name == "A/A" and ab.name == "A/A' (+5% work)"
+    assert not any(t.final.flagged for t in aa.trials)
+    assert all(t.final.flagged for t in ab.trials)
+    text = power.report(rows, s, 12.0)
+    assert all(line.isascii() for line in text.splitlines())
+    (aa_line,) = [line for line in text.splitlines() if "false positives" in line]
+    (ab_line,) = [line for line in text.splitlines() if "detections" in line]
+    assert aa_line.startswith("A/A ") and "0/2 (0%)" in aa_line
+    assert ab_line.startswith("A/A' (+5% work)") and "2/2 (100%)" in ab_line
+    assert "(n=4)" in ab_line  # separable from 4 runs per side, as above
+    assert all(len(line) <= 78 for line in text.splitlines())
+    assert "flagged at n =" in text and "total time 12 s" in text
+
+
+def test_small_work_steps_still_differ() -> None:
+    assert Settings(passes=5, extra=0.05).passes_b == 6  # never the same work on both sides
+    assert Settings(passes=100, extra=0.05).passes_b == 105
