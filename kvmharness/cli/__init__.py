@@ -3,27 +3,36 @@ its own parser and handler; the scenario options of ``run`` and ``ab`` are one s
 argparse parent (``common.scenario_options``).
 
 Exit status: 0 success; 1 a run failed or a file could not be used; 2 usage error;
-130 interrupted by Ctrl-C (completed runs are kept in the result file).
+128 + the signal when interrupted: 130 Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP (completed
+runs are kept in the result file).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from kvmharness.cli import ab, compare, info, run
 from kvmharness.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
+from kvmharness.observe import signals
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_USAGE", "build_parser", "main"]
 
 SUBCOMMANDS = (info, run, compare, ab)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (the usage summary is one --help away), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kvmharness",
-                                     description="Drive KVM through /dev/kvm; run and compare "
-                                                 "memslot/MMU zap scenarios.")
+    parser = _Parser(prog="kvmharness",
+                     description="Drive KVM through /dev/kvm; run and compare "
+                                 "memslot/MMU zap scenarios.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS:
         module.add_parsers(sub)
@@ -41,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args, full_argv, out, err))
     except KeyboardInterrupt:
         err.write("interrupted\n")
-        return EXIT_INTERRUPTED
+        return signals.exit_status(EXIT_INTERRUPTED)
     except BrokenPipeError:
         # `kvmharness compare ... | head`: the reader left; not an error of ours.
         return 0

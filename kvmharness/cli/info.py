@@ -4,12 +4,11 @@ list`` (scenarios, parameters, variants, metrics)."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from typing import Any, TextIO
 
 from kvmharness.cli import common
-from kvmharness.observe import fingerprint, tuning
+from kvmharness.observe import fingerprint
 from kvmharness.results.model import spec_metadata
 from kvmharness.scenarios import registry
 from kvmharness.scenarios.base import ScenarioSpec
@@ -29,7 +28,9 @@ def _gib(n: Any) -> str:
     return f"{n / 2**30:.1f} GiB" if isinstance(n, (int, float)) else str(n)
 
 
-def info_text(fp: dict[str, Any]) -> str:
+def info_text(fp: dict[str, Any], kvm_problem: str | None = None) -> str:
+    """``kvm_problem``: why /dev/kvm cannot be opened, with advice that matches its actual
+    owner, group and mode (``common.kvm_access_problem``); shown instead of the probe's."""
     k, cpu, h = fp["kernel"], fp["cpu"], fp["harness"]
     commit = h.get("git_commit")
     version = f"kvmharness {h['version']}" + (
@@ -61,7 +62,7 @@ def info_text(fp: dict[str, Any]) -> str:
         quirks = [q for q, on in kvm.get("quirks", {}).items() if on]
         lines.append(f"quirks (KVM_CAP_DISABLE_QUIRKS2): {', '.join(quirks) or 'none'}")
     else:
-        lines.append(f"KVM: {kvm.get('status')}")
+        lines.append(f"KVM: {kvm_problem or kvm.get('status')}")
     lines += ["", "What this host can measure:"]
     lines += [f"  - {s}" for s in fingerprint.statements(fp)]
     return "\n".join(lines) + "\n"
@@ -69,15 +70,13 @@ def info_text(fp: dict[str, Any]) -> str:
 
 def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
     fp = common.collect_fingerprint()
-    advice = tuning.advise(fp, tuning.read_host())
+    problem = common.kvm_access_problem()
     if args.json:
-        json.dump({"tuning": [dataclasses.asdict(a) for a in advice], "fingerprint": fp, "statements": fingerprint.statements(fp)}, out, indent=2)
+        json.dump({"fingerprint": fp, "statements": fingerprint.statements(fp),
+                   "kvm_access": problem or "ok"}, out, indent=2)
         out.write("\n")
     else:
-        out.write(info_text(fp))
-    if not args.json:
-        out.write("\nTuning for stable timings:\n"
-                  + "".join(f"  {line}\n" for line in tuning.advice_lines(advice)))
+        out.write(info_text(fp, problem))
     return 0
 
 

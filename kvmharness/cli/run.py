@@ -8,6 +8,8 @@ from typing import Any, TextIO
 
 from kvmharness.cli import common
 from kvmharness.compare.tables import format_run_summary
+from kvmharness.observe import signals
+from kvmharness.observe.tracefs import remove_stale_instances
 from kvmharness.results.precision import spread_line, spread_too_high
 from kvmharness.results.session import run_session
 from kvmharness.results.store import DEFAULT_DIR, default_result_path
@@ -37,21 +39,40 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except (ValueError, KeyError) as e:
         err.write(f"kvmharness run: {e.args[0] if e.args else e}\n")
         return common.EXIT_USAGE
-    environment = common.collect_fingerprint()
-    path = default_result_path(args.out, spec.name, plan.label)
+    # Checked before anything runs or is written, cheapest and most basic first.
+    problem = common.kvm_access_problem() or common.output_dir_problem(args.out)
+    if problem:
+        err.write(f"kvmharness run: {problem}\n")
+        return common.EXIT_FAILED
+    preflight = getattr(spec, "preflight", None)
+    problems = list(preflight(plan.params)) if callable(preflight) else []
+    if problems:
+        for p in problems:
+            err.write(f"kvmharness run: {p}\n")
+        return common.EXIT_USAGE
 
     def progress(message: str) -> None:
         err.write(message + "\n")
         err.flush()
 
-    try:
-        session = run_session(plan, path, environment, progress=progress)
-    except OSError as e:
-        # Scenario errors are recorded as failed runs; what escapes is (almost always)
-        # writing the result file: its folder or the disk.
-        err.write(f"kvmharness run: {e if e.filename else f'{path}: {e}'}\n")
-        return common.EXIT_FAILED
+    with signals.interrupts_raise():
+        remove_stale_instances(err=err)  # a killed run's tracefs instance would skew ours
+        environment = common.collect_fingerprint()
+        path = default_result_path(args.out, spec.name, plan.label)
+        try:
+            session = run_session(plan, path, environment, progress=progress)
+        except OSError as e:
+            # Scenario errors are recorded as failed runs; what escapes is (almost always)
+            # writing the result file: its folder or the disk.
+            err.write(f"kvmharness run: {e if e.filename else f'{path}: {e}'}\n")
+            return common.EXIT_FAILED
     result = session.result
+    if session.path is None:
+        out.write(f"{spec.name}: no run completed; no result file written\n")
+        for w in result.warnings:
+            out.write(f"warning: {w}\n")
+        return signals.exit_status() if session.interrupted else common.EXIT_FAILED
+    path = session.path
     counts = ", ".join(f"{len(result.ok_runs(v))} {('/'.join(v.values()) or 'runs')}"
                        for v in result.variants)
     out.write(f"{spec.name}: {len(result.ok_runs())} completed runs ({counts}) "
@@ -66,5 +87,5 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if len(result.variants) > 1 and result.ok_runs():
         out.write(f"A/B statistics: kvmharness compare {path}\n")
     if session.interrupted:
-        return common.EXIT_INTERRUPTED
+        return signals.exit_status()
     return common.EXIT_FAILED if session.failed_runs else 0

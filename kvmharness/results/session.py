@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from kvmharness.observe import noise
 from kvmharness.observe import pinning as pins
+from kvmharness.observe.signals import signals_held
 from kvmharness.results.model import (
     ResultFile,
     RunRecord,
@@ -23,7 +24,7 @@ from kvmharness.results.model import (
     spec_metadata,
     variant_text,
 )
-from kvmharness.results.store import write_result
+from kvmharness.results.store import create_result, write_result
 from kvmharness.results.precision import Stopper, UntilCi
 from kvmharness.scenarios.base import RunRequest, ScenarioSpec, VariantUnsupported
 
@@ -80,7 +81,7 @@ class SessionPlan:
 @dataclasses.dataclass
 class SessionOutcome:
     result: ResultFile
-    path: Path
+    path: Path | None  # None: no run completed, so no file was written
     interrupted: bool
     failed_runs: int
 
@@ -134,10 +135,22 @@ def run_session(
     progress: Progress = lambda message: None,
     snapshot: Callable[[], noise.NoiseSnapshot] = noise.snapshot,
 ) -> SessionOutcome:
-    """Run the plan, writing ``path`` after every run.  Ctrl-C ends the session cleanly:
-    the file keeps every completed run and says ``"status": "interrupted"``."""
+    """Run the plan, writing the result file after every run.  The file is created
+    (exclusively: ``path``, or ``path`` with ``-2``, ``-3``... if that name is taken) once
+    a run has completed; a session in which none did writes nothing (``outcome.path`` is
+    None).  Ctrl-C (or SIGTERM/SIGHUP, see observe.signals) ends the session cleanly: the
+    file keeps every completed run and says ``"status": "interrupted"``."""
     result = new_result(plan, environment)
-    write_result(path, result)
+    written: Path | None = None
+
+    def save() -> None:
+        nonlocal written
+        if written is not None:
+            write_result(written, result)
+        elif result.ok_runs():
+            with signals_held():  # an interrupt between link and assignment: a second file
+                written = create_result(path, result)
+
     active = [dict(v) for v in plan.variants]
     consecutive_failures = {variant_text(v): 0 for v in active}
     failed = 0
@@ -171,7 +184,7 @@ def run_session(
                     active.remove(variant)
                     total -= plan.repeat - rep - 1
                     progress(f"  {name} skipped (not supported here): {reason}")
-                    write_result(path, result)
+                    save()
                     continue
                 except Exception as e:  # noqa: BLE001 - record it, keep the other runs going
                     reason = f"{type(e).__name__}: {e}"
@@ -185,7 +198,7 @@ def run_session(
                         result.warnings.append(
                             f"{name}: dropped after {MAX_CONSECUTIVE_FAILURES} consecutive "
                             f"failures; last: {reason}")
-                    write_result(path, result)
+                    save()
                     continue
                 host = noise.delta(before, snapshot())
                 if plan.pinning:
@@ -196,14 +209,18 @@ def run_session(
                 result.runs.append(RunRecord.from_outcome(
                     outcome, plan.spec, index=len(result.runs), repeat=rep,
                     variant=variant, host_noise=host))
-                write_result(path, result)
+                save()
                 progress(f"  done in {host['wall_s']:.2f} s")
     except KeyboardInterrupt:
         # A run cut short is dropped: its samples would be a biased subset of iterations.
-        result.status = "interrupted"
-        write_result(path, result)
-        progress(f"interrupted: {len(result.ok_runs())} completed runs kept in {path}")
-        return SessionOutcome(result, path, True, failed)
-    result.status = "complete"
-    write_result(path, result)
-    return SessionOutcome(result, path, False, failed)
+        # Signals held: a second Ctrl-C must not leave the file saying "running".
+        with signals_held():
+            result.status = "interrupted"
+            save()
+            progress(f"interrupted: {len(result.ok_runs())} completed runs kept in {written}"
+                     if written else "interrupted before any run completed: nothing written")
+        return SessionOutcome(result, written, True, failed)
+    with signals_held():
+        result.status = "complete"
+        save()
+    return SessionOutcome(result, written, False, failed)

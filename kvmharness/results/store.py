@@ -24,6 +24,8 @@ from kvmharness.results.model import ResultFile
 from kvmharness.results.validate import ResultFormatError, parse_result
 
 DEFAULT_DIR = Path("results")
+# "<scenario>-<label>-<UTC timestamp>-N": the name default_result_path or a collision gave.
+_NUMBERED = re.compile(r"(.*\d{8}T\d{6}Z)-(\d+)\Z")
 
 
 def _write_temp(path: Path, data: Any) -> str:
@@ -67,12 +69,15 @@ def atomic_write_json(path: Path, data: Any) -> None:
 def create_json_exclusive(path: Path, data: Any, *, max_tries: int = 1000) -> Path:
     """Write ``data`` to ``path`` if no file has that name, else to ``<stem>-2<suffix>``,
     ``-3``, ...: never over an existing file, even one another process creates at the same
-    moment.  Returns the name used.  Later versions go through ``atomic_write_json``."""
+    moment.  Returns the name used.  Later versions go through ``atomic_write_json``.
+    A ``path`` that already ends in ``-N`` (a ``default_result_path`` guess) counts on."""
     path = Path(path)
+    numbered = _NUMBERED.match(path.stem)
+    stem, first = (numbered.group(1), int(numbered.group(2))) if numbered else (path.stem, 1)
     tmp = _write_temp(path, data)
     try:
-        for n in range(1, max_tries + 1):
-            candidate = path if n == 1 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+        for n in range(first, first + max_tries):
+            candidate = path if n == first else path.with_name(f"{stem}-{n}{path.suffix}")
             try:
                 os.link(tmp, candidate)  # atomic, fails if the name exists; content complete
             except FileExistsError:

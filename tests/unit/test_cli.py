@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -56,6 +57,7 @@ def fake_spec(run: Callable[[RunRequest], RunOutcome] | None = None) -> Scenario
 @pytest.fixture
 def register(monkeypatch: pytest.MonkeyPatch) -> Callable[[ScenarioSpec], None]:
     monkeypatch.setattr(cli_common, "collect_fingerprint", lambda: dict(FAKE_ENV))
+    monkeypatch.setattr(cli_common, "kvm_access_problem", lambda: None)  # fakes need no KVM
 
     def do(spec: ScenarioSpec) -> None:
         monkeypatch.setattr(registry, "all_scenarios", lambda: {spec.name: spec})
@@ -135,10 +137,11 @@ def test_run_writes_a_file_and_compare_reads_it(register: Callable[[ScenarioSpec
     assert cli.main(["compare", str(path)]) == 0
     out = capsys.readouterr().out
     assert "A = zap=all, B = zap=slot" in out
-    assert re.search(r"^total \[ms\] +lower .* -(9|10)\.\d%", out, re.M)
+    assert re.search(r"^total \[ms\] +[\d.]+ +[\d.]+ +-(9|10)\.\d% +better", out, re.M)
     assert cli.main(["compare", str(path), "--format", "cover-letter", "--min-change",
                      "50%"]) == 0
-    assert "(~, p=" in capsys.readouterr().out
+    assert re.search(r"total: Before: [\d.]+ ms  After: [\d.]+ ms  \(~\)",
+                     capsys.readouterr().out)
     assert cli.main(["compare", str(path), "--format", "csv"]) == 0
     assert capsys.readouterr().out.startswith("scenario,axis,")
 
@@ -191,27 +194,130 @@ def test_unsupported_variant_is_not_an_error(register: Callable[[ScenarioSpec], 
 
 def test_failed_runs_give_exit_status_1(register: Callable[[ScenarioSpec], None],
                                         tmp_path: Path) -> None:
+    calls = 0
+
     def run(req: RunRequest) -> RunOutcome:
-        raise RuntimeError("guest crashed")
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("guest crashed")
+        o = RunOutcome()
+        o.add("total", 1.0)
+        return o
 
     register(fake_spec(run))
     assert cli.main(["run", "fake-toggle", "--repeat", "2", "--out", str(tmp_path)]) == 1
-    assert all(r.status == "failed" for r in load_result(only_file(tmp_path)).runs)
+    result = load_result(only_file(tmp_path))
+    assert [r.status for r in result.runs] == ["failed", "ok", "ok", "ok"]
+    assert "guest crashed" in (result.runs[0].reason or "")
 
 
-@pytest.mark.parametrize("argv,message", [
+def test_nothing_is_written_when_no_run_completes(register: Callable[[ScenarioSpec], None],
+                                                 tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    def run(req: RunRequest) -> RunOutcome:
+        raise RuntimeError("KVM_CREATE_VM failed: EACCES")
+
+    register(fake_spec(run))
+    assert cli.main(["run", "fake-toggle", "--repeat", "4", "--out", str(tmp_path)]) == 1
+    assert list(tmp_path.iterdir()) == []
+    captured = capsys.readouterr()
+    assert "no run completed; no result file written" in captured.out
+    assert "dropped after 3 consecutive failures" in captured.out
+    assert captured.err.count("failed: RuntimeError: KVM_CREATE_VM failed") == 6
+
+
+def test_parallel_runs_in_one_second_get_one_file_each(register: Callable[[ScenarioSpec], None],
+                                                        tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # In-process: every run in the same second (the clock is stopped), same label.
+    import datetime
+
+    from kvmharness.results import store
+
+    frozen = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+    real = store.default_result_path
+    monkeypatch.setattr("kvmharness.cli.run.default_result_path",
+                        lambda d, s, lbl: real(d, s, lbl, when=frozen))
+    register(fake_spec())
+    for _ in range(3):
+        assert cli.main(["run", "fake-toggle", "--repeat", "1", "--label", "L",
+                         "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "fake-toggle-L-20260102T030405Z-2.json", "fake-toggle-L-20260102T030405Z-3.json",
+        "fake-toggle-L-20260102T030405Z.json"]
+
+
+def ranged_spec() -> ScenarioSpec:
+    """fake_spec with ranged parameters like the real scenarios'; every run fails loudly,
+    so a bad value that got through to a run shows in the test."""
+    def run(req: RunRequest) -> RunOutcome:
+        raise AssertionError(f"ran with {req.params}")
+
+    return dataclasses.replace(fake_spec(run), parameters=(
+        Parameter("pages", "pages", 2000, 16, "pages touched", minimum=1, maximum=4096),
+        Parameter("toggle_ms", "ms", 10, 2, "interval", minimum=1, maximum=60_000),
+        Parameter("thp", "bool", False, False, "huge pages", type=bool),
+        Parameter("mode", "", "read", "read", "access", type=str, choices=("read", "write")),
+    ))
+
+
+# Malformed command lines: each is refused when parsed (exit 2) in one line naming what is
+# wrong and, for values, the valid range; nothing runs, nothing is written.
+MALFORMED = [
     (["run", "nope"], "unknown scenario 'nope'"),
-    (["run", "fake-toggle", "--param", "pages=many"], "expects an integer"),
+    (["run", "fake-toggle", "--param", "pages=many"], "'pages' expects 1..4096"),
+    (["run", "fake-toggle", "--param", "pages=0"], "'pages' must be 1..4096"),
+    (["run", "fake-toggle", "--param", "pages=-1"], "'pages' must be 1..4096"),
+    (["run", "fake-toggle", "--param", "pages=10^12"], "'pages' expects 1..4096"),
+    (["run", "fake-toggle", "--param", "pages=1000000000000"], "'pages' must be 1..4096"),
+    (["run", "fake-toggle", "--param", "pages="], "'pages' expects 1..4096"),
+    (["run", "fake-toggle", "--param", "toggle_ms=0"], "'toggle_ms' must be 1..60000 ms"),
+    (["run", "fake-toggle", "--param", "toggle_ms=-1"], "'toggle_ms' must be 1..60000 ms"),
+    (["run", "fake-toggle", "--param", "toggle_ms=1.5"], "'toggle_ms' expects 1..60000"),
+    (["run", "fake-toggle", "--param", "thp=maybe"], "'thp' expects true or false"),
+    (["run", "fake-toggle", "--param", "mode=exec"], "'mode' must be one of read, write"),
     (["run", "fake-toggle", "--param", "pagez=1"], "no parameter 'pagez'"),
+    (["run", "fake-toggle", "--param", "pages"], "expected NAME=VALUE, got 'pages'"),
+    (["run", "fake-toggle", "--param", "=5"], "expected NAME=VALUE, got '=5'"),
     (["run", "fake-toggle", "--variant", "zap=some"], "no value 'some'"),
-])
+    (["run", "fake-toggle", "--variant", "zap="], "--variant zap=: an empty value "
+                                                  "(values: all, slot)"),
+    (["run", "fake-toggle", "--variant", "zap=all,"], "--variant zap=all,: an empty value"),
+    (["run", "fake-toggle", "--variant", "mem=4k"], "no variant axis 'mem'"),
+    (["run", "fake-toggle", "--warmup", "-1"], "expected an integer >= 0, got -1"),
+    (["run", "fake-toggle", "--repeat", "0"], "expected an integer >= 1, got 0"),
+    (["run", "fake-toggle", "--repeat", "two"], "expected an integer, got 'two'"),
+    (["run", "fake-toggle", "--iterations", "0"], "expected an integer >= 1, got 0"),
+    (["run", "fake-toggle", "--iterations", "-5"], "expected an integer >= 1, got -5"),
+]
+
+
+@pytest.mark.parametrize("argv,message", MALFORMED)
 def test_run_usage_errors(register: Callable[[ScenarioSpec], None], tmp_path: Path,
                           capsys: pytest.CaptureFixture[str], argv: list[str],
                           message: str) -> None:
-    register(fake_spec())
-    assert cli.main([*argv, "--out", str(tmp_path)]) == 2
-    assert message in capsys.readouterr().err
-    assert not list(tmp_path.glob("*.json"))
+    register(ranged_spec())
+    out = tmp_path / "out"
+    assert cli.main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err, err  # one line
+    assert not out.exists()
+
+
+def test_the_same_checks_hold_for_every_real_scenario() -> None:
+    # Every real parameter with a numeric type declares a lower bound, so 0 or -1 never
+    # reaches a run; list-typed ones (their own parsers) reject garbage when parsed.
+    for spec in registry.all_scenarios().values():
+        for p in spec.parameters:
+            if p.type in (int, float):
+                assert p.minimum is not None, f"{spec.name}.{p.name} has no minimum"
+                with pytest.raises(ValueError, match=re.escape(repr(p.name))):
+                    p.parse("-1")
+            elif p.type not in (bool, str) or p.choices is not None:
+                with pytest.raises(ValueError, match=re.escape(repr(p.name))):
+                    p.parse("#")
 
 
 def test_compare_rejects_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
