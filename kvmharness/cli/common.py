@@ -151,7 +151,10 @@ def per_boot_options(args: argparse.Namespace, scenarios: int = 1) -> list[str]:
     if args.pin is not None:
         cpus = getattr(args, "cpus", None)
         if cpus:
-            pinning.parse(args.pin, allowed=range(cpus), siblings=())
+            try:
+                pinning.parse(args.pin, allowed=range(cpus), siblings=())
+            except pinning.PinError as e:
+                raise pinning.PinError(f"{e} inside a boot with --cpus {cpus}") from None
         else:
             pinning.check_syntax(args.pin)
         options += ["--pin", args.pin]
