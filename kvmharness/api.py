@@ -49,8 +49,9 @@ def run(name: str, *, quick: bool = False, params: Mapping[str, Any] | None = No
         iterations: int | None = None, warmup: int | None = None, label: str | None = None,
         out: Path | str = DEFAULT_DIR, progress: Progress | None = None) -> SessionOutcome:
     """What ``kvmharness run`` does: ``repeat`` runs per variant, interleaved, written to a
-    result file under ``out`` after every run.  Returns the session (``.result``, ``.path``,
-    ``.failed_runs``); Ctrl-C is re-raised after the completed runs were saved."""
+    result file under ``out`` after every run.  Returns the session (``.result``, ``.path``
+    (None when no run completed: nothing is written then), ``.failed_runs``); Ctrl-C is
+    re-raised after the completed runs were saved."""
     spec = scenario(name)
     plan = SessionPlan.resolve(spec, params=params, variants=variants, quick=quick,
                                repeat=repeat, iterations=iterations, warmup=warmup,
@@ -59,5 +60,6 @@ def run(name: str, *, quick: bool = False, params: Mapping[str, Any] | None = No
     session = run_session(plan, path, fingerprint.collect(),
                           progress=progress or (lambda message: None))
     if session.interrupted:
-        raise KeyboardInterrupt(f"interrupted; completed runs are in {path}")
+        raise KeyboardInterrupt(f"interrupted; completed runs are in {session.path}"
+                                if session.path else "interrupted before any run completed")
     return session
