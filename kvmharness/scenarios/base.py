@@ -146,6 +146,14 @@ class ScenarioSpec:
     # The metrics a default report shows (the answer); the rest appear with --all-metrics.
     # Names may be size families (``create@<size>``) on a SizedScenarioSpec.
     headline: tuple[str, ...] = ()
+    # Limits that depend on the host (guest memory against what the host has, page-table
+    # room, work a watchdog bounds): one message per problem, each naming the parameter to
+    # change.  ``kvmharness run`` calls it before the first run; None: nothing to check.
+    check_host: Callable[[Mapping[str, Any]], list[str]] | None = None
+
+    def preflight(self, params: Mapping[str, Any]) -> list[str]:
+        """What stops ``params`` from running on this host (empty: nothing known)."""
+        return list(self.check_host(params)) if self.check_host is not None else []
 
     def parameter(self, name: str) -> Parameter:
         for p in self.parameters:
