@@ -1,11 +1,20 @@
 """Base for objects that own one KVM fd: ioctl with the object's context, close, context
-manager, and turning EIO into VmDeadError when KVM has killed the VM."""
+manager, and turning EIO into VmDeadError when KVM has killed the VM.
+
+A parent (Kvm, Vm) holds only weak references to its children, so a Vm or Vcpu dropped
+without ``close()`` releases its fd (and mmaps) as soon as it is unreachable, with a
+ResourceWarning as for an unclosed file.  A child holds its parent strongly: the parent
+outlives every child, and an explicit ``close()`` still closes vCPUs, then VMs, then
+/dev/kvm."""
 
 from __future__ import annotations
 
 import errno
+import itertools
 import os
-from typing import Callable
+import warnings
+import weakref
+from typing import Generic, Iterator, TypeVar
 
 from kvmharness.kvm import syscall
 from kvmharness.kvm.closeable import Closeable
@@ -13,16 +22,16 @@ from kvmharness.kvm.errors import KvmClosedError, KvmError, VmDeadError
 from kvmharness.uapi.caps import KvmCap
 from kvmharness.uapi.ioctls import KVM_CHECK_EXTENSION
 
+_Child = TypeVar("_Child", bound="FdObject")
+
 
 class FdObject(Closeable):
     """Owns ``self.fd``; subclasses release their own resources in ``_close_children``."""
 
     kind = "fd"
 
-    def __init__(self, fd: int, vm_fd_probe: Callable[[], int] | None = None) -> None:
+    def __init__(self, fd: int) -> None:
         self.fd = fd
-        # Returns the VM fd used to tell "VM killed" (EIO + failed probe) from a plain EIO.
-        self._vm_fd_probe = vm_fd_probe
 
     def ioctl(self, request: int, arg: object = 0, detail: str | None = None) -> int:
         if self.fd < 0:
@@ -30,17 +39,25 @@ class FdObject(Closeable):
         try:
             return syscall.ioctl(self.fd, request, arg)
         except KvmError as exc:
-            if exc.errno == errno.EIO and self._vm_is_dead():
-                raise VmDeadError(errno.EIO, exc.ioctl, "KVM has marked this VM dead "
-                                  "(KVM_BUG_ON or a fatal error); see the host's dmesg") from None
-            if detail:
-                raise KvmError(exc.errno or errno.EIO, exc.ioctl, detail) from None
-            raise
+            raise self._typed_error(exc.errno or errno.EIO, exc.ioctl, detail) from None
+
+    def _typed_error(self, err: int, ioctl: str, detail: str | None = None) -> KvmError:
+        """The error to raise for a failed ioctl: VmDeadError when KVM killed the VM,
+        KvmClosedError when this object is closed, else a KvmError naming the ioctl."""
+        if self.fd < 0:
+            return KvmClosedError(self.kind, ioctl)
+        if err == errno.EIO and self._vm_is_dead():
+            return VmDeadError(errno.EIO, ioctl, "KVM has marked this VM dead "
+                               "(KVM_BUG_ON or a fatal error); see the host's dmesg")
+        return KvmError(err, ioctl, detail)
+
+    def _vm_fd(self) -> int:
+        """The VM fd that tells "VM killed" (EIO + failed probe) from a plain EIO; -1 for
+        objects that belong to no VM."""
+        return -1
 
     def _vm_is_dead(self) -> bool:
-        if self._vm_fd_probe is None:
-            return False
-        fd = self._vm_fd_probe()
+        fd = self._vm_fd()
         if fd < 0:
             return False
         ret, err = syscall.ioctl_errno(fd, KVM_CHECK_EXTENSION, KvmCap.KVM_CAP_USER_MEMORY)
@@ -61,3 +78,43 @@ class FdObject(Closeable):
         finally:
             fd, self.fd = self.fd, -1
             os.close(fd)
+
+    def __del__(self) -> None:
+        # Like an unclosed file: say so (ResourceWarning is shown under -X dev, -W default
+        # and pytest), then release the fd.  Never raise from a finaliser.
+        try:
+            if getattr(self, "fd", -1) >= 0:
+                warnings.warn(f"unclosed {self.kind} fd {self.fd}: call close() or use "
+                              "'with' (closing it now)", ResourceWarning, stacklevel=2,
+                              source=self)
+            self.close()
+        except Exception:
+            pass
+
+
+class Children(Generic[_Child]):
+    """A parent's weak references to its children, in creation order."""
+
+    def __init__(self) -> None:
+        self._refs: weakref.WeakValueDictionary[int, _Child] = weakref.WeakValueDictionary()
+        self._keys = itertools.count()
+
+    def add(self, child: _Child) -> None:
+        self._refs[next(self._keys)] = child
+
+    def discard(self, child: _Child) -> None:
+        for key, value in list(self._refs.items()):
+            if value is child:
+                del self._refs[key]
+
+    def live(self) -> list[_Child]:
+        return list(self._refs.values())
+
+    def __iter__(self) -> Iterator[_Child]:
+        return iter(self.live())
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def clear(self) -> None:
+        self._refs.clear()

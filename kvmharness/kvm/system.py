@@ -7,7 +7,8 @@ import os
 
 from kvmharness.kvm import kick
 from kvmharness.kvm.errors import KvmCapabilityError, KvmError, KvmUnavailableError
-from kvmharness.kvm.fdobject import FdObject
+from kvmharness.kvm.fdobject import Children, FdObject
+from kvmharness.kvm.syscall import SMALL_ARG_LIMIT, get_errno, ioctl_small
 from kvmharness.kvm.vm import Vm
 from kvmharness.uapi import ioctls
 from kvmharness.uapi.caps import KvmCap
@@ -15,6 +16,7 @@ from kvmharness.uapi.kvm import KVM_API_VERSION
 from kvmharness.uapi.x86 import kvm_cpuid_entry2, make_kvm_cpuid2
 
 DEFAULT_DEVICE = "/dev/kvm"
+_CHECK_EXTENSION = int(ioctls.KVM_CHECK_EXTENSION)
 
 _OPEN_ADVICE = {
     errno.ENOENT: "the KVM module is not loaded or this CPU has no virtualization: "
@@ -46,7 +48,7 @@ class Kvm(FdObject):
             raise KvmUnavailableError(err, "open", f"{path}: {advice}") from None
         super().__init__(fd)
         self.path = path
-        self.vms: list[Vm] = []
+        self._vms: Children[Vm] = Children()
         try:
             version = self.ioctl(ioctls.KVM_GET_API_VERSION)
             if version != KVM_API_VERSION:
@@ -59,9 +61,19 @@ class Kvm(FdObject):
             raise
         self._supported_cpuid: list[kvm_cpuid_entry2] | None = None
 
+    @property
+    def vms(self) -> list[Vm]:
+        """The VMs of this fd that are still open and referenced (weakly held)."""
+        return self._vms.live()
+
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on /dev/kvm: 0 if unsupported, else a cap-specific value."""
-        return self.ioctl(ioctls.KVM_CHECK_EXTENSION, int(cap))
+        if not 0 <= cap < SMALL_ARG_LIMIT:
+            raise ValueError(f"capability {cap} is outside 0..{SMALL_ARG_LIMIT - 1}")
+        ret = ioctl_small(self.fd, _CHECK_EXTENSION, cap)
+        if ret < 0:
+            raise self._typed_error(get_errno(), "KVM_CHECK_EXTENSION", f"capability {cap}")
+        return ret  # type: ignore[no-any-return]
 
     def require(self, cap: KvmCap) -> int:
         value = self.check_extension(cap)
@@ -89,16 +101,16 @@ class Kvm(FdObject):
     def create_vm(self, vm_type: int = 0) -> Vm:
         fd = self.ioctl(ioctls.KVM_CREATE_VM, vm_type, detail=f"type {vm_type}")
         vm = Vm(self, fd, vm_type)
-        self.vms.append(vm)
+        self._vms.add(vm)
         return vm
 
     def _close_children(self) -> None:
         errors = []
-        for vm in list(self.vms):
+        for vm in self._vms.live():
             try:
                 vm.close()
             except BaseException as exc:
                 errors.append(exc)
-        self.vms.clear()
+        self._vms.clear()
         if errors:
             raise errors[0]

@@ -7,11 +7,12 @@ import ctypes
 import errno
 import os
 import threading
+import time
 from typing import TYPE_CHECKING, Iterable
 
 from kvmharness.kvm import kick, syscall
 from kvmharness.kvm.errors import KvmError, VmDeadError
-from kvmharness.kvm.exits import Exit, Stopped, decode_exit
+from kvmharness.kvm.exits import _STOPPED, Exit, ExitDecoder
 from kvmharness.kvm.fdobject import FdObject
 from kvmharness.kvm.stats import StatsReader
 from kvmharness.uapi import ioctls
@@ -35,6 +36,10 @@ from kvmharness.uapi.x86 import (
 if TYPE_CHECKING:
     from kvmharness.kvm.vm import Vm
 
+_KVM_RUN = int(ioctls.KVM_RUN)
+_clock = time.perf_counter_ns
+_get_ident = threading.get_ident
+
 
 class Vcpu(FdObject):
     """A vCPU.  ``run()`` is meant to be called from one thread at a time (the vCPU's own);
@@ -43,7 +48,7 @@ class Vcpu(FdObject):
     kind = "vCPU"
 
     def __init__(self, vm: "Vm", fd: int, index: int, mmap_size: int) -> None:
-        super().__init__(fd, vm_fd_probe=lambda: vm.fd)
+        super().__init__(fd)
         self.vm = vm
         self.index = index
         self._mmap_size = mmap_size
@@ -62,6 +67,8 @@ class Vcpu(FdObject):
             os.close(fd)
             raise
         self.run_struct = kvm_run.from_address(self._run_addr)
+        self._decode = ExitDecoder(self._run_addr, mmap_size).decode
+        self.last_run_ns = 0
         self._stop_requested = False
         self._thread_ident: int | None = None
         self._kick_lock = threading.Lock()
@@ -69,22 +76,27 @@ class Vcpu(FdObject):
     # --- running -----------------------------------------------------------------------
     def run(self) -> Exit:
         """KVM_RUN until an exit userspace must handle.  EINTR from stray signals is retried;
-        EINTR after ``request_stop()`` returns ``Stopped``."""
+        EINTR after ``request_stop()`` returns ``Stopped``.  ``last_run_ns`` holds the
+        nanoseconds of the last successful KVM_RUN syscall alone (clock read immediately
+        around it), so a caller can tell the kernel's share of an exit from its own."""
         fd = self.fd
         if fd < 0:
             raise KvmError(errno.EBADF, "KVM_RUN", f"vCPU {self.index} is closed")
-        self._thread_ident = threading.get_ident()
+        self._thread_ident = _get_ident()
+        ioctl, clock = syscall.ioctl_small, _clock
         try:
             while True:
                 if self._stop_requested:
-                    return Stopped()
-                ret, err = syscall.ioctl_errno(fd, ioctls.KVM_RUN, 0)
+                    return _STOPPED
+                t0 = clock()
+                ret = ioctl(fd, _KVM_RUN, 0)
+                t1 = clock()
                 if ret >= 0:
-                    return decode_exit(self.run_struct, self._run_addr)
-                if err == errno.EINTR:
+                    self.last_run_ns = t1 - t0
+                    return self._decode()
+                err = syscall.get_errno()
+                if err == errno.EINTR or err == errno.EAGAIN:
                     continue  # loop top returns Stopped if that was a stop request
-                if err == errno.EAGAIN:
-                    continue
                 if err == errno.EIO and self._vm_is_dead():
                     raise VmDeadError(err, "KVM_RUN", "KVM has marked this VM dead")
                 raise KvmError(err, "KVM_RUN", f"vCPU {self.index}")
@@ -138,6 +150,9 @@ class Vcpu(FdObject):
             raise ValueError(f"MMIO read of {mmio.phys_addr:#x} wants {mmio.len} bytes, "
                              f"got {len(data)}")
         ctypes.memmove(ctypes.addressof(mmio.data), data, mmio.len)
+
+    def _vm_fd(self) -> int:
+        return self.vm.fd
 
     # --- state -------------------------------------------------------------------------
     def get_regs(self) -> kvm_regs:

@@ -7,11 +7,14 @@ import ctypes
 import dataclasses
 import errno
 import os
+import struct
+import time
 from typing import TYPE_CHECKING
 
-from kvmharness.kvm.errors import KvmCapabilityError, KvmError
-from kvmharness.kvm.fdobject import FdObject
+from kvmharness.kvm.errors import KvmCapabilityError, KvmClosedError, KvmError
+from kvmharness.kvm.fdobject import Children, FdObject
 from kvmharness.kvm.memslots import Memslot, explain_failure
+from kvmharness.kvm.syscall import SMALL_ARG_LIMIT, get_errno, ioctl_small, ioctl_struct
 from kvmharness.kvm.stats import StatsReader
 from kvmharness.kvm.vcpu import Vcpu
 from kvmharness.uapi import ioctls
@@ -32,6 +35,25 @@ from kvmharness.uapi.x86 import KVM_X86_QUIRK_SLOT_ZAP_ALL, KvmX86Quirk
 
 if TYPE_CHECKING:
     from kvmharness.kvm.system import Kvm
+
+_CHECK_EXTENSION = int(ioctls.KVM_CHECK_EXTENSION)
+# slot, flags, guest_phys_addr, memory_size, userspace_addr: the prefix that
+# kvm_userspace_memory_region and kvm_userspace_memory_region2 share (one pack_into instead
+# of five ctypes field stores).
+_pack_region = struct.Struct("=IIQQQ").pack_into
+_ioctl_struct = ioctl_struct
+_clock = time.perf_counter_ns  # CLOCK_MONOTONIC through the vDSO: the cheapest monotonic clock
+_MEMSLOT_CACHE_MAX = 1024
+
+
+def _bad_region(flags: int, guest_phys_addr: int, memory_size: int,
+                userspace_addr: int) -> ValueError:
+    for name, value, bits in (("flags", flags, 32), ("guest_phys_addr", guest_phys_addr, 64),
+                              ("memory_size", memory_size, 64),
+                              ("userspace_addr", userspace_addr, 64)):
+        if not isinstance(value, int) or not 0 <= value < (1 << bits):
+            return ValueError(f"memslot {name}={value!r} is outside 0..2**{bits}-1")
+    return ValueError("memslot arguments do not fit struct kvm_userspace_memory_region")
 
 
 @dataclasses.dataclass
@@ -75,11 +97,14 @@ class Vm(FdObject):
     kind = "VM"
 
     def __init__(self, kvm: "Kvm", fd: int, vm_type: int = 0) -> None:
-        super().__init__(fd, vm_fd_probe=lambda: self.fd)
+        super().__init__(fd)
         self.kvm = kvm
         self.vm_type = vm_type
-        self.vcpus: list[Vcpu] = []
+        self._vcpus: Children[Vcpu] = Children()
+        self._vcpus_created = 0
         self.memslots: dict[int, Memslot] = {}
+        self._memslot_cache: dict[tuple[int, int, int, int, int, int], Memslot] = {}
+        self.last_memslot_ns = 0
         self._ioeventfds: list[IoEventFd] = []
         self._stats: StatsReader | None = None
         try:
@@ -91,13 +116,27 @@ class Vm(FdObject):
         # One reusable ioctl argument: no per-call allocation on the memslot hot path.
         self._region: kvm_userspace_memory_region | kvm_userspace_memory_region2 = (
             kvm_userspace_memory_region2() if self.has_memory2 else kvm_userspace_memory_region())
-        self._region_ioctl = (ioctls.KVM_SET_USER_MEMORY_REGION2 if self.has_memory2
-                              else ioctls.KVM_SET_USER_MEMORY_REGION)
+        self._region_request = (ioctls.KVM_SET_USER_MEMORY_REGION2 if self.has_memory2
+                                else ioctls.KVM_SET_USER_MEMORY_REGION)
+        self._region_number = int(self._region_request)  # a plain int converts fastest
+
+    def _vm_fd(self) -> int:
+        return self.fd
+
+    @property
+    def vcpus(self) -> list[Vcpu]:
+        """The vCPUs of this VM that are still open and referenced (weakly held)."""
+        return self._vcpus.live()
 
     # --- capabilities and quirks ----------------------------------------------------------
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on the VM fd (answers for this VM type)."""
-        return self.ioctl(ioctls.KVM_CHECK_EXTENSION, int(cap))
+        if not 0 <= cap < SMALL_ARG_LIMIT:
+            raise ValueError(f"capability {cap} is outside 0..{SMALL_ARG_LIMIT - 1}")
+        ret = ioctl_small(self.fd, _CHECK_EXTENSION, cap)
+        if ret < 0:
+            raise self._typed_error(get_errno(), "KVM_CHECK_EXTENSION", f"capability {cap}")
+        return ret  # type: ignore[no-any-return]
 
     def enable_cap(self, cap: int, *args: int, flags: int = 0) -> None:
         if len(args) > 4:
@@ -129,65 +168,110 @@ class Vm(FdObject):
 
     # --- memslots --------------------------------------------------------------------------
     def set_user_memory_region(self, slot: int, flags: int, guest_phys_addr: int,
-                               memory_size: int, userspace_addr: int, as_id: int = 0) -> None:
+                               memory_size: int, userspace_addr: int, as_id: int = 0) -> int:
         """KVM_SET_USER_MEMORY_REGION(2) — create, move, change flags, or delete (size 0).
-        Keeps ``self.memslots`` in step with the kernel; errors name the slot and range."""
-        request = Memslot(slot, guest_phys_addr, memory_size, userspace_addr, flags, as_id)
-        r = self._region
-        r.slot = (as_id << 16) | slot
-        r.flags = flags
-        r.guest_phys_addr = guest_phys_addr
-        r.memory_size = memory_size
-        r.userspace_addr = userspace_addr
+        Keeps ``self.memslots`` in step with the kernel; errors name the slot and range.
+
+        Returns the nanoseconds spent in the ioctl syscall alone (also left in
+        ``last_memslot_ns``): the clock is read immediately around the call, and packing
+        the argument and updating the memslot table happen outside that window."""
+        if slot >> 16 or as_id >> 16:
+            raise ValueError(f"memslot {slot} in address space {as_id}: both must be in "
+                             "0..65535")
+        region = self._region
         try:
-            self.ioctl(self._region_ioctl, r)
-        except KvmError as exc:
-            if exc.errno in (errno.EEXIST, errno.EINVAL, errno.ENOMEM, errno.EFAULT):
-                raise KvmError(exc.errno, exc.ioctl,
-                               explain_failure(exc.errno, request, self.memslots)) from None
-            raise
+            _pack_region(region, 0, (as_id << 16) | slot, flags, guest_phys_addr, memory_size,
+                         userspace_addr)
+        except struct.error:
+            raise _bad_region(flags, guest_phys_addr, memory_size, userspace_addr) from None
+        ioctl, fd, request, clock = _ioctl_struct, self.fd, self._region_number, _clock
+        t0 = clock()
+        try:
+            ioctl(fd, request, region)
+            t1 = clock()
+        except (OSError, ValueError) as exc:  # ValueError: fd -1 (closed)
+            raise self._memslot_error(exc, Memslot(slot, guest_phys_addr, memory_size,
+                                                   userspace_addr, flags, as_id)) from None
+        ns = t1 - t0
+        self.last_memslot_ns = ns
         if memory_size:
-            self.memslots[slot] = request
+            key = (slot, guest_phys_addr, memory_size, userspace_addr, flags, as_id)
+            memslot = self._memslot_cache.get(key)
+            if memslot is None:
+                memslot = self._remember_memslot(key)
+            self.memslots[slot] = memslot
         else:
             self.memslots.pop(slot, None)
+        return ns
+
+    def _remember_memslot(self, key: tuple[int, int, int, int, int, int]) -> Memslot:
+        # Memslots are immutable: toggling or moving a slot between a few states reuses them
+        # instead of building a frozen dataclass (~1 us) per call.
+        if len(self._memslot_cache) >= _MEMSLOT_CACHE_MAX:
+            self._memslot_cache.clear()
+        memslot = self._memslot_cache[key] = Memslot(*key)
+        return memslot
+
+    def _memslot_error(self, exc: OSError | ValueError, request: Memslot) -> KvmError:
+        name = self._region_request.name
+        if self.fd < 0:
+            return KvmClosedError(self.kind, name)
+        err = (exc.errno if isinstance(exc, OSError) else None) or errno.EIO
+        error = self._typed_error(err, name)
+        if type(error) is KvmError:
+            return KvmError(err, name, explain_failure(err, request, self.memslots))
+        return error
 
     def free_slot(self) -> int:
         for slot in range(self.max_memslots):
             if slot not in self.memslots:
                 return slot
-        raise KvmError(errno.ENOSPC, self._region_ioctl.name,
+        raise KvmError(errno.ENOSPC, self._region_request.name,
                        f"all {self.max_memslots} memslots are in use")
 
     def add_memslot(self, guest_phys_addr: int, memory_size: int, userspace_addr: int,
                     flags: int = 0, slot: int | None = None) -> Memslot:
-        """Create a memslot (lowest free slot id unless ``slot`` is given)."""
+        """Create a memslot (lowest free slot id unless ``slot`` is given); the syscall's
+        nanoseconds are left in ``last_memslot_ns``."""
         if slot is None:
             slot = self.free_slot()
         elif slot in self.memslots:
-            raise KvmError(errno.EEXIST, self._region_ioctl.name,
+            raise KvmError(errno.EEXIST, self._region_request.name,
                            f"slot {slot} already exists: {self.memslots[slot]}")
         self.set_user_memory_region(slot, flags, guest_phys_addr, memory_size, userspace_addr)
         return self.memslots[slot]
 
-    def _existing(self, slot: int) -> Memslot:
-        try:
-            return self.memslots[slot]
-        except KeyError:
-            raise KvmError(errno.ENOENT, self._region_ioctl.name,
-                           f"slot {slot} does not exist (have {sorted(self.memslots)})") from None
+    def _no_such_slot(self, slot: int) -> KvmError:
+        return KvmError(errno.ENOENT, self._region_request.name,
+                        f"slot {slot} does not exist (have {sorted(self.memslots)})")
 
-    def delete_memslot(self, slot: int) -> None:
-        old = self._existing(slot)
-        self.set_user_memory_region(slot, old.flags, old.guest_phys_addr, 0, 0, old.as_id)
+    def _existing(self, slot: int) -> Memslot:
+        memslot = self.memslots.get(slot)
+        if memslot is None:
+            raise self._no_such_slot(slot)
+        return memslot
+
+    def delete_memslot(self, slot: int) -> int:
+        """Delete a memslot; returns the ioctl syscall's nanoseconds (as
+        ``set_user_memory_region``)."""
+        old = self.memslots.get(slot)
+        if old is None:
+            raise self._no_such_slot(slot)
+        return self.set_user_memory_region(slot, old.flags, old.guest_phys_addr, 0, 0, old.as_id)
 
     def move_memslot(self, slot: int, guest_phys_addr: int) -> Memslot:
-        old = self._existing(slot)
+        """Move a memslot to ``guest_phys_addr``; the syscall's nanoseconds are left in
+        ``last_memslot_ns``."""
+        old = self.memslots.get(slot)
+        if old is None:
+            raise self._no_such_slot(slot)
         self.set_user_memory_region(slot, old.flags, guest_phys_addr, old.memory_size,
                                     old.userspace_addr, old.as_id)
         return self.memslots[slot]
 
     def set_memslot_flags(self, slot: int, flags: int) -> Memslot:
-        """Change flags (dirty logging on/off).  KVM rejects toggling KVM_MEM_READONLY."""
+        """Change flags (dirty logging on/off).  KVM rejects toggling KVM_MEM_READONLY.
+        The syscall's nanoseconds are left in ``last_memslot_ns``."""
         old = self._existing(slot)
         self.set_user_memory_region(slot, flags, old.guest_phys_addr, old.memory_size,
                                     old.userspace_addr, old.as_id)
@@ -229,10 +313,11 @@ class Vm(FdObject):
     # --- vCPUs -------------------------------------------------------------------------------
     def create_vcpu(self, index: int | None = None) -> Vcpu:
         if index is None:
-            index = len(self.vcpus)
+            index = self._vcpus_created
         fd = self.ioctl(ioctls.KVM_CREATE_VCPU, index, detail=f"vCPU id {index}")
+        self._vcpus_created += 1
         vcpu = Vcpu(self, fd, index, self.kvm.vcpu_mmap_size)
-        self.vcpus.append(vcpu)
+        self._vcpus.add(vcpu)
         return vcpu
 
     # --- stats -------------------------------------------------------------------------------
@@ -288,12 +373,12 @@ class Vm(FdObject):
     # --- lifetime ------------------------------------------------------------------------------
     def _close_children(self) -> None:
         errors: list[BaseException] = []
-        for vcpu in self.vcpus:
+        for vcpu in self._vcpus.live():
             try:
                 vcpu.close()
             except BaseException as exc:  # keep closing the rest; report the first
                 errors.append(exc)
-        self.vcpus.clear()
+        self._vcpus.clear()
         for ev in list(self._ioeventfds):
             try:
                 os.close(ev.fd)  # the VM's own teardown deassigns
@@ -304,7 +389,6 @@ class Vm(FdObject):
         if self._stats is not None:
             self._stats.close()
             self._stats = None
-        if self in self.kvm.vms:
-            self.kvm.vms.remove(self)
+        self.kvm._vms.discard(self)
         if errors:
             raise errors[0]
