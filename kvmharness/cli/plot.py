@@ -1,0 +1,35 @@
+"""``kvmharness plot FILE... --out F.png|F.svg``: a figure of result files (matplotlib)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+from kvmharness.cli import common
+from kvmharness.results.store import load_result
+from kvmharness.results.validate import ResultFormatError
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("plot", help="draw result files: slot-ops latency vs slot size, "
+                       "rom-toggle pass times, teardown time vs RAM (needs "
+                       "'kvmharness[plot]')")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("--out", type=Path, required=True, metavar="F.png|F.svg",
+                   help="the figure to write (format from the suffix)")
+    p.set_defaults(handler=cmd_plot)
+
+
+def cmd_plot(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: TextIO) -> int:
+    from kvmharness.plot import PlotError, plot_files
+
+    try:
+        files = [load_result(p) for p in args.files]
+        written = plot_files(files, args.out)
+    except (ResultFormatError, PlotError, OSError) as e:
+        err.write(f"kvmharness plot: {e}\n" if not str(e).startswith("kvmharness plot")
+                  else f"{e}\n")
+        return common.EXIT_FAILED
+    out.write(f"{written}\n")
+    return 0

@@ -1,0 +1,228 @@
+"""The figures behind ``kvmharness plot``.  matplotlib is imported only here, only when a
+figure is drawn, with the Agg backend (no display needed)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from kvmharness.compare.stats import summarize
+from kvmharness.results.model import ResultFile, RunRecord, variant_text
+
+INSTALL_HINT = "kvmharness plot needs matplotlib: pip install 'kvmharness[plot]'"
+FORMATS = (".png", ".svg")
+SLOT_OPS = ("create", "dirty_on", "dirty_off", "move", "delete")
+TEARDOWN = ("destroy", "probe_max_delay")
+_SIZE = re.compile(r"^(\d+)([KMGT]?)$")
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+class PlotError(ValueError):
+    """The files cannot be drawn as asked (the message says why)."""
+
+
+class PlotUnavailable(PlotError):
+    """matplotlib is not installed."""
+
+
+def plot_kinds() -> tuple[str, ...]:
+    return tuple(DRAWERS)
+
+
+def size_bytes(label: str) -> int | None:
+    """'4K' -> 4096 (the labels ``op@size`` metrics carry)."""
+    m = _SIZE.match(label)
+    return int(m.group(1)) * _UNITS[m.group(2)] if m else None
+
+
+Side = tuple[str, list[RunRecord]]
+
+
+def sides(files: Sequence[ResultFile]) -> list[Side]:
+    """Completed runs grouped by label and variant, named by what differs."""
+    groups: dict[tuple[str, str], list[RunRecord]] = {}
+    for f in files:
+        for r in f.ok_runs():
+            groups.setdefault((f.label, variant_text(r.variant)), []).append(r)
+    labels = {k[0] for k in groups}
+    variants = {k[1] for k in groups}
+
+    def name(key: tuple[str, str]) -> str:
+        if len(labels) > 1 and len(variants) > 1:
+            return f"{key[0]} {key[1]}"
+        return key[0] if len(labels) > 1 else key[1]
+
+    return [(name(k), runs) for k, runs in groups.items()]
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise PlotUnavailable(INSTALL_HINT) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _sized(runs: Sequence[RunRecord], family: str) -> list[tuple[int, str]]:
+    sizes: dict[str, int] = {}
+    for r in runs:
+        for name in r.samples:
+            fam, sep, label = name.partition("@")
+            if sep and fam == family and (b := size_bytes(label)) is not None:
+                sizes[label] = b
+    return sorted(((b, label) for label, b in sizes.items()))
+
+
+def _unit(runs: Sequence[RunRecord], prefix: str) -> str:
+    for r in runs:
+        for name, s in r.samples.items():
+            if name.startswith(prefix):
+                return s.unit
+    return ""
+
+
+def draw_sized(plt: Any, all_sides: Sequence[Side], families: Sequence[str], title: str,
+               xlabel: str) -> Any:
+    """One panel per family: median per size with its 95% CI as a band, log-log."""
+    present = [f for f in families
+               if any(_sized(runs, f) for _, runs in all_sides)]
+    if not present:
+        raise PlotError(f"no {'/'.join(families)} metrics with sizes in these files")
+    cols = min(3, len(present))
+    rows = (len(present) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax, family in zip([a for row in axes for a in row], present):
+        for name, runs in all_sides:
+            xs, med, lo, hi = [], [], [], []
+            for b, label in _sized(runs, family):
+                s = summarize([v for r in runs if (v := r.value(f"{family}@{label}"))
+                               is not None])
+                if s.median is None:
+                    continue
+                xs.append(b)
+                med.append(s.median)
+                lo.append(s.ci_low)
+                hi.append(s.ci_high)
+            if not xs:
+                continue
+            (line,) = ax.plot(xs, med, marker="o", label=f"{name} (n={len(runs)})")
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ticks = sorted({b: label for _, runs in all_sides
+                        for b, label in _sized(runs, family)}.items())
+        ax.set_xticks([b for b, _ in ticks], [label for _, label in ticks])
+        ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
+        unit = _unit([r for _, runs in all_sides for r in runs], f"{family}@")
+        ax.set_title(family)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"median [{unit}]" if unit else "median")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    for ax in [a for row in axes for a in row][len(present):]:
+        ax.set_visible(False)
+    fig.suptitle(title + " (bands: 95% CI of the median)")
+    fig.tight_layout()
+    return fig
+
+
+def draw_slot_ops(plt: Any, files: Sequence[ResultFile]) -> Any:
+    return draw_sized(plt, sides(files), SLOT_OPS, "slot-ops: memslot operation latency",
+                      "slot size")
+
+
+def draw_teardown(plt: Any, files: Sequence[ResultFile]) -> Any:
+    return draw_sized(plt, sides(files), TEARDOWN, "teardown: VM destroy vs populated RAM",
+                      "populated RAM")
+
+
+def draw_rom_toggle(plt: Any, files: Sequence[ResultFile]) -> Any:
+    """Pass times over a run.  With a per-run timeline (``effective["timeline"]``: lists
+    ``pass_end_s``/``pass_ms`` and ``delete_s``) the first run of each side is drawn over
+    time with every ROM delete marked; without one, the passes of every run in order
+    (median over runs) with each iteration's ROM deletes marked at its start."""
+    all_sides = sides(files)
+    if not any("pass" in r.samples for _, runs in all_sides for r in runs):
+        raise PlotError("no per-pass samples ('pass') in these files")
+    fig, ax = plt.subplots(figsize=(9, 4))
+    timeline = [(name, runs[0].effective["timeline"]) for name, runs in all_sides
+                if runs and isinstance(runs[0].effective.get("timeline"), dict)]
+    if timeline:
+        for name, t in timeline:
+            (line,) = ax.plot(t.get("pass_end_s", []), t.get("pass_ms", []), marker=".",
+                              label=name)
+            for x in t.get("delete_s", []):
+                ax.axvline(x, color=line.get_color(), alpha=0.25, linewidth=0.8)
+        ax.set_xlabel("time in run [s] (vertical lines: ROM deletes)")
+    else:
+        for name, runs in all_sides:
+            per_run = [r.samples["pass"].values for r in runs if "pass" in r.samples]
+            if not per_run:
+                continue
+            length = min(len(v) for v in per_run)
+            xs = list(range(1, length + 1))
+            med = [summarize([v[i] for v in per_run]).median for i in range(length)]
+            (line,) = ax.plot(xs, med, marker=".", label=f"{name} (median of {len(per_run)} "
+                              "runs)")
+            for v in per_run:
+                ax.plot(xs, v[:length], color=line.get_color(), alpha=0.15, linewidth=0.8)
+            iterations = len(runs[0].samples.get("toggles", _Empty()).values) or 1
+            step = max(1, length // iterations)
+            deletes = [r.samples["toggles"].values for r in runs if "toggles" in r.samples]
+            for it in range(iterations):
+                x = it * step + 0.5
+                ax.axvline(x, color=line.get_color(), alpha=0.3, linestyle=":")
+                if deletes:
+                    n = summarize([d[it] for d in deletes if len(d) > it]).median
+                    ax.annotate(f"{n:.0f} deletes", (x, 1), xycoords=("data", "axes fraction"),
+                                fontsize="x-small", color=line.get_color(), rotation=90,
+                                va="top", ha="right")
+        ax.set_xlabel("pass in run, in order (dotted: iteration starts, with the ROM "
+                      "deletes made during it)")
+    ax.set_ylabel(f"pass time [{_unit([r for _, rs in all_sides for r in rs], 'pass')}]")
+    ax.set_title("rom-toggle: hammer pass times while the ROM slot is deleted and re-created")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+class _Empty:
+    values: list[float] = []
+
+
+DRAWERS: dict[str, Callable[[Any, Sequence[ResultFile]], Any]] = {
+    "slot-ops": draw_slot_ops,
+    "rom-toggle": draw_rom_toggle,
+    "teardown": draw_teardown,
+}
+
+
+def plot_files(files: Sequence[ResultFile], out: Path) -> Path:
+    """Draw the figure for the files' scenario into ``out`` (.png or .svg)."""
+    if out.suffix.lower() not in FORMATS:
+        raise PlotError(f"{out}: the output must end in .png or .svg")
+    scenarios = list(dict.fromkeys(f.scenario_name for f in files))
+    if len(scenarios) != 1:
+        raise PlotError(f"one scenario per figure, got {', '.join(scenarios) or 'none'}")
+    drawer = DRAWERS.get(scenarios[0])
+    if drawer is None:
+        raise PlotError(f"no figure for scenario {scenarios[0]!r} (figures: "
+                        f"{', '.join(DRAWERS)})")
+    if not any(f.ok_runs() for f in files):
+        raise PlotError("no completed runs in these files")
+    plt = _pyplot()
+    fig = drawer(plt, files)
+    # Drawn beside the target and renamed over it: never a half-written figure.
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format=out.suffix.lower().lstrip("."))
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return out
