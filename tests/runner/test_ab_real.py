@@ -17,16 +17,22 @@ from pathlib import Path
 
 import pytest
 
+from kvmharness.runner.boot import BootSpec, boot, cache_dir, kernel_binds, prepare_kernel
 from kvmharness.runner.host import check_prerequisites, decide_accel, find_vng
 from kvmharness.runner.kernels import resolve_kernel
-from kvmharness.runner.vng import BootSpec, boot, cache_dir, kernel_binds, prepare_kernel
 
 ENABLED = os.environ.get("KVMHARNESS_VNG_TESTS", "") not in ("", "0")
+# tools/vng-run and `ab` set it inside their boots.
+INSIDE_BOOT = os.environ.get("KVMHARNESS_VNG_KERNEL")
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_A, DEFAULT_B = "6.1.0-56-amd64", "6.12.117+deb12-amd64"
 
-pytestmark = pytest.mark.skipif(not ENABLED, reason="boots kernels under QEMU: set "
-                                "KVMHARNESS_VNG_TESTS=1 (CI stage 2 does)")
+pytestmark = [
+    pytest.mark.skipif(not ENABLED, reason="boots kernels under QEMU: set "
+                       "KVMHARNESS_VNG_TESTS=1 (CI stage 2 does)"),
+    pytest.mark.skipif(bool(INSIDE_BOOT), reason=f"running inside a vng boot of "
+                       f"{INSIDE_BOOT}: no QEMU is booted from in here"),
+]
 
 
 def kernel_dir(which: str, default: str) -> Path:
@@ -112,4 +118,34 @@ def test_ab_one_round_of_rom_toggle(tmp_path: Path, vng: str) -> None:
     assert not (out / "compare-variants-6.1.txt").exists()
     r61 = json.loads(next((out / "r1-6.1").glob("rom-toggle-*.json")).read_text())
     assert any("quirk not supported" in w for w in r61["warnings"])
+    assert qemu_pids() <= before
+
+
+def test_ab_one_image_in_two_mmu_modes(tmp_path: Path, vng: str) -> None:
+    """One 6.12 image as two configurations (TDP MMU, and legacy TDP MMU through
+    --append), two vCPUs per boot and two hammer vCPUs: each result names its MMU mode."""
+    out = tmp_path / "ab"
+    before = qemu_pids()
+    image = kernel_dir("B", DEFAULT_B)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvmharness", "ab", "rom-toggle", "--quick", "--repeat", "1",
+         "--rounds", "1", "--quiet", "--timeout", "600", "--variant", "zap=all",
+         "--param", "vcpus=2", "--cpus", "2",
+         "--kernel", f"tdp={image}", "--kernel", f"legacy={image}",
+         "--append", "legacy=kvm.tdp_mmu=0", "--out", str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=1500)
+    print(proc.stdout[-3000:], proc.stderr[-3000:])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((out / "ab.json").read_text())
+    assert [(b["kernel"], b["status"]) for b in doc["boots"]] == [("tdp", "ok"),
+                                                                   ("legacy", "ok")]
+    assert doc["accel"]["cpus"] == 2
+    modes = {}
+    for name in ("tdp", "legacy"):
+        result = json.loads(next((out / f"r1-{name}").glob("rom-toggle-*.json")).read_text())
+        fp = result["environment"]
+        modes[name] = fp["kvm_mmu"]["mode"]
+        assert "kvm.tdp_mmu=0" in fp["kernel"]["cmdline"] or name == "tdp"
+    assert modes == {"tdp": "tdp_mmu", "legacy": "legacy_tdp"}
+    assert "A = tdp, B = legacy" in (out / "compare-kernels.txt").read_text()
     assert qemu_pids() <= before
