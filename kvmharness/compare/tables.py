@@ -535,28 +535,30 @@ def pivot_tables(g: Group, names: Sequence[str], width: int) -> list[str]:
     col_w = {col: max([len(col), *(len(x) for fam in families for x in cells(fam, col))])
              for col in columns}
     out: list[str] = []
+    # Two spaces between columns, one if that keeps every size in one grid.
+    gap = "  " if label_w + 3 + sum(2 + col_w[c] for c in columns) - 2 <= width else " "
     chunk: list[str] = []
     chunks: list[list[str]] = []
-    used = label_w + 3
+    used = label_w + 3 - len(gap)
     for col in columns:
-        if chunk and used + 2 + col_w[col] > width:
+        if chunk and used + len(gap) + col_w[col] > width:
             chunks.append(chunk)
-            chunk, used = [], label_w + 3
+            chunk, used = [], label_w + 3 - len(gap)
         chunk.append(col)
-        used += 2 + col_w[col]
+        used += len(gap) + col_w[col]
     if chunk:
         chunks.append(chunk)
     for cols in chunks:
         if out:
             out.append("")
-        head = " " * (label_w + 3) + "  ".join(c.rjust(col_w[c]) for c in cols)
+        head = " " * (label_w + 3) + gap.join(c.rjust(col_w[c]) for c in cols)
         out += [head.rstrip(), "-" * len(head.rstrip())]
         for fam in families:
             per_col = {c: cells(fam, c) for c in cols}
             for i, side in enumerate(g.sides):
                 name = labels[fam] if i == 0 else ""
                 line = (f"{name:<{label_w}} {TAGS[i]} "
-                        + "  ".join(per_col[c][i].rjust(col_w[c]) for c in cols))
+                        + gap.join(per_col[c][i].rjust(col_w[c]) for c in cols))
                 out.append(line.rstrip())
     return out
 
