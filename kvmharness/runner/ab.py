@@ -109,6 +109,7 @@ class BootRecord:
     files: list[Path] = dataclasses.field(default_factory=list)
     scenario_status: dict[str, int] = dataclasses.field(default_factory=dict)
     skipped: str | None = None
+    mmu: str | None = None          # the MMU mode its result files record (one line)
 
 
 def boot_order(kernels: Sequence[Kernel], rounds: int) -> list[tuple[int, Kernel]]:
@@ -169,8 +170,22 @@ def pick_guest_python(cache: Path | None = None,
     return GuestPython(sys.executable, (root,), note)
 
 
+def recorded_mmu(path: Path) -> str | None:
+    """The MMU mode line of a result file's fingerprint; None when it cannot be read."""
+    import json
+
+    from kvmharness.observe.fingerprint import mmu_of, mmu_text
+
+    try:
+        env = json.loads(path.read_text()).get("environment")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return mmu_text(mmu_of(env)) if isinstance(env, dict) else None
+
+
 def _collect(record: BootRecord) -> None:
     record.files = sorted(p for p in record.rwdir.glob("*.json") if not p.name.startswith("."))
+    record.mmu = next((m for m in map(recorded_mmu, record.files) if m), None)
     try:
         for line in (record.rwdir / "status").read_text().splitlines():
             name, _, rc = line.partition(" ")
@@ -254,8 +269,9 @@ def run_boots(plan: AbPlan, vng: str, out: TextIO, err: TextIO, staging: Path,
         record.result = result
         _collect(record)
         if result.ok:
+            mmu = f"; MMU {record.mmu}" if record.mmu else ""
             err.write(f"[{i}/{total}] {result.summary()}; {len(record.files)} result "
-                      f"file(s)\n")
+                      f"file(s){mmu}\n")
         else:
             err.write(f"[{i}/{total}] {kernel.name} FAILED: {result.failure_report()}\n")
             if result.status in ("timeout", "no-status"):
@@ -294,6 +310,7 @@ def manifest(plan: AbPlan, records: Sequence[BootRecord], argv: Sequence[str],
             "reason": r.skipped or (r.result.summary() if r.result and not r.result.ok
                                     else None),
             "scenario_status": r.scenario_status,
+            "mmu": r.mmu,
             "files": [str(f.relative_to(opts.out_dir)) for f in r.files],
         } for r in records],
     }
@@ -494,6 +511,8 @@ def execute(opts: AbOptions, argv: Sequence[str], out: TextIO, err: TextIO) -> i
         bad = {s: rc for s, rc in r.scenario_status.items() if rc}
         extra = f"; scenarios failed: {bad}" if bad else ""
         out.write(f"  round {r.round} {r.kernel}: {state}{extra}\n")
+        if r.mmu:
+            out.write(f"    MMU: {r.mmu}\n")
     if accel.warning:
         out.write(f"\nWARNING: {accel.warning}\n")
     out.write(f"files: {opts.out_dir}\n")

@@ -30,7 +30,9 @@ from kvmharness.scenarios.base import (
     VariantUnsupported,
 )
 
-FAKE_ENV = {"kernel": {"release": "test"}, "backend": {"kind": "svm", "nested": True}}
+FAKE_ENV = {"kernel": {"release": "test"}, "backend": {"kind": "svm", "nested": True},
+            "kvm_modules": {"kvm": {"tdp_mmu": "Y", "mmio_caching": "Y"},
+                            "kvm_amd": {"npt": "Y"}}}
 TCG = Accel("tcg", "kvm_amd", 1, "TCG -cpu max: test host")
 RUNNING_IN: dict[str, str] = {"kernel": ""}  # which fake kernel the fake boot "is"
 
@@ -379,12 +381,15 @@ def test_one_image_as_three_configurations_rotates_and_compares_with_the_first(
     assert [k["append"] for k in doc["kernels"]] == ["", "kvm.tdp_mmu=0",
                                                      "kvm_amd.npt=0 kvm.tdp_mmu=0"]
     assert [b["kernel"] for b in doc["boots"]] == ["tdp", "legacy", "shadow"] * 2
+    # Each boot names the MMU mode its results recorded (all TDP MMU here: a fake boot).
+    assert doc["boots"][0]["mmu"].startswith("tdp_mmu (kvm.tdp_mmu=Y, kvm_amd.npt=Y)")
+    assert "    MMU: tdp_mmu (" in out.out
     # Every configuration's results carry its own label, and each is compared with A.
     labels = {json.loads(f.read_text())["label"] for f in out_dir.glob("r*-*/one-*.json")}
     assert labels == {"tdp", "legacy", "shadow"}
     text = (out_dir / "compare-kernels.txt").read_text()
-    assert "A = tdp, B = legacy" in text and "A = tdp, B = shadow" in text
-    assert "A = legacy, B = shadow" not in text
+    # One report, A the first configuration, B and C compared with it.
+    assert "one (zap=all): A = tdp, B = legacy, C = shadow" in text
 
 
 def test_append_errors_fail_before_any_boot(fakes: Any, kernels: list[str], tmp_path: Path,
