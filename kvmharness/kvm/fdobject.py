@@ -81,13 +81,15 @@ class FdObject(Closeable):
 
     def __del__(self) -> None:
         # Like an unclosed file: say so (ResourceWarning is shown under -X dev, -W default
-        # and pytest), then release the fd.  Never raise from a finaliser.
+        # and pytest), then release the fd.  No ``source=self``: a recorded warning would
+        # keep this object, and through it its parent VM and fds, alive.  Never raise from a
+        # finaliser.
         try:
-            if getattr(self, "fd", -1) >= 0:
-                warnings.warn(f"unclosed {self.kind} fd {self.fd}: call close() or use "
-                              "'with' (closing it now)", ResourceWarning, stacklevel=2,
-                              source=self)
-            self.close()
+            fd = getattr(self, "fd", -1)
+            if fd >= 0:
+                self.close()
+                warnings.warn(f"unclosed {self.kind} fd {fd}: call close() or use 'with' "
+                              "(closed it now)", ResourceWarning, stacklevel=2)
         except Exception:
             pass
 

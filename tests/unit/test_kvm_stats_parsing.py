@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from kvmharness.kvm.exits import Hlt, InternalError, Io, Mmio, Unknown, decode_exit
+from kvmharness.kvm.exits import ExitDecoder, Hlt, InternalError, Io, Mmio, Unknown, decode_exit
 from kvmharness.kvm.stats import StatBase, StatsFormatError, StatsLayout, StatsSnapshot, StatType, StatUnit
 from kvmharness.uapi import kvm as k
 
@@ -137,3 +137,35 @@ def test_decode_mmio_internal_system_event_unknown():
     assert isinstance(unknown, Unknown) and unknown.name == "KVM_EXIT_NMI"
     run.exit_reason = 999
     assert decode_exit(run, addr).name == "KVM_EXIT_999"
+
+
+def test_fast_decoder_agrees_with_decode_exit_and_sees_every_change():
+    run, buf = synthetic_run()
+    addr = ctypes.addressof(buf)
+    decoder = ExitDecoder(addr, ctypes.sizeof(buf))
+    cases = []
+    run.exit_reason = k.KvmExitReason.KVM_EXIT_IO
+    run.io.direction, run.io.size, run.io.port, run.io.count = k.KVM_EXIT_IO_OUT, 1, 0x10, 1
+    run.io.data_offset = 4096
+    for byte in (b"\x01", b"\x01", b"\x02"):
+        ctypes.memmove(addr + 4096, byte, 1)
+        cases.append(decoder.decode())
+        assert cases[-1] == decode_exit(run, addr)
+    assert [e.data for e in cases] == [b"\x01", b"\x01", b"\x02"]
+    run.io.direction = 0  # IN: no data to copy, the caller answers
+    assert decoder.decode() == decode_exit(run, addr) == Io(False, 0x10, 1, 1, b"")
+    run.exit_reason = k.KvmExitReason.KVM_EXIT_MMIO
+    for is_write, length, data in ((1, 4, [1, 2, 3, 4]), (0, 2, [9, 9, 0, 0]),
+                                   (1, 8, list(range(8)))):
+        run.mmio.phys_addr, run.mmio.len, run.mmio.is_write = 0xFEE00000, length, is_write
+        run.mmio.data[:4] = data[:4]
+        if length == 8:
+            run.mmio.data[:8] = data
+        got = decoder.decode()
+        assert got == decode_exit(run, addr)
+        assert isinstance(got, Mmio) and len(got.data) == length
+        assert got.is_write is bool(is_write)
+    run.exit_reason = k.KvmExitReason.KVM_EXIT_HLT
+    assert decoder.decode() == Hlt()
+    run.exit_reason = 999
+    assert decoder.decode().name == "KVM_EXIT_999"

@@ -1,0 +1,79 @@
+"""fd lifetime: a Vm or Vcpu dropped without close releases its fds and says so with a
+ResourceWarning (parents hold weak references); explicit close still goes vCPU -> VM ->
+/dev/kvm."""
+
+from __future__ import annotations
+
+import gc
+import os
+import warnings
+
+from kvmharness.kvm import Kvm, Vcpu, Vm
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_dropped_vms_and_vcpus_release_their_fds_with_a_resource_warning(kvm):
+    gc.collect()
+    baseline = open_fds()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for _ in range(100):
+            vm = kvm.create_vm()
+            vm.create_vcpu()  # dropped at once: the VM holds it weakly
+            vm.stats()
+            vm = None
+        gc.collect()
+    assert open_fds() == baseline
+    assert kvm.vms == []
+    messages = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert any(m.startswith("unclosed VM fd") for m in messages)
+    assert any(m.startswith("unclosed vCPU fd") for m in messages)
+
+
+def test_dropped_vcpu_is_released_while_its_vm_lives(kvm):
+    with kvm.create_vm() as vm:
+        fds = open_fds()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            vcpu = vm.create_vcpu()
+            assert vm.vcpus == [vcpu] and open_fds() == fds + 1
+            del vcpu
+        assert vm.vcpus == [] and open_fds() == fds
+        assert [w.category for w in caught] == [ResourceWarning]
+        kept = vm.create_vcpu()  # the next id, not the dropped one's
+        assert kept.index == 1
+        vm.close()
+
+
+def test_closed_objects_do_not_warn_when_dropped(kvm):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with kvm.create_vm() as vm:
+            vm.create_vcpu().close()
+            vm.close()
+        del vm
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def test_explicit_close_goes_vcpu_then_vm_then_dev_kvm(monkeypatch):
+    order: list[str] = []
+    for cls in (Vcpu, Vm, Kvm):
+        original = cls.close
+
+        def close(self, _original=original, _name=cls.__name__):  # type: ignore[no-untyped-def]
+            was_open = not self.closed
+            _original(self)
+            if was_open:
+                order.append(_name)
+
+        monkeypatch.setattr(cls, "close", close)
+    kvm = Kvm()
+    vm = kvm.create_vm()
+    vcpu = vm.create_vcpu()
+    kvm.close()
+    assert order == ["Vcpu", "Vm", "Kvm"]
+    assert vcpu.closed and vm.closed and kvm.closed
