@@ -344,7 +344,9 @@ class Machine:
         try:
             while True:
                 alive = [r for r in self._runners if r.running]
-                if not alive:
+                # A failed vCPU's thread ends after its peers' grace (_stop_peers).
+                if not alive or any(r.error is not None and r.finished.is_set()
+                                    for r in self._runners):
                     break
                 now = time.monotonic()
                 for r in alive:
@@ -363,17 +365,15 @@ class Machine:
         except BaseException:
             self.stop()
             raise
-        failed = [r for r in self._runners if r.error is not None]
+        failed = [(r.index, r.error) for r in self._runners if r.error is not None]
         if failed:
             self.stop()
-            first = failed[0].error
-            assert first is not None
-            for other in failed[1:]:
-                assert other.error is not None
+            first = failed[0][1]
+            for index, error in failed[1:]:
                 if isinstance(first, GuestError):
-                    first.add_peer_failure(other.index, other.error)
+                    first.add_peer_failure(index, error)
                 else:
-                    first.add_note(f"also vCPU {other.index}: {other.error}")
+                    first.add_note(f"also vCPU {index}: {error}")
             raise first
 
     def stop(self, join_timeout_s: float = 10.0) -> None:
@@ -401,7 +401,7 @@ class Machine:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             if runner.cpu is not None:
-                self._pin(runner)
+                self._pin(runner.index, runner.cpu)
             runner.state = self._run_vcpu(runner)
         except BaseException as exc:
             runner.error = exc
@@ -411,13 +411,12 @@ class Machine:
             runner.finished.set()
 
     @staticmethod
-    def _pin(runner: _Runner) -> None:
-        assert runner.cpu is not None
+    def _pin(index: int, cpu: int) -> None:
         try:
-            os.sched_setaffinity(0, {runner.cpu})  # 0: this thread
+            os.sched_setaffinity(0, {cpu})  # 0: this thread
         except OSError as exc:
-            raise GuestError(f"vCPU {runner.index}: cannot pin its thread to host CPU "
-                             f"{runner.cpu} (vcpu_cpus): {exc.strerror or exc}") from exc
+            raise GuestError(f"vCPU {index}: cannot pin its thread to host CPU {cpu} "
+                             f"(vcpu_cpus): {exc.strerror or exc}") from exc
 
     def _stop_peers(self, runner: _Runner) -> None:
         """Fail fast, so nobody waits on a dead peer's barrier; but first give a peer that

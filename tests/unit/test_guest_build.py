@@ -46,10 +46,29 @@ def no_make(*_args: object, **_kwargs: object) -> None:
     raise AssertionError("make was run although the ELF is up to date")
 
 
-def test_source_dir_of_checkout() -> None:
+def test_source_dir_of_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KVMHARNESS_GUESTS_BUILD_DIR", raising=False)
     assert guests_source_dir() == (REPO / "guests").resolve()
-    assert default_build_dir(guests_source_dir()) == (REPO / "guests" / "build").resolve()
+    checkout_build = (REPO / "guests" / "build").resolve()
+    assert build.build_dir_candidates(guests_source_dir())[0] == checkout_build
+    if os.access(REPO / "guests", os.W_OK):  # not in a read-only checkout (a vng boot)
+        assert default_build_dir(guests_source_dir()) == checkout_build
     assert {"hello", "hammer"} <= set(available_guests())
+
+
+def test_read_only_checkout_builds_in_the_user_cache(monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    monkeypatch.delenv("KVMHARNESS_GUESTS_BUILD_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    real_access = os.access
+
+    def access(path: str | Path, mode: int) -> bool:
+        inside = Path(path).resolve().is_relative_to(REPO.resolve())
+        return False if inside and mode == os.W_OK else real_access(path, mode)
+
+    monkeypatch.setattr(build.os, "access", access)
+    chosen = default_build_dir(guests_source_dir())
+    assert chosen.is_relative_to(tmp_path / "cache" / "kvmharness" / "guests")
 
 
 def test_source_dir_override(monkeypatch: pytest.MonkeyPatch, src: Path, tmp_path: Path) -> None:
