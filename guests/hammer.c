@@ -13,6 +13,7 @@ uint32_t hammer_write;
 uint32_t hammer_sync_each_pass;
 
 uint64_t hammer_pass_tsc[KH_MAX_VCPUS][HAMMER_MAX_PASSES];
+uint64_t hammer_pass_max_gap[KH_MAX_VCPUS][HAMMER_MAX_PASSES];
 uint32_t hammer_passes_done[KH_MAX_VCPUS];
 uint64_t hammer_checksum[KH_MAX_VCPUS];
 uint64_t hammer_rom_base;
@@ -43,20 +44,42 @@ static void hammer_check_params(uint32_t vcpu)
 	GUEST_ASSERT_EQ(hammer_rom_bytes % 4096, 0);
 }
 
-/* One pass: no calls, no exits; the loop is the measurement. */
-static uint64_t hammer_read_pass(uint64_t addr, uint64_t pages, uint64_t step)
+/* The longest gap so far between accesses, ending one at @now. */
+static inline uint64_t hammer_gap(uint64_t *prev, uint64_t now, uint64_t max_gap)
 {
-	uint64_t sum = 0;
+	uint64_t gap = now - *prev;
 
-	for (; pages; pages--, addr += step)
+	*prev = now;
+	return gap > max_gap ? gap : max_gap;
+}
+
+/*
+ * One pass: no calls, no exits; the loop is the measurement.  Each access is
+ * followed by an rdtsc, so the largest gap between accesses is known.
+ */
+static uint64_t hammer_read_pass(uint64_t addr, uint64_t pages, uint64_t step,
+				 uint64_t start, uint64_t *max_gap)
+{
+	uint64_t sum = 0, prev = start, gap = 0;
+
+	for (; pages; pages--, addr += step) {
 		sum += *(volatile uint64_t *)(uintptr_t)addr;
+		gap = hammer_gap(&prev, kh_rdtsc(), gap);
+	}
+	*max_gap = gap;
 	return sum;
 }
 
-static void hammer_write_pass(uint64_t addr, uint64_t pages, uint64_t step, uint64_t value)
+static void hammer_write_pass(uint64_t addr, uint64_t pages, uint64_t step, uint64_t value,
+			      uint64_t start, uint64_t *max_gap)
 {
-	for (; pages; pages--, addr += step)
+	uint64_t prev = start, gap = 0;
+
+	for (; pages; pages--, addr += step) {
 		*(volatile uint64_t *)(uintptr_t)addr = value;
+		gap = hammer_gap(&prev, kh_rdtsc(), gap);
+	}
+	*max_gap = gap;
 }
 
 /* Between passes (never inside one): the ROM may come and go under us. */
@@ -94,19 +117,21 @@ void guest_main(uint32_t vcpu, void *arg)
 		return;
 
 	for (pass = 0; pass < npasses && !kh_stop; pass++) {
-		uint64_t t0, t1;
+		uint64_t t0, t1, max_gap;
 
 		t0 = kh_rdtsc_ordered();
 		if (hammer_write) {
-			hammer_write_pass(base, pages, step, HAMMER_WRITE_VALUE(vcpu, pass));
+			hammer_write_pass(base, pages, step, HAMMER_WRITE_VALUE(vcpu, pass), t0,
+					  &max_gap);
 			/* lfence does not wait for stores: drain them inside the pass. */
 			kh_mfence();
 		} else {
-			sum += hammer_read_pass(base, pages, step);
+			sum += hammer_read_pass(base, pages, step, t0, &max_gap);
 		}
 		t1 = kh_rdtsc_ordered();
 
 		hammer_pass_tsc[vcpu][pass] = t1 - t0;
+		hammer_pass_max_gap[vcpu][pass] = max_gap;
 		/* Store the count after the sample, so the host never reads a stale one. */
 		kh_store_release(&hammer_passes_done[vcpu], pass + 1);
 		hammer_checksum[vcpu] = sum;

@@ -42,6 +42,13 @@ extern uint64_t hammer_rom_bytes;
 
 /* Results (guest writes). */
 extern uint64_t hammer_pass_tsc[KH_MAX_VCPUS][HAMMER_MAX_PASSES];
+/*
+ * The longest gap, in TSC cycles, between two consecutive page accesses of a
+ * pass (the pass start counts as the first): how long the vCPU was held up at
+ * once, e.g. by an exit or a zap that held mmu_lock.  Unordered rdtsc: a
+ * stall worth reporting is far longer than the reordering window.
+ */
+extern uint64_t hammer_pass_max_gap[KH_MAX_VCPUS][HAMMER_MAX_PASSES];
 extern uint32_t hammer_passes_done[KH_MAX_VCPUS];
 extern uint64_t hammer_checksum[KH_MAX_VCPUS];	/* read mode: sum of words read */
 extern uint64_t hammer_rom_present[KH_MAX_VCPUS];	/* ROM words read with the pattern */

@@ -31,23 +31,28 @@ def scenario(name: str) -> ScenarioSpec:
 
 def run_once(name: str, *, quick: bool = False, params: Mapping[str, Any] | None = None,
              variant: Mapping[str, str] | None = None, iterations: int | None = None,
-             warmup: int | None = None, progress: Progress | None = None) -> RunOutcome:
+             warmup: int | None = None, progress: Progress | None = None,
+             pinning: str | Mapping[str, Sequence[int]] | None = None) -> RunOutcome:
     """One run (one fresh VM) of one variant; raises VariantUnsupported where the kernel
-    cannot run it.  Nothing is written to disk."""
+    cannot run it.  ``pinning``: ``--pin``'s text or role -> CPUs.  Nothing is written to
+    disk."""
     spec = scenario(name)
     chosen = {axis.name: (variant or {}).get(axis.name, axis.values[0])
               for axis in spec.variant_axes}
     plan = SessionPlan.resolve(spec, params=params, quick=quick, iterations=iterations,
-                               warmup=warmup, variants={k: [v] for k, v in chosen.items()})
+                               warmup=warmup, variants={k: [v] for k, v in chosen.items()},
+                               pinning=pinning)
     return spec.run(RunRequest(params=plan.params, variant=plan.variants[0],
                                iterations=plan.iterations, warmup=plan.warmup,
-                               progress=progress or (lambda message: None)))
+                               progress=progress or (lambda message: None),
+                               pinning=plan.pinning))
 
 
 def run(name: str, *, quick: bool = False, params: Mapping[str, Any] | None = None,
         variants: Mapping[str, Sequence[str]] | None = None, repeat: int = 5,
         iterations: int | None = None, warmup: int | None = None, label: str | None = None,
-        out: Path | str = DEFAULT_DIR, progress: Progress | None = None) -> SessionOutcome:
+        out: Path | str = DEFAULT_DIR, progress: Progress | None = None,
+        pinning: str | Mapping[str, Sequence[int]] | None = None) -> SessionOutcome:
     """What ``kvmharness run`` does: ``repeat`` runs per variant, interleaved, written to a
     result file under ``out`` after every run.  Returns the session (``.result``, ``.path``
     (None when no run completed: nothing is written then), ``.failed_runs``); Ctrl-C is
@@ -55,7 +60,7 @@ def run(name: str, *, quick: bool = False, params: Mapping[str, Any] | None = No
     spec = scenario(name)
     plan = SessionPlan.resolve(spec, params=params, variants=variants, quick=quick,
                                repeat=repeat, iterations=iterations, warmup=warmup,
-                               label=label)
+                               label=label, pinning=pinning)
     path = default_result_path(Path(out), spec.name, plan.label)
     session = run_session(plan, path, fingerprint.collect(),
                           progress=progress or (lambda message: None))

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
+
+from kvmharness.uapi.caps import KvmCap
+from kvmharness.uapi.x86 import KVM_X86_QUIRK_SLOT_ZAP_ALL
+
+if TYPE_CHECKING:
+    from kvmharness.kvm import Kvm
 
 Direction = Literal["lower", "higher"]
 
@@ -93,16 +99,74 @@ class VariantAxis:
     help: str
 
 
-ZAP_AXIS = VariantAxis(
+class VariantUnsupported(Exception):
+    """This kernel cannot run the requested variant (e.g. zap=slot without the quirk)."""
+
+
+LOST_EVENTS_KEY = "tracefs_lost_events"  # effective[...]: phase -> events the buffer dropped
+
+
+@dataclasses.dataclass(frozen=True)
+class ZapAxis(VariantAxis):
+    """The zap-policy axis, whole: its values, the quirk bits a value disables, and the zap
+    path the kernel was seen to take (``effective["zap_path"]``)."""
+
+    def value(self, variant: Mapping[str, str]) -> str:
+        zap = variant.get(self.name, self.values[0])
+        if zap not in self.values:
+            raise ValueError(f"{self.name}={zap!r}: expected one of {', '.join(self.values)}")
+        return zap
+
+    def quirk_mask(self, kvm: "Kvm", variant: Mapping[str, str]) -> int:
+        """The quirk bits to disable for this variant; VariantUnsupported for ``slot`` on a
+        kernel without KVM_X86_QUIRK_SLOT_ZAP_ALL (before v6.12 every delete zaps all)."""
+        if self.value(variant) == "all":
+            return 0
+        if not kvm.check_extension(KvmCap.KVM_CAP_DISABLE_QUIRKS2) & KVM_X86_QUIRK_SLOT_ZAP_ALL:
+            raise VariantUnsupported(
+                "quirk not supported: this kernel has no KVM_X86_QUIRK_SLOT_ZAP_ALL (v6.12+); "
+                "memslot deletes always zap all here")
+        return int(KVM_X86_QUIRK_SLOT_ZAP_ALL)
+
+    def record(self, outcome: "RunOutcome", variant: Mapping[str, str], deletes: int,
+               phase: str) -> None:
+        """Say which zap path the kernel took, from the tracepoint counts of ``phase`` (the
+        phase that contains the memslot deletes/moves), and warn when it contradicts the
+        requested variant: a result must never claim a policy the kernel did not apply.
+        No zap-all event is evidence of zap=slot only if deletes/moves happened and the
+        trace buffer lost nothing; otherwise the path is ``unverified``."""
+        requested = self.value(variant)
+        eff = outcome.effective
+        eff["zap_requested"] = requested
+        counts = outcome.tracepoints.get(phase)
+        if counts is None or "kvm_mmu_zap_all_fast" not in counts:
+            eff["zap_path"] = "unverified"
+            eff["zap_evidence"] = ("tracefs unavailable: the zap path is the requested one, "
+                                   "not observed")
+            return
+        fast = counts["kvm_mmu_zap_all_fast"]
+        lost = eff.get(LOST_EVENTS_KEY, {}).get(phase, 0)
+        evidence = f"{fast} kvm_mmu_zap_all_fast events over {deletes} memslot deletes/moves"
+        if fast == 0 and (deletes == 0 or lost):
+            eff["zap_path"] = "unverified"
+            eff["zap_evidence"] = evidence + (
+                f", but the trace buffer lost {lost} events" if lost else
+                ": nothing was deleted or moved, so nothing shows the path")
+            return
+        path = "all" if fast > 0 else "slot"
+        eff["zap_path"] = path
+        eff["zap_evidence"] = evidence
+        if deletes and path != requested:
+            outcome.warnings.append(f"requested zap={requested} but the kernel took "
+                                    f"zap={path} ({evidence})")
+
+
+ZAP_AXIS = ZapAxis(
     name="zap",
     values=("all", "slot"),
     help="all: KVM_X86_QUIRK_SLOT_ZAP_ALL left enabled (pre-2019 behaviour, zap every "
     "SPTE on memslot delete/move); slot: quirk disabled (zap only the slot's SPTEs)",
 )
-
-
-class VariantUnsupported(Exception):
-    """This kernel cannot run the requested variant (e.g. zap=slot without the quirk)."""
 
 
 @dataclasses.dataclass
@@ -131,6 +195,8 @@ class RunRequest:
     iterations: int
     warmup: int
     progress: Callable[[str], None] = lambda message: None
+    # CPUs per role ("vcpus", "togglers", "main"); a role left out is not pinned.
+    pinning: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,47 +1,55 @@
-"""What every memslot-touching scenario shares: the zap-policy variant, per-phase KVM stats
-and tracepoint recording, the effective zap path, and driving the hammer guest."""
+"""What scenarios share below the skeleton: per-phase KVM stats and tracepoint recording,
+driving the hammer guest and reading its results, and size-labelled metric families."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import dataclasses
-import threading
 from typing import Iterator, Mapping
 
 from kvmharness.guest.machine import Machine
 from kvmharness.guest.ucall import KH_MAX_VCPUS
-from kvmharness.kvm import Kvm
 from kvmharness.observe.counters import KvmCounters
 from kvmharness.observe.tracefs import MMIO_EVENTS, ZAP_EVENTS, tracefs_status
-from kvmharness.scenarios.base import Metric, RunOutcome, ScenarioSpec, VariantUnsupported
-from kvmharness.uapi.caps import KvmCap
-from kvmharness.uapi.x86 import KVM_X86_QUIRK_SLOT_ZAP_ALL
+from kvmharness.scenarios.abi import GuestAbi
+from kvmharness.scenarios.base import LOST_EVENTS_KEY, Metric, RunOutcome, ScenarioSpec
 
 u32, u64 = ctypes.c_uint32, ctypes.c_uint64
 HAMMER_MAX_PASSES = 4096  # guests/hammer.h
+HAMMER_ROM_ABSENT = 0xFFFFFFFFFFFFFFFF  # guests/hammer.h
+
+
+def hammer_rom_word(offset: int) -> int:
+    """HAMMER_ROM_WORD(offset) (guests/hammer.h): the ROM's word at each page start."""
+    return 0x524F4D0000000000 | offset
+
+
+def hammer_write_value(vcpu: int, pass_: int) -> int:
+    """HAMMER_WRITE_VALUE(v, p) (guests/hammer.h): what pass ``pass_`` of ``vcpu`` writes."""
+    return (vcpu << 32) | (pass_ + 1)
+
+
+# What the hammer's hosts mirror from guests/hammer.h (tests/unit/test_guest_abi.py).
+HAMMER_ABI = GuestAbi(
+    header="hammer.h",
+    constants={"HAMMER_MAX_PASSES": HAMMER_MAX_PASSES, "HAMMER_ROM_ABSENT": HAMMER_ROM_ABSENT},
+    macros={"HAMMER_ROM_WORD": (hammer_rom_word, [(0,), (0x1000,), (0x7F000,)]),
+            "HAMMER_WRITE_VALUE": (hammer_write_value, [(0, 0), (3, 7), (63, 4095)])},
+    symbols={"hammer_pass_tsc": (u64 * HAMMER_MAX_PASSES) * KH_MAX_VCPUS,
+             "hammer_pass_max_gap": (u64 * HAMMER_MAX_PASSES) * KH_MAX_VCPUS,
+             "hammer_passes_done": u32 * KH_MAX_VCPUS,
+             "hammer_rom_present": u64 * KH_MAX_VCPUS,
+             "hammer_rom_absent": u64 * KH_MAX_VCPUS,
+             "hammer_passes": u32, "hammer_write": u32, "hammer_sync_each_pass": u32,
+             "hammer_base": u64, "hammer_pages": u64, "hammer_page_size": u64,
+             "hammer_stride_per_vcpu": u64, "hammer_rom_base": u64, "hammer_rom_bytes": u64},
+)
 
 VCPU_STATS = ("pf_fixed", "pf_taken", "pf_mmio_spte_created", "mmio_exits", "exits",
               "insn_emulation", "tlb_flush", "io_exits", "halt_exits")
-LOST_EVENTS_KEY = "tracefs_lost_events"  # effective[...]: phase -> events the buffer dropped
 VM_STATS = ("mmu_shadow_zapped", "remote_tlb_flush", "remote_tlb_flush_requests",
             "pages_4k", "pages_2m", "pages_1g", "mmu_recycled", "mmu_cache_miss")
-
-
-def zap_quirk_mask(kvm: Kvm, variant: Mapping[str, str]) -> int:
-    """The quirk bits to disable for ``variant['zap']``; VariantUnsupported for ``slot`` on
-    a kernel without KVM_X86_QUIRK_SLOT_ZAP_ALL (before v6.12 every delete zaps all)."""
-    zap = variant.get("zap", "all")
-    if zap == "all":
-        return 0
-    if zap != "slot":
-        raise ValueError(f"zap={zap!r}: expected 'all' or 'slot'")
-    supported = kvm.check_extension(KvmCap.KVM_CAP_DISABLE_QUIRKS2)
-    if not supported & KVM_X86_QUIRK_SLOT_ZAP_ALL:
-        raise VariantUnsupported(
-            "quirk not supported: this kernel has no KVM_X86_QUIRK_SLOT_ZAP_ALL (v6.12+); "
-            "memslot deletes always zap all here")
-    return int(KVM_X86_QUIRK_SLOT_ZAP_ALL)
 
 
 class PhaseRecorder:
@@ -55,13 +63,13 @@ class PhaseRecorder:
         status = tracefs_status(events) if trace else None
         self.trace_events = events if status is not None and status.usable else ()
         self.trace_reason = "disabled" if status is None else status.reason
-        vm_names = {d.name for d in machine.vm.stats().descriptors}  # type: ignore[union-attr]
+        vm_names = {d.name for d in machine.vm.stats().descriptors}
         vcpu_names = {d.name for d in machine.vcpus[0].stats().descriptors}
         self.vm_stats = [n for n in VM_STATS if n in vm_names]
         self.vcpu_stats = [n for n in VCPU_STATS if n in vcpu_names]
         outcome.effective.setdefault("tracefs", "usable" if self.trace_events else
                                      f"unavailable: {self.trace_reason}")
-        outcome.effective.setdefault("memory", machine.memory.report())  # type: ignore[union-attr]
+        outcome.effective.setdefault("memory", machine.memory.report())
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[dict[str, int]]:
@@ -69,7 +77,7 @@ class PhaseRecorder:
         a phase entered repeatedly (one per toggle) sums up.  Yields the phase's own stats
         delta dict, filled when the block ends."""
         result: dict[str, int] = {}
-        counters = KvmCounters(self.machine.vm, self.machine.vcpus,  # type: ignore[arg-type]
+        counters = KvmCounters(self.machine.vm, self.machine.vcpus,
                                events=self.trace_events, vm_stats=self.vm_stats,
                                vcpu_stats=self.vcpu_stats)
         with counters:
@@ -92,57 +100,6 @@ class PhaseRecorder:
         bucket = target.setdefault(name, {})
         for k, v in values.items():
             bucket[k] = bucket.get(k, 0) + v
-
-
-def record_zap_path(outcome: RunOutcome, variant: Mapping[str, str], deletes: int,
-                    phase: str) -> None:
-    """Say which zap path the kernel took, from the tracepoint counts of ``phase`` (the
-    phase that contains the memslot deletes/moves), and warn when it contradicts the
-    requested variant — a result must never claim a policy the kernel did not apply.
-    No zap-all event is evidence of zap=slot only if deletes/moves happened and the trace
-    buffer lost nothing; otherwise the path is ``unverified``."""
-    requested = variant.get("zap", "all")
-    outcome.effective["zap_requested"] = requested
-    counts = outcome.tracepoints.get(phase)
-    if counts is None or "kvm_mmu_zap_all_fast" not in counts:
-        outcome.effective["zap_path"] = "unverified"
-        outcome.effective["zap_evidence"] = ("tracefs unavailable: the zap path is the "
-                                             "requested one, not observed")
-        return
-    fast = counts["kvm_mmu_zap_all_fast"]
-    lost = outcome.effective.get(LOST_EVENTS_KEY, {}).get(phase, 0)
-    evidence = f"{fast} kvm_mmu_zap_all_fast events over {deletes} memslot deletes/moves"
-    if fast == 0 and (deletes == 0 or lost):
-        outcome.effective["zap_path"] = "unverified"
-        outcome.effective["zap_evidence"] = evidence + (
-            f", but the trace buffer lost {lost} events" if lost else
-            ": nothing was deleted or moved, so nothing shows the path")
-        return
-    path = "all" if fast > 0 else "slot"
-    outcome.effective["zap_path"] = path
-    outcome.effective["zap_evidence"] = evidence
-    if deletes and path != requested:
-        outcome.warnings.append(f"requested zap={requested} but the kernel took zap={path} "
-                                f"({evidence})")
-
-
-def wait_finished(finished: threading.Event, poll_s: float = 0.05) -> None:
-    """Block until ``finished`` is set, holding back a Ctrl-C until then (re-raised after).
-
-    For host threads that use the VM or guest memory (memslot togglers): the caller has
-    already asked the thread to stop, so this is one ioctl or one dwell long, and whatever
-    the caller does next (closing the VM, unmapping guest RAM) must not run under a thread
-    that is still going.  ``Thread.join()`` is no substitute: on CPython 3.11 a Ctrl-C inside
-    it can mark a running thread stopped (see kvmharness/guest/machine.py)."""
-    interrupt: BaseException | None = None
-    while True:
-        try:
-            if finished.wait(poll_s):
-                break
-        except KeyboardInterrupt as exc:
-            interrupt = interrupt or exc
-    if interrupt is not None:
-        raise interrupt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +130,14 @@ def hammer_pass_ns(machine: Machine, nvcpus: int) -> list[list[float]]:
     done = machine.read_var("hammer_passes_done", u32 * KH_MAX_VCPUS)
     tsc = machine.read_var("hammer_pass_tsc", (u64 * HAMMER_MAX_PASSES) * KH_MAX_VCPUS)
     return [[machine.tsc_to_ns(tsc[v][p]) for p in range(done[v])] for v in range(nvcpus)]
+
+
+def hammer_max_gap_ns(machine: Machine, nvcpus: int) -> list[list[float]]:
+    """Per vCPU, each completed pass's longest gap between two page accesses in ns: how
+    long the vCPU was held up at once (``max_stall``)."""
+    done = machine.read_var("hammer_passes_done", u32 * KH_MAX_VCPUS)
+    gap = machine.read_var("hammer_pass_max_gap", (u64 * HAMMER_MAX_PASSES) * KH_MAX_VCPUS)
+    return [[machine.tsc_to_ns(gap[v][p]) for p in range(done[v])] for v in range(nvcpus)]
 
 
 # --- sizes and per-size metrics (slot-ops, teardown) ------------------------------------

@@ -21,18 +21,16 @@ result shows that an "ioeventfd" number was really taken without exits."""
 from __future__ import annotations
 
 import dataclasses
-import statistics
-import time
 from typing import Any, Mapping
 
 from kvmharness.guest.layout import GiB, Layout, Region
 from kvmharness.guest.machine import Machine
-from kvmharness.kvm import Io, Kvm, Mmio
+from kvmharness.kvm import Io, Mmio
 from kvmharness.kvm.vm import IoEventFd
-from kvmharness.scenarios.base import (
-    Metric, Parameter, RunOutcome, RunRequest, ScenarioSpec,
-)
+from kvmharness.scenarios.abi import GuestAbi
+from kvmharness.scenarios.base import Metric, Parameter, RunOutcome, RunRequest, ScenarioSpec
 from kvmharness.scenarios.common import PhaseRecorder, u32, u64
+from kvmharness.scenarios.skeleton import Context, GuestScenario, Handlers
 from kvmharness.uapi.caps import KvmCap
 from kvmharness.uapi.kvm import KVM_COALESCED_MMIO_MAX
 
@@ -56,7 +54,6 @@ ROM_SIZE = 0x1000
 # The ring keeps one slot empty to tell full from empty; a write that finds it full exits
 # to userspace instead, which would time a different thing.
 RING_CAPACITY = KVM_COALESCED_MMIO_MAX - 1
-WATCHDOG_S = 60.0
 
 KIND_ADDR = {
     "pio": PIO_PORT, "mmio_read": READ_GPA, "mmio_write": WRITE_GPA, "rom_write": ROM_GPA,
@@ -80,6 +77,22 @@ def mmio_read_value(addr: int) -> int:
 def mmio_write_value(kind: int, round_: int, i: int) -> int:
     """MMIO_WRITE_VALUE(kind, round, i) from guests/mmio.h."""
     return (kind << 56) | (round_ << 32) | i
+
+
+GUEST_ABI = GuestAbi(
+    header="mmio.h",
+    constants={"MMIO_MAX_ROUNDS": MMIO_MAX_ROUNDS, "MMIO_SYNC_ROUND": MMIO_SYNC_ROUND,
+               "MMIO_PIO_VALUE": MMIO_PIO_VALUE, "MMIO_NR_KINDS": len(KINDS),
+               **{f"MMIO_KIND_{k}": KINDS.index(kind) for k, kind in (
+                   ("PIO", "pio"), ("READ", "mmio_read"), ("WRITE", "mmio_write"),
+                   ("ROM_WRITE", "rom_write"), ("IOEVENTFD", "ioeventfd"),
+                   ("COALESCED", "coalesced"))}},
+    macros={"MMIO_READ_VALUE": (mmio_read_value, [(READ_GPA,), (0x1234,)]),
+            "MMIO_WRITE_VALUE": (mmio_write_value, [(2, 3, 4), (5, 255, 999)])},
+    symbols={"mmio_kinds": u32, "mmio_rounds": u32, "mmio_addr": u64 * len(KINDS),
+             "mmio_accesses": u64 * len(KINDS), "mmio_rounds_done": u32 * len(KINDS),
+             "mmio_round_tsc": (u64 * MMIO_MAX_ROUNDS) * len(KINDS)},
+)
 
 
 def parse_kinds(text: str) -> tuple[str, ...]:
@@ -149,7 +162,7 @@ class MmioHost:
         raise AssertionError(f"mmio: unexpected MMIO {exit_}")
 
     def _drain_ring(self, m: Machine) -> None:
-        for phys_addr, length, data in m.vm.read_coalesced_mmio():  # type: ignore[union-attr]
+        for phys_addr, length, data in m.vm.read_coalesced_mmio():
             if phys_addr != COALESCED_GPA or length != 8:
                 self.errors.append(f"coalesced ring entry at {phys_addr:#x} len {length}, "
                                    f"expected {COALESCED_GPA:#x} len 8")
@@ -178,93 +191,101 @@ class MmioHost:
             self.counts[kind].eventfd_signals += self.eventfd.count()
 
 
-def run(req: RunRequest) -> RunOutcome:
-    p = req.params
-    kinds = parse_kinds(str(p["kinds"]))
-    accesses = int(p["accesses"])
-    if accesses < 1:
-        raise ValueError(f"accesses={accesses}: need at least 1")
-    rounds = req.warmup + req.iterations
-    if not 1 <= rounds <= MMIO_MAX_ROUNDS:
-        raise ValueError(f"warmup + iterations = {rounds}: guests/mmio.c records at most "
-                         f"{MMIO_MAX_ROUNDS} rounds")
-    outcome = RunOutcome()
-    host = MmioHost()
-    layout = Layout.of([
-        Region("mmio", MMIO_GPA, MMIO_PAGES * 0x1000, "mmio"),
-        Region("rom", ROM_GPA, ROM_SIZE, "rom"),
-    ])
+class MmioScenario(GuestScenario):
+    """Each iteration runs the guest once per kind, one timed round each."""
 
-    with Kvm() as kvm:
-        with Machine(kvm, "mmio", layout, vcpus=1, on_io=host.on_io, on_mmio=host.on_mmio,
-                     on_sync=host.on_sync, watchdog_s=WATCHDOG_S) as m:
-            vm = m.vm
-            assert vm is not None
-            skipped: dict[str, str] = {}
-            requirements = {"rom_write": KvmCap.KVM_CAP_READONLY_MEM,
-                            "ioeventfd": KvmCap.KVM_CAP_IOEVENTFD,
-                            "coalesced": KvmCap.KVM_CAP_COALESCED_MMIO}
-            for kind, cap in requirements.items():
-                if kind in kinds and not vm.check_extension(cap):
-                    skipped[kind] = f"kernel lacks {cap.name}"
-            active = tuple(k for k in kinds if k not in skipped)
-            per_kind = {k: min(accesses, RING_CAPACITY) if k == "coalesced" else accesses
-                        for k in active}
+    name = "mmio"
+    guest = "mmio"
+    watchdog_s = 60.0
 
-            addrs = (u64 * len(KINDS))()
-            counts = (u64 * len(KINDS))()
-            for i, k in enumerate(KINDS):
-                addrs[i] = KIND_ADDR[k]
-                counts[i] = per_kind.get(k, 1)
-            m.write_var("mmio_addr", addrs, u64 * len(KINDS))
-            m.write_var("mmio_accesses", counts, u64 * len(KINDS))
-            m.write_var("mmio_rounds", rounds, u32)
-            if "ioeventfd" in active:
-                host.eventfd = vm.add_ioeventfd(IOEVENTFD_GPA, 8)
-            if "coalesced" in active:
-                vm.register_coalesced_mmio(COALESCED_GPA, 0x1000)
+    def __init__(self, req: RunRequest) -> None:
+        super().__init__(req)
+        self.kinds = parse_kinds(str(self.params["kinds"]))
+        self.accesses = int(self.params["accesses"])
+        if self.accesses < 1:
+            raise ValueError(f"accesses={self.accesses}: need at least 1")
+        self.host = MmioHost()
+        self.active: tuple[str, ...] = ()
+        self.per_kind: dict[str, int] = {}
+        self.skipped: dict[str, str] = {}
 
-            recorder = PhaseRecorder(m, outcome)
-            first = True
-            for kind in active:
-                if not first:
-                    m.reset()
-                first = False
-                m.write_var("mmio_kinds", 1 << KINDS.index(kind), u32)
-                with recorder.phase(kind):
-                    m.run(timeout_s=WATCHDOG_S * 4)
-                if host.errors:
-                    raise AssertionError("mmio: " + "; ".join(host.errors))
-                if kind == "rom_write" and any(m.read(ROM_GPA, ROM_SIZE)):
-                    raise AssertionError("mmio: a write to the read-only slot reached its "
-                                         "memory")
-                _record_kind(m, outcome, kind, per_kind[kind], req.warmup, rounds)
-                # Measured rounds if any (iterations may be 0 from the API), else warmups.
-                cycles = (outcome.samples.get(f"{kind}_cycles")
-                          or outcome.warmups[f"{kind}_cycles"])
-                req.progress(f"mmio {kind}: median {statistics.median(cycles):.0f} "
-                             f"cycles/access over {len(cycles)} round(s)")
-            _record_effective(m, outcome, host, active, per_kind, rounds, skipped)
-            if per_kind.get("coalesced", accesses) < accesses:
-                outcome.effective["coalesced_note"] = (
-                    f"coalesced rounds use {per_kind['coalesced']} of the {accesses} "
-                    f"accesses: the ring holds {RING_CAPACITY} entries and a write into a "
-                    "full ring exits to userspace")
-    outcome.end_time = time.time()
-    return outcome
+    def vcpus(self) -> int:
+        return 1
+
+    def layout(self) -> Layout:
+        return Layout.of([
+            Region("mmio", MMIO_GPA, MMIO_PAGES * 0x1000, "mmio"),
+            Region("rom", ROM_GPA, ROM_SIZE, "rom"),
+        ])
+
+    def handlers(self) -> Handlers:
+        return {"on_io": self.host.on_io, "on_mmio": self.host.on_mmio,
+                "on_sync": self.host.on_sync}
+
+    def prepare(self, ctx: Context, m: Machine, recorder: PhaseRecorder) -> None:
+        vm = m.vm
+        requirements = {"rom_write": KvmCap.KVM_CAP_READONLY_MEM,
+                        "ioeventfd": KvmCap.KVM_CAP_IOEVENTFD,
+                        "coalesced": KvmCap.KVM_CAP_COALESCED_MMIO}
+        for kind, cap in requirements.items():
+            if kind in self.kinds and not vm.check_extension(cap):
+                self.skipped[kind] = f"kernel lacks {cap.name}"
+        self.active = tuple(k for k in self.kinds if k not in self.skipped)
+        self.per_kind = {k: min(self.accesses, RING_CAPACITY) if k == "coalesced"
+                         else self.accesses for k in self.active}
+        addrs = (u64 * len(KINDS))()
+        counts = (u64 * len(KINDS))()
+        for i, k in enumerate(KINDS):
+            addrs[i] = KIND_ADDR[k]
+            counts[i] = self.per_kind.get(k, 1)
+        m.write_var("mmio_addr", addrs, u64 * len(KINDS))
+        m.write_var("mmio_accesses", counts, u64 * len(KINDS))
+        m.write_var("mmio_rounds", 1, u32)
+        if "ioeventfd" in self.active:
+            self.host.eventfd = vm.add_ioeventfd(IOEVENTFD_GPA, 8)
+        if "coalesced" in self.active:
+            vm.register_coalesced_mmio(COALESCED_GPA, 0x1000)
+
+    def iteration(self, ctx: Context, m: Machine, recorder: PhaseRecorder, i: int,
+                  warm: bool) -> str:
+        cycles = []
+        for n, kind in enumerate(self.active):
+            if n:
+                m.reset()
+            m.write_var("mmio_kinds", 1 << KINDS.index(kind), u32)
+            m.write_var("mmio_rounds_done", (u32 * len(KINDS))(), u32 * len(KINDS))
+            with recorder.phase(kind):
+                m.run(timeout_s=self.watchdog_s * 4)
+            if self.host.errors:
+                raise AssertionError("mmio: " + "; ".join(self.host.errors))
+            if kind == "rom_write" and any(m.read(ROM_GPA, ROM_SIZE)):
+                raise AssertionError("mmio: a write to the read-only slot reached its memory")
+            per_access = _record_kind(m, ctx.outcome, kind, self.per_kind[kind], warm)
+            cycles.append(f"{kind} {per_access:.0f}")
+        return ", ".join(cycles) + " cycles/access"
+
+    def finish(self, ctx: Context, m: Machine, recorder: PhaseRecorder) -> None:
+        rounds = self.req.warmup + self.req.iterations
+        _record_effective(m, ctx.outcome, self.host, self.active, self.per_kind, rounds,
+                          self.skipped)
+        if self.per_kind.get("coalesced", self.accesses) < self.accesses:
+            ctx.outcome.effective["coalesced_note"] = (
+                f"coalesced rounds use {self.per_kind['coalesced']} of the {self.accesses} "
+                f"accesses: the ring holds {RING_CAPACITY} entries and a write into a "
+                "full ring exits to userspace")
 
 
-def _record_kind(m: Machine, outcome: RunOutcome, kind: str, accesses: int, warmup: int,
-                 rounds: int) -> None:
+def _record_kind(m: Machine, outcome: RunOutcome, kind: str, accesses: int,
+                 warm: bool) -> float:
+    """Record the guest's one timed round of ``kind``; returns its cycles per access."""
     index = KINDS.index(kind)
     done = m.read_var("mmio_rounds_done", u32 * len(KINDS))[index]
-    if done != rounds:
-        raise AssertionError(f"mmio {kind}: the guest finished {done} of {rounds} rounds")
-    tsc = m.read_var("mmio_round_tsc", (u64 * MMIO_MAX_ROUNDS) * len(KINDS))[index]
-    for r in range(rounds):
-        cycles = tsc[r] / accesses
-        outcome.add(f"{kind}_cycles", cycles, warmup=r < warmup)
-        outcome.add(f"{kind}_ns", m.tsc_to_ns(tsc[r]) / accesses, warmup=r < warmup)
+    if done != 1:
+        raise AssertionError(f"mmio {kind}: the guest finished {done} of 1 rounds")
+    tsc = m.read_var("mmio_round_tsc", (u64 * MMIO_MAX_ROUNDS) * len(KINDS))[index][0]
+    outcome.add(f"{kind}_cycles", tsc / accesses, warmup=warm)
+    outcome.add(f"{kind}_ns", m.tsc_to_ns(tsc) / accesses, warmup=warm)
+    return tsc / accesses
 
 
 def _record_effective(m: Machine, outcome: RunOutcome, host: MmioHost, active: tuple[str, ...],
@@ -305,8 +326,8 @@ SPEC = ScenarioSpec(
                    f"{KIND_HELP[kind]}: ns per access (TSC cycles / KVM_GET_TSC_KHZ)"),
         )
     ),
-    variant_axes=(),
-    run=run,
+    variant_axes=MmioScenario.variant_axes,
+    run=MmioScenario.run,
     headline=tuple(f"{kind}_cycles" for kind in KINDS),
     default_iterations=10,
     default_warmup=2,

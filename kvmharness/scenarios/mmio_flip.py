@@ -23,20 +23,19 @@ import array
 import ctypes
 import dataclasses
 import math
-import threading
 import time
 from typing import Callable, Sequence
 
 from kvmharness.guest.layout import GiB, Layout, Region
 from kvmharness.guest.machine import Machine, VcpuState
-from kvmharness.kvm import Kvm, Mmio
+from kvmharness.kvm import Mmio
 from kvmharness.observe.tracefs import ZAP_EVENTS
+from kvmharness.scenarios.abi import GuestAbi
 from kvmharness.scenarios.base import (
     ZAP_AXIS, Metric, Parameter, RunOutcome, RunRequest, ScenarioSpec,
 )
-from kvmharness.scenarios.common import (
-    KH_MAX_VCPUS, PhaseRecorder, record_zap_path, u64, wait_finished, zap_quirk_mask,
-)
+from kvmharness.scenarios.common import KH_MAX_VCPUS, PhaseRecorder, u64
+from kvmharness.scenarios.skeleton import Context, GuestScenario, Handlers, HostToggler, execute
 from kvmharness.uapi.caps import KvmCap
 
 # guests/flip.h
@@ -82,6 +81,21 @@ class flip_violation(ctypes.Structure):
     _fields_ = [("tsc", ctypes.c_uint64), ("seq_before", ctypes.c_uint64),
                 ("seq_after", ctypes.c_uint64), ("gpa", ctypes.c_uint64),
                 ("value", ctypes.c_uint64)]
+
+
+GUEST_ABI = GuestAbi(
+    header="flip.h",
+    constants={"FLIP_LOG_MAX": FLIP_LOG_MAX, "FLIP_PAGE_SIZE": PAGE, "FLIP_PRESENT": PRESENT,
+               "FLIP_DELETING": DELETING, "FLIP_ABSENT": ABSENT, "FLIP_CREATING": CREATING},
+    macros={"FLIP_RAM_WORD": (ram_word, [(FLIP_GPA,), (FLIP_GPA + 0x5000,)]),
+            "FLIP_MMIO_WORD": (mmio_word, [(FLIP_GPA,), (FLIP_GPA + 0x5000,)])},
+    structs={"flip_violation": flip_violation},
+    symbols={"flip_seq": u64, "flip_base": u64, "flip_pages": u64,
+             **{name: u64 * KH_MAX_VCPUS for name in (
+                 "flip_start_tsc", "flip_reads", "flip_checked", "flip_seen_ram",
+                 "flip_seen_mmio", "flip_violations")},
+             "flip_log": (flip_violation * FLIP_LOG_MAX) * KH_MAX_VCPUS},
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,13 +152,18 @@ class FlipViolation(Exception):
                          + (f":\n  {shown}" if shown else ""))
 
 
-class Flipper:
-    """Host thread: delete and re-create the region's memslot ``toggles`` times, storing the
-    sequence word (guests/flip.h) before and after each ioctl.  ``seq_ns[s - 1]`` is when
-    sequence value ``s`` was stored, relative to ``t0_ns``."""
+class Flipper(HostToggler):
+    """Deletes and re-creates the region's memslot ``toggles`` times, storing the sequence
+    word (guests/flip.h) before and after each ioctl.  ``seq_ns[s - 1]`` is when sequence
+    value ``s`` was stored, relative to ``t0_ns``.  It stores into guest RAM: the base
+    class's stop() keeps guest RAM mapped until the thread has really finished."""
+
+    thread_name = "kvmharness-mmio-flipper"
 
     def __init__(self, m: Machine, region: str, seq: ctypes.c_uint64, toggles: int,
-                 dwell_s: float, seq_ns: array.array, t0_ns: int, dwell_every: int = 1) -> None:
+                 dwell_s: float, seq_ns: array.array, t0_ns: int, dwell_every: int = 1,
+                 cpus: tuple[int, ...] = ()) -> None:
+        super().__init__(cpus)
         self.m = m
         self.dwell_every = max(1, dwell_every)
         self.region = region
@@ -157,14 +176,8 @@ class Flipper:
         self.delete_ns: list[int] = []
         self.create_ns: list[int] = []
         self.elapsed_ns = 0
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        # Completion is tracked with an Event, not Thread.is_alive(): on CPython 3.11 a
-        # Ctrl-C inside Thread.join() marks a running thread stopped, and this thread
-        # stores into guest RAM, which must stay mapped until it has really finished.
-        self._finished = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="kvmharness-mmio-flipper",
-                                        daemon=True)
+        self._start_ns = 0
+        self._deleted = False
 
     def _publish(self) -> None:
         # One aligned 8-byte store into guest RAM; the ioctl that follows is a syscall, so
@@ -173,69 +186,37 @@ class Flipper:
         self.seq.value = value
         self.seq_ns.append(time.perf_counter_ns() - self.t0_ns)
 
-    def _loop(self) -> None:
-        clock = time.perf_counter_ns
+    def loop(self) -> None:
         unplug, plug, publish = self.m.unplug, self.m.plug, self._publish
-        stop, every = self._stop, self.dwell_every
-        start = clock()
-        deleted = False
-        try:
-            for i in range(self.toggles):
-                if stop.is_set():
-                    break
-                dwell = self.dwell_s if i % every == 0 else 0.0
-                publish()                       # deleting
-                t0 = clock()
-                unplug(self.region)
-                t1 = clock()
-                deleted = True
-                self.delete_ns.append(t1 - t0)
-                publish()                       # absent
-                if dwell and stop.wait(dwell):
-                    break
-                publish()                       # creating
-                t2 = clock()
-                plug(self.region)
-                t3 = clock()
-                deleted = False
-                publish()                       # present
-                self.create_ns.append(t3 - t2)
-                self.done += 1
-                if dwell and stop.wait(dwell):
-                    break
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            try:
-                self.elapsed_ns = clock() - start
-                if deleted:
-                    try:  # leave the slot present for the next phase
-                        self._publish()
-                        plug(self.region)
-                        self._publish()
-                    except BaseException as exc:
-                        self.error = self.error or exc
-            finally:
-                self._finished.set()  # stop() waits for this, whatever happened
+        stopping, every = self.stopping, self.dwell_every
+        self._start_ns = time.perf_counter_ns()
+        for i in range(self.toggles):
+            if stopping():
+                break
+            dwell = self.dwell_s if i % every == 0 else 0.0
+            publish()                       # deleting
+            delete_ns = unplug(self.region)
+            self._deleted = True
+            self.delete_ns.append(delete_ns)
+            publish()                       # absent
+            if dwell and stopping(dwell):
+                break
+            publish()                       # creating
+            create_ns = plug(self.region)
+            self._deleted = False
+            publish()                       # present
+            self.create_ns.append(create_ns)
+            self.done += 1
+            if dwell and stopping(dwell):
+                break
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def join(self, timeout_s: float | None = None) -> None:
-        self._finished.wait(timeout_s)
-
-    def is_alive(self) -> bool:
-        return self._thread.ident is not None and not self._finished.is_set()
-
-    def stop(self) -> None:
-        """Stop toggling and wait until the thread has really finished (a Ctrl-C meanwhile
-        is held back: this thread stores into guest RAM); raises its error, if any."""
-        self._stop.set()
-        if self._thread.ident is not None:
-            wait_finished(self._finished)
-            self._thread.join()
-        if self.error is not None:
-            raise self.error
+    def restore(self) -> None:
+        if self._start_ns:
+            self.elapsed_ns = time.perf_counter_ns() - self._start_ns
+        if self._deleted:  # leave the slot present for the next phase
+            self._publish()
+            self.m.plug(self.region)
+            self._publish()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,19 +238,21 @@ class WrapPlan:
 
 def address_spaces(m: Machine) -> int:
     """KVM_CAP_MULTI_ADDRESS_SPACE on the VM (0 when the kernel has one, e.g. without SMM)."""
-    return max(1, m.vm.check_extension(KvmCap.KVM_CAP_MULTI_ADDRESS_SPACE))  # type: ignore[union-attr]
+    return max(1, m.vm.check_extension(KvmCap.KVM_CAP_MULTI_ADDRESS_SPACE))
 
 
 class FlipRun:
     """One VM: the flip region, the guest, the honest or injected answer, and the checks."""
 
-    def __init__(self, m: Machine, pages: int, nvcpus: int, answer: Answer) -> None:
+    def __init__(self, m: Machine, pages: int, nvcpus: int, answer: Answer,
+                 toggler_cpus: tuple[int, ...] = ()) -> None:
         self.m = m
+        self.toggler_cpus = toggler_cpus
         self.pages = pages
         self.nvcpus = nvcpus
         self.answer = answer
         sym = m.image.symbol("flip_seq")
-        self.seq = ctypes.c_uint64.from_address(m.memory.host_address(sym.address, 8))  # type: ignore[union-attr]
+        self.seq = ctypes.c_uint64.from_address(m.memory.host_address(sym.address, 8))
         self.seq_ns = array.array("q")
         self.mmio_exits = [0] * nvcpus
 
@@ -294,7 +277,8 @@ class FlipRun:
         m = self.m
         self.clear_results()
         t0 = time.perf_counter_ns()
-        flipper = Flipper(m, "flip", self.seq, toggles, dwell_s, self.seq_ns, t0, dwell_every)
+        flipper = Flipper(m, "flip", self.seq, toggles, dwell_s, self.seq_ns, t0, dwell_every,
+                          self.toggler_cpus)
         m.start()
         try:
             flipper.start()
@@ -341,78 +325,95 @@ class FlipRun:
                 sum(m.read_var("flip_seen_mmio", u64 * KH_MAX_VCPUS)[:n]))
 
 
+class MmioFlip(GuestScenario):
+    name = "mmio-flip"
+    variant_axes = (ZAP_AXIS,)
+    guest = "flip"
+    zap_phase = "flip"
+
+    def __init__(self, req: RunRequest, answer: Answer | None = None) -> None:
+        super().__init__(req)
+        p = self.params
+        self.nvcpus, self.pages = int(p["vcpus"]), int(p["pages"])
+        self.toggles, self.dwell_s = int(p["toggles"]), int(p["dwell_us"]) / 1e6
+        if self.pages < 1 or FLIP_GPA + self.pages * PAGE > 4 * GiB:
+            raise ValueError(f"pages={self.pages}: need 1 .. {(2 * GiB) // PAGE}")
+        if self.toggles < 1:
+            raise ValueError(f"toggles={self.toggles}: need at least 1")
+        self.injected = answer
+        self.answer = answer or honest_answer
+        self.totals = {"reads": 0, "checked": 0, "seen_ram": 0, "seen_mmio": 0}
+
+    def vcpus(self) -> int:
+        return self.nvcpus
+
+    def layout(self) -> Layout:
+        return Layout.of([Region("flip", FLIP_GPA, self.pages * PAGE, "ram")])
+
+    def handlers(self) -> Handlers:
+        return {"on_mmio": lambda m, vcpu, exit_: self.flip.on_mmio(m, vcpu, exit_)}
+
+    def prepare(self, ctx: Context, m: Machine, recorder: PhaseRecorder) -> None:
+        self.flip = FlipRun(m, self.pages, self.nvcpus, self.answer, ctx.toggler_cpus)
+        # One word per page, straight into guest RAM: no host copy of the whole range
+        # (up to 2 GiB) beside the guest memory that the Machine's guard counted.
+        for i in range(self.pages):
+            gpa = FLIP_GPA + i * PAGE
+            m.write(gpa, ram_word(gpa).to_bytes(8, "little"))
+        m.write_var("flip_base", FLIP_GPA)
+        m.write_var("flip_pages", self.pages)
+        self.plan = WrapPlan.for_address_spaces(address_spaces(m))
+        ctx.outcome.effective.update(
+            address_spaces=self.plan.address_spaces, tsc_khz=m.tsc_khz,
+            answer="honest" if self.injected is None else
+            getattr(self.injected, "__name__", "injected"))
+
+    def iteration(self, ctx: Context, m: Machine, recorder: PhaseRecorder, i: int,
+                  warm: bool) -> str:
+        name = "warmup" if warm else "flip"
+        with recorder.phase(name):
+            flipper, _ = self.flip.phase(name, self.toggles, self.dwell_s)
+        ctx.deletes += 0 if warm else len(flipper.delete_ns)
+        count, found = self.flip.violations(name)
+        reads, checked, ram, mmio = self.flip.reads()
+        for key, value in zip(self.totals, (reads, checked, ram, mmio)):
+            self.totals[key] += 0 if warm else value
+        add = ctx.outcome.add
+        add("violations", count, warmup=warm)
+        add("toggles_per_s", flipper.done / (flipper.elapsed_ns / 1e9), warmup=warm)
+        add("reads_checked", checked, warmup=warm)
+        for ns in flipper.delete_ns:
+            add("slot_delete", ns / 1e3, warmup=warm)
+        for ns in flipper.create_ns:
+            add("slot_create", ns / 1e3, warmup=warm)
+        if count:
+            self.finish_effective(ctx)
+            raise FlipViolation(count, found, ctx.outcome)
+        return f"{flipper.done} toggles, {reads} reads ({checked} checked), {count} violations"
+
+    def finish(self, ctx: Context, m: Machine, recorder: PhaseRecorder) -> None:
+        wrap_violations: tuple[int, list[Violation]] = (0, [])
+        if self.params["wrap"]:
+            wrap_violations = _wrap_phase(m, self.flip, ctx.outcome, self.plan, self.req,
+                                          self.dwell_s)
+        self.finish_effective(ctx)
+        if wrap_violations[0]:
+            raise FlipViolation(*wrap_violations, ctx.outcome)
+
+    def finish_effective(self, ctx: Context) -> None:
+        eff = ctx.outcome.effective
+        eff.update({f"{k}_total": v for k, v in self.totals.items()})
+        eff["mmio_exits_all_phases"] = sum(self.flip.mmio_exits)
+        eff["final_seq"] = self.flip.seq.value
+        eff["toggles_to_wrap"] = self.plan.toggles
+        eff["steps_per_wrap"] = self.plan.steps_per_wrap
+        self.record_axes(ctx)
+
+
 def run_flip(req: RunRequest, *, answer: Answer | None = None) -> RunOutcome:
     """One run (a fresh VM).  ``answer`` replaces the host's MMIO answer (a test double);
     raises FlipViolation, carrying the outcome, as soon as a phase saw a violation."""
-    p = req.params
-    nvcpus, pages = int(p["vcpus"]), int(p["pages"])
-    toggles, dwell_s = int(p["toggles"]), int(p["dwell_us"]) / 1e6
-    if pages < 1 or FLIP_GPA + pages * PAGE > 4 * GiB:
-        raise ValueError(f"pages={pages}: need 1 .. {(2 * GiB) // PAGE}")
-    if toggles < 1:
-        raise ValueError(f"toggles={toggles}: need at least 1")
-    outcome = RunOutcome()
-    layout = Layout.of([Region("flip", FLIP_GPA, pages * PAGE, "ram")])
-    host_answer = answer or honest_answer
-    state: dict[str, FlipRun] = {}
-
-    def on_mmio(m: Machine, vcpu: int, exit_: Mmio) -> bytes | None:
-        return state["run"].on_mmio(m, vcpu, exit_)
-
-    with Kvm() as kvm:
-        mask = zap_quirk_mask(kvm, req.variant)
-        with Machine(kvm, "flip", layout, vcpus=nvcpus, disable_quirks=mask, on_mmio=on_mmio,
-                     watchdog_s=WATCHDOG_S) as m:
-            run = state["run"] = FlipRun(m, pages, nvcpus, host_answer)
-            # One word per page, straight into guest RAM: no host copy of the whole range
-            # (up to 2 GiB) beside the guest memory that the Machine's guard counted.
-            for i in range(pages):
-                gpa = FLIP_GPA + i * PAGE
-                m.write(gpa, ram_word(gpa).to_bytes(8, "little"))
-            m.write_var("flip_base", FLIP_GPA)
-            m.write_var("flip_pages", pages)
-            plan = WrapPlan.for_address_spaces(address_spaces(m))
-            eff = outcome.effective
-            eff.update(address_spaces=plan.address_spaces, tsc_khz=m.tsc_khz,
-                       answer="honest" if answer is None else
-                       getattr(answer, "__name__", "injected"))
-            recorder = PhaseRecorder(m, outcome)
-            deletes = 0
-            totals = {"reads": 0, "checked": 0, "seen_ram": 0, "seen_mmio": 0}
-            for i in range(req.warmup + req.iterations):
-                warm = i < req.warmup
-                if i:
-                    m.reset()
-                name = "warmup" if warm else "flip"
-                with recorder.phase(name):
-                    flipper, _ = run.phase(name, toggles, dwell_s)
-                deletes += 0 if warm else len(flipper.delete_ns)
-                count, found = run.violations(name)
-                reads, checked, ram, mmio = run.reads()
-                for key, value in zip(totals, (reads, checked, ram, mmio)):
-                    totals[key] += 0 if warm else value
-                outcome.add("violations", count, warmup=warm)
-                outcome.add("toggles_per_s", flipper.done / (flipper.elapsed_ns / 1e9),
-                            warmup=warm)
-                outcome.add("reads_checked", checked, warmup=warm)
-                for ns in flipper.delete_ns:
-                    outcome.add("slot_delete", ns / 1e3, warmup=warm)
-                for ns in flipper.create_ns:
-                    outcome.add("slot_create", ns / 1e3, warmup=warm)
-                req.progress(f"mmio-flip {name} {i + 1}/{req.warmup + req.iterations}: "
-                             f"{flipper.done} toggles, {reads} reads ({checked} checked), "
-                             f"{count} violations")
-                if count:
-                    _finish(outcome, run, totals, plan, req, deletes)
-                    raise FlipViolation(count, found, outcome)
-            wrap_violations: tuple[int, list[Violation]] = (0, [])
-            if p["wrap"]:
-                wrap_violations = _wrap_phase(m, run, outcome, plan, req, dwell_s)
-            _finish(outcome, run, totals, plan, req, deletes)
-            if wrap_violations[0]:
-                raise FlipViolation(*wrap_violations, outcome)
-    outcome.end_time = time.time()
-    return outcome
+    return execute(MmioFlip(req, answer))
 
 
 def _wrap_phase(m: Machine, run: FlipRun, outcome: RunOutcome, plan: WrapPlan,
@@ -466,21 +467,6 @@ def _wrap_phase(m: Machine, run: FlipRun, outcome: RunOutcome, plan: WrapPlan,
     return count, found
 
 
-def _finish(outcome: RunOutcome, run: FlipRun, totals: dict[str, int], plan: WrapPlan,
-            req: RunRequest, deletes: int) -> None:
-    eff = outcome.effective
-    eff.update({f"{k}_total": v for k, v in totals.items()})
-    eff["mmio_exits_all_phases"] = sum(run.mmio_exits)
-    eff["final_seq"] = run.seq.value
-    eff["toggles_to_wrap"] = plan.toggles
-    eff["steps_per_wrap"] = plan.steps_per_wrap
-    record_zap_path(outcome, req.variant, deletes, "flip")
-
-
-def run(req: RunRequest) -> RunOutcome:
-    return run_flip(req)
-
-
 SPEC = ScenarioSpec(
     name="mmio-flip",
     summary="correctness under memslot churn: a GPA range alternates between RAM (pattern P) "
@@ -513,8 +499,8 @@ SPEC = ScenarioSpec(
         Metric("wrap_reads_checked", "reads", "higher", "strict checks during the wrap phase"),
         Metric("violations_wrap", "violations", "lower", "violations during the wrap phase"),
     ),
-    variant_axes=(ZAP_AXIS,),
-    run=run,
+    variant_axes=MmioFlip.variant_axes,
+    run=MmioFlip.run,
     headline=("violations", "slot_delete", "slot_create", "toggles_per_s"),
     default_iterations=3,
     default_warmup=1,

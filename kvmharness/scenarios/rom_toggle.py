@@ -10,156 +10,133 @@ next pass must fault back in."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 from kvmharness.guest.layout import GiB, KiB, MiB, Layout, Region
 from kvmharness.guest.machine import Machine
-from kvmharness.kvm import Kvm, Mmio
-from kvmharness.scenarios.base import (
-    ZAP_AXIS, Metric, Parameter, RunOutcome, RunRequest, ScenarioSpec,
-)
+from kvmharness.kvm import Mmio
+from kvmharness.scenarios.base import ZAP_AXIS, Metric, Parameter, RunRequest, ScenarioSpec
 from kvmharness.scenarios.common import (
-    HAMMER_MAX_PASSES, KH_MAX_VCPUS, HammerConfig, PhaseRecorder, hammer_pass_ns, record_zap_path, u64, wait_finished,
-    zap_quirk_mask,
+    HAMMER_MAX_PASSES, HAMMER_ROM_ABSENT, KH_MAX_VCPUS, HammerConfig, PhaseRecorder,
+    hammer_max_gap_ns, hammer_pass_ns, hammer_rom_word, u64,
 )
+from kvmharness.scenarios.preflight import host_check
+from kvmharness.scenarios.skeleton import Context, GuestScenario, Handlers, HostToggler
 
 HAMMER_GPA = 4 * GiB
 ROM_GPA = 2 * GiB
-ROM_ABSENT = b"\xff" * 8
-WATCHDOG_S = 120.0
+ROM_ABSENT = HAMMER_ROM_ABSENT.to_bytes(8, "little")
 
 
 def rom_image(size: int) -> bytes:
-    """The ROM's bytes: word at each page start is HAMMER_ROM_WORD(offset) (guests/hammer.h)."""
+    """The ROM's bytes: the word at each page start is HAMMER_ROM_WORD(offset)."""
     out = bytearray(size)
     for offset in range(0, size, 4096):
-        out[offset:offset + 8] = (0x524F4D0000000000 | offset).to_bytes(8, "little")
+        out[offset:offset + 8] = hammer_rom_word(offset).to_bytes(8, "little")
     return bytes(out)
 
 
-class RomToggler:
-    """Host thread deleting and re-creating the ROM slot every ``interval_s``; times each
-    Machine.unplug()/plug() with perf_counter_ns (the ioctl plus the binding's ~1-2 us of
-    Python around it, the same on both sides of an A/B)."""
+class RomToggler(HostToggler):
+    """Deletes and re-creates the ROM slot every ``interval_s``, keeping each
+    Machine.unplug()/plug() syscall time; leaves the ROM present when it stops."""
 
-    def __init__(self, machine: Machine, region: str, interval_s: float) -> None:
+    thread_name = "kvmharness-rom-toggler"
+
+    def __init__(self, machine: Machine, region: str, interval_s: float,
+                 cpus: tuple[int, ...] = ()) -> None:
+        super().__init__(cpus)
         self.machine = machine
         self.region = region
         self.interval_s = interval_s
         self.delete_ns: list[int] = []
         self.create_ns: list[int] = []
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        # Completion is an Event, not Thread.join()/is_alive(): see common.wait_finished.
-        # This thread issues memslot ioctls on the VM, which must not be closed under it.
-        self._finished = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="kvmharness-rom-toggler",
-                                        daemon=True)
 
-    def _loop(self) -> None:
-        clock = time.perf_counter_ns
-        try:
-            while not self._stop.wait(self.interval_s):
-                t0 = clock()
-                self.machine.unplug(self.region)
-                t1 = clock()
-                self.delete_ns.append(t1 - t0)
-                if self._stop.wait(self.interval_s / 2):
-                    break
-                t0 = clock()
-                self.machine.plug(self.region)
-                self.create_ns.append(clock() - t0)
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            try:
-                if len(self.create_ns) < len(self.delete_ns):
-                    try:
-                        self.machine.plug(self.region)  # leave the ROM present for the next run
-                    except BaseException as exc:
-                        self.error = self.error or exc
-            finally:
-                self._finished.set()
+    def loop(self) -> None:
+        while not self.stopping(self.interval_s):
+            self.delete_ns.append(self.machine.unplug(self.region))
+            if self.stopping(self.interval_s / 2):
+                break
+            self.create_ns.append(self.machine.plug(self.region))
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop toggling and wait until the thread has really finished (Ctrl-C held back
-        until then); raises the thread's error, if any."""
-        self._stop.set()
-        if self._thread.ident is not None:  # started
-            wait_finished(self._finished)
-            self._thread.join()
-        if self.error is not None:
-            raise self.error
+    def restore(self) -> None:
+        if len(self.create_ns) < len(self.delete_ns):
+            self.machine.plug(self.region)  # leave the ROM present for the next iteration
 
 
-def run(req: RunRequest) -> RunOutcome:
-    p = req.params
-    nvcpus, mem = int(p["vcpus"]), int(p["mem_per_vcpu"]) * MiB
-    rom_size = int(p["rom_size"]) * KiB
-    outcome = RunOutcome()
-    layout = Layout.of([
-        Region("hammer", HAMMER_GPA, nvcpus * mem, "ram", hugepages=bool(p["thp"])),
-        Region("rom", ROM_GPA, rom_size, "rom"),
-    ])
+class RomToggle(GuestScenario):
+    name = "rom-toggle"
+    variant_axes = (ZAP_AXIS,)
+    guest = "hammer"
+    zap_phase = "hammer"
 
-    def on_mmio(m: Machine, vcpu: int, exit_: Mmio) -> bytes:
-        if exit_.is_write or not ROM_GPA <= exit_.phys_addr < ROM_GPA + rom_size:
+    def __init__(self, req: RunRequest) -> None:
+        super().__init__(req)
+        p = self.params
+        self.nvcpus, self.mem = int(p["vcpus"]), int(p["mem_per_vcpu"]) * MiB
+        self.rom_size = int(p["rom_size"]) * KiB
+        self.interval_s = int(p["toggle_ms"]) / 1000
+
+    def vcpus(self) -> int:
+        return self.nvcpus
+
+    def layout(self) -> Layout:
+        return Layout.of([
+            Region("hammer", HAMMER_GPA, self.nvcpus * self.mem, "ram",
+                   hugepages=bool(self.params["thp"])),
+            Region("rom", ROM_GPA, self.rom_size, "rom"),
+        ])
+
+    def handlers(self) -> Handlers:
+        return {"on_mmio": self.on_mmio}
+
+    def on_mmio(self, m: Machine, vcpu: int, exit_: Mmio) -> bytes:
+        if exit_.is_write or not ROM_GPA <= exit_.phys_addr < ROM_GPA + self.rom_size:
             raise AssertionError(f"rom-toggle: unexpected MMIO {exit_}")
         return ROM_ABSENT[: exit_.len]
 
-    with Kvm() as kvm:
-        mask = zap_quirk_mask(kvm, req.variant)
-        with Machine(kvm, "hammer", layout, vcpus=nvcpus, disable_quirks=mask,
-                     on_mmio=on_mmio, watchdog_s=WATCHDOG_S) as m:
-            m.memory.backing["rom"].write(0, rom_image(rom_size))  # type: ignore[union-attr]
-            HammerConfig(base=HAMMER_GPA, pages=mem // 4096, passes=int(p["passes"]),
-                         stride_per_vcpu=mem).apply(m)
-            m.write_var("hammer_rom_base", ROM_GPA)
-            m.write_var("hammer_rom_bytes", rom_size)
-            outcome.effective["thp"] = bool(p["thp"])
-            recorder = PhaseRecorder(m, outcome)
-            total_deletes = 0
-            runs = req.warmup + req.iterations
-            for i in range(runs):
-                warm = i < req.warmup
-                if i:
-                    m.reset()
-                toggler = RomToggler(m, "rom", int(p["toggle_ms"]) / 1000)
-                with recorder.phase("warmup" if warm else "hammer") as stats:
-                    t0 = time.perf_counter_ns()
-                    m.start()
-                    try:
-                        toggler.start()
-                        m.wait()
-                    finally:
-                        t1 = time.perf_counter_ns()
-                        toggler.stop()
-                if not warm:
-                    total_deletes += len(toggler.delete_ns)
-                outcome.add("total", (t1 - t0) / 1e6, warmup=warm)
-                for passes in hammer_pass_ns(m, nvcpus):
-                    for ns in passes:
-                        outcome.add("pass", ns / 1e6, warmup=warm)
-                for ns in toggler.delete_ns:
-                    outcome.add("slot_delete", ns / 1e3, warmup=warm)
-                for ns in toggler.create_ns:
-                    outcome.add("slot_create", ns / 1e3, warmup=warm)
-                outcome.add("toggles", len(toggler.delete_ns), warmup=warm)
-                outcome.add("pf_fixed", stats.get("vcpu.pf_fixed", 0), warmup=warm)
-                outcome.add("remote_tlb_flush", stats.get("vm.remote_tlb_flush", 0), warmup=warm)
-                req.progress(f"rom-toggle {'warmup' if warm else 'iteration'} {i + 1}/{runs}: "
-                             f"{(t1 - t0) / 1e6:.1f} ms, {len(toggler.delete_ns)} ROM deletes")
-            present = m.read_var("hammer_rom_present", u64 * KH_MAX_VCPUS)
-            absent = m.read_var("hammer_rom_absent", u64 * KH_MAX_VCPUS)
-            outcome.effective["rom_words_present"] = sum(present[:nvcpus])
-            outcome.effective["rom_words_absent"] = sum(absent[:nvcpus])
-            record_zap_path(outcome, req.variant, total_deletes, "hammer")
-    outcome.end_time = time.time()
-    return outcome
+    def prepare(self, ctx: Context, m: Machine, recorder: PhaseRecorder) -> None:
+        m.memory.backing["rom"].write(0, rom_image(self.rom_size))
+        HammerConfig(base=HAMMER_GPA, pages=self.mem // 4096, passes=int(self.params["passes"]),
+                     stride_per_vcpu=self.mem).apply(m)
+        m.write_var("hammer_rom_base", ROM_GPA)
+        m.write_var("hammer_rom_bytes", self.rom_size)
+        ctx.outcome.effective["thp"] = bool(self.params["thp"])
+
+    def iteration(self, ctx: Context, m: Machine, recorder: PhaseRecorder, i: int,
+                  warm: bool) -> str:
+        toggler = RomToggler(m, "rom", self.interval_s, ctx.toggler_cpus)
+        with recorder.phase("warmup" if warm else "hammer") as stats:
+            t0 = time.perf_counter_ns()
+            m.start()
+            try:
+                toggler.start()
+                m.wait()
+            finally:
+                t1 = time.perf_counter_ns()
+                toggler.stop()
+        if not warm:
+            ctx.deletes += len(toggler.delete_ns)
+        add = ctx.outcome.add
+        add("total", (t1 - t0) / 1e6, warmup=warm)
+        for passes in hammer_pass_ns(m, self.nvcpus):
+            for ns in passes:
+                add("pass", ns / 1e6, warmup=warm)
+        add("max_stall", max(max(gaps) for gaps in hammer_max_gap_ns(m, self.nvcpus)) / 1e3,
+            warmup=warm)
+        for ns in toggler.delete_ns:
+            add("slot_delete", ns / 1e3, warmup=warm)
+        for ns in toggler.create_ns:
+            add("slot_create", ns / 1e3, warmup=warm)
+        add("toggles", len(toggler.delete_ns), warmup=warm)
+        add("pf_fixed", stats.get("vcpu.pf_fixed", 0), warmup=warm)
+        add("remote_tlb_flush", stats.get("vm.remote_tlb_flush", 0), warmup=warm)
+        return f"{(t1 - t0) / 1e6:.1f} ms, {len(toggler.delete_ns)} ROM deletes"
+
+    def finish(self, ctx: Context, m: Machine, recorder: PhaseRecorder) -> None:
+        present = m.read_var("hammer_rom_present", u64 * KH_MAX_VCPUS)
+        absent = m.read_var("hammer_rom_absent", u64 * KH_MAX_VCPUS)
+        ctx.outcome.effective["rom_words_present"] = sum(present[:self.nvcpus])
+        ctx.outcome.effective["rom_words_absent"] = sum(absent[:self.nvcpus])
 
 
 SPEC = ScenarioSpec(
@@ -183,8 +160,12 @@ SPEC = ScenarioSpec(
     metrics=(
         Metric("total", "ms", "lower", "time for all vCPUs to finish every pass (the seed's ms)"),
         Metric("pass", "ms", "lower", "one vCPU's pass over its memory (guest TSC)"),
-        Metric("slot_delete", "us", "lower", "KVM_SET_USER_MEMORY_REGION delete of the ROM"),
-        Metric("slot_create", "us", "lower", "re-creating the ROM slot"),
+        Metric("max_stall", "us", "lower", "longest gap between two consecutive page writes "
+               "of any vCPU's pass (guest TSC): how long a vCPU was held up at once"),
+        Metric("slot_delete", "us", "lower", "KVM_SET_USER_MEMORY_REGION delete of the ROM "
+               "(time inside the syscall)"),
+        Metric("slot_create", "us", "lower", "re-creating the ROM slot (time inside the "
+               "syscall)"),
         # A by-product of the iteration's length (one delete per 1.5 x toggle_ms), not a
         # rate: it rises exactly when "total" gets worse, so it shares total's direction.
         Metric("toggles", "deletes", "lower", "ROM deletes during the iteration (tracks "
@@ -192,9 +173,11 @@ SPEC = ScenarioSpec(
         Metric("pf_fixed", "faults", "lower", "vCPU pf_fixed during the iteration (refaults)"),
         Metric("remote_tlb_flush", "flushes", "lower", "VM remote TLB flushes"),
     ),
-    variant_axes=(ZAP_AXIS,),
-    run=run,
-    headline=("total", "pass", "slot_delete", "pf_fixed"),
+    variant_axes=RomToggle.variant_axes,
+    run=RomToggle.run,
+    check_host=host_check(RomToggle, "vcpus x mem_per_vcpu",
+                          lambda s: s.nvcpus * s.mem + s.rom_size),
+    headline=("total", "pass", "max_stall", "slot_delete", "pf_fixed"),
     default_iterations=3,
     default_warmup=1,
 )

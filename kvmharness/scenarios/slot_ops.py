@@ -1,14 +1,15 @@
 """slot-ops: the latency of each memslot operation as the slot grows, and what it costs the guest.
 
 For every slot size (4 KiB .. GiBs) one memslot, separate from the guest's RAM, goes through
-create -> dirty logging on -> off -> move -> delete, each timed with perf_counter_ns around
-Vm.set_user_memory_region alone: the KVM_SET_USER_MEMORY_REGION(2) ioctl plus ~1-2 us of
-the binding's Python (argument struct, slot bookkeeping), the same for every kernel.
+create -> dirty logging on -> off -> move -> delete, each timed inside the
+KVM_SET_USER_MEMORY_REGION(2) syscall (Vm.set_user_memory_region's own clock).
 With ``populated`` a hammer vCPU keeps the rest of guest RAM mapped (one write per 4 KiB
 page per pass) and stops at a GUEST_SYNC after every pass; the op runs in that sync
 handler, so the guest's next pass is exactly the refault cost of the op (zap=all throws
-every SPTE away on delete/move; zap=slot only the slot's).  Without ``populated`` the guest
-never runs and the MMU is empty: the ioctl alone.
+every SPTE away on delete/move; zap=slot only the slot's).  Each iteration is one run of
+the guest: a pass per op and per steady step, after a first pass that maps guest RAM (the
+first iteration's) or finds it mapped (the others', not recorded).  Without ``populated``
+the guest never runs and the MMU is empty: the ioctl alone.
 
 Evidence: KVM stats per phase (``populate``: the first pass; ``cycles@<size>``: that size's
 passes and ops; ``warmup``; ``slot_ops``: the whole run) and the whole run's kvmmmu
@@ -29,22 +30,21 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import time
 from typing import Sequence
 
 from kvmharness.guest.layout import GiB, MiB, Layout, LayoutError, Region
 from kvmharness.guest.longmode import max_phys_addr
 from kvmharness.guest.machine import Machine
 from kvmharness.guest.memory import check_host_memory
-from kvmharness.kvm import HostMemory, Kvm, Vm
+from kvmharness.kvm import HostMemory, Vm
 from kvmharness.observe.counters import KvmCounters, Snapshot
-from kvmharness.scenarios.base import (
-    ZAP_AXIS, Metric, Parameter, RunOutcome, RunRequest,
-)
+from kvmharness.scenarios.base import ZAP_AXIS, Direction, Metric, Parameter, RunOutcome, RunRequest
 from kvmharness.scenarios.common import (
     HAMMER_MAX_PASSES, SIZE_SLOT, HammerConfig, PhaseRecorder, SizedScenarioSpec, SizeList,
-    hammer_pass_ns, record_zap_path, size_label, zap_quirk_mask,
+    hammer_max_gap_ns, hammer_pass_ns, size_label,
 )
+from kvmharness.scenarios.preflight import host_check
+from kvmharness.scenarios.skeleton import Context, GuestScenario, Handlers
 from kvmharness.uapi.kvm import KVM_MEM_LOG_DIRTY_PAGES
 
 HAMMER_GPA = 4 * GiB
@@ -84,8 +84,7 @@ class Step:
 
 class SlotUnderTest:
     """The measured memslot: one id, one untouched mapping of the largest size (smaller
-    slots use its start), two GPAs to move between.  The arguments are worked out before
-    the clock starts, so the timed region holds the ioctl wrapper and nothing else."""
+    slots use its start), two GPAs to move between."""
 
     def __init__(self, vm: Vm, max_size: int, gpa_a: int, gpa_b: int) -> None:
         self.vm = vm
@@ -105,11 +104,9 @@ class SlotUnderTest:
         }[op]
 
     def perform(self, op: str, size: int) -> int:
+        """Do ``op``; returns the ns spent inside the syscall."""
         flags, gpa, length, addr = self.args(op, size)
-        set_region, slot, clock = self.vm.set_user_memory_region, self.slot, time.perf_counter_ns
-        t0 = clock()
-        set_region(slot, flags, gpa, length, addr)
-        return clock() - t0
+        return self.vm.set_user_memory_region(self.slot, flags, gpa, length, addr)
 
     def close(self) -> None:
         try:
@@ -119,22 +116,23 @@ class SlotUnderTest:
             self.mem.close()
 
 
-def build_steps(sizes: Sequence[int], ops_per_size: int, warmup: int, iterations: int,
+def build_steps(sizes: Sequence[int], ops_per_size: int, iteration: int, warm: bool,
                 populated: bool) -> list[Step]:
+    """One iteration's script."""
     steps: list[Step] = []
-    for i in range(warmup + iterations):
-        for size in sizes:
-            for _ in range(ops_per_size):
-                steps += [Step(op, size, i, i < warmup) for op in OPS]
-                if populated:
-                    steps.append(Step(STEADY, size, i, i < warmup))
-            steps[-1] = dataclasses.replace(steps[-1], group_end=True)
+    for size in sizes:
+        for _ in range(ops_per_size):
+            steps += [Step(op, size, iteration, warm) for op in OPS]
+            if populated:
+                steps.append(Step(STEADY, size, iteration, warm))
+        steps[-1] = dataclasses.replace(steps[-1], group_end=True)
     return steps
 
 
 class SlotOpsDriver:
-    """Plays the step script; ``on_sync`` is the hammer's per-pass GUEST_SYNC handler and
-    runs in the vCPU thread while the guest waits, so an op never overlaps a pass.
+    """Plays one iteration's step script; ``on_sync`` is the hammer's per-pass GUEST_SYNC
+    handler and runs in the vCPU thread while the guest waits, so an op never overlaps a
+    pass.
 
     Nothing of ours runs between the guest's exit and the op: stats are read right after
     each op.  Reading them (or starting a tracefs instance) just before an op was measured
@@ -142,142 +140,156 @@ class SlotOpsDriver:
     pass's: vCPU stats only move while the guest runs, so a pass's pf_fixed is exact, and
     the rest is kept per size (``cycles@<size>``)."""
 
-    def __init__(self, outcome: RunOutcome, steps: list[Step], req: RunRequest) -> None:
+    def __init__(self, outcome: RunOutcome, slot: SlotUnderTest, counters: KvmCounters) -> None:
         self.outcome = outcome
-        self.steps = steps
-        self.req = req
-        self.runs = req.warmup + req.iterations
-        self.slot: SlotUnderTest | None = None
-        self.counters: KvmCounters | None = None  # for its snapshot/delta only
-        self.last: tuple[Step | None, Snapshot] | None = None
-        self.group: dict[str, list[float]] = {}
-
-    def attach(self, m: Machine, slot: SlotUnderTest, recorder: PhaseRecorder) -> None:
         self.slot = slot
-        vm = m.vm
-        assert vm is not None
-        self.counters = KvmCounters(vm, m.vcpus, vm_stats=recorder.vm_stats,
-                                    vcpu_stats=recorder.vcpu_stats)
+        self.counters = counters  # for its snapshot/delta only
+        self.steps: list[Step] = []
+        self.first_pass_phase: str | None = None
+        self.last: tuple[Step | None, Snapshot] | None = None
+        self.medians: list[str] = []
+        self.groups: dict[str, dict[str, list[float]]] = {}  # size label -> op -> us
 
     def perform(self, step: Step) -> None:
         if step.op == STEADY:
             return
-        ns = self.slot.perform(step.op, step.size)  # type: ignore[union-attr]
+        ns = self.slot.perform(step.op, step.size)
         self.outcome.add(f"{step.op}@{step.label}", ns / 1e3, warmup=step.warm)
-        self.group.setdefault(step.op, []).append(ns / 1e3)
+        self.groups.setdefault(step.label, {}).setdefault(step.op, []).append(ns / 1e3)
 
     def report(self, step: Step) -> None:
         if not step.group_end:
             return
-        kind = "warmup" if step.warm else "iteration"
-        medians = ", ".join(f"{op} {statistics.median(v):.0f} us" for op, v in self.group.items())
-        self.req.progress(f"slot-ops {kind} {step.iteration + 1}/{self.runs} slot "
-                          f"{step.label}: {medians}")
-        self.group.clear()
+        group = self.groups.pop(step.label, {})
+        medians = ", ".join(f"{op} {statistics.median(v):.0f} us" for op, v in group.items())
+        self.medians.append(f"{step.label}: {medians}")
 
-    def begin(self) -> None:
-        """Before the guest's first pass (which maps its RAM: the ``populate`` phase)."""
-        self.last = (None, self.counters.snapshot())  # type: ignore[union-attr]
+    def begin(self, steps: list[Step], first_pass_phase: str | None) -> None:
+        """Before the guest's first pass of an iteration; that pass's stats go to
+        ``first_pass_phase`` (``populate`` when it maps guest RAM; None: not kept)."""
+        self.steps, self.first_pass_phase, self.medians = steps, first_pass_phase, []
+        self.last = (None, self.counters.snapshot())
 
     def on_sync(self, m: Machine, vcpu: int, values: tuple[int, ...]) -> None:
         done_pass = values[0]
         step = self.steps[done_pass] if done_pass < len(self.steps) else None
         if step is not None:
             self.perform(step)
-        now = self.counters.snapshot()  # type: ignore[union-attr]
+        now = self.counters.snapshot()
         if self.last is not None:  # the pass that just ended followed ``previous``
             previous, before = self.last
             delta = KvmCounters.delta(before, now)
-            if previous is None:
-                phase = "populate"
-            else:
+            phase = self.first_pass_phase
+            if previous is not None:
                 phase = "warmup" if previous.warm else f"cycles@{previous.label}"
                 self.outcome.add(f"{previous.op}_pf_fixed@{previous.label}"
                                  if previous.op != STEADY else "steady_pf_fixed",
                                  delta.get("vcpu.pf_fixed", 0), warmup=previous.warm)
-            bucket = self.outcome.kvm_stats.setdefault(phase, {})
-            for k, v in delta.items():
-                bucket[k] = bucket.get(k, 0) + v
+            if phase is not None:
+                bucket = self.outcome.kvm_stats.setdefault(phase, {})
+                for k, v in delta.items():
+                    bucket[k] = bucket.get(k, 0) + v
             if previous is not None:
                 self.report(previous)
         self.last = (step, now) if step is not None else None
 
-    def record_passes(self, m: Machine) -> None:
-        """Pass k+1 follows step k (pass 0 is the first touch of guest RAM)."""
+    def record_passes(self, m: Machine, warm: bool) -> None:
+        """Pass k+1 follows step k (pass 0 maps guest RAM, or finds it mapped)."""
         passes = hammer_pass_ns(m, 1)[0]
         if len(passes) != len(self.steps) + 1:
             raise RuntimeError(f"slot-ops: the hammer finished {len(passes)} passes, "
                                f"expected {len(self.steps) + 1}")
-        self.outcome.effective["populate_pass_ms"] = passes[0] / 1e6
+        if self.first_pass_phase is not None:
+            self.outcome.effective["populate_pass_ms"] = passes[0] / 1e6
         for step, ns in zip(self.steps, passes[1:]):
             name = "steady_pass" if step.op == STEADY else f"{step.op}_pass@{step.label}"
             self.outcome.add(name, ns / 1e6, warmup=step.warm)
+        gaps = hammer_max_gap_ns(m, 1)[0][1:]
+        self.outcome.add("max_stall", max(gaps) / 1e3, warmup=warm)
 
 
-def run(req: RunRequest) -> RunOutcome:
-    p = req.params
-    sizes = SizeList(p["sizes"]).sizes
-    populated = bool(p["populated"])
-    populated_bytes = int(p["populated_mib"]) * MiB
-    ops_per_size = int(p["ops_per_size"])
-    if populated_bytes <= 0 or ops_per_size <= 0:
-        raise ValueError("slot-ops: populated_mib and ops_per_size must be positive")
-    steps = build_steps(sizes, ops_per_size, req.warmup, req.iterations, populated)
-    if populated and len(steps) + 1 > HAMMER_MAX_PASSES:
-        raise ValueError(f"slot-ops: {len(steps) + 1} hammer passes needed (one per op and "
-                         f"steady pass), the hammer guest records at most {HAMMER_MAX_PASSES}: "
-                         "use fewer sizes, ops_per_size or iterations")
-    max_size = max(sizes)
-    layout = Layout.of([Region("hammer", HAMMER_GPA, populated_bytes, "ram",
-                               hugepages=bool(p["thp"]))])
-    check_host_memory(layout.memslot_bytes() + max_size + kvm_slot_metadata_bytes(max_size),
-                      f"slot-ops with a {size_label(max_size)} slot (counted as if touched) "
-                      f"and {populated_bytes // MiB} MiB of guest RAM")
-    gpa_a = align_up(layout.region("hammer").end, SLOT_ALIGN)
-    gpa_b = gpa_a + align_up(max_size, SLOT_ALIGN)
+class SlotOps(GuestScenario):
+    name = "slot-ops"
+    variant_axes = (ZAP_AXIS,)
+    guest = "hammer"
+    zap_phase = RUN_PHASE  # the whole run, warmups included
 
-    outcome = RunOutcome()
-    outcome.effective.update(populated=populated, thp=bool(p["thp"]), slot_gpas=[gpa_a, gpa_b],
-                             timed="Vm.set_user_memory_region (the ioctl and its wrapper)")
-    driver = SlotOpsDriver(outcome, steps, req)
-    with Kvm() as kvm:
-        mask = zap_quirk_mask(kvm, req.variant)
-        limit = max_phys_addr(kvm.supported_cpuid())
-        if gpa_b + max_size > limit:
-            raise LayoutError(f"slot-ops: a {size_label(max_size)} slot moved to {gpa_b:#x} ends "
-                              f"above the guest physical address limit {limit:#x}")
-        with Machine(kvm, "hammer", layout, vcpus=1, disable_quirks=mask,
-                     on_sync=driver.on_sync if populated else None,
-                     watchdog_s=WATCHDOG_S) as m:
-            slot = SlotUnderTest(m.vm, max_size, gpa_a, gpa_b)  # type: ignore[arg-type]
-            try:
-                recorder = PhaseRecorder(m, outcome)
-                driver.attach(m, slot, recorder)
-                if populated:
-                    HammerConfig(base=HAMMER_GPA, pages=populated_bytes // 4096,
-                                 passes=len(steps) + 1, stride_per_vcpu=0,
-                                 sync_each_pass=True).apply(m)
-                # One tracefs instance for the whole run: per-op instances perturb the ops.
-                with recorder.phase(RUN_PHASE):
-                    if populated:
-                        driver.begin()
-                        m.run()
-                    else:
-                        for step in steps:
-                            driver.perform(step)
-                            driver.report(step)
-                if populated:
-                    driver.record_passes(m)
-            finally:
-                slot.close()
-            record_zap_path(outcome, req.variant,
-                            sum(1 for s in steps if s.op in ZAPPING_OPS), RUN_PHASE)
-    outcome.end_time = time.time()
-    return outcome
+    def __init__(self, req: RunRequest) -> None:
+        super().__init__(req)
+        p = self.params
+        self.sizes = SizeList(p["sizes"]).sizes
+        self.populated = bool(p["populated"])
+        self.populated_bytes = int(p["populated_mib"]) * MiB
+        self.ops_per_size = int(p["ops_per_size"])
+        if self.populated_bytes <= 0 or self.ops_per_size <= 0:
+            raise ValueError("slot-ops: populated_mib and ops_per_size must be positive")
+        passes = len(self.steps(0, False)) + 1
+        if self.populated and passes > HAMMER_MAX_PASSES:
+            raise ValueError(f"slot-ops: {passes} hammer passes needed per iteration (one per "
+                             "op and steady pass), the hammer guest records at most "
+                             f"{HAMMER_MAX_PASSES}: use fewer sizes or ops_per_size")
+        self.max_size = max(self.sizes)
+        check_host_memory(
+            self.layout().memslot_bytes() + self.max_size + kvm_slot_metadata_bytes(self.max_size),
+            f"slot-ops with a {size_label(self.max_size)} slot (counted as if touched) "
+            f"and {self.populated_bytes // MiB} MiB of guest RAM")
+        self.gpa_a = align_up(self.layout().region("hammer").end, SLOT_ALIGN)
+        self.gpa_b = self.gpa_a + align_up(self.max_size, SLOT_ALIGN)
+
+    def steps(self, i: int, warm: bool) -> list[Step]:
+        return build_steps(self.sizes, self.ops_per_size, i, warm, self.populated)
+
+    def vcpus(self) -> int:
+        return 1
+
+    def layout(self) -> Layout:
+        return Layout.of([Region("hammer", HAMMER_GPA, self.populated_bytes, "ram",
+                                 hugepages=bool(self.params["thp"]))])
+
+    def handlers(self) -> Handlers:
+        return {"on_sync": lambda m, vcpu, values: self.driver.on_sync(m, vcpu, values)}
+
+    def prepare(self, ctx: Context, m: Machine, recorder: PhaseRecorder) -> None:
+        limit = max_phys_addr(ctx.kvm.supported_cpuid())
+        if self.gpa_b + self.max_size > limit:
+            raise LayoutError(f"slot-ops: a {size_label(self.max_size)} slot moved to "
+                              f"{self.gpa_b:#x} ends above the guest physical address limit "
+                              f"{limit:#x}")
+        ctx.outcome.effective.update(
+            populated=self.populated, thp=bool(self.params["thp"]),
+            slot_gpas=[self.gpa_a, self.gpa_b],
+            timed="KVM_SET_USER_MEMORY_REGION: time inside the syscall")
+        slot = SlotUnderTest(m.vm, self.max_size, self.gpa_a, self.gpa_b)
+        ctx.cleanups.callback(slot.close)
+        self.driver = SlotOpsDriver(ctx.outcome, slot, KvmCounters(
+            m.vm, m.vcpus, vm_stats=recorder.vm_stats,
+            vcpu_stats=recorder.vcpu_stats))
+
+    def iteration(self, ctx: Context, m: Machine, recorder: PhaseRecorder, i: int,
+                  warm: bool) -> str:
+        steps = self.steps(i, warm)
+        ctx.deletes += sum(1 for s in steps if s.op in ZAPPING_OPS)
+        driver = self.driver
+        # One tracefs instance per iteration: per-op instances perturb the ops.
+        with recorder.phase(RUN_PHASE):
+            if self.populated:
+                HammerConfig(base=HAMMER_GPA, pages=self.populated_bytes // 4096,
+                             passes=len(steps) + 1, stride_per_vcpu=0,
+                             sync_each_pass=True).apply(m)
+                driver.begin(steps, "populate" if i == 0 else None)
+                m.run()
+            else:
+                driver.steps, driver.medians = steps, []
+                for step in steps:
+                    driver.perform(step)
+                    driver.report(step)
+        if self.populated:
+            driver.record_passes(m, warm)
+        return "; ".join(driver.medians)
 
 
-def _sized(name: str, unit: str, direction: str, help: str) -> Metric:
-    return Metric(f"{name}@{SIZE_SLOT}", unit, direction, help)  # type: ignore[arg-type]
+def _sized(name: str, unit: str, direction: Direction, help: str) -> Metric:
+    return Metric(f"{name}@{SIZE_SLOT}", unit, direction, help)
 
 
 _OP_HELP = {
@@ -319,15 +331,20 @@ SPEC = SizedScenarioSpec(
     ) + (
         Metric("steady_pass", "ms", "lower", "a hammer pass with no op before it (baseline)"),
         Metric("steady_pf_fixed", "faults", "lower", "vCPU pf_fixed during a steady pass"),
+        Metric("max_stall", "us", "lower", "longest gap between two consecutive page writes "
+               "in any pass after an op (guest TSC): the worst single hold-up"),
     ),
-    variant_axes=(ZAP_AXIS,),
-    run=run,
+    variant_axes=SlotOps.variant_axes,
+    run=SlotOps.run,
+    check_host=host_check(SlotOps, "populated_mib or the largest of sizes",
+                          lambda s: s.populated_bytes + s.max_size),
     headline=tuple(f"{op}@{SIZE_SLOT}" for op in OPS) + (f"delete_pf_fixed@{SIZE_SLOT}",
-                                                         f"delete_pass@{SIZE_SLOT}"),
+                                                         f"delete_pass@{SIZE_SLOT}",
+                                                         "max_stall"),
     default_iterations=3,
     default_warmup=1,
 )
 
 # Produced only with populated=true.
 PASS_METRIC_FAMILIES = tuple(f"{op}_{kind}" for op in OPS for kind in ("pass", "pf_fixed")) + (
-    "steady_pass", "steady_pf_fixed")
+    "steady_pass", "steady_pf_fixed", "max_stall")

@@ -18,14 +18,15 @@ import threading
 import time
 
 from kvmharness.guest.layout import GiB, Layout, Region
-from kvmharness.guest.machine import Machine
 from kvmharness.guest.memory import check_host_memory
-from kvmharness.kvm import Kvm
+from kvmharness.observe.pinning import pinned
 from kvmharness.scenarios.base import Metric, Parameter, RunOutcome, RunRequest
 from kvmharness.scenarios.common import (
-    KH_MAX_VCPUS, SIZE_SLOT, HammerConfig, MiBList, PhaseRecorder, SizedScenarioSpec, hammer_pass_ns,
-    size_label,
+    KH_MAX_VCPUS, SIZE_SLOT, HammerConfig, MiBList, PhaseRecorder, SizedScenarioSpec,
+    hammer_pass_ns, size_label,
 )
+from kvmharness.scenarios.preflight import host_check
+from kvmharness.scenarios.skeleton import BareScenario, Context
 
 HAMMER_GPA = 4 * GiB
 PAGE = 4096
@@ -88,32 +89,14 @@ class DelayProbe:
         return max(0, max(b - a - PROBE_SLEEP_NS for a, b in overlapping)) / 1e3
 
 
-class PinnedTo:
-    """Pin the calling thread to ``cpu`` (None: leave it), restoring its affinity after."""
-
-    def __init__(self, cpu: int | None) -> None:
-        self.cpu = cpu
-        self.saved: set[int] | None = None
-
-    def __enter__(self) -> "PinnedTo":
-        if self.cpu is not None:
-            self.saved = os.sched_getaffinity(0)
-            os.sched_setaffinity(0, {self.cpu})
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.saved is not None:
-            os.sched_setaffinity(0, self.saved)
-
-
-def populate_and_destroy(kvm: Kvm, size: int, nvcpus: int, thp: bool, pin: bool,
+def populate_and_destroy(ctx: Context, size: int, nvcpus: int, thp: bool, pin: bool,
                          outcome: RunOutcome, warm: bool) -> tuple[float, float, float]:
     """One fresh VM: map ``size`` bytes of guest RAM, then destroy it under the probe.
     Returns (destroy ms, probe worst delay us, probe baseline us)."""
     pages = size // PAGE // nvcpus
     layout = Layout.of([Region("hammer", HAMMER_GPA, size, "ram", hugepages=thp)])
     label = size_label(size)
-    with Machine(kvm, "hammer", layout, vcpus=nvcpus, watchdog_s=WATCHDOG_S) as m:
+    with ctx.machine("hammer", layout, vcpus=nvcpus, watchdog_s=WATCHDOG_S) as m:
         HammerConfig(base=HAMMER_GPA, pages=pages, passes=1,
                      stride_per_vcpu=pages * PAGE).apply(m)
         recorder = PhaseRecorder(m, outcome, trace=False)
@@ -125,11 +108,11 @@ def populate_and_destroy(kvm: Kvm, size: int, nvcpus: int, thp: bool, pin: bool,
         m.stop()
         cpu = min(os.sched_getaffinity(0)) if pin else None
         probe = DelayProbe(cpu)
-        with PinnedTo(cpu):
+        with pinned(None if cpu is None else {cpu}):
             try:  # start() inside: a probe that failed to start must still be stopped
                 probe.start()
                 t0 = time.perf_counter_ns()
-                m.vm.close()  # type: ignore[union-attr]
+                m.vm.close()
                 t1 = time.perf_counter_ns()
                 b0 = time.perf_counter_ns()
                 time.sleep(max((t1 - t0) / 1e9, MIN_BASELINE_S))
@@ -139,39 +122,45 @@ def populate_and_destroy(kvm: Kvm, size: int, nvcpus: int, thp: bool, pin: bool,
     return ((t1 - t0) / 1e6, probe.worst_delay_us(t0, t1), probe.worst_delay_us(b0, b1))
 
 
-def run(req: RunRequest) -> RunOutcome:
-    p = req.params
-    sizes = MiBList(p["populated_sizes"]).sizes
-    nvcpus, thp, pin = int(p["vcpus"]), bool(p["thp"]), bool(p["pin"])
-    if not 1 <= nvcpus <= 64:
-        raise ValueError(f"teardown: vcpus={nvcpus}: expected 1..64")
-    for size in sizes:
-        if size // PAGE < nvcpus:
-            raise ValueError(f"teardown: {size_label(size)} is less than one page per vCPU")
-    # Every size is touched; refuse the largest before building anything.
-    check_host_memory(max(sizes), f"teardown with {size_label(max(sizes))} of populated RAM")
-    outcome = RunOutcome()
-    outcome.effective.update(thp=thp, pin=pin, probe_sleep_us=PROBE_SLEEP_NS / 1e3,
-                             populated_bytes={size_label(s): s // PAGE // nvcpus * nvcpus * PAGE
-                                              for s in sizes},
-                             timed="Vm.close(): vCPU and stats fds, then the VM fd "
-                                   "(kvm_destroy_vm runs in its release)")
-    runs = req.warmup + req.iterations
-    with Kvm() as kvm:
-        for i in range(runs):
-            warm = i < req.warmup
-            for size in sizes:
-                label = size_label(size)
-                destroy_ms, delay_us, baseline_us = populate_and_destroy(
-                    kvm, size, nvcpus, thp, pin, outcome, warm)
-                outcome.add(f"destroy@{label}", destroy_ms, warmup=warm)
-                outcome.add(f"probe_max_delay@{label}", delay_us, warmup=warm)
-                outcome.add(f"probe_baseline@{label}", baseline_us, warmup=warm)
-                req.progress(f"teardown {'warmup' if warm else 'iteration'} {i + 1}/{runs} "
-                             f"{label}: destroy {destroy_ms:.2f} ms, probe worst "
-                             f"{delay_us:.0f} us (idle {baseline_us:.0f} us)")
-    outcome.end_time = time.time()
-    return outcome
+class Teardown(BareScenario):
+    """One fresh VM per size and iteration: the body builds them."""
+
+    name = "teardown"
+
+    def __init__(self, req: RunRequest) -> None:
+        super().__init__(req)
+        p = self.params
+        self.sizes = MiBList(p["populated_sizes"]).sizes
+        self.nvcpus, self.thp, self.pin = int(p["vcpus"]), bool(p["thp"]), bool(p["pin"])
+        if not 1 <= self.nvcpus <= KH_MAX_VCPUS:
+            raise ValueError(f"teardown: vcpus={self.nvcpus}: expected 1..{KH_MAX_VCPUS}")
+        for size in self.sizes:
+            if size // PAGE < self.nvcpus:
+                raise ValueError(f"teardown: {size_label(size)} is less than one page per vCPU")
+        # Every size is touched; refuse the largest before building anything.
+        check_host_memory(max(self.sizes),
+                          f"teardown with {size_label(max(self.sizes))} of populated RAM")
+
+    def iteration(self, ctx: Context, i: int, warm: bool) -> str:
+        outcome = ctx.outcome
+        if i == 0:
+            outcome.effective.update(
+                thp=self.thp, pin=self.pin, probe_sleep_us=PROBE_SLEEP_NS / 1e3,
+                populated_bytes={size_label(s): s // PAGE // self.nvcpus * self.nvcpus * PAGE
+                                 for s in self.sizes},
+                timed="Vm.close(): vCPU and stats fds, then the VM fd "
+                      "(kvm_destroy_vm runs in its release)")
+        summary = []
+        for size in self.sizes:
+            label = size_label(size)
+            destroy_ms, delay_us, baseline_us = populate_and_destroy(
+                ctx, size, self.nvcpus, self.thp, self.pin, outcome, warm)
+            outcome.add(f"destroy@{label}", destroy_ms, warmup=warm)
+            outcome.add(f"probe_max_delay@{label}", delay_us, warmup=warm)
+            outcome.add(f"probe_baseline@{label}", baseline_us, warmup=warm)
+            summary.append(f"{label}: destroy {destroy_ms:.2f} ms, probe worst "
+                           f"{delay_us:.0f} us (idle {baseline_us:.0f} us)")
+        return "; ".join(summary)
 
 
 SPEC = SizedScenarioSpec(
@@ -200,8 +189,9 @@ SPEC = SizedScenarioSpec(
         Metric(f"populate_pass@{SIZE_SLOT}", "ms", "lower",
                "the hammer's first-touch pass that maps the RAM (guest TSC, slowest vCPU)"),
     ),
-    variant_axes=(),
-    run=run,
+    variant_axes=Teardown.variant_axes,
+    run=Teardown.run,
+    check_host=host_check(Teardown, "populated_sizes", lambda s: max(s.sizes)),
     headline=(f"destroy@{SIZE_SLOT}", f"probe_max_delay@{SIZE_SLOT}"),
     default_iterations=3,
     default_warmup=1,

@@ -44,5 +44,5 @@ def test_api_run_once_and_unknown_names():
     assert isinstance(outcome, RunOutcome) and outcome.samples["pio_cycles"]
     with pytest.raises(KeyError, match="unknown scenario 'rom'.*rom-toggle"):
         api.run_once("rom")
-    with pytest.raises(ValueError, match="parameter 'vcpus' expects int"):
+    with pytest.raises(ValueError, match="parameter 'vcpus' expects 1..64"):
         api.run_once("rom-toggle", params={"vcpus": "two"})

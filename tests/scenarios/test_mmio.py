@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import threading
 
 import pytest
 
 from kvmharness.results.model import RunRecord
 from kvmharness.scenarios import mmio
-from kvmharness.scenarios.base import RunOutcome, RunRequest
+from kvmharness.scenarios.base import RunRequest
 
 SPEC = mmio.SPEC
 ITERATIONS, WARMUP = 3, 1
@@ -21,10 +19,15 @@ ROUNDS = ITERATIONS + WARMUP
 
 @dataclasses.dataclass
 class QuickRun:
-    outcome: RunOutcome
-    accesses: int
-    fds: tuple[int, int]
-    threads: tuple[int, int]
+    run: object  # conftest.QuickRun
+
+    @property
+    def outcome(self):
+        return self.run.ok()
+
+    @property
+    def accesses(self) -> int:
+        return int(self.run.params["accesses"])
 
     def counts(self, kind: str) -> dict[str, int]:
         return self.outcome.effective["host_counts"][kind]
@@ -37,21 +40,9 @@ class QuickRun:
         return self.outcome.kvm_stats[kind].get(f"vcpu.{name}")
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def run_quick(**overrides: str) -> tuple[RunOutcome, int, tuple[int, int], tuple[int, int]]:
-    params = SPEC.resolve_params(overrides, quick=True)
-    fds, threads = open_fds(), threading.active_count()
-    outcome = SPEC.run(RunRequest(params, {}, ITERATIONS, WARMUP))
-    return (outcome, int(params["accesses"]), (fds, open_fds()),
-            (threads, threading.active_count()))
-
-
 @pytest.fixture(scope="module")
-def quick(kvm_session: object) -> QuickRun:
-    return QuickRun(*run_quick())
+def quick(kvm_session: object, run_quick) -> QuickRun:
+    return QuickRun(run_quick(SPEC, iterations=ITERATIONS, warmup=WARMUP))
 
 
 def test_every_kind_ran_on_this_kernel(quick):
@@ -130,13 +121,19 @@ def test_mmio_tracepoints_counted_per_kind(quick):
 
 
 def test_no_fd_or_thread_leak(quick):
-    assert quick.fds[0] == quick.fds[1]
-    assert quick.threads[0] == quick.threads[1]
+    quick.run.check_leaks()
+
+
+def test_one_progress_line_per_iteration(quick):
+    assert len(quick.run.progress) == ROUNDS
+    assert all("cycles/access" in line for line in quick.run.progress)
 
 
 @pytest.mark.usefixtures("kvm")
-def test_coalesced_rounds_are_capped_at_the_ring_capacity():
-    outcome, _, fds, threads = run_quick(kinds="coalesced", accesses="1000")
+def test_coalesced_rounds_are_capped_at_the_ring_capacity(run_quick):
+    run = run_quick(SPEC, iterations=ITERATIONS, warmup=WARMUP, kinds="coalesced",
+                    accesses="1000")
+    outcome = run.ok()
     assert outcome.effective["kinds"] == ["coalesced"]
     assert outcome.effective["accesses_per_round"] == {"coalesced": mmio.RING_CAPACITY}
     counts = outcome.effective["host_counts"]["coalesced"]
@@ -147,7 +144,7 @@ def test_coalesced_rounds_are_capped_at_the_ring_capacity():
     assert counts["ring_full_exits"] <= ROUNDS
     assert set(outcome.samples) == {"coalesced_cycles", "coalesced_ns"}
     assert "coalesced_note" in outcome.effective
-    assert fds[0] == fds[1] and threads[0] == threads[1]
+    run.check_leaks()
 
 
 def test_kinds_parameter():
@@ -155,3 +152,12 @@ def test_kinds_parameter():
     assert mmio.parse_kinds("coalesced, pio") == ("pio", "coalesced")
     with pytest.raises(ValueError, match="unknown.*'mmio'"):
         mmio.parse_kinds("mmio")
+
+
+@pytest.mark.usefixtures("kvm")
+def test_warmup_only_run_reports_progress():
+    params = SPEC.resolve_params({"kinds": "pio"}, quick=True)
+    messages: list[str] = []
+    outcome = SPEC.run(RunRequest(params, {}, 0, 1, messages.append))
+    assert not outcome.samples and len(outcome.warmups["pio_cycles"]) == 1
+    assert messages and "cycles/access" in messages[0]

@@ -2,61 +2,37 @@
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import threading
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
 from kvmharness.guest.layout import LayoutError
 from kvmharness.scenarios import slot_ops
-from kvmharness.scenarios.base import RunOutcome, RunRequest, VariantUnsupported
+from kvmharness.scenarios.base import RunRequest
 from kvmharness.scenarios.common import SizeList, size_label
 
 SPEC = slot_ops.SPEC
 ITERATIONS, WARMUP = 1, 1
 
 
-@dataclasses.dataclass
-class QuickRun:
-    outcome: RunOutcome | None
-    skipped: str | None
-    fds: tuple[int, int]
-    threads: tuple[int, int]
-    params: dict[str, object]
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 @pytest.fixture(scope="module")
-def quick_run(kvm_session: object) -> Callable[..., QuickRun]:
+def quick_run(kvm_session: object, run_quick) -> Callable[..., Any]:
     """One quick run per (zap, populated), shared by the tests that inspect it."""
-    cache: dict[tuple[str, str], QuickRun] = {}
+    cache: dict[tuple[str, str], Any] = {}
 
-    def get(zap: str, populated: str = "true") -> QuickRun:
+    def get(zap: str, populated: str = "true") -> Any:
         key = (zap, populated)
         if key not in cache:
-            params = SPEC.resolve_params({"populated": populated}, quick=True)
-            fds, threads = open_fds(), threading.active_count()
-            outcome, skipped = None, None
-            try:
-                outcome = SPEC.run(RunRequest(params, {"zap": zap}, ITERATIONS, WARMUP))
-            except VariantUnsupported as exc:
-                skipped = str(exc)
-            cache[key] = QuickRun(outcome, skipped, (fds, open_fds()),
-                                  (threads, threading.active_count()), params)
+            cache[key] = run_quick(SPEC, {"zap": zap}, iterations=ITERATIONS, warmup=WARMUP,
+                                   populated=populated)
         run = cache[key]
-        if run.skipped:
-            pytest.skip(run.skipped)
+        run.ok()  # skips with the reason if the variant is unsupported
         return run
 
     return get
 
 
-def sizes_of(run: QuickRun) -> list[int]:
+def sizes_of(run: Any) -> list[int]:
     return SizeList(run.params["sizes"]).sizes  # type: ignore[arg-type]
 
 
@@ -72,6 +48,10 @@ def test_every_declared_metric_has_samples_and_a_unit(quick_run, zap):
     for name in expected:
         metric = SPEC.metric(name)
         assert metric.unit and metric.direction == "lower"
+        if name == "max_stall":  # one per iteration
+            assert len(outcome.samples[name]) == ITERATIONS
+            assert len(outcome.warmups[name]) == WARMUP
+            continue
         per_size = "@" in name
         n = ITERATIONS * cycles * (1 if per_size else len(sizes))
         assert len(outcome.samples[name]) == n, name
@@ -96,9 +76,14 @@ def test_idle_run_times_the_ops_without_a_guest(quick_run):
 
 @pytest.mark.parametrize("zap,populated", [("all", "true"), ("slot", "true"), ("all", "false")])
 def test_no_fd_or_thread_leaks(quick_run, zap, populated):
-    run = quick_run(zap, populated)
-    assert run.fds[1] == run.fds[0]
-    assert run.threads[1] == run.threads[0]
+    quick_run(zap, populated).check_leaks()
+
+
+def test_one_progress_line_per_iteration_naming_every_size(quick_run):
+    run = quick_run("all")
+    assert len(run.progress) == ITERATIONS + WARMUP
+    for line in run.progress:
+        assert all(f"{size_label(s)}: create" in line for s in sizes_of(run)), line
 
 
 @pytest.mark.requires_tracefs
@@ -118,11 +103,11 @@ def test_zap_path_follows_the_variant(kvm, quick_run, zap):
 
 
 def test_parameter_errors_are_clear():
-    with pytest.raises(ValueError, match="parameter 'sizes' expects SizeList"):
+    with pytest.raises(ValueError, match="parameter 'sizes' expects a SizeList"):
         SPEC.resolve_params({"sizes": "3K"}, quick=True)
-    with pytest.raises(ValueError, match="parameter 'sizes' expects SizeList"):
+    with pytest.raises(ValueError, match="parameter 'sizes' expects a SizeList"):
         SPEC.resolve_params({"sizes": "4K,lots"}, quick=True)
-    with pytest.raises(ValueError, match="parameter 'populated' expects bool"):
+    with pytest.raises(ValueError, match="parameter 'populated' expects true or false"):
         SPEC.resolve_params({"populated": "maybe"}, quick=True)
     with pytest.raises(KeyError, match="no parameter 'size'"):
         SPEC.resolve_params({"size": "4K"}, quick=True)
@@ -132,7 +117,7 @@ def test_parameter_errors_are_clear():
 def test_run_refuses_impossible_plans_before_building_a_vm():
     too_many = SPEC.resolve_params({"sizes": "4K,8K,12K,16K", "ops_per_size": "200"},
                                    quick=True)
-    with pytest.raises(ValueError, match="hammer passes needed"):
+    with pytest.raises(ValueError, match="hammer passes needed per iteration"):
         SPEC.run(RunRequest(too_many, {"zap": "all"}, 1, 0))
     # The guard counts the slot as if touched: a slot beyond the host's memory is refused.
     huge = SPEC.resolve_params({"sizes": "4K,1024T"}, quick=True)

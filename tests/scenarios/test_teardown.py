@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import threading
 
 import pytest
 
@@ -19,26 +18,27 @@ ITERATIONS, WARMUP = 2, 1
 
 @dataclasses.dataclass
 class QuickRun:
-    outcome: RunOutcome
-    params: dict[str, object]
-    fds: tuple[int, int]
-    threads: tuple[int, int]
+    run: object  # conftest.QuickRun
     affinity: tuple[set[int], set[int]]
-    progress: list[str]
 
+    @property
+    def outcome(self) -> RunOutcome:
+        return self.run.ok()
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+    @property
+    def params(self) -> dict[str, object]:
+        return self.run.params
+
+    @property
+    def progress(self) -> list[str]:
+        return self.run.progress
 
 
 @pytest.fixture(scope="module")
-def quick(kvm_session: object) -> QuickRun:
-    params = SPEC.resolve_params({}, quick=True)
-    messages: list[str] = []
-    fds, threads, affinity = open_fds(), threading.active_count(), os.sched_getaffinity(0)
-    outcome = SPEC.run(RunRequest(params, {}, ITERATIONS, WARMUP, messages.append))
-    return QuickRun(outcome, params, (fds, open_fds()), (threads, threading.active_count()),
-                    (affinity, os.sched_getaffinity(0)), messages)
+def quick(kvm_session: object, run_quick) -> QuickRun:
+    affinity = os.sched_getaffinity(0)
+    run = run_quick(SPEC, iterations=ITERATIONS, warmup=WARMUP)
+    return QuickRun(run, (affinity, os.sched_getaffinity(0)))
 
 
 def test_every_declared_metric_has_samples_and_a_unit(quick):
@@ -52,16 +52,17 @@ def test_every_declared_metric_has_samples_and_a_unit(quick):
         assert all(v >= 0 for v in quick.outcome.samples[name])
     for name in ("destroy", "probe_max_delay", "probe_baseline"):
         assert len(quick.outcome.warmups[f"{name}@{size_label(sizes[0])}"]) == WARMUP
-    # One fresh VM per size and iteration, each populated by a guest that really ran.
-    assert len(quick.progress) == (ITERATIONS + WARMUP) * len(sizes)
+    # One progress line per iteration naming every size; one fresh VM per size and
+    # iteration, each populated by a guest that really ran.
+    assert len(quick.progress) == ITERATIONS + WARMUP
+    assert all(line.count("destroy") == len(sizes) for line in quick.progress)
     for size in sizes:
         stats = quick.outcome.kvm_stats[f"populate@{size_label(size)}"]
         assert stats["vcpu.exits"] > 0
 
 
 def test_no_fd_thread_or_affinity_leaks(quick):
-    assert quick.fds[1] == quick.fds[0]
-    assert quick.threads[1] == quick.threads[0]
+    quick.run.check_leaks()
     assert quick.affinity[1] == quick.affinity[0]  # pin=true must restore the main thread
 
 
@@ -81,15 +82,18 @@ def test_probe_picks_the_sleeps_overlapping_the_window():
 
 
 def test_parameter_errors_are_clear():
-    with pytest.raises(ValueError, match="parameter 'populated_sizes' expects MiBList"):
+    with pytest.raises(ValueError, match="parameter 'populated_sizes' expects a MiBList"):
         SPEC.resolve_params({"populated_sizes": "4,lots"}, quick=True)
-    with pytest.raises(ValueError, match="parameter 'vcpus' expects int"):
+    with pytest.raises(ValueError, match="parameter 'vcpus' expects 1..64"):
         SPEC.resolve_params({"vcpus": "two"}, quick=True)
     with pytest.raises(KeyError, match="no parameter 'sizes'"):
         SPEC.resolve_params({"sizes": "4"}, quick=True)
     assert SPEC.resolve_params({"populated_sizes": "4, 1024"}, quick=True)[
         "populated_sizes"] == "4M,1G"
-    bad_vcpus = SPEC.resolve_params({"vcpus": "0"}, quick=True)
+    with pytest.raises(ValueError, match="parameter 'vcpus' must be 1..64 vCPUs, got 0"):
+        SPEC.resolve_params({"vcpus": "0"}, quick=True)
+    # A typed value from the Python API that skipped parsing is refused before any VM.
+    bad_vcpus = dict(SPEC.resolve_params({}, quick=True), vcpus=0)
     with pytest.raises(ValueError, match="vcpus=0"):
         SPEC.run(RunRequest(bad_vcpus, {}, 1, 0))
     huge = SPEC.resolve_params({"populated_sizes": "4,1024T"}, quick=True)
