@@ -353,3 +353,157 @@ def test_run_into_an_unwritable_folder_is_a_clear_error(
     err = capsys.readouterr().err
     assert err.startswith("kvmharness run: ") and "Traceback" not in err
     assert str(blocker / "sub") in err
+
+
+# --- checks before the first run ---------------------------------------------------------
+
+
+def test_host_limits_are_checked_before_anything_runs(register: Callable[[ScenarioSpec], None],
+                                                      tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    def check_host(params: object) -> list[str]:
+        return ["fake-toggle: 1 TiB of guest RAM: lower pages", "fake-toggle: second problem"]
+
+    register(dataclasses.replace(ranged_spec(), check_host=check_host))
+    out = tmp_path / "out"
+    assert cli.main(["run", "fake-toggle", "--out", str(out)]) == 2  # ranged_spec never runs
+    assert capsys.readouterr().err == ("kvmharness run: fake-toggle: 1 TiB of guest RAM: lower "
+                                       "pages\nkvmharness run: fake-toggle: second problem\n")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name,params,knob", [
+    ("rom-toggle", ["mem_per_vcpu=1048576", "vcpus=1"], "vcpus x mem_per_vcpu"),  # 1 TiB
+    ("rom-toggle", ["mem_per_vcpu=131072", "vcpus=8"], "vcpus x mem_per_vcpu"),
+    ("slot-ops", ["sizes=4K,1T"], "populated_mib or the largest of sizes"),
+    ("teardown", ["populated_sizes=4,1T"], "populated_sizes"),
+])
+def test_real_scenarios_refuse_what_the_host_cannot_hold(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        name: str, params: list[str], knob: str) -> None:
+    spec = registry.all_scenarios()[name]
+    assert spec.check_host is not None  # else the run below would really try 1 TiB
+    monkeypatch.setattr(cli_common, "collect_fingerprint", lambda: dict(FAKE_ENV))
+    monkeypatch.setattr(cli_common, "kvm_access_problem", lambda: None)
+    out = tmp_path / "out"
+    argv = ["run", name, "--quick", "--out", str(out)]
+    for p in params:
+        argv += ["--param", p]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert lines and all(line.startswith(f"kvmharness run: {name}: ") for line in lines), err
+    assert all(f"lower {knob}" in line for line in lines), err
+    assert "2 MiB pages" not in err  # no advice that no option can follow
+    assert not out.exists()
+
+
+DEVICE = dict(uid=1000, gids={1000}, user="ann", owner="root", member_of_group=False)
+
+
+@pytest.mark.parametrize("uid,gid,mode,group,member,expected", [
+    (0, 0, 0o600, "root", False, "/dev/kvm is root:root mode 0600, so only root can use it: "
+                                 "run as root, or give a group access (`sudo chgrp kvm"),
+    (0, 36, 0o660, "kvm", False, "/dev/kvm is root:kvm mode 0660; user ann is not in group "
+                                 "'kvm': `sudo usermod -aG kvm ann`, then log in again"),
+    (0, 36, 0o660, "kvm", True, "user ann is in group 'kvm' but this login session is not: "
+                                "log in again (or run `newgrp kvm`)"),
+    (0, 36, 0o640, "kvm", False, "/dev/kvm is root:kvm mode 0640, so only root can use it"),
+    (0, 0, 0o666, "root", False, None),
+    (0, 1000, 0o660, "ann", False, None),  # the user's own group
+    (1000, 0, 0o600, "root", False, None),  # the user's own device
+])
+def test_kvm_access_advice_matches_the_device(uid: int, gid: int, mode: int, group: str,
+                                              member: bool, expected: str | None) -> None:
+    import stat
+
+    advice = cli_common.kvm_access_advice(
+        uid, gid, stat.S_IFCHR | mode, **{**DEVICE, "member_of_group": member},  # type: ignore[arg-type]
+        group=group)
+    if expected is None:
+        assert advice is None
+    else:
+        assert advice is not None and expected in advice
+
+
+def test_kvm_access_is_checked_before_anything_runs(register: Callable[[ScenarioSpec], None],
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    register(ranged_spec())
+    monkeypatch.setattr(cli_common, "kvm_access_problem",
+                        lambda: "/dev/kvm is root:root mode 0600, so only root can use it")
+    out = tmp_path / "out"
+    assert cli.main(["run", "fake-toggle", "--out", str(out)]) == 1
+    assert capsys.readouterr().err == ("kvmharness run: /dev/kvm is root:root mode 0600, so "
+                                       "only root can use it\n")
+    assert not out.exists()
+
+
+def run_as_nobody(argv: list[str], tmp_path: Path) -> tuple[int, str, str]:
+    """``cli.main(argv)`` in a forked child that dropped root for user nobody (the
+    interpreter is already loaded: its files may be unreadable to nobody)."""
+    import io
+    import os
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 3
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            import sys
+            out, err = io.StringIO(), io.StringIO()
+            sys.stdout, sys.stderr = out, err
+            code = cli.main(argv)
+            os.write(w, json.dumps([code, out.getvalue(), err.getvalue()]).encode())
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            os.write(w, json.dumps([99, "", repr(e)]).encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    code, out, err = json.loads(data)
+    return code, out, err
+
+
+def test_a_user_without_access_to_dev_kvm_is_told_what_to_do(
+        register: Callable[[ScenarioSpec], None], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    import os
+    import stat
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop privileges to nobody")
+    try:
+        st = os.stat("/dev/kvm")
+    except FileNotFoundError:
+        pytest.skip("no /dev/kvm")
+    if st.st_mode & 0o006 == 0o006:
+        pytest.skip("/dev/kvm is open to everyone here")
+    register(ranged_spec())
+    monkeypatch.undo()  # the real /dev/kvm check, the fake scenario
+    monkeypatch.setattr(registry, "all_scenarios", lambda: {"fake-toggle": ranged_spec()})
+    monkeypatch.setattr(cli_common, "collect_fingerprint", lambda: dict(FAKE_ENV))
+    out = tmp_path / "out"
+    tmp_path.chmod(0o777)
+    code, stdout, err = run_as_nobody(["run", "fake-toggle", "--out", str(out)], tmp_path)
+    assert code == 1, err
+    assert err.startswith("kvmharness run: /dev/kvm is ") and err.count("\n") == 1, err
+    group_rw = st.st_mode & 0o060 == 0o060 and st.st_gid != 0
+    assert ("usermod -aG" in err) == group_rw and ("run as root" in err) == (not group_rw)
+    assert f"mode {stat.S_IMODE(st.st_mode):04o}" in err
+    assert not out.exists()
+    monkeypatch.undo()  # the real fingerprint
+    code, stdout, err = run_as_nobody(["info"], tmp_path)
+    assert code == 0, err
+    (kvm_line,) = [line for line in stdout.splitlines() if line.startswith("KVM: ")]
+    assert kvm_line.startswith("KVM: /dev/kvm is ") and ("run as root" in kvm_line) == (
+        not group_rw)
