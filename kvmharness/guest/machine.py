@@ -40,6 +40,7 @@ from kvmharness.kvm import (
 )
 from kvmharness.kvm.exits import Exit
 from kvmharness.uapi.kvm import KVM_MEM_READONLY
+from kvmharness.uapi.x86 import kvm_cpuid_entry2
 
 SyncHandler = Callable[["Machine", int, tuple[int, ...]], None]
 MmioHandler = Callable[["Machine", int, Mmio], "bytes | None"]
@@ -181,7 +182,8 @@ class Machine:
         exception raises GuestExceptionError with the registers, a triple fault GuestCrash;
         symbols stay readable with ``read_var`` after ``run()``.  ``kwargs`` as for
         ``Machine``."""
-        return cls(kvm, guest, layout, runtime=False, hlt=hlt, **kwargs)
+        image = guest if isinstance(guest, GuestImage) else Path(guest)  # a path, never a name
+        return cls(kvm, image, layout, runtime=False, hlt=hlt, **kwargs)
 
     @staticmethod
     def _guest_file(guest: str | Path) -> Path:
@@ -190,7 +192,7 @@ class Machine:
         return guest_path(guest)
 
     # --- construction ----------------------------------------------------------------------
-    def _build(self, cpuid: list[Any], mapped: list[Region], nvcpus: int,
+    def _build(self, cpuid: list[kvm_cpuid_entry2], mapped: list[Region], nvcpus: int,
                vcpu_args: Sequence[int], disable_quirks: int) -> None:
         if disable_quirks:
             self.vm.disable_quirks(disable_quirks)
