@@ -52,9 +52,10 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 @contextlib.contextmanager
 def interrupts_raise() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise ``Interrupted``; SIGINT, unless ignored (a shell's ``cmd &``
-    ignores it, and so do we then), raises KeyboardInterrupt as usual.  Main thread only;
-    elsewhere (signal handlers cannot be set there) this does nothing."""
+    """SIGTERM and SIGHUP raise ``Interrupted``, SIGINT KeyboardInterrupt as usual; a
+    signal ignored when we start stays ignored (a script's ``cmd &`` ignores SIGINT,
+    ``nohup`` SIGHUP: the user asked for that).  Main thread only; elsewhere (signal
+    handlers cannot be set there) this does nothing."""
     global _last
     _last = None
     if threading.current_thread() is not threading.main_thread():
@@ -62,8 +63,7 @@ def interrupts_raise() -> Iterator[None]:
         return
     old: dict[signal.Signals, Any] = {}
     for s in HELD:
-        current = signal.getsignal(s)
-        if s == signal.SIGINT and current is signal.SIG_IGN:
+        if signal.getsignal(s) is signal.SIG_IGN:
             continue
         old[s] = signal.signal(s, _raise_interrupt)
     try:

@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # their creation and removal too, and then "closes its VM" for CLEANUP_S seconds.
 DRIVER = r"""
 import os, signal, sys, time
-signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal, even
+signal.signal(signal.SIGHUP,  # when pytest runs in a script's nohup ... &, unless asked
+              signal.SIG_IGN if os.environ.get("FAKE_NOHUP") else signal.SIG_DFL)
 from kvmharness import cli
 from kvmharness.cli import common
 from kvmharness.observe import tracefs
@@ -154,6 +156,18 @@ def test_a_second_signal_during_cleanup_still_leaves_a_final_file(
     # (FAKE_CLEANUP_S) or while the session writes the file.
     for delay, gap in ((0.3, 0.0), (0.3, 0.01), (0.3, 0.03), (0.4, 0.06)):
         interrupt_and_check(tmp_path, sig, delay, second_after=gap)
+
+
+def test_nohup_keeps_a_run_going_on_sighup(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = start(tmp_path, out, "--repeat", "2", FAKE_NOHUP="1")
+    wait_for_first_run(proc)
+    proc.send_signal(signal.SIGHUP)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    (path,) = out.iterdir()
+    result = load_result(path)
+    assert result.status == "complete" and len(result.ok_runs()) == 4
 
 
 def test_parallel_runs_in_the_same_second_each_get_their_own_file(tmp_path: Path) -> None:
