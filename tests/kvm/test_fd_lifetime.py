@@ -59,7 +59,8 @@ def test_closed_objects_do_not_warn_when_dropped(kvm):
     assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
-def test_explicit_close_goes_vcpu_then_vm_then_dev_kvm(monkeypatch):
+def test_explicit_close_goes_vcpu_then_vm_then_dev_kvm(kvm, monkeypatch):
+    # ``kvm`` only for its skip when /dev/kvm is missing: this test closes its own Kvm.
     order: list[str] = []
     for cls in (Vcpu, Vm, Kvm):
         original = cls.close
