@@ -1,0 +1,99 @@
+"""The contract every registered scenario keeps, tested the moment it is registered: at
+quick size (shrunk further where the emulating KVM would take long) one session over all
+its variants leaves no fd or thread behind, produces its headline metrics with declared
+units, records its variant axes' effective values (the zap path), and writes a result
+file that loads.  Old result files (results/examples/) keep loading and keep their metrics'
+units and directions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kvmharness.observe import fingerprint
+from kvmharness.results.session import SessionPlan, run_session
+from kvmharness.results.store import load_result
+from kvmharness.scenarios import registry
+from kvmharness.scenarios.base import ScenarioSpec, ZapAxis
+
+SPECS = registry.all_scenarios()
+EXAMPLES = Path(__file__).resolve().parents[2] / "results" / "examples"
+# Quick sizes shrunk further, so the whole contract runs in seconds on an emulating KVM.
+TINY: dict[str, dict[str, str]] = {
+    "rom-toggle": {"passes": "3", "mem_per_vcpu": "2"},
+    "slot-ops": {"sizes": "4K,64K", "ops_per_size": "1", "populated_mib": "2"},
+    "mmio": {"accesses": "8"},
+    "mmio-flip": {"toggles": "8", "dwell_us": "200"},
+    "teardown": {"populated_sizes": "4"},
+    "slot-scale": {"counts": "1,16", "ops_per_count": "1", "populated_mib": "2"},
+}
+
+
+def headline_present(spec: ScenarioSpec, name: str, samples: set[str]) -> bool:
+    """A plain headline metric is a sample; a family (``create@<size>``) has one or more."""
+    family, sep, slot = name.partition("@")
+    if sep and slot.startswith("<"):
+        return any(s.startswith(family + "@") for s in samples)
+    return name in samples
+
+
+def test_every_scenario_has_tiny_sizes():
+    # A new scenario must say how to run it small here (an empty dict is fine).
+    assert set(SPECS) <= set(TINY), f"add {set(SPECS) - set(TINY)} to TINY"
+
+
+@pytest.mark.usefixtures("kvm")
+@pytest.mark.parametrize("name", list(SPECS))
+def test_scenario_keeps_the_contract(name, tmp_path, leaks):
+    spec = SPECS[name]
+    plan = SessionPlan.resolve(spec, params=TINY.get(name, {}), quick=True, repeat=1,
+                               iterations=1, warmup=1, label="contract")
+    session = run_session(plan, tmp_path / f"{name}.json", fingerprint.collect())
+    leaks.check()  # before the file is read: the run itself left nothing open
+    assert session.failed_runs == 0 and not session.interrupted
+    assert session.path is not None and session.path.is_file()
+    result = load_result(session.path)
+    assert result.status == "complete"
+    assert [r.variant for r in result.runs] == [dict(v) for v in plan.variants]
+    ok = [r for r in result.runs if r.status == "ok"]
+    assert ok, f"no variant of {name} ran: {[r.reason for r in result.runs]}"
+    for run in result.runs:
+        assert run.status in ("ok", "skipped"), f"{run.variant}: {run.status} {run.reason}"
+    for run in ok:
+        samples = set(run.samples)
+        missing = [h for h in spec.headline_metrics() if not headline_present(spec, h, samples)]
+        assert not missing, f"{name} {run.variant}: no samples for headline {missing}"
+        for metric, values in run.samples.items():
+            declared = spec.metric(metric)
+            assert values.unit == declared.unit and values.direction == declared.direction
+            assert values.values, f"{metric}: no samples"
+        assert not [w for w in run.warnings if "not declared" in w]
+        assert run.end_time and run.end_time >= run.start_time
+        for axis in spec.variant_axes:
+            value = run.variant[axis.name]
+            if isinstance(axis, ZapAxis):
+                assert run.effective["zap_requested"] == value
+                assert run.effective["zap_path"] in ("all", "slot", "unverified")
+                assert run.effective["zap_evidence"]
+            else:
+                assert run.effective[axis.name] == value
+
+
+OLD_RESULTS = sorted(EXAMPLES.rglob("*.json")) if EXAMPLES.is_dir() else []
+# Directions fixed on purpose since the examples were recorded (a result file carries its
+# own directions, so old files still compare as they were written).
+DIRECTION_FIXED = {("rom-toggle", "toggles")}
+
+
+@pytest.mark.parametrize("path", [p for p in OLD_RESULTS if p.name != "ab.json"],
+                         ids=lambda p: str(p.relative_to(EXAMPLES)))
+def test_old_result_files_load_with_the_same_metrics(path):
+    result = load_result(path)
+    spec = SPECS[result.scenario["name"]]
+    for run in result.runs:
+        for metric, values in run.samples.items():
+            declared = spec.metric(metric)  # KeyError: a metric was renamed or dropped
+            assert values.unit == declared.unit, metric
+            if (spec.name, metric) not in DIRECTION_FIXED:
+                assert values.direction == declared.direction, metric
