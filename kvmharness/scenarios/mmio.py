@@ -106,6 +106,14 @@ def parse_kinds(text: str) -> tuple[str, ...]:
     return tuple(k for k in KINDS if k in wanted)
 
 
+class KindList(str):
+    """``--param kinds=`` text, checked when the command line is parsed."""
+
+    def __new__(cls, text: str) -> "KindList":
+        parse_kinds(text)
+        return super().__new__(cls, text)
+
+
 @dataclasses.dataclass
 class KindCounts:
     """What the host saw for one kind, across all its rounds."""
@@ -314,7 +322,7 @@ SPEC = ScenarioSpec(
         Parameter("accesses", "accesses", 1000, 32, "accesses per timed round (coalesced: "
                   f"at most {RING_CAPACITY}, the ring's capacity)", minimum=1, maximum=100_000),
         Parameter("kinds", "kinds", "all", "all", "access kinds to run: 'all' or a comma list "
-                  f"of {', '.join(KINDS)}", type=str),
+                  f"of {', '.join(KINDS)}", type=KindList),
     ),
     metrics=tuple(
         metric
