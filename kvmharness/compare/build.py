@@ -487,7 +487,7 @@ def _scenario_comparisons(scenario: str, group: Sequence[ResultFile], by: AxisCh
                 add(f"label {lb}", a, _side(variant_text(v), by_label[lb], v))
     elif axis == "label+variant":
         pairs = [(lb, v) for lb in labels for v in variants
-                 if any(r.variant == v for f in by_label[lb] for r in f.runs)]
+                 if any(r.variant == v for f in by_label[lb] for r in f.ok_runs())]
         if len(pairs) < 2:
             raise CompareError(f"{scenario}: only one label and variant: nothing to compare")
         sides = [_side(f"{lb} {variant_text(v)}", by_label[lb], v) for lb, v in pairs]

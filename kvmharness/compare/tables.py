@@ -645,11 +645,13 @@ def group_lines(g: Group, view: View, width: int = WIDTH) -> list[str]:
         out += [x for f in g.a.files if f.source for x in _fit(f"from {f.source}", width,
                                                                  "  ")]
     empty = [i for i, s in enumerate(g.sides) if not s.ok_runs]
-    if empty:
-        for i in empty:
-            out += _fit(f"  {TAGS[i]} has no completed runs ({_why_no_runs(g.sides[i])}): "
-                        "not compared", width, "    ")
+    for i in empty:
+        out += _fit(f"  {TAGS[i]} has no completed runs ({_why_no_runs(g.sides[i])}): "
+                    "not compared", width, "    ")
+    if 0 in empty or len(empty) == len(g.sides) - 1:
         return out
+    if empty:  # the other sides are still compared with A
+        g = dataclasses.replace(g, comparisons=tuple(c for c in g.comparisons if c.b.ok_runs))
     names = _metric_names(g)
     flat = [m for m in names if pivot_key(g.scenario, m) is None]
     pivot = [m for m in names if pivot_key(g.scenario, m) is not None]
@@ -759,20 +761,25 @@ def format_markdown(report: Report, view: View = View()) -> str:
         pivot = [m for m in names if pivot_key(g.scenario, m) is not None]
         if flat:
             rows = []
+            multi = len(g.comparisons) > 1
             for m in flat:
                 for i, c in enumerate(g.comparisons):
                     r = _row_of(c, m)
                     if r is None:
                         continue
-                    rows.append([r.metric if i == 0 else "", r.unit, TAGS[i + 1],
-                                 median_with_ci(r.a), median_with_ci(r.b), change_text(r),
-                                 verdict(r),
-                                 "-" if r.change.ci_low is None
-                                 else f"[{change_ci_text(r, ', ')}]",
-                                 p_text(r.p_adj), n_text(r)])
-            out += _md_table(["metric", "unit", "vs", "A median [95% CI]", "median [95% CI]",
-                              "change", "", "95% CI of change", "p (adj.)", "n"], rows,
-                             [False, False, False, True, True, True, False, True, True, True])
+                    cells = [r.metric if i == 0 else "", r.unit, r.direction,
+                             median_with_ci(r.a), median_with_ci(r.b), change_text(r),
+                             "-" if r.change.ci_low is None
+                             else f"[{change_ci_text(r, ', ')}]",
+                             p_text(r.p_adj), n_text(r)]
+                    rows.append(cells + [TAGS[i + 1]] if multi else cells)
+            headers = ["metric", "unit", "better", "A median [95% CI]",
+                       "B median [95% CI]" if not multi else "median [95% CI]", "change",
+                       "95% CI of change", "p (adj.)", "n"]
+            right = [False, False, False, True, True, True, True, True, True]
+            if multi:
+                headers, right = headers + ["side"], right + [False]
+            out += _md_table(headers, rows, right)
             out.append("")
         if pivot:
             out += ["```", *pivot_tables(g, pivot, 100), "```", ""]
