@@ -9,8 +9,8 @@ it off), and a PIO exit round trip (KVM_RUN of a real-mode guest looping on ``ou
   binding itself reports: the syscall alone (``Vm.set_user_memory_region``'s return value,
   ``Vm.last_memslot_ns``, ``Vcpu.last_run_ns``).
 - ``--peer``: side by side with a C program doing the same operations (built with gcc into
-  ~/.cache/kvmharness), both up at once and taking turns in small batches; the ratio of the harness's timed
-  value to C's is the figure that says whether the harness measures what C would.
+  ~/.cache/kvmharness), both up at once and taking turns in small batches; the ratio of the
+  harness's timed value to C's says whether the harness measures what C would.
 
 A benchmark, not a test: it prints medians in microseconds and asserts nothing."""
 
@@ -57,15 +57,30 @@ _clock = time.perf_counter_ns
 @dataclass
 class Samples:
     """Per operation: the API call's wall time, the binding's own timed value (syscall
-    only; empty where the binding reports none) and the raw ioctl's wall time, in ns."""
+    only; empty where the binding reports none) and the raw ioctl's wall time, in ns.
+    ``batches`` holds, per C/Python batch pair, (C, timed, API) batch medians."""
 
     api: list[int] = field(default_factory=list)
     timed: list[int] = field(default_factory=list)
     raw: list[int] = field(default_factory=list)
+    batches: list[tuple[float, float | None, float]] = field(default_factory=list)
 
 
 def median_us(samples: list[int]) -> float | None:
     return statistics.median(samples) / 1000 if samples else None
+
+
+def paired_added_us(s: Samples) -> float | None:
+    """Median of binding minus raw over samples taken side by side: noise that hits both
+    of a pair cancels, which a difference of two medians does not do."""
+    pairs = [a - r for a, r in zip(s.api, s.raw)]
+    return statistics.median(pairs) / 1000 if pairs else None
+
+
+def batch_ratio(s: Samples, which: int) -> str:
+    """Median over C/Python batch pairs of (harness batch median / C batch median)."""
+    ratios = [value / b[0] for b in s.batches if (value := b[which]) is not None and b[0]]
+    return f"{statistics.median(ratios):.2f}" if ratios else "-"
 
 
 def realmode_vm(kvm: Kvm, *, zap_all: bool = True) -> tuple[Vm, Vcpu, HostMemory]:
@@ -89,7 +104,7 @@ def realmode_vm(kvm: Kvm, *, zap_all: bool = True) -> tuple[Vm, Vcpu, HostMemory
         vcpu.set_regs(regs)
         for _ in range(10):
             exit_ = vcpu.run()
-            if not isinstance(exit_, Io):
+            if exit_.name != Io.name:
                 raise RuntimeError(f"the PIO loop guest exited with {exit_.name}")
     except BaseException:
         vm.close()
@@ -324,15 +339,18 @@ def side_by_side(kvm: Kvm, n: int, batch: int, have_quirk: bool
             while done < n:
                 k = min(batch, n - done)
                 for op in ops:
-                    steps = ("c", "py") if (done // batch) % 2 == 0 else ("py", "c")
-                    for side in steps:
-                        if side == "c":
-                            c.setdefault(op, []).extend(peer.batch(op, k))
-                        else:
-                            got = harness.batch(op, k)
-                            mine = py.setdefault(op, Samples())
-                            mine.api.extend(got.api)
-                            mine.timed.extend(got.timed)
+                    if (done // batch) % 2 == 0:
+                        theirs, got = peer.batch(op, k), harness.batch(op, k)
+                    else:
+                        got = harness.batch(op, k)
+                        theirs = peer.batch(op, k)
+                    c.setdefault(op, []).extend(theirs)
+                    mine = py.setdefault(op, Samples())
+                    mine.api.extend(got.api)
+                    mine.timed.extend(got.timed)
+                    mine.batches.append((statistics.median(theirs),
+                                         statistics.median(got.timed) if got.timed else None,
+                                         statistics.median(got.api)))
                 done += k
         finally:
             harness.close()
@@ -346,29 +364,23 @@ def _fmt(value: float | None, sign: bool = False) -> str:
     return f"{value:+.2f}" if sign else f"{value:.2f}"
 
 
-def _ratio(a: float | None, b: float | None) -> str:
-    return f"{a / b:.2f}" if a is not None and b else "-"
-
-
 def in_process_table(results: dict[str, Samples]) -> str:
     rows = []
     for op, s in results.items():
-        api, raw = median_us(s.api), median_us(s.raw)
-        diff = api - raw if api is not None and raw is not None else None
-        rows.append((LABELS[op], _fmt(api), _fmt(raw), _fmt(diff, sign=True),
-                     _fmt(median_us(s.timed))))
+        rows.append((LABELS[op], _fmt(median_us(s.api)), _fmt(median_us(s.raw)),
+                     _fmt(paired_added_us(s), sign=True), _fmt(median_us(s.timed))))
     return tabulate(rows, headers=["operation", "binding", "raw fcntl", "added", "timed"],
                     tablefmt="simple", disable_numparse=True, colalign=("left",) + ("right",) * 4)
 
 
 def peer_table(c: dict[str, list[int]], py: dict[str, Samples]) -> str:
     rows = []
-    for op in LABELS:
+    for op, label in LABELS.items():
         if op not in py or op not in c:
             continue
-        c_us, timed, api = median_us(c[op]), median_us(py[op].timed), median_us(py[op].api)
-        rows.append((LABELS[op], _fmt(c_us), _fmt(timed), _ratio(timed, c_us), _fmt(api),
-                     _ratio(api, c_us)))
+        s = py[op]
+        rows.append((label, _fmt(median_us(c[op])), _fmt(median_us(s.timed)),
+                     batch_ratio(s, 1), _fmt(median_us(s.api)), batch_ratio(s, 2)))
     return tabulate(rows, headers=["operation", "C", "timed", "timed/C", "API", "API/C"],
                     tablefmt="simple", disable_numparse=True, colalign=("left",) + ("right",) * 5)
 
@@ -391,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
             have_quirk = probe.slot_zap_all_supported
         results = in_process(kvm, args.n, have_quirk)
         print(f"Binding vs raw fcntl.ioctl of the same struct, same VM, alternated op by op\n"
-              f"(median us, n={args.n} each; timed = the syscall time the binding reports)\n")
+              f"(median us, n={args.n} each; added = median of the paired differences;\n"
+              "timed = the syscall time the binding reports)\n")
         print(in_process_table(results))
         print("\nfcntl.ioctl with an int argument first tries to read it as a buffer, twice:"
               "\nthat is why it is slower than the binding for the null ioctl and KVM_RUN.")
@@ -400,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nHarness vs C, C and Python taking turns every {args.batch} samples "
                   f"(median us,\nn={args.n} each; C times the ioctl, for PIO the ioctl and "
                   "reading the exit;\ntimed = what the harness reports, API = its call's "
-                  "wall time)\n")
+                  "wall time; ratios are\nmedians over turn pairs of the ratio of their "
+                  "medians)\n")
             print(peer_table(c, py))
     if not have_quirk:
         print("zap slot not measured: kernel lacks KVM_X86_QUIRK_SLOT_ZAP_ALL", file=sys.stderr)
