@@ -169,3 +169,17 @@ def test_fast_decoder_agrees_with_decode_exit_and_sees_every_change():
     assert decoder.decode() == Hlt()
     run.exit_reason = 999
     assert decoder.decode().name == "KVM_EXIT_999"
+
+
+@pytest.mark.parametrize("kind", [k.kvm_userspace_memory_region, k.kvm_userspace_memory_region2])
+def test_memslot_pack_fills_the_fields_both_region_layouts_share(kind):
+    from kvmharness.kvm.vm import _pack_region
+
+    region = kind()
+    _pack_region(region, 0, (1 << 16) | 7, k.KVM_MEM_READONLY, 0x1_0000_0000, 0x20_0000,
+                 0x7F00_1234_5000)
+    assert (region.slot, region.flags, region.guest_phys_addr, region.memory_size,
+            region.userspace_addr) == ((1 << 16) | 7, k.KVM_MEM_READONLY, 0x1_0000_0000,
+                                       0x20_0000, 0x7F00_1234_5000)
+    if kind is k.kvm_userspace_memory_region2:
+        assert region.guest_memfd == 0 and region.guest_memfd_offset == 0
