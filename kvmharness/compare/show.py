@@ -83,12 +83,12 @@ def format_show(f: ResultFile, width: int = WIDTH) -> str:
         if zap:
             line += f"; zap path {zap.text()}"
         out += _fit(line or "-", width, "    ")
-        reasons: dict[str, int] = {}
+        why: dict[str, int] = {}
         for r in runs:
             if r.status != "ok":
                 key = f"{r.status}: {r.reason}"
-                reasons[key] = reasons.get(key, 0) + 1
-        for reason, n in reasons.items():
+                why[key] = why.get(key, 0) + 1
+        for reason, n in why.items():
             out += _fit(f"  {reason}" + (f" ({n} runs)" if n > 1 else ""), width, "    ")
     out.append("")
     metrics: dict[str, str] = {}
@@ -103,13 +103,14 @@ def format_show(f: ResultFile, width: int = WIDTH) -> str:
         runs = f.ok_runs(v)
         first = True
         for name in flat:
-            s = summarize([x for r in runs if (x := r.value(name)) is not None])
-            if s.n == 0:
+            summary = summarize([x for r in runs if (x := r.value(name)) is not None])
+            if summary.n == 0:
                 continue
             unit = metrics[name]
             rows.append([variant_text(v) if first else "",
-                         f"{name} [{unit}]" if unit else name, num(s.median),
-                         median_ci_text(s), pct(s.cov, signed=False), str(s.n)])
+                         f"{name} [{unit}]" if unit else name, num(summary.median),
+                         median_ci_text(summary), pct(summary.cov, signed=False),
+                         str(summary.n)])
             first = False
     if rows:
         out += grid(["variant", "headline metric", "median", "95% CI of median", "CoV", "n"],

@@ -256,8 +256,7 @@ def _noise(runs: Sequence[RunRecord]) -> str:
 def setup_lines(s: Setup, width: int) -> list[str]:
     k = s.env.get("kernel", {})
     k = k if isinstance(k, dict) else {}
-    cpu = s.env.get("cpu", {})
-    cpu_model = str(cpu.get("model", "CPU unknown")) if isinstance(cpu, dict) else "CPU unknown"
+    cpu_model = _cpu_model(s.env)
     runs = [r for f in s.files for r in f.runs]
     ok = sum(1 for r in runs if r.status == "ok")
     other = len(runs) - ok
@@ -453,7 +452,7 @@ def _cell(row: MetricRow | None) -> str:
 
 def plain_table(g: Group, names: Sequence[str], view: View, width: int) -> list[str]:
     rows_by = [{m: _row_of(c, m) for m in names} for c in g.comparisons]
-    units = {}
+    units: dict[str, MetricRow] = {}
     for rb in rows_by:
         for m, r in rb.items():
             if r is not None:
@@ -511,7 +510,7 @@ def pivot_tables(g: Group, names: Sequence[str], width: int) -> list[str]:
     labels: dict[str, str] = {}
     for fam in families:
         unit = next((r.unit for c in g.comparisons for r in c.rows
-                     if keys.get(r.metric, ("",))[0] == fam and r.unit), "")
+                     if (keys.get(r.metric) or ("", ""))[0] == fam and r.unit), "")
         labels[fam] = f"{fam} [{unit}]" if unit else fam
 
     def raw(fam: str, col: str) -> list[tuple[str, str]]:
@@ -866,6 +865,11 @@ def cover_lines(c: Comparison, width: int = COVER_WIDTH) -> list[str]:
     return out
 
 
+def _cpu_model(env: dict[str, object]) -> str:
+    cpu = env.get("cpu")
+    return str(cpu.get("model", "CPU unknown")) if isinstance(cpu, dict) else "CPU unknown"
+
+
 def _setup_short(s: Setup) -> str:
     k = s.env.get("kernel", {})
     release = k.get("release", "?") if isinstance(k, dict) else "?"
@@ -879,8 +883,7 @@ def format_cover_letter(report: Report, view: View = View()) -> str:
     out += _fit("Kernel: " + ", ".join(_setup_short(s) for s in sets), width, "        ")
     hosts = list(dict.fromkeys(
         f"{backend_text(s.env)}, {MMU_NAMES.get(mmu_mode(s.env), mmu_mode(s.env))}, "
-        f"{s.env.get('cpu', {}).get('model', 'CPU unknown')}"  # type: ignore[union-attr]
-        for s in sets))
+        f"{_cpu_model(s.env)}" for s in sets))
     out += _fit("Host:   " + "; ".join(hosts), width, "        ")
     out.append("")
     for c in report.comparisons:
@@ -954,13 +957,15 @@ def format_run_summary(result: ResultFile, confidence: float = 0.95) -> str:
                 metrics.append((name, samples.unit))
     for v in result.variants:
         runs = result.ok_runs(v)
-        for i, (name, unit) in enumerate(metrics):
+        first = True
+        for name, unit in metrics:
             s = summarize([x for r in runs if (x := r.value(name)) is not None], confidence)
             if s.n == 0:
                 continue
-            rows.append([variant_text(v) if i == 0 else "",
+            rows.append([variant_text(v) if first else "",
                          f"{name} [{unit}]" if unit else name, num(s.median),
                          median_ci_text(s), pct(s.cov, signed=False), str(s.n)])
+            first = False
     lines = grid(["variant", "metric [unit]", "median", "95% CI of median", "CoV", "n"],
                  rows, [False, False, True, False, True, True], shrink=1)
     return ascii_text("\n".join(lines)) + "\n"
