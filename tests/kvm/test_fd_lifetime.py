@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 import warnings
 
 from kvmharness.kvm import Kvm, Vcpu, Vm
@@ -78,3 +79,15 @@ def test_explicit_close_goes_vcpu_then_vm_then_dev_kvm(kvm, monkeypatch):
     kvm.close()
     assert order == ["Vcpu", "Vm", "Kvm"]
     assert vcpu.closed and vm.closed and kvm.closed
+
+
+def test_close_reports_the_close_syscall_ns(kvm):
+    vm = kvm.create_vm()
+    vcpu = vm.create_vcpu()
+    assert vm.close_ns is None and vcpu.close_ns is None
+    t0 = time.perf_counter_ns()
+    vm.close()
+    wall = time.perf_counter_ns() - t0
+    assert vcpu.close_ns is not None and 0 < vcpu.close_ns <= wall
+    assert vm.close_ns is not None and 0 < vm.close_ns <= wall
+    assert vcpu.close_ns + vm.close_ns <= wall
