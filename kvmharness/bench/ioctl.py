@@ -23,11 +23,13 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from tabulate import tabulate
 
-from kvmharness.kvm import HostMemory, Io, Kvm, Vcpu, Vm
+from kvmharness.bench.ioctl_peer import CPeer, PeerBuildError, build_peer
+from kvmharness.kvm import HostMemory, Io, Kvm, KvmError, Vcpu, Vm
 from kvmharness.uapi import ioctls
 from kvmharness.uapi.caps import KvmCap
 from kvmharness.uapi.kvm import kvm_userspace_memory_region, kvm_userspace_memory_region2
@@ -323,15 +325,13 @@ class HarnessSide:
         self._stack.close()
 
 
-def side_by_side(kvm: Kvm, n: int, batch: int, have_quirk: bool
+def side_by_side(kvm: Kvm, exe: Path, n: int, batch: int, have_quirk: bool
                  ) -> tuple[dict[str, list[int]], dict[str, Samples]]:
     """C and Python in alternating batches of ``batch`` samples per operation (which side
     goes first alternates too), until each side has ``n`` samples per operation."""
-    from kvmharness.bench.ioctl_peer import CPeer, build_peer
-
     c: dict[str, list[int]] = {}
     py: dict[str, Samples] = {}
-    with CPeer(build_peer()) as peer:
+    with CPeer(exe) as peer:
         harness = HarnessSide(kvm, have_quirk)
         try:
             ops = [op for op in harness.operations if op in peer.operations]
@@ -398,6 +398,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.n < 1 or args.batch < 1:
         parser.error("-n and --batch must be at least 1")
+    try:
+        return _run(args)
+    except (KvmError, PeerBuildError, RuntimeError) as exc:
+        print(f"python -m kvmharness.bench.ioctl: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    exe = build_peer() if args.peer else None  # fail before minutes of measuring, not after
     with Kvm() as kvm:
         with kvm.create_vm() as probe:
             have_quirk = probe.slot_zap_all_supported
@@ -408,8 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         print(in_process_table(results))
         print("\nfcntl.ioctl with an int argument first tries to read it as a buffer, twice:"
               "\nthat is why it is slower than the binding for the null ioctl and KVM_RUN.")
-        if args.peer:
-            c, py = side_by_side(kvm, args.n, args.batch, have_quirk)
+        if exe is not None:
+            c, py = side_by_side(kvm, exe, args.n, args.batch, have_quirk)
             print(f"\nHarness vs C, C and Python taking turns every {args.batch} samples "
                   f"(median us,\nn={args.n} each; C times the ioctl, for PIO the ioctl and "
                   "reading the exit;\ntimed = what the harness reports, API = its call's "
@@ -419,7 +428,6 @@ def main(argv: list[str] | None = None) -> int:
     if not have_quirk:
         print("zap slot not measured: kernel lacks KVM_X86_QUIRK_SLOT_ZAP_ALL", file=sys.stderr)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
