@@ -52,7 +52,7 @@ DEFAULT_WATCHDOG_S = 30.0
 # After one vCPU fails, how long its peers may run on before they are stopped: long enough
 # for a peer that faulted at the same moment to deliver its own report (every faulting vCPU
 # is named), short enough that a peer spinning on a barrier is not waited for long.
-PEER_REPORT_GRACE_S = 0.25
+PEER_REPORT_GRACE_S = 0.5
 # Pages VMX keeps as private memslots (real-mode TSS: 3 pages; EPT identity map: 1 page),
 # placed at the top of the harness's [16 MiB, 1 GiB) window so no scenario region meets them.
 VMX_IDENTITY_MAP_ADDR = 0x3FFFB000
@@ -536,6 +536,12 @@ class Machine:
                        "cr4": sregs.cr4, "efer": sregs.efer}
         except Exception as exc:  # the VM may be dead: report what we have
             detail = f"{detail} (registers unavailable: {exc})".strip()
+        if control is not None and not control["cr0"] & longmode.CR0_PG:
+            # The harness never turns paging off, so this is KVM's doing: AMD SVM re-inits
+            # the vCPU on a shutdown intercept (the VMCB is undefined after one).
+            detail = (f"{detail}; " if detail else "") + (
+                "KVM reset the vCPU (paging is off): the registers below are its reset "
+                "state, not the state that faulted")
         return GuestCrash(runner.index, reason, regs, detail, control)
 
     # --- results -------------------------------------------------------------------------------
