@@ -143,6 +143,7 @@ def hammer_max_gap_ns(machine: Machine, nvcpus: int) -> list[list[float]]:
 # --- sizes and per-size metrics (slot-ops, teardown) ------------------------------------
 _SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 SIZE_SLOT = "<size>"
+COUNT_SLOT = "<count>"
 
 
 def size_label(size: int) -> str:
@@ -201,10 +202,19 @@ class MiBList(SizeList):
 class SizedScenarioSpec(ScenarioSpec):
     """A spec whose per-size metrics are declared once as a family ``name@<size>`` and
     resolved for whatever sizes a run's parameters name (``create@4K``, ``create@1G``):
-    the points of a scaling curve are not known until the parameters are."""
+    the points of a scaling curve are not known until the parameters are.  Families
+    ``name@<count>`` resolve for plain counts the same way (``create@4096``)."""
 
     def metric(self, name: str) -> Metric:
         family, sep, label = name.partition("@")
+        if sep and label.isdigit() and str(int(label)) == label:
+            try:
+                template = super().metric(f"{family}@{COUNT_SLOT}")
+            except KeyError:
+                pass
+            else:
+                return Metric(name, template.unit, template.direction,
+                              f"{template.help} [{label}]")
         if sep and label != SIZE_SLOT:
             try:
                 size = parse_size(label)
@@ -223,11 +233,17 @@ class SizedScenarioSpec(ScenarioSpec):
 
     def sized_metrics(self, sizes: list[int]) -> list[str]:
         """Every concrete metric name a run over ``sizes`` can report."""
+        return self._resolved(SIZE_SLOT, [size_label(s) for s in sizes])
+
+    def counted_metrics(self, counts: list[int]) -> list[str]:
+        """Every concrete metric name a run over ``counts`` (``create@<count>``) can report."""
+        return self._resolved(COUNT_SLOT, [str(c) for c in counts])
+
+    def _resolved(self, slot: str, labels: list[str]) -> list[str]:
         out = []
         for m in self.metrics:
-            if m.name.endswith("@" + SIZE_SLOT):
-                family = m.name[: -len(SIZE_SLOT) - 1]
-                out += [f"{family}@{size_label(s)}" for s in sizes]
+            if m.name.endswith("@" + slot):
+                out += [f"{m.name[: -len(slot) - 1]}@{label}" for label in labels]
             else:
                 out.append(m.name)
         return out

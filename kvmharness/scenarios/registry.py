@@ -13,8 +13,11 @@ def all_scenarios() -> dict[str, ScenarioSpec]:
     """
     specs: list[ScenarioSpec] = []
     # --- register scenario modules here ------------------------------------------------
-    from kvmharness.scenarios import mmio, mmio_flip, rom_toggle, slot_ops, teardown
+    from kvmharness.scenarios import (
+        mmio, mmio_flip, rom_toggle, slot_ops, slot_scale, teardown,
+    )
 
-    specs += [rom_toggle.SPEC, slot_ops.SPEC, mmio.SPEC, mmio_flip.SPEC, teardown.SPEC]
+    specs += [rom_toggle.SPEC, slot_ops.SPEC, mmio.SPEC, mmio_flip.SPEC, teardown.SPEC,
+              slot_scale.SPEC]
     # ------------------------------------------------------------------------------------
     return {s.name: s for s in specs}

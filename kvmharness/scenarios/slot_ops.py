@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from typing import Sequence
+from typing import Callable, Sequence
 
 from kvmharness.guest.layout import GiB, MiB, Layout, LayoutError, Region
 from kvmharness.guest.longmode import max_phys_addr
@@ -53,6 +53,7 @@ WATCHDOG_S = 120.0
 OPS = ("create", "dirty_on", "dirty_off", "move", "delete")
 ZAPPING_OPS = ("move", "delete")  # the ops that take the zap-all or zap-slot path
 STEADY = "steady"  # a pass with no op before it: the baseline a refault pass compares to
+SETUP = "setup"  # untimed host work before a group (slot-scale: reach the slot count)
 RUN_PHASE = "slot_ops"  # the whole run, warmups included: its tracepoints prove the zap path
 
 
@@ -71,15 +72,16 @@ def align_up(value: int, align: int) -> int:
 class Step:
     """One entry of the script the sync handler (or, idle, the main thread) plays."""
 
-    op: str  # one of OPS, or STEADY
+    op: str  # one of OPS, STEADY or SETUP
     size: int
     iteration: int
     warm: bool
     group_end: bool = False  # last step of this (iteration, size): report progress
+    key: str = ""  # the metrics' ``@`` label when not the size (slot-scale: the count)
 
     @property
     def label(self) -> str:
-        return size_label(self.size)
+        return self.key or size_label(self.size)
 
 
 class SlotUnderTest:
@@ -140,9 +142,11 @@ class SlotOpsDriver:
     pass's: vCPU stats only move while the guest runs, so a pass's pf_fixed is exact, and
     the rest is kept per size (``cycles@<size>``)."""
 
-    def __init__(self, outcome: RunOutcome, slot: SlotUnderTest, counters: KvmCounters) -> None:
+    def __init__(self, outcome: RunOutcome, slot: SlotUnderTest, counters: KvmCounters,
+                 on_setup: Callable[[Step], None] | None = None) -> None:
         self.outcome = outcome
         self.slot = slot
+        self.on_setup = on_setup
         self.counters = counters  # for its snapshot/delta only
         self.steps: list[Step] = []
         self.first_pass_phase: str | None = None
@@ -152,6 +156,10 @@ class SlotOpsDriver:
 
     def perform(self, step: Step) -> None:
         if step.op == STEADY:
+            return
+        if step.op == SETUP:
+            if self.on_setup is not None:
+                self.on_setup(step)
             return
         ns = self.slot.perform(step.op, step.size)
         self.outcome.add(f"{step.op}@{step.label}", ns / 1e3, warmup=step.warm)
@@ -180,7 +188,9 @@ class SlotOpsDriver:
             previous, before = self.last
             delta = KvmCounters.delta(before, now)
             phase = self.first_pass_phase
-            if previous is not None:
+            if previous is not None and previous.op == SETUP:
+                phase = SETUP
+            elif previous is not None:
                 phase = "warmup" if previous.warm else f"cycles@{previous.label}"
                 self.outcome.add(f"{previous.op}_pf_fixed@{previous.label}"
                                  if previous.op != STEADY else "steady_pf_fixed",
@@ -202,9 +212,11 @@ class SlotOpsDriver:
         if self.first_pass_phase is not None:
             self.outcome.effective["populate_pass_ms"] = passes[0] / 1e6
         for step, ns in zip(self.steps, passes[1:]):
-            name = "steady_pass" if step.op == STEADY else f"{step.op}_pass@{step.label}"
-            self.outcome.add(name, ns / 1e6, warmup=step.warm)
-        gaps = hammer_max_gap_ns(m, 1)[0][1:]
+            if step.op != SETUP:
+                name = "steady_pass" if step.op == STEADY else f"{step.op}_pass@{step.label}"
+                self.outcome.add(name, ns / 1e6, warmup=step.warm)
+        gaps = [gap for step, gap in zip(self.steps, hammer_max_gap_ns(m, 1)[0][1:])
+                if step.op != SETUP]
         self.outcome.add("max_stall", max(gaps) / 1e3, warmup=warm)
 
 

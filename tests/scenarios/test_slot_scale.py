@@ -1,0 +1,92 @@
+"""slot-scale at its quick size on the real /dev/kvm: the ops ran beside the number of
+memslots each count names, every declared metric is there, the zap path follows the
+variant.  Behaviour only, never timings."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+
+from kvmharness.scenarios import slot_scale
+from kvmharness.scenarios.base import RunRequest
+
+SPEC = slot_scale.SPEC
+ITERATIONS, WARMUP = 1, 1
+
+
+@pytest.fixture(scope="module")
+def quick_run(kvm_session: object, run_quick) -> Callable[[str], Any]:
+    cache: dict[str, Any] = {}
+
+    def get(zap: str) -> Any:
+        if zap not in cache:
+            cache[zap] = run_quick(SPEC, {"zap": zap}, iterations=ITERATIONS, warmup=WARMUP)
+        cache[zap].ok()
+        return cache[zap]
+
+    return get
+
+
+@pytest.mark.parametrize("zap", ["all", "slot"])
+def test_ops_ran_beside_each_count_of_memslots(quick_run, zap):
+    run = quick_run(zap)
+    eff = run.outcome.effective
+    counts = slot_scale.CountList(run.params["counts"]).counts
+    # The guest's own slots (low RAM, page tables, hammer) plus N fillers, every time.
+    assert eff["memslots_during_ops"] == {str(c): eff["guest_slots"] + c for c in counts}
+    assert eff["max_memslots"] >= eff["guest_slots"] + max(counts) + 1
+    run.check_leaks()
+
+
+def test_every_declared_metric_has_its_samples(quick_run):
+    run = quick_run("all")
+    outcome = run.outcome
+    counts = slot_scale.CountList(run.params["counts"]).counts
+    cycles = int(run.params["ops_per_count"])
+    expected = SPEC.counted_metrics(counts)
+    assert set(expected) == set(outcome.samples)
+    for name in expected:
+        assert SPEC.metric(name).unit
+        per_iteration = {"max_stall": 1, "steady_pass": cycles * len(counts),
+                         "steady_pf_fixed": cycles * len(counts)}.get(name, cycles)
+        assert len(outcome.samples[name]) == ITERATIONS * per_iteration, name
+        assert len(outcome.warmups[name]) == WARMUP * per_iteration, name
+    assert len(run.progress) == ITERATIONS + WARMUP
+    assert all(f"{c}: create" in line for c in counts for line in run.progress)
+
+
+@pytest.mark.requires_tracefs
+@pytest.mark.parametrize("zap", ["all", "slot"])
+def test_zap_path_follows_the_variant(quick_run, zap):
+    run = quick_run(zap)
+    outcome = run.outcome
+    counts = slot_scale.CountList(run.params["counts"]).counts
+    cycles = int(run.params["ops_per_count"])
+    # Moves and deletes of the slot under test, plus the fillers deleted going back down
+    # to the first count at the start of the second iteration.
+    deletes = (ITERATIONS + WARMUP) * len(counts) * cycles * 2 + max(counts) - counts[0]
+    assert f"over {deletes} memslot deletes/moves" in outcome.effective["zap_evidence"]
+    fast = outcome.tracepoints[slot_scale.RUN_PHASE]["kvm_mmu_zap_all_fast"]
+    if zap == "slot":
+        assert fast == 0
+    else:
+        assert fast >= deletes
+    assert outcome.effective["zap_path"] == zap and not outcome.warnings
+
+
+def test_counts_parameter():
+    assert SPEC.resolve_params({"counts": "1, 8,1024"}, quick=True)["counts"] == "1,8,1024"
+    for bad in ("0", "8,4", "4,4", "lots", "40000"):
+        with pytest.raises(ValueError, match="parameter 'counts'"):
+            SPEC.resolve_params({"counts": bad}, quick=True)
+    assert SPEC.metric("delete@4096").unit == "us" and SPEC.metric("move_pass@1").unit == "ms"
+    with pytest.raises(KeyError):
+        SPEC.metric("delete@016")
+
+
+@pytest.mark.usefixtures("kvm", "leaks")
+def test_more_memslots_than_the_kernel_allows_is_refused_by_name():
+    params = SPEC.resolve_params({"counts": "32768", "ops_per_count": "1"}, quick=True)
+    with pytest.raises(ValueError, match="KVM_CAP_NR_MEMSLOTS"):
+        SPEC.run(RunRequest(params, {"zap": "all"}, 1, 0))
