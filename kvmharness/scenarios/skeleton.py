@@ -2,12 +2,14 @@
 names only what differs; one function owns the VM's life) and pyperf's Runner (the runner
 owns warmups and loops).
 
-A scenario is a ``Scenario`` subclass: it checks its parameters in ``__init__`` (before any
-VM exists), declares its ``guest``, ``layout()`` and exit ``handlers()``, and writes the
-body of one iteration.  ``execute`` does the rest, the same way for every scenario: pins
-the main thread, opens /dev/kvm, applies the variant axes (the zap quirk), builds the
-``Machine`` (vCPU threads pinned), records phases, runs warmups then iterations with one
-progress line each, records the zap path the kernel took and stamps the times.
+A scenario is a ``GuestScenario`` (one VM for the whole run) or ``BareScenario`` (its body
+builds its own VMs) subclass: it checks its parameters in ``__init__`` (before any VM
+exists), declares its variant axes, ``guest``, ``layout()`` and exit ``handlers()``, and
+writes the body of one iteration.  ``execute`` does the rest, the same way for every
+scenario: pins the main thread, opens /dev/kvm, applies the variant axes (the zap quirk),
+builds the ``Machine`` (vCPU threads pinned), records phases, runs warmups then
+iterations with one progress line each, undoes the scenario's cleanups, records the zap
+path the kernel took and stamps the end time.
 
 ``HostToggler`` is the base of host threads that change memslots while vCPUs run."""
 
