@@ -1,8 +1,9 @@
 """Loads the kvmharness pytest plugin when its pytest11 entry point is not visible — a bare
 checkout on PYTHONPATH, as inside a tools/vng-run guest — without registering it twice.
 
-Also the helpers tests share: counting open fds and threads around something (``Leaks``,
-fixture ``leaks``), and running a registered scenario at its quick size (``run_quick``)."""
+Also the helpers tests share: counting open fds (fixture ``open_fds``) and threads around
+something (``Leaks``, fixture ``leaks``), and running a registered scenario at its quick
+size (``run_quick``)."""
 
 from __future__ import annotations
 
@@ -22,19 +23,25 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(pytest_plugin, "kvmharness")
 
 
-def open_fds() -> int:
+def count_open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture(scope="session")
+def open_fds() -> Callable[[], int]:
+    """``open_fds()``: how many file descriptors this process has open now."""
+    return count_open_fds
 
 
 @dataclasses.dataclass
 class Leaks:
     """Open fds and live threads when it was made, compared with now by ``check()``."""
 
-    fds: int = dataclasses.field(default_factory=open_fds)
+    fds: int = dataclasses.field(default_factory=count_open_fds)
     threads: int = dataclasses.field(default_factory=threading.active_count)
 
     def now(self) -> tuple[int, int]:
-        return open_fds(), threading.active_count()
+        return count_open_fds(), threading.active_count()
 
     def check(self) -> None:
         fds, threads = self.now()

@@ -24,10 +24,6 @@ def source_line(guest_file: str, needle: str) -> int:
     return next(i for i, text in enumerate(lines, 1) if needle in text)
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 def test_hello_syncs_prints_and_finishes(machine):
     m = machine("hello")
     m.run(timeout_s=60)
@@ -174,7 +170,7 @@ def test_layout_errors_are_typed():
     Layout.of([Region("a", 1 * GiB, 1 * MiB), Region("b", 1 * GiB + 1 * MiB, 1 * MiB)])
 
 
-def test_memory_guard_refuses_before_allocating(kvm):
+def test_memory_guard_refuses_before_allocating(kvm, open_fds):
     from kvmharness.guest.machine import Machine
 
     import psutil
@@ -188,7 +184,7 @@ def test_memory_guard_refuses_before_allocating(kvm):
     assert open_fds() == fds
 
 
-def test_no_fd_or_thread_leak_after_failures(kvm):
+def test_no_fd_or_thread_leak_after_failures(kvm, open_fds):
     from kvmharness.guest.machine import Machine
 
     with Machine(kvm, "hello") as m:
@@ -313,7 +309,7 @@ def test_triple_fault_report_has_cr2(machine):
         assert "KVM reset the vCPU (paging is off)" in str(info.value)
 
 
-def test_error_during_construction_closes_what_was_built(kvm):
+def test_error_during_construction_closes_what_was_built(kvm, open_fds):
     from kvmharness.guest.machine import Machine
     from kvmharness.kvm import KvmError
 
@@ -358,7 +354,7 @@ def test_vcpu_cpus_pins_each_vcpu_thread(machine):
     assert os.sched_getaffinity(0) == main_mask
 
 
-def test_vcpu_cpus_outside_the_host_is_refused_before_anything_is_built(kvm):
+def test_vcpu_cpus_outside_the_host_is_refused_before_anything_is_built(kvm, open_fds):
     from kvmharness.guest.machine import Machine
 
     fds = open_fds()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import os
 import threading
 import time
 
@@ -14,10 +13,6 @@ from kvmharness.kvm import (
 )
 from kvmharness.uapi.caps import KvmCap
 from tests.kvm.realmode import HLT, SPIN, asm, mov_al, mov_ds, out_al, realmode_vm, store_al
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.mark.requires_cap(KvmCap.KVM_CAP_IOEVENTFD)
@@ -106,7 +101,7 @@ def test_missing_device_names_the_fix():
     assert "modprobe kvm_intel" in str(info.value)
 
 
-def test_no_fd_or_thread_leak_over_500_vms(kvm):
+def test_no_fd_or_thread_leak_over_500_vms(kvm, open_fds):
     with realmode_vm(kvm, HLT):
         pass  # warm up lazily opened state
     fds, threads = open_fds(), threading.active_count()
@@ -122,7 +117,7 @@ def test_no_fd_or_thread_leak_over_500_vms(kvm):
     assert kvm.vms == []
 
 
-def test_no_fd_leak_after_error_paths(kvm):
+def test_no_fd_leak_after_error_paths(kvm, open_fds):
     fds = open_fds()
     for _ in range(20):
         with kvm.create_vm() as vm, HostMemory(0x2000) as mem:

@@ -5,18 +5,13 @@ ResourceWarning (parents hold weak references); explicit close still goes vCPU -
 from __future__ import annotations
 
 import gc
-import os
 import time
 import warnings
 
 from kvmharness.kvm import Kvm, Vcpu, Vm
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def test_dropped_vms_and_vcpus_release_their_fds_with_a_resource_warning(kvm):
+def test_dropped_vms_and_vcpus_release_their_fds_with_a_resource_warning(kvm, open_fds):
     gc.collect()
     baseline = open_fds()
     with warnings.catch_warnings(record=True) as caught:
@@ -34,7 +29,7 @@ def test_dropped_vms_and_vcpus_release_their_fds_with_a_resource_warning(kvm):
     assert any(m.startswith("unclosed vCPU fd") for m in messages)
 
 
-def test_dropped_vcpu_is_released_while_its_vm_lives(kvm):
+def test_dropped_vcpu_is_released_while_its_vm_lives(kvm, open_fds):
     with kvm.create_vm() as vm:
         fds = open_fds()
         with warnings.catch_warnings(record=True) as caught:
