@@ -138,7 +138,8 @@ class Group:
 
     def title(self) -> str:
         names = ", ".join(f"{TAGS[i]} = {s.name}" for i, s in enumerate(self.sides))
-        return f"{self.scenario} ({self.context}): {names}"
+        context = f" ({self.context})" if self.context != "-" else ""
+        return f"{self.scenario}{context}: {names}"
 
 
 def groups(report: Report) -> list[Group]:
@@ -511,7 +512,9 @@ def pivot_tables(g: Group, names: Sequence[str], width: int) -> list[str]:
     for fam in families:
         unit = next((r.unit for c in g.comparisons for r in c.rows
                      if (keys.get(r.metric) or ("", ""))[0] == fam and r.unit), "")
-        labels[fam] = f"{fam} [{unit}]" if unit else fam
+        # A grid whose columns are units (mmio: cycles, ns) names no unit per row.
+        by_unit = not any("@" in m for m in keys)
+        labels[fam] = f"{fam} [{unit}]" if unit and not by_unit else fam
 
     def raw(fam: str, col: str) -> list[tuple[str, str]]:
         """(value, change) per side; A has no change."""
@@ -535,7 +538,10 @@ def pivot_tables(g: Group, names: Sequence[str], width: int) -> list[str]:
              for col in columns}
     out: list[str] = []
     # Two spaces between columns, one if that keeps every size in one grid.
-    gap = "  " if label_w + 3 + sum(2 + col_w[c] for c in columns) - 2 <= width else " "
+    def total(sep: int) -> int:
+        return label_w + 3 + sum(sep + col_w[c] for c in columns) - sep
+
+    gap = " " if total(2) > width >= total(1) else "  "
     chunk: list[str] = []
     chunks: list[list[str]] = []
     used = label_w + 3 - len(gap)

@@ -492,3 +492,30 @@ def test_show_one_file_and_version(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "kvmharness show:" in capsys.readouterr().err
     assert cli.main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"kvmharness {__version__}"
+
+
+def test_op_by_size_metrics_pivot_into_a_grid() -> None:
+    sizes = ["4K", "64K", "1M", "16M", "256M", "1G", "4G"]
+
+    def data(scale: float) -> dict[str, list[float]]:
+        return {f"{op}@{s}": [scale * (10 + i) + 0.01 * k for k in range(8)]
+                for op in ("create", "delete") for i, s in enumerate(sizes)}
+
+    def runs(d: dict[str, list[float]], variant: str, start: int) -> list[RunRecord]:
+        return [RunRecord(index=start + k, repeat=k, variant={"zap": variant}, status="ok",
+                          reason=None, start_time=float(start + k), end_time=None,
+                          samples={m: MetricSamples("us", "lower", [v[k]])
+                                   for m, v in d.items()}) for k in range(8)]
+
+    f = result_file("k", [*runs(data(1.0), "all", 0), *runs(data(0.5), "slot", 8)],
+                    environment("k", True), "f.json", variants=[{"zap": "all"}, {"zap": "slot"}])
+    f.scenario = dict(f.scenario, name="slot-ops", headline=["create@<size>", "delete@<size>"])
+    text = tables.format_report(build_report([f], settings=Settings(seed=1)))
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 75
+    heads = [lines[i].split() for i in range(len(lines) - 1)
+             if lines[i + 1] and set(lines[i + 1]) == {"-"}]
+    assert [c for h in heads for c in h] == sizes  # every size once, split, never wrapped
+    assert re.search(r"^create \[us\] +A +10\.04 ", text, re.M)
+    assert re.search(r"^ +B +5\.035 -49\.8%\* ", text, re.M)
+    assert text.count("delete [us]") == len(heads)
