@@ -172,7 +172,7 @@ def run_session(
                          f"(until +-{stopper.rule.target * 100:g}%)")
                 request = RunRequest(params=dict(plan.params), variant=dict(variant),
                                      iterations=plan.iterations, warmup=plan.warmup,
-                                     progress=progress)
+                                     progress=progress, pinning=plan.pinning)
                 start = time.time()
                 before = snapshot()
                 try:
