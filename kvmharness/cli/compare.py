@@ -21,6 +21,11 @@ from kvmharness.results.store import load_result
 from kvmharness.results.validate import ResultFormatError
 
 
+# With --fail-on-regression, input that cannot be compared is neither good nor bad: the
+# status `git bisect run` reads as "skip this commit".
+EXIT_CANNOT_TELL = 125
+
+
 def percent(text: str) -> float:
     """'5%' or '5' -> 0.05 (a regression limit; 0 flags any significant slowdown)."""
     try:
@@ -58,7 +63,8 @@ def add_parsers(sub: Any) -> None:
                    help="list every setup difference instead of grouped counts")
     p.add_argument("--fail-on-regression", type=percent, metavar="PCT",
                    help="exit 1 when a headline metric of B is significantly worse than A "
-                   "by more than PCT (e.g. 5%%), else 0: for CI and git bisect run")
+                   "by more than PCT (e.g. 5%%), else 0; 125 when the files cannot be "
+                   "compared (git bisect run: skip)")
     p.add_argument("--seed", type=int, default=Settings().seed,
                    help="bootstrap seed (same files + seed = same output)")
     p.set_defaults(handler=cmd_compare)
@@ -93,12 +99,9 @@ def cmd_compare(args: argparse.Namespace, argv: Sequence[str], out: TextIO,
         else:
             report = build_report([load_result(p) for p in args.files], by=args.by,
                                   settings=settings, command=command)
-    except (ResultFormatError, CompareError) as e:
+    except (ResultFormatError, CompareError, OSError) as e:
         err.write(f"kvmharness compare: {e}\n")
-        return common.EXIT_FAILED
-    except OSError as e:
-        err.write(f"kvmharness compare: {e}\n")
-        return common.EXIT_FAILED
+        return EXIT_CANNOT_TELL if args.fail_on_regression is not None else common.EXIT_FAILED
     out.write(format_report(report, args.format,
                             View(detail=args.detail, show_setup=args.show_setup)))
     for note in report.notes:
@@ -109,4 +112,7 @@ def cmd_compare(args: argparse.Namespace, argv: Sequence[str], out: TextIO,
             for line in (*c.differences, *c.warnings):
                 err.write(f"warning: {c.scenario} ({c.context}) {c.a.name} vs {c.b.name}: "
                           f"{line}\n")
+    if args.fail_on_regression is not None and not report.tests:
+        err.write("kvmharness compare: no metric has runs on both sides: cannot tell\n")
+        return EXIT_CANNOT_TELL
     return gate(report, args.fail_on_regression, err, "kvmharness compare")

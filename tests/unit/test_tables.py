@@ -455,6 +455,9 @@ def test_cli_sides_gate_and_refusals(tmp_path: Path, capsys: pytest.CaptureFixtu
                      "--fail-on-regression", "10%"]) == 0
     assert cli.main(["compare", "--a", str(slow), "--b", str(fast),
                      "--fail-on-regression", "0"]) == 0
+    # Nothing to measure (git bisect run: skip), not "good" and not "bad".
+    assert cli.main(["compare", "--a", str(fast), "--b", str(tmp_path / "missing.json"),
+                     "--fail-on-regression", "5%"]) == 125
     capsys.readouterr()
     # The same file on both sides counts once, and then one side is empty.
     assert cli.main(["compare", str(fast), str(fast), str(slow)]) == 0
