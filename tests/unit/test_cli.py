@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import re
 from pathlib import Path
 from typing import Callable
@@ -17,8 +16,6 @@ from kvmharness.observe import fingerprint
 from kvmharness.results.store import load_result
 from kvmharness.scenarios import registry
 from kvmharness.scenarios.base import (
-    ZAP_AXIS,
-    Metric,
     Parameter,
     RunOutcome,
     RunRequest,
@@ -29,29 +26,7 @@ from kvmharness.scenarios.base import (
 FAKE_ENV = {"kernel": {"release": "6.12.0-test"}, "backend": {"kind": "svm", "nested": False}}
 
 
-def fake_spec(run: Callable[[RunRequest], RunOutcome] | None = None) -> ScenarioSpec:
-    rng = random.Random(0)
-
-    def default_run(req: RunRequest) -> RunOutcome:
-        o = RunOutcome()
-        base = 100.0 if req.variant["zap"] == "all" else 90.0
-        for _ in range(req.warmup):
-            o.add("total", base * 2, warmup=True)
-        for _ in range(req.iterations):
-            o.add("total", rng.gauss(base, 1.0))
-        req.progress("measured")
-        return o
-
-    return ScenarioSpec(
-        name="fake-toggle",
-        summary="toggle a fake slot",
-        parameters=(Parameter("pages", "pages", 2000, 16, "pages touched"),),
-        metrics=(Metric("total", "ms", "lower", "time per pass"),),
-        variant_axes=(ZAP_AXIS,),
-        run=run or default_run,
-        default_iterations=3,
-        default_warmup=1,
-    )
+SpecFactory = Callable[..., ScenarioSpec]  # the fake_spec fixture (tests/unit/conftest.py)
 
 
 @pytest.fixture
@@ -93,7 +68,7 @@ def test_info_plain(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtu
 
 
 def test_list_parses(register: Callable[[ScenarioSpec], None],
-                     capsys: pytest.CaptureFixture[str]) -> None:
+                     capsys: pytest.CaptureFixture[str], fake_spec: SpecFactory) -> None:
     register(fake_spec())
     assert cli.main(["list", "--json"]) == 0
     (s,) = json.loads(capsys.readouterr().out)["scenarios"]
@@ -117,7 +92,8 @@ def test_list_with_the_real_registry(capsys: pytest.CaptureFixture[str]) -> None
 
 def test_run_writes_a_file_and_compare_reads_it(register: Callable[[ScenarioSpec], None],
                                                 tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+                                                capsys: pytest.CaptureFixture[str],
+                                                fake_spec: SpecFactory) -> None:
     register(fake_spec())
     rc = cli.main(["run", "fake-toggle", "--quick", "--repeat", "6", "--param", "pages=32",
                    "--label", "L1", "--out", str(tmp_path)])
@@ -147,7 +123,7 @@ def test_run_writes_a_file_and_compare_reads_it(register: Callable[[ScenarioSpec
 
 
 def test_run_selected_variant_and_defaults(register: Callable[[ScenarioSpec], None],
-                                           tmp_path: Path) -> None:
+                                           tmp_path: Path, fake_spec: SpecFactory) -> None:
     register(fake_spec())
     assert cli.main(["run", "fake-toggle", "--variant", "zap=slot", "--repeat", "2",
                      "--warmup", "0", "--out", str(tmp_path)]) == 0
@@ -157,7 +133,7 @@ def test_run_selected_variant_and_defaults(register: Callable[[ScenarioSpec], No
 
 
 def test_interrupted_run_keeps_completed_runs(register: Callable[[ScenarioSpec], None],
-                                              tmp_path: Path) -> None:
+                                              tmp_path: Path, fake_spec: SpecFactory) -> None:
     calls = 0
 
     def run(req: RunRequest) -> RunOutcome:
@@ -179,7 +155,8 @@ def test_interrupted_run_keeps_completed_runs(register: Callable[[ScenarioSpec],
 
 def test_unsupported_variant_is_not_an_error(register: Callable[[ScenarioSpec], None],
                                              tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+                                             capsys: pytest.CaptureFixture[str],
+                                             fake_spec: SpecFactory) -> None:
     def run(req: RunRequest) -> RunOutcome:
         if req.variant["zap"] == "slot":
             raise VariantUnsupported("SLOT_ZAP_ALL quirk not supported by this kernel")
@@ -193,7 +170,7 @@ def test_unsupported_variant_is_not_an_error(register: Callable[[ScenarioSpec], 
 
 
 def test_failed_runs_give_exit_status_1(register: Callable[[ScenarioSpec], None],
-                                        tmp_path: Path) -> None:
+                                        tmp_path: Path, fake_spec: SpecFactory) -> None:
     calls = 0
 
     def run(req: RunRequest) -> RunOutcome:
@@ -214,7 +191,8 @@ def test_failed_runs_give_exit_status_1(register: Callable[[ScenarioSpec], None]
 
 def test_nothing_is_written_when_no_run_completes(register: Callable[[ScenarioSpec], None],
                                                  tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 fake_spec: SpecFactory) -> None:
     def run(req: RunRequest) -> RunOutcome:
         raise RuntimeError("KVM_CREATE_VM failed: EACCES")
 
@@ -229,7 +207,8 @@ def test_nothing_is_written_when_no_run_completes(register: Callable[[ScenarioSp
 
 def test_parallel_runs_in_one_second_get_one_file_each(register: Callable[[ScenarioSpec], None],
                                                         tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        fake_spec: SpecFactory) -> None:
     # In-process: every run in the same second (the clock is stopped), same label.
     import datetime
 
@@ -248,7 +227,7 @@ def test_parallel_runs_in_one_second_get_one_file_each(register: Callable[[Scena
         "fake-toggle-L-20260102T030405Z.json"]
 
 
-def ranged_spec() -> ScenarioSpec:
+def ranged_spec(fake_spec: SpecFactory) -> ScenarioSpec:
     """fake_spec with ranged parameters like the real scenarios'; every run fails loudly,
     so a bad value that got through to a run shows in the test."""
     def run(req: RunRequest) -> RunOutcome:
@@ -296,8 +275,8 @@ MALFORMED = [
 @pytest.mark.parametrize("argv,message", MALFORMED)
 def test_run_usage_errors(register: Callable[[ScenarioSpec], None], tmp_path: Path,
                           capsys: pytest.CaptureFixture[str], argv: list[str],
-                          message: str) -> None:
-    register(ranged_spec())
+                          message: str, fake_spec: SpecFactory) -> None:
+    register(ranged_spec(fake_spec))
     out = tmp_path / "out"
     assert cli.main([*argv, "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -345,7 +324,7 @@ def test_min_change_parsing() -> None:
 
 def test_run_into_an_unwritable_folder_is_a_clear_error(
         register: Callable[[ScenarioSpec], None], tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], fake_spec: SpecFactory) -> None:
     register(fake_spec())
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -361,11 +340,12 @@ def test_run_into_an_unwritable_folder_is_a_clear_error(
 
 def test_host_limits_are_checked_before_anything_runs(register: Callable[[ScenarioSpec], None],
                                                       tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      fake_spec: SpecFactory) -> None:
     def check_host(params: object) -> list[str]:
         return ["fake-toggle: 1 TiB of guest RAM: lower pages", "fake-toggle: second problem"]
 
-    register(dataclasses.replace(ranged_spec(), check_host=check_host))
+    register(dataclasses.replace(ranged_spec(fake_spec), check_host=check_host))
     out = tmp_path / "out"
     assert cli.main(["run", "fake-toggle", "--out", str(out)]) == 2  # ranged_spec never runs
     assert capsys.readouterr().err == ("kvmharness run: fake-toggle: 1 TiB of guest RAM: lower "
@@ -430,8 +410,9 @@ def test_kvm_access_advice_matches_the_device(uid: int, gid: int, mode: int, gro
 def test_kvm_access_is_checked_before_anything_runs(register: Callable[[ScenarioSpec], None],
                                                     monkeypatch: pytest.MonkeyPatch,
                                                     tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    register(ranged_spec())
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    fake_spec: SpecFactory) -> None:
+    register(ranged_spec(fake_spec))
     monkeypatch.setattr(cli_common, "kvm_access_problem",
                         lambda: "/dev/kvm is root:root mode 0600, so only root can use it")
     out = tmp_path / "out"
@@ -477,7 +458,7 @@ def run_as_nobody(argv: list[str], tmp_path: Path) -> tuple[int, str, str]:
 
 def test_a_user_without_access_to_dev_kvm_is_told_what_to_do(
         register: Callable[[ScenarioSpec], None], monkeypatch: pytest.MonkeyPatch,
-        tmp_path: Path) -> None:
+        tmp_path: Path, fake_spec: SpecFactory) -> None:
     import os
     import stat
 
@@ -489,9 +470,9 @@ def test_a_user_without_access_to_dev_kvm_is_told_what_to_do(
         pytest.skip("no /dev/kvm")
     if st.st_mode & 0o006 == 0o006:
         pytest.skip("/dev/kvm is open to everyone here")
-    register(ranged_spec())
+    register(ranged_spec(fake_spec))
     monkeypatch.undo()  # the real /dev/kvm check, the fake scenario
-    monkeypatch.setattr(registry, "all_scenarios", lambda: {"fake-toggle": ranged_spec()})
+    monkeypatch.setattr(registry, "all_scenarios", lambda: {"fake-toggle": ranged_spec(fake_spec)})
     monkeypatch.setattr(cli_common, "collect_fingerprint", lambda: dict(FAKE_ENV))
     out = tmp_path / "out"
     tmp_path.chmod(0o777)

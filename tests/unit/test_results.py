@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -20,8 +20,6 @@ from kvmharness.results.store import (
 from kvmharness.results.validate import ResultFormatError, parse_result
 from kvmharness.scenarios.base import (
     ZAP_AXIS,
-    Metric,
-    Parameter,
     RunOutcome,
     RunRequest,
     ScenarioSpec,
@@ -32,27 +30,19 @@ from kvmharness.scenarios.base import (
 ENV = {"kernel": {"release": "6.12.0-test"}, "backend": {"kind": "svm", "nested": False}}
 
 
-def make_spec(run: Any = None) -> ScenarioSpec:
-    def default_run(req: RunRequest) -> RunOutcome:
-        o = RunOutcome()
-        o.add("total", 10.0, warmup=True)
-        for i in range(req.iterations):
-            o.add("total", 1.0 + i)
-        o.kvm_stats["vm"] = {"remote_tlb_flush": 2}
-        o.tracepoints["kvmmmu"] = {"kvm_mmu_zap_all_fast": 1}
-        o.end_time = o.start_time + 0.1
-        return o
+SpecFactory = Callable[..., ScenarioSpec]  # the fake_spec fixture (tests/unit/conftest.py)
+Document = Callable[[Path], tuple[Path, dict[str, Any]]]
 
-    return ScenarioSpec(
-        name="fake",
-        summary="a fake scenario",
-        parameters=(Parameter("pages", "pages", 1000, 10, "pages touched"),),
-        metrics=(Metric("total", "ms", "lower", "time per pass"),),
-        variant_axes=(ZAP_AXIS,),
-        run=run or default_run,
-        default_iterations=3,
-        default_warmup=1,
-    )
+
+def steady_run(req: RunRequest) -> RunOutcome:
+    o = RunOutcome()
+    o.add("total", 10.0, warmup=True)
+    for i in range(req.iterations):
+        o.add("total", 1.0 + i)
+    o.kvm_stats["vm"] = {"remote_tlb_flush": 2}
+    o.tracepoints["kvmmmu"] = {"kvm_mmu_zap_all_fast": 1}
+    o.end_time = o.start_time + 0.1
+    return o
 
 
 def plan(spec: ScenarioSpec, repeat: int = 2) -> SessionPlan:
@@ -60,17 +50,22 @@ def plan(spec: ScenarioSpec, repeat: int = 2) -> SessionPlan:
                        repeat=repeat, iterations=3, warmup=1, label="test", quick=True)
 
 
-def sample_document(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
-    path = tmp_path / "r.json"
-    session = run_session(plan(make_spec()), path, ENV)
-    assert not session.interrupted
-    return path, json.loads(path.read_text())
+@pytest.fixture
+def sample_document(fake_spec: SpecFactory) -> Document:
+    def make(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+        path = tmp_path / "r.json"
+        session = run_session(plan(fake_spec(steady_run)), path, ENV)
+        assert not session.interrupted
+        return path, json.loads(path.read_text())
+
+    return make
 
 
 # --- model -----------------------------------------------------------------------------
 
 
-def test_run_record_from_outcome_keeps_raw_samples_units_and_directions() -> None:
+def test_run_record_from_outcome_keeps_raw_samples_units_and_directions(
+        fake_spec: SpecFactory) -> None:
     o = RunOutcome()
     o.add("total", 5.0, warmup=True)
     for v in (3.0, 1.0, 2.0):
@@ -78,8 +73,8 @@ def test_run_record_from_outcome_keeps_raw_samples_units_and_directions() -> Non
     o.add("mystery", 1.0)
     o.add("total", float("nan"))
     o.noise["scenario_note"] = 1
-    r = model.RunRecord.from_outcome(o, make_spec(), index=0, repeat=0, variant={"zap": "all"},
-                                     host_noise={"wall_s": 0.5})
+    r = model.RunRecord.from_outcome(o, fake_spec(steady_run), index=0, repeat=0,
+                                     variant={"zap": "all"}, host_noise={"wall_s": 0.5})
     assert r.samples["total"].values == [3.0, 1.0, 2.0]
     assert (r.samples["total"].unit, r.samples["total"].direction) == ("ms", "lower")
     assert r.warmups == {"total": [5.0]}
@@ -89,7 +84,7 @@ def test_run_record_from_outcome_keeps_raw_samples_units_and_directions() -> Non
     assert any("non-finite" in w for w in r.warnings)
 
 
-def test_round_trip(tmp_path: Path) -> None:
+def test_round_trip(sample_document: Document, tmp_path: Path) -> None:
     path, doc = sample_document(tmp_path)
     result = load_result(path)
     assert result.status == "complete"
@@ -143,7 +138,7 @@ def _write(tmp_path: Path, text: str) -> Path:
     return p
 
 
-def test_truncated_file_is_rejected(tmp_path: Path) -> None:
+def test_truncated_file_is_rejected(sample_document: Document, tmp_path: Path) -> None:
     path, _ = sample_document(tmp_path)
     text = path.read_text()
     bad = _write(tmp_path, text[: len(text) // 2])
@@ -162,7 +157,8 @@ def test_malformed_files_are_rejected(tmp_path: Path, text: str, message: str) -
         load_result(_write(tmp_path, text))
 
 
-def test_future_version_is_rejected_with_a_clear_message(tmp_path: Path) -> None:
+def test_future_version_is_rejected_with_a_clear_message(sample_document: Document,
+                                                         tmp_path: Path) -> None:
     _, doc = sample_document(tmp_path)
     doc["schema_version"] = model.SCHEMA_VERSION + 1
     with pytest.raises(ResultFormatError, match="newer kvmharness.*upgrade"):
@@ -183,14 +179,15 @@ def test_future_version_is_rejected_with_a_clear_message(tmp_path: Path) -> None
     (lambda d: d["scenario"]["metrics"][0].pop("unit"), r"scenario\.metrics\[0\]"),
     (lambda d: d["variants"][0].update(zap=1), r"variants\[0\]\.zap: expected a string"),
 ])
-def test_invalid_fields_are_named(tmp_path: Path, mutate: Any, where: str) -> None:
+def test_invalid_fields_are_named(sample_document: Document, tmp_path: Path, mutate: Any,
+                                  where: str) -> None:
     _, doc = sample_document(tmp_path)
     mutate(doc)
     with pytest.raises(ResultFormatError, match=where):
         parse_result(doc, "x.json")
 
 
-def test_nan_in_a_file_is_rejected(tmp_path: Path) -> None:
+def test_nan_in_a_file_is_rejected(sample_document: Document, tmp_path: Path) -> None:
     _, doc = sample_document(tmp_path)
     doc["runs"][0]["samples"]["total"]["values"][0] = float("nan")
     bad = _write(tmp_path, json.dumps(doc))  # Python writes the non-JSON token NaN
@@ -201,7 +198,8 @@ def test_nan_in_a_file_is_rejected(tmp_path: Path) -> None:
 # --- sessions --------------------------------------------------------------------------
 
 
-def test_session_interleaves_variants_and_writes_after_each_run(tmp_path: Path) -> None:
+def test_session_interleaves_variants_and_writes_after_each_run(fake_spec: SpecFactory,
+                                                                tmp_path: Path) -> None:
     path = tmp_path / "r.json"
     seen: list[tuple[str, int]] = []
 
@@ -214,14 +212,15 @@ def test_session_interleaves_variants_and_writes_after_each_run(tmp_path: Path) 
         return o
 
     messages: list[str] = []
-    session = run_session(plan(make_spec(run), repeat=3), path, ENV, progress=messages.append)
+    session = run_session(plan(fake_spec(run), repeat=3), path, ENV, progress=messages.append)
     assert [v for v, _ in seen] == ["all", "slot"] * 3
     assert len(session.result.runs) == 6
     assert load_result(path).status == "complete"
     assert any("[6/6]" in m for m in messages)
 
 
-def test_unsupported_variant_is_skipped_once_with_its_reason(tmp_path: Path) -> None:
+def test_unsupported_variant_is_skipped_once_with_its_reason(fake_spec: SpecFactory,
+                                                             tmp_path: Path) -> None:
     calls: list[str] = []
 
     def run(req: RunRequest) -> RunOutcome:
@@ -232,7 +231,7 @@ def test_unsupported_variant_is_skipped_once_with_its_reason(tmp_path: Path) -> 
         o.add("total", 1.0)
         return o
 
-    session = run_session(plan(make_spec(run), repeat=3), tmp_path / "r.json", ENV)
+    session = run_session(plan(fake_spec(run), repeat=3), tmp_path / "r.json", ENV)
     assert calls == ["all", "slot", "all", "all"]
     result = load_result(tmp_path / "r.json")
     skipped = [r for r in result.runs if r.status == "skipped"]
@@ -242,7 +241,8 @@ def test_unsupported_variant_is_skipped_once_with_its_reason(tmp_path: Path) -> 
     assert session.failed_runs == 0
 
 
-def test_failing_runs_are_recorded_and_a_hopeless_variant_dropped(tmp_path: Path) -> None:
+def test_failing_runs_are_recorded_and_a_hopeless_variant_dropped(fake_spec: SpecFactory,
+                                                                  tmp_path: Path) -> None:
     def run(req: RunRequest) -> RunOutcome:
         if req.variant["zap"] == "slot":
             raise OSError(5, "Input/output error")
@@ -250,7 +250,7 @@ def test_failing_runs_are_recorded_and_a_hopeless_variant_dropped(tmp_path: Path
         o.add("total", 1.0)
         return o
 
-    session = run_session(plan(make_spec(run), repeat=5), tmp_path / "r.json", ENV)
+    session = run_session(plan(fake_spec(run), repeat=5), tmp_path / "r.json", ENV)
     result = load_result(tmp_path / "r.json")
     failed = [r for r in result.runs if r.status == "failed"]
     assert len(failed) == 3 and "Input/output error" in (failed[0].reason or "")
@@ -258,7 +258,7 @@ def test_failing_runs_are_recorded_and_a_hopeless_variant_dropped(tmp_path: Path
     assert session.failed_runs == 3
 
 
-def test_interrupt_keeps_completed_runs(tmp_path: Path) -> None:
+def test_interrupt_keeps_completed_runs(fake_spec: SpecFactory, tmp_path: Path) -> None:
     count = 0
 
     def run(req: RunRequest) -> RunOutcome:
@@ -270,14 +270,14 @@ def test_interrupt_keeps_completed_runs(tmp_path: Path) -> None:
         o.add("total", float(count))
         return o
 
-    session = run_session(plan(make_spec(run), repeat=4), tmp_path / "r.json", ENV)
+    session = run_session(plan(fake_spec(run), repeat=4), tmp_path / "r.json", ENV)
     assert session.interrupted
     result = load_result(tmp_path / "r.json")
     assert result.status == "interrupted" and len(result.runs) == 2
 
 
-def test_expand_variants() -> None:
-    spec = make_spec()
+def test_expand_variants(fake_spec: SpecFactory) -> None:
+    spec = fake_spec(steady_run)
     assert expand_variants(spec) == [{"zap": "all"}, {"zap": "slot"}]
     assert expand_variants(spec, {"zap": ["slot"]}) == [{"zap": "slot"}]
     two = ScenarioSpec("x", "", (), (), (ZAP_AXIS, VariantAxis("mem", ("4k", "2m"), "")),
@@ -381,8 +381,8 @@ def test_noise_delta_has_the_documented_keys() -> None:
     ("1" + "0" * 400, "expected a finite number"),  # an int no float can hold
     ("1" * 5000, "not a usable JSON document"),     # past Python's int-parsing limit
 ])
-def test_huge_numbers_are_rejected_not_a_traceback(tmp_path: Path, value: str,
-                                                   message: str) -> None:
+def test_huge_numbers_are_rejected_not_a_traceback(sample_document: Document, tmp_path: Path,
+                                                   value: str, message: str) -> None:
     _, doc = sample_document(tmp_path)
     doc["runs"][0]["samples"]["total"]["values"][0] = 0.123456789
     text = json.dumps(doc).replace("0.123456789", value, 1)
@@ -399,13 +399,14 @@ def test_huge_numbers_are_rejected_not_a_traceback(tmp_path: Path, value: str,
     (lambda d: d["runs"][0]["samples"]["total"]["values"].__setitem__(0, 1e300),
      r"metric 'total': absurd value 1e\+300 ms \(longer than a year"),
 ])
-def test_values_a_run_cannot_have_are_named(tmp_path: Path, mutate: Any, message: str) -> None:
+def test_values_a_run_cannot_have_are_named(sample_document: Document, tmp_path: Path,
+                                            mutate: Any, message: str) -> None:
     _, doc = sample_document(tmp_path)
     mutate(doc)
     with pytest.raises(ResultFormatError, match=message):
         parse_result(doc, "x.json")
 
 
-def test_files_declare_their_headline(tmp_path: Path) -> None:
+def test_files_declare_their_headline(sample_document: Document, tmp_path: Path) -> None:
     _, doc = sample_document(tmp_path)
     assert doc["scenario"]["headline"] == [m["name"] for m in doc["scenario"]["metrics"]]
