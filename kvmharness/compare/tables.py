@@ -903,6 +903,7 @@ def format_cover_letter(report: Report, view: View = View()) -> str:
                     width, "  ")
         out += cover_lines(c, width)
         out.append("")
+    out += uncounted_line(report, width)
     s = report.settings
     ns = sorted({f"{len(c.a.ok_runs)}/{len(c.b.ok_runs)}" for c in report.comparisons
                  if c.a.ok_runs and c.b.ok_runs})
