@@ -4,11 +4,12 @@ list`` (scenarios, parameters, variants, metrics)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from typing import Any, TextIO
 
 from kvmharness.cli import common
-from kvmharness.observe import fingerprint
+from kvmharness.observe import fingerprint, tuning
 from kvmharness.results.model import spec_metadata
 from kvmharness.scenarios import registry
 from kvmharness.scenarios.base import ScenarioSpec
@@ -70,13 +71,18 @@ def info_text(fp: dict[str, Any], kvm_problem: str | None = None) -> str:
 
 def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
     fp = common.collect_fingerprint()
+    advice = tuning.advise(fp, tuning.read_host())
     problem = common.kvm_access_problem()
     if args.json:
-        json.dump({"fingerprint": fp, "statements": fingerprint.statements(fp),
+        json.dump({"tuning": [dataclasses.asdict(a) for a in advice],
+                   "fingerprint": fp, "statements": fingerprint.statements(fp),
                    "kvm_access": problem or "ok"}, out, indent=2)
         out.write("\n")
     else:
         out.write(info_text(fp, problem))
+    if not args.json:
+        out.write("\nTuning for stable timings:\n"
+                  + "".join(f"  {line}\n" for line in tuning.advice_lines(advice)))
     return 0
 
 
