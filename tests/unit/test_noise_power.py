@@ -103,3 +103,23 @@ def test_measure_and_report() -> None:
 def test_small_work_steps_still_differ() -> None:
     assert Settings(passes=5, extra=0.05).passes_b == 6  # never the same work on both sides
     assert Settings(passes=100, extra=0.05).passes_b == 105
+
+
+def test_bad_options_are_refused(capsys) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    for argv in (["--runs", "2"], ["--trials", "0"], ["--extra", "0"], ["--pin", "cpu=0"]):
+        with pytest.raises(SystemExit) as exc:
+            power.parse_args(argv)
+        assert exc.value.code == 2
+    assert "unknown role 'cpu'" in capsys.readouterr().err
+    args = power.parse_args(["--pin", "auto", "--extra", "10"])
+    assert args.pin and args.extra == 10.0
+
+
+def test_one_real_run_gives_the_total(kvm: object) -> None:
+    from kvmharness.scenarios import registry
+
+    spec = registry.all_scenarios()[power.SCENARIO]
+    run = power.scenario_runner(spec, Settings(), lambda m: None)
+    assert run(2) > 0.0
