@@ -248,12 +248,6 @@ class Machine:
                               f"regions with memory: {[r.name for r in self.memory.regions]}")
         return region
 
-    def _syscall_ns(self, measured_ns: int) -> int:
-        # The Vm records the time inside the syscall alone; the wrapper's timing (a little
-        # Python around the ioctl) is the fallback for a Vm that does not.
-        ns = getattr(self.vm, "last_memslot_ns", None)
-        return ns if isinstance(ns, int) else measured_ns
-
     def plug(self, name: str) -> int:
         """Create the memslot for region ``name`` (read-only for ROM), with the slot id it
         had before if any (``self.slots[name]``); returns the nanoseconds spent in the
@@ -261,21 +255,16 @@ class Machine:
         region = self._backed_region(name)
         backing = self.memory.backing[name]
         flags = KVM_MEM_READONLY if region.kind == "rom" else 0
-        start = time.perf_counter_ns()
         slot = self.vm.add_memslot(region.gpa, region.size, backing.addr, flags,
                                    slot=self.slots.get(name))
-        measured = time.perf_counter_ns() - start
         self.slots[name] = slot.slot
-        return self._syscall_ns(measured)
+        return self.vm.last_memslot_ns
 
     def unplug(self, name: str) -> int:
         """Delete region ``name``'s memslot (its memory is kept for a later ``plug``);
         returns the nanoseconds spent in the syscall."""
         self._backed_region(name)
-        start = time.perf_counter_ns()
-        self.vm.delete_memslot(self.slots[name])
-        measured = time.perf_counter_ns() - start
-        return self._syscall_ns(measured)
+        return self.vm.delete_memslot(self.slots[name])
 
     def read(self, gpa: int, size: int) -> bytes:
         return self.memory.read(gpa, size)

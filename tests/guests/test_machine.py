@@ -332,8 +332,7 @@ def test_plug_and_unplug_return_the_syscall_time(machine):
     assert m.slots["rom"] == slot and m.vm.memslot_at(1 * GiB).slot == slot
     for ns in (unplug_ns, plug_ns):
         assert isinstance(ns, int) and ns > 0
-    if hasattr(m.vm, "last_memslot_ns"):
-        assert m.vm.last_memslot_ns == plug_ns
+    assert m.vm.last_memslot_ns == plug_ns  # the Vm's own syscall timing, not a wrapper's
     with pytest.raises(LayoutError, match="'hole' has no memslot backing"):
         m.plug("hole")
     m.run(timeout_s=60)  # the guest still runs with the re-created slot
