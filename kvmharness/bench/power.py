@@ -28,7 +28,7 @@ import math
 import statistics
 import sys
 import time
-from typing import Any, Callable, Mapping, Sequence, TextIO
+from typing import Callable, Mapping, Sequence, TextIO
 
 from tabulate import tabulate
 
@@ -41,9 +41,6 @@ from kvmharness.scenarios.base import RunRequest, ScenarioSpec
 SCENARIO = "rom-toggle"
 METRIC = "total"
 FIRST_CHECKPOINT = 3  # the smallest n per side at which the exact test can reach p < 0.1
-
-# One run of one side: the per-run value (median of the run's iterations).
-RunFn = Callable[[Mapping[str, Any]], float]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,8 +120,7 @@ def run_trial(run_a: Callable[[], float], run_b: Callable[[], float], settings: 
     return Trial(tuple(checkpoints))
 
 
-def scenario_runner(spec: ScenarioSpec, settings: Settings,
-                    progress: Callable[[str], None]) -> Callable[[int], float]:
+def scenario_runner(spec: ScenarioSpec, settings: Settings) -> Callable[[int], float]:
     """passes -> one fresh-VM run of ``spec`` at quick size, its per-run value."""
     base = SessionPlan.resolve(spec, quick=True, variants={"zap": ["all"]})
 
@@ -266,7 +262,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
         err.flush()
 
     start = time.monotonic()
-    rows = measure(scenario_runner(spec, settings, progress), settings, progress)
+    rows = measure(scenario_runner(spec, settings), settings, progress)
     out.write(report(rows, settings, time.monotonic() - start))
     return 0
 

@@ -121,5 +121,5 @@ def test_one_real_run_gives_the_total(kvm: object) -> None:
     from kvmharness.scenarios import registry
 
     spec = registry.all_scenarios()[power.SCENARIO]
-    run = power.scenario_runner(spec, Settings(), lambda m: None)
+    run = power.scenario_runner(spec, Settings())
     assert run(2) > 0.0
