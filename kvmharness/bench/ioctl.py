@@ -240,8 +240,8 @@ def in_process(kvm: Kvm, n: int, have_quirk: bool) -> dict[str, Samples]:
         out["pio"] = compare_pio(vcpu, n)
         vm.close()  # before the memory it maps is unmapped
     if have_quirk:
-        vm, _, ram = realmode_vm(kvm, zap_all=False)
-        with vm, ram, HostMemory(BIG_SIZE) as big:
+        vm, vcpu, ram = realmode_vm(kvm, zap_all=False)
+        with vm, ram, vcpu, HostMemory(BIG_SIZE) as big:
             out["move-slot"] = compare_move(vm, big, n)
             vm.close()
     return {op: out[op] for op in LABELS if op in out}
@@ -259,7 +259,11 @@ class HarnessSide:
             self.page = self._stack.enter_context(HostMemory(4096))
             self.big = self._stack.enter_context(HostMemory(BIG_SIZE))
             self.vm, self.vcpu = self._machine(zap_all=True)
-            self.slot_vm = self._machine(zap_all=False)[0] if have_quirk else None
+            # The zap-slot VM keeps its vCPU open, as the C peer does.
+            self.slot_vm: Vm | None = None
+            self.slot_vcpu: Vcpu | None = None
+            if have_quirk:
+                self.slot_vm, self.slot_vcpu = self._machine(zap_all=False)
         except BaseException:
             self._stack.close()
             raise

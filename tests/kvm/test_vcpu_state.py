@@ -35,6 +35,7 @@ def test_regs_sregs_cpuid_msrs_mp_state_round_trip(kvm, vm):
         vcpu.get_msrs([MSR_IA32_TSC, 0xDEADBEEF])
     assert vcpu.get_mp_state() == KVM_MP_STATE_RUNNABLE
     assert vcpu.get_tsc_khz() > 0
+    vcpu.close()
 
 
 def test_missing_capability_is_typed(kvm):
