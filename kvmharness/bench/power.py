@@ -204,7 +204,8 @@ def report(rows: Sequence[Row], settings: Settings, elapsed_s: float) -> str:
     lines = [
         f"{SCENARIO} (quick), metric {METRIC!r}: passes {settings.passes} vs "
         f"{settings.passes} (A/A), {settings.passes} vs {settings.passes_b} (A/A')",
-        f"{settings.runs} runs per side, alternated, {settings.trials} trials each; "
+        f"{settings.runs} runs per side, alternated, {settings.trials} "
+        f"trial{'' if settings.trials == 1 else 's'} of each; "
         f"pinning: {pinning.describe(settings.pin)}",
         f"flagged as `kvmharness compare` would: p < {settings.alpha:g}, CI excludes 0, "
         f"|change| >= {settings.min_change * 100:g}%",
