@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import copy
 import ctypes
-import importlib.util
 import os
 import pickle
-import sys
 import tempfile
 from pathlib import Path
 
@@ -27,19 +25,10 @@ from kvmharness.uapi import ioctl as ioc
 from kvmharness.uapi.ioctl import IoctlNumber
 from kvmharness.uapi.ioctls import all_ioctls
 
-
-def _load_support():
-    name = "kvmharness_tests_layout_support"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("layout_support.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+# A plain import: pytest puts tests/unit (no __init__.py) on sys.path for its modules.
+import layout_support as L
 
 
-L = _load_support()
 
 
 def _required() -> bool:
