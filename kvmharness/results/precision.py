@@ -4,10 +4,11 @@ within +-PCT, or the time is up; and the spread check ``run`` prints at the end.
 The rule looks at precision only, never at significance.  Stopping when a comparison
 first looks significant ("optional stopping") inflates the false-positive rate: with
 enough peeks an A/A comparison crosses p < 0.05 by chance alone, and the p-values and
-CIs computed afterwards assume a sample size fixed in advance.  The width of a CI does
-not depend on where the A and B medians sit relative to each other, so a stopping rule
-based on width alone chooses n without looking at the answer, and the later comparison
-keeps its stated error rates.
+CIs computed afterwards assume a sample size fixed in advance.  Here each variant's
+interval is judged on its own, by its width relative to its own median: that is about
+the same whether or not B differs from A, so the rule chooses n without looking at the
+answer, and the later comparison keeps (to within the small dependence of a relative
+width on the median itself) its stated error rates.
 
 The interval is the distribution-free one ``compare`` reports: the order statistics
 [x_(k), x_(n+1-k)] of the per-run values, the narrowest pair whose binomial coverage of
@@ -15,6 +16,12 @@ the population median reaches the confidence level.  Six runs is the fewest for 
 any such interval reaches 95% (five give at most 93.75%), so the rule never stops
 before that.  Runs are added a round at a time (one run of every variant), keeping the
 variants interleaved and equally sized.
+
+``kvmharness ab`` passes ``--until-ci``/``--max-time`` to the ``run`` inside each boot,
+so the rule holds per boot and variant (each kernel's medians within +-PCT), not on the
+A/B change across boots: the boots are separate processes that cannot see each other's
+runs.  Two medians each within +-PCT bound their ratio to within about +-2 PCT, and
+``--rounds`` boots per kernel pool into narrower intervals still.
 """
 
 from __future__ import annotations
