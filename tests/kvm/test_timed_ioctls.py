@@ -129,3 +129,21 @@ def test_repeated_and_changing_io_exits_decode_each_time(kvm):
     assert [(e.port, e.data) for e in got[:4]] == [(0x10, b"\x01"), (0x10, b"\x01"),
                                                    (0x10, b"\x02"), (0x11, b"\x02")]
     assert got[4].name == "KVM_EXIT_HLT"
+
+
+def test_lean_memslot_path_still_tells_a_dead_vm(vm, monkeypatch):
+    from kvmharness.kvm import VmDeadError, fdobject
+    from kvmharness.kvm import vm as vm_module
+
+    def eio(fd, request, arg):  # type: ignore[no-untyped-def]
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(vm_module, "_ioctl_struct", eio)
+    with pytest.raises(KvmError) as info:
+        vm.set_user_memory_region(1, 0, 0x100000, 0x1000, 0)
+    assert not isinstance(info.value, VmDeadError), "the VM still answers the probe"
+    assert info.value.errno == errno.EIO
+    monkeypatch.setattr(fdobject.syscall, "ioctl_errno", lambda fd, req, arg=0: (-1, errno.EIO))
+    with pytest.raises(VmDeadError, match="KVM_SET_USER_MEMORY_REGION"):
+        vm.set_user_memory_region(1, 0, 0x100000, 0x1000, 0)
+    assert vm.memslots == {}
