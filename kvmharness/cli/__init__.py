@@ -13,13 +13,15 @@ import argparse
 import sys
 from typing import NoReturn, Sequence
 
-from kvmharness.cli import ab, compare, info, run
+import kvmharness
+
+from kvmharness.cli import ab, compare, info, plot, run, show
 from kvmharness.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from kvmharness.observe import signals
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_USAGE", "build_parser", "main"]
 
-SUBCOMMANDS = (info, run, compare, ab)
+SUBCOMMANDS = (info, run, compare, show, plot, ab)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kvmharness",
                      description="Drive KVM through /dev/kvm; run and compare "
                                  "memslot/MMU zap scenarios.")
+    parser.add_argument("--version", action="version",
+                        version=f"kvmharness {kvmharness.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS:
         module.add_parsers(sub)
