@@ -211,26 +211,35 @@ def dead_pid() -> int:
 
 def test_instances_of_ended_processes_are_removed_at_start(tmp_path: Path) -> None:
     instances = usable_tracefs() / "instances"
-    gone = instances / f"kvmharness-{dead_pid()}-0"
-    gone.mkdir()
-    (gone / "events" / tracefs.ZAP_EVENTS[0] / "enable").write_text("1")
-    (gone / "tracing_on").write_text("1")
     live = subprocess.Popen(["sleep", "60"])
     mine = instances / f"kvmharness-{live.pid}-0"
     mine.mkdir()
+    said = []
     try:
-        proc = start(tmp_path, tmp_path / "out", "--repeat", "1")
-        _, stderr = proc.communicate(timeout=60)
-        assert proc.returncode == 0, stderr
-        assert not gone.exists()
-        assert mine.exists()  # its process is running
-        assert stderr.count(f"removed 1 tracefs instance left by ended runs: {gone.name}") == 1
+        # Any harness starting meanwhile on this host (another test session) removes the
+        # stale instance too; then the run here has nothing to say, so try again.
+        for attempt in range(3):
+            gone = instances / f"kvmharness-{dead_pid()}-0"
+            gone.mkdir()
+            (gone / "events" / tracefs.ZAP_EVENTS[0] / "enable").write_text("1")
+            (gone / "tracing_on").write_text("1")
+            proc = start(tmp_path, tmp_path / f"out{attempt}", "--repeat", "1")
+            _, stderr = proc.communicate(timeout=60)
+            assert proc.returncode == 0, stderr
+            assert not gone.exists()
+            assert mine.exists()  # its process is running
+            lines = [line for line in stderr.splitlines()
+                     if line.startswith("kvmharness: removed ")]
+            assert len(lines) <= 1, stderr  # said once
+            said.append(sum(gone.name in line and "left by ended runs" in line
+                            for line in lines))
+            if said[-1]:
+                break
+        assert said[-1] == 1, said
     finally:
         live.kill()
         live.wait()
-        for d in (gone, mine):
-            if d.exists():
-                d.rmdir()
+        mine.rmdir()
 
 
 def test_an_instance_in_use_is_never_removed(tmp_path: Path) -> None:
