@@ -83,23 +83,25 @@ class Vcpu(FdObject):
         if fd < 0:
             raise KvmError(errno.EBADF, "KVM_RUN", f"vCPU {self.index} is closed")
         self._thread_ident = _get_ident()
-        ioctl, clock = syscall.ioctl_small, _clock
+        ioctl, clock = syscall.ioctl_noarg, _clock
         try:
             while True:
                 if self._stop_requested:
                     return _STOPPED
                 t0 = clock()
-                ret = ioctl(fd, _KVM_RUN, 0)
-                t1 = clock()
-                if ret >= 0:
-                    self.last_run_ns = t1 - t0
-                    return self._decode()
-                err = syscall.get_errno()
-                if err == errno.EINTR or err == errno.EAGAIN:
-                    continue  # loop top returns Stopped if that was a stop request
-                if err == errno.EIO and self._vm_is_dead():
-                    raise VmDeadError(err, "KVM_RUN", "KVM has marked this VM dead")
-                raise KvmError(err, "KVM_RUN", f"vCPU {self.index}")
+                try:
+                    ioctl(fd, _KVM_RUN)
+                    t1 = clock()
+                except OSError as exc:
+                    err = exc.errno
+                    if err == errno.EINTR or err == errno.EAGAIN:
+                        continue  # loop top returns Stopped if that was a stop request
+                    if err == errno.EIO and self._vm_is_dead():
+                        raise VmDeadError(errno.EIO, "KVM_RUN",
+                                          "KVM has marked this VM dead") from None
+                    raise KvmError(err or errno.EIO, "KVM_RUN", f"vCPU {self.index}") from None
+                self.last_run_ns = t1 - t0
+                return self._decode()
         finally:
             self._thread_ident = None
 

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from kvmharness.kvm import kick
 from kvmharness.kvm import (
     Hlt, HostMemory, Io, Kvm, KvmClosedError, KvmError, KvmUnavailableError, Stopped,
 )
@@ -134,3 +135,28 @@ def test_no_fd_leak_after_error_paths(kvm, open_fds):
         with pytest.raises(KvmUnavailableError):
             Kvm("/dev/kvm-does-not-exist")
     assert open_fds() == fds
+
+
+def test_stray_signals_are_retried_and_only_a_stop_ends_run(kvm):
+    """EINTR from a signal that is not a stop request re-enters the guest; the stop that
+    follows still ends run() with Stopped."""
+    with realmode_vm(kvm, SPIN) as (_, vcpu, _):
+        stats = vcpu.stats()
+        before = stats.snapshot(["signal_exits"])
+        main = threading.get_ident()
+        kicks_done = threading.Event()
+
+        def stray_kicks_then_stop() -> None:
+            for _ in range(3):
+                time.sleep(0.02)
+                kick.kick(main)  # a signal with no stop request behind it
+            kicks_done.set()
+            time.sleep(0.02)
+            vcpu.request_stop()
+
+        thread = threading.Thread(target=stray_kicks_then_stop, daemon=True)
+        thread.start()
+        assert vcpu.run() == Stopped()
+        assert kicks_done.is_set() and vcpu.stop_requested
+        thread.join(timeout=10)
+        assert stats.snapshot(["signal_exits"]).delta(before)["signal_exits"] >= 2
