@@ -4,9 +4,9 @@ Operations: a null ioctl (KVM_CHECK_EXTENSION), 1-page memslot create and delete
 64 MiB memslot move with KVM_X86_QUIRK_SLOT_ZAP_ALL on (and off, if the kernel can turn
 it off), and a PIO exit round trip (KVM_RUN of a real-mode guest looping on ``out``).
 
-- Always: the binding against a raw ``fcntl.ioctl`` of the same struct (for the by-value
-  null ioctl and KVM_RUN: libc's ioctl through argtype-free ctypes, the cheapest raw call),
-  in one process, alternated op by op on the same VM so host noise hits both alike.
+- Always: the binding against a raw ``fcntl.ioctl`` of the same struct (KVM_RUN: with the
+  argument left out; the by-value null ioctl: libc's ioctl through argtype-free ctypes;
+  each the cheapest raw call), in one process, alternated op by op on the same VM so host noise hits both alike.
   ``timed`` is what the binding itself reports: the syscall alone
   (``Vm.set_user_memory_region``'s return value, ``Vm.last_memslot_ns``,
   ``Vcpu.last_run_ns``).
@@ -142,7 +142,7 @@ def _alternate(n: int, binding: Callable[[], None], raw: Callable[[], None]) -> 
 
 
 # --- in-process: the binding against the raw call --------------------------------------------
-# By-value ioctls go raw through libc's ioctl with no argtypes: fcntl.ioctl with an int
+# The null ioctl goes raw through libc's ioctl with no argtypes: fcntl.ioctl with an int
 # argument first tries, and fails, to read it as a buffer twice (~1 us), which would flatter
 # the binding.
 _raw_by_value = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)["ioctl"]
@@ -235,7 +235,7 @@ def compare_pio(vcpu: Vcpu, n: int) -> Samples:
 
     def raw() -> None:
         t0 = _clock()
-        _raw_by_value(fd, request, 0)
+        fcntl.ioctl(fd, request)  # argument left out: 0, without the buffer attempts
         s.raw.append(_clock() - t0)
 
     _alternate(n, binding, raw)
@@ -430,9 +430,8 @@ def _run(args: argparse.Namespace) -> int:
               f"(median us, n={args.n} each; added = median of the paired differences;\n"
               "timed = the syscall time the binding reports)\n")
         print(in_process_table(results))
-        print("\nraw = fcntl.ioctl; for the null ioctl and KVM_RUN (by-value argument),"
-              "\nlibc's ioctl through ctypes without argtypes (fcntl.ioctl adds ~1 us for"
-              "\nan int).")
+        print("\nraw = fcntl.ioctl (KVM_RUN: argument left out); null ioctl: libc's ioctl"
+              "\nthrough ctypes without argtypes (fcntl.ioctl adds ~1 us for an int).")
         if exe is not None:
             c, py = side_by_side(kvm, exe, args.n, args.batch, have_quirk)
             print(f"\nHarness vs C, C and Python taking turns every {args.batch} samples "
