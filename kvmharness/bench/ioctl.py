@@ -6,7 +6,8 @@ it off), and a PIO exit round trip (KVM_RUN of a real-mode guest looping on ``ou
 
 - Always: the binding against a raw ``fcntl.ioctl`` of the same struct (KVM_RUN: with the
   argument left out; the by-value null ioctl: libc's ioctl through argtype-free ctypes;
-  each the cheapest raw call), in one process, alternated op by op on the same VM so host noise hits both alike.
+  each the cheapest raw call), in one process, alternated op by op on the same VM so host
+  noise hits both alike.
   ``timed`` is what the binding itself reports: the syscall alone
   (``Vm.set_user_memory_region``'s return value, ``Vm.last_memslot_ns``,
   ``Vcpu.last_run_ns``).
