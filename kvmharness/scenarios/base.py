@@ -41,14 +41,16 @@ class Parameter:
             return "one of " + ", ".join(map(str, self.choices))
         if self.type is bool:
             return "true or false"
-        lo, hi = self.minimum, self.maximum
+        # Whole numbers in full (10000000, not 1e+07: the user types them back).
+        lo, hi = (None if v is None else int(v) if v == int(v) else v
+                  for v in (self.minimum, self.maximum))
         unit = f" {self.unit}" if self.unit and self.type in (int, float) else ""
         if lo is not None and hi is not None:
-            return f"{lo:g}..{hi:g}{unit}"
+            return f"{lo}..{hi}{unit}"
         if lo is not None:
-            return f">= {lo:g}{unit}"
+            return f">= {lo}{unit}"
         if hi is not None:
-            return f"<= {hi:g}{unit}"
+            return f"<= {hi}{unit}"
         return {int: "an integer", float: "a number"}.get(self.type, f"a {self.type.__name__}")
 
     def check(self, value: Any) -> Any:
