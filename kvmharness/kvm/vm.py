@@ -38,8 +38,7 @@ if TYPE_CHECKING:
 
 _CHECK_EXTENSION = int(ioctls.KVM_CHECK_EXTENSION)
 # slot, flags, guest_phys_addr, memory_size, userspace_addr: the prefix that
-# kvm_userspace_memory_region and kvm_userspace_memory_region2 share (one pack_into instead
-# of five ctypes field stores).
+# kvm_userspace_memory_region and kvm_userspace_memory_region2 share.
 _pack_region = struct.Struct("=IIQQQ").pack_into
 _ioctl_struct = ioctl_struct
 _clock = time.perf_counter_ns  # CLOCK_MONOTONIC through the vDSO: the cheapest monotonic clock
@@ -103,7 +102,8 @@ class Vm(FdObject):
         self._vcpus: Children[Vcpu] = Children()
         self._vcpus_created = 0
         self.memslots: dict[int, Memslot] = {}
-        self._memslot_cache: dict[tuple[int, int, int, int, int, int], Memslot] = {}
+        self._regions: dict[tuple[int, int, int, int, int, int],
+                            tuple[bytearray, Memslot | None]] = {}
         self.last_memslot_ns = 0
         self._ioeventfds: list[IoEventFd] = []
         self._stats: StatsReader | None = None
@@ -113,9 +113,8 @@ class Vm(FdObject):
         except BaseException:
             self.close()
             raise
-        # One reusable ioctl argument: no per-call allocation on the memslot hot path.
-        self._region: kvm_userspace_memory_region | kvm_userspace_memory_region2 = (
-            kvm_userspace_memory_region2() if self.has_memory2 else kvm_userspace_memory_region())
+        self._region_size = ctypes.sizeof(kvm_userspace_memory_region2 if self.has_memory2
+                                          else kvm_userspace_memory_region)
         self._region_request = (ioctls.KVM_SET_USER_MEMORY_REGION2 if self.has_memory2
                                 else ioctls.KVM_SET_USER_MEMORY_REGION)
         self._region_number = int(self._region_request)  # a plain int converts fastest
@@ -175,42 +174,47 @@ class Vm(FdObject):
         Returns the nanoseconds spent in the ioctl syscall alone (also left in
         ``last_memslot_ns``): the clock is read immediately around the call, and packing
         the argument and updating the memslot table happen outside that window."""
-        if slot >> 16 or as_id >> 16:
-            raise ValueError(f"memslot {slot} in address space {as_id}: both must be in "
-                             "0..65535")
-        region = self._region
-        try:
-            _pack_region(region, 0, (as_id << 16) | slot, flags, guest_phys_addr, memory_size,
-                         userspace_addr)
-        except struct.error:
-            raise _bad_region(flags, guest_phys_addr, memory_size, userspace_addr) from None
+        key = (slot, guest_phys_addr, memory_size, userspace_addr, flags, as_id)
+        prepared = self._regions.get(key)
+        if prepared is None:
+            prepared = self._prepare_region(key)
+        arg, memslot = prepared
         ioctl, fd, request, clock = _ioctl_struct, self.fd, self._region_number, _clock
         t0 = clock()
         try:
-            ioctl(fd, request, region)
+            ioctl(fd, request, arg)
             t1 = clock()
         except (OSError, ValueError) as exc:  # ValueError: fd -1 (closed)
-            raise self._memslot_error(exc, Memslot(slot, guest_phys_addr, memory_size,
-                                                   userspace_addr, flags, as_id)) from None
+            raise self._memslot_error(exc, Memslot(*key)) from None
         ns = t1 - t0
         self.last_memslot_ns = ns
-        if memory_size:
-            key = (slot, guest_phys_addr, memory_size, userspace_addr, flags, as_id)
-            memslot = self._memslot_cache.get(key)
-            if memslot is None:
-                memslot = self._remember_memslot(key)
-            self.memslots[slot] = memslot
-        else:
+        if memslot is None:
             self.memslots.pop(slot, None)
+        else:
+            self.memslots[slot] = memslot
         return ns
 
-    def _remember_memslot(self, key: tuple[int, int, int, int, int, int]) -> Memslot:
-        # Memslots are immutable: toggling or moving a slot between a few states reuses them
-        # instead of building a frozen dataclass (~1 us) per call.
-        if len(self._memslot_cache) >= _MEMSLOT_CACHE_MAX:
-            self._memslot_cache.clear()
-        memslot = self._memslot_cache[key] = Memslot(*key)
-        return memslot
+    def _prepare_region(self, key: tuple[int, int, int, int, int, int]
+                        ) -> tuple[bytearray, Memslot | None]:
+        """The ioctl argument and table entry for one memslot request, checked and packed
+        once: toggling or moving a slot between a few states then costs one dict lookup
+        instead of a pack and a frozen dataclass (~1 us) per call.  Each request has its own
+        bytearray (the cheapest buffer for fcntl.ioctl); memslot changes of a VM are
+        serialised by the caller."""
+        slot, guest_phys_addr, memory_size, userspace_addr, flags, as_id = key
+        for name, value in (("memslot", slot), ("address space", as_id)):
+            if not isinstance(value, int) or not 0 <= value <= 0xFFFF:
+                raise ValueError(f"{name} {value!r} is outside 0..65535")
+        arg = bytearray(self._region_size)
+        try:
+            _pack_region(arg, 0, (as_id << 16) | slot, flags, guest_phys_addr, memory_size,
+                         userspace_addr)
+        except struct.error:
+            raise _bad_region(flags, guest_phys_addr, memory_size, userspace_addr) from None
+        if len(self._regions) >= _MEMSLOT_CACHE_MAX:
+            self._regions.clear()
+        prepared = self._regions[key] = (arg, Memslot(*key) if memory_size else None)
+        return prepared
 
     def _memslot_error(self, exc: OSError | ValueError, request: Memslot) -> KvmError:
         name = self._region_request.name
