@@ -58,3 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # `kvmharness compare ... | head`: the reader left; not an error of ours.
         return 0
+    finally:
+        if argv is None:
+            # The command has ended and its files are final: a signal during interpreter
+            # shutdown (a second Ctrl-C) must not turn the exit status into a kill.
+            signals.ignore_from_now()

@@ -73,6 +73,14 @@ def interrupts_raise() -> Iterator[None]:
             signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
+def ignore_from_now() -> None:
+    """Ignore SIGINT, SIGTERM and SIGHUP from now on: for a program about to exit, whose
+    work is done (main thread only; elsewhere nothing)."""
+    if threading.current_thread() is threading.main_thread():
+        for s in HELD:
+            signal.signal(s, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
     """Defer SIGINT, SIGTERM and SIGHUP until the block ends, then deliver them.
