@@ -47,6 +47,7 @@ PAGE_GPA = 1 << 32
 BIG_GPA = 2 << 32
 BIG_SIZE = 64 * MiB
 PAGE_SLOT, BIG_SLOT = 1, 2
+TSS_ADDR = 0xFFFBD000  # where QEMU puts it: 3 unused pages below 4 GiB
 NULL_CAP = int(KvmCap.KVM_CAP_USER_MEMORY)
 
 LABELS = {
@@ -98,6 +99,7 @@ def realmode_vm(kvm: Kvm, *, zap_all: bool = True) -> tuple[Vm, Vcpu, HostMemory
     try:
         if not zap_all:
             vm.disable_quirks(KVM_X86_QUIRK_SLOT_ZAP_ALL)
+        vm.set_tss_addr(TSS_ADDR)  # VMX without unrestricted guest emulates real mode with it
         ram.write(0x1000, PIO_LOOP)
         vm.add_memslot(0, RAM_SIZE, ram.addr)
         vcpu = vm.create_vcpu()

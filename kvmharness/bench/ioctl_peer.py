@@ -122,6 +122,8 @@ static void make_vm(int kvm, struct vm *vm, int zap_all)
 		if (ioctl(vm->fd, KVM_ENABLE_CAP, &cap) < 0)
 			die("KVM_ENABLE_CAP(KVM_CAP_DISABLE_QUIRKS2)");
 	}
+	if (ioctl(vm->fd, KVM_SET_TSS_ADDR, 0xFFFBD000UL) < 0)
+		die("KVM_SET_TSS_ADDR");
 	vm->ram = anon(RAM_SIZE);
 	memcpy(vm->ram + 0x1000, loop, sizeof(loop));
 	set_region(vm, region(vm, 0, 0, RAM_SIZE, vm->ram), "RAM slot");
