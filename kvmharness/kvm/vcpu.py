@@ -69,6 +69,9 @@ class Vcpu(FdObject):
         self.run_struct = kvm_run.from_address(self._run_addr)
         self._decode = ExitDecoder(self._run_addr, mmap_size).decode
         self.last_run_ns = 0
+        # Sum of every successful KVM_RUN's syscall ns: read it before and after a phase to
+        # split the vCPU thread's time into the kernel's (guest included) and the harness's.
+        self.run_ns_total = 0
         self._stop_requested = False
         self._thread_ident: int | None = None
         self._kick_lock = threading.Lock()
@@ -78,7 +81,8 @@ class Vcpu(FdObject):
         """KVM_RUN until an exit userspace must handle.  EINTR from stray signals is retried;
         EINTR after ``request_stop()`` returns ``Stopped``.  ``last_run_ns`` holds the
         nanoseconds of the last successful KVM_RUN syscall alone (clock read immediately
-        around it), so a caller can tell the kernel's share of an exit from its own."""
+        around it), so a caller can tell the kernel's share of an exit from its own;
+        ``run_ns_total`` adds them up."""
         fd = self.fd
         if fd < 0:
             raise KvmError(errno.EBADF, "KVM_RUN", f"vCPU {self.index} is closed")
@@ -100,7 +104,8 @@ class Vcpu(FdObject):
                         raise VmDeadError(errno.EIO, "KVM_RUN",
                                           "KVM has marked this VM dead") from None
                     raise KvmError(err or errno.EIO, "KVM_RUN", f"vCPU {self.index}") from None
-                self.last_run_ns = t1 - t0
+                ns = self.last_run_ns = t1 - t0
+                self.run_ns_total += ns
                 return self._decode()
         finally:
             self._thread_ident = None

@@ -112,12 +112,14 @@ def test_run_records_the_kvm_run_syscall_ns(kvm):
     loop = asm(mov_al(7), out_al(0x10))
     code = asm(loop, jmp_to(0x1000, 0x1000 + len(loop)))
     with realmode_vm(kvm, code) as (_, vcpu, _):
-        exits = []
+        exits, total = [], vcpu.run_ns_total
         for _ in range(3):
             t0 = time.perf_counter_ns()
             exits.append(vcpu.run())
             wall = time.perf_counter_ns() - t0
             assert 0 < vcpu.last_run_ns <= wall
+            total += vcpu.last_run_ns
+            assert vcpu.run_ns_total == total
         assert exits == [Io(is_out=True, port=0x10, size=1, count=1, data=b"\x07")] * 3
 
 
