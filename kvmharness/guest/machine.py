@@ -96,6 +96,10 @@ def regs_dict(vcpu: Vcpu) -> dict[str, int]:
     return {field[0]: getattr(regs, field[0]) for field in regs._fields_}
 
 
+def _hex_list(values: Sequence[int]) -> str:
+    return "data=" + ", ".join(f"{v:#x}" for v in values)
+
+
 def _checked_cpus(vcpu_cpus: Sequence[int] | None) -> tuple[int, ...]:
     cpus = tuple(vcpu_cpus or ())
     ncpu = os.cpu_count() or 1
@@ -444,19 +448,12 @@ class Machine:
             case Io() as io if self._is_stub_report(runner, io):
                 raise self._stub_exception(runner)
             case Io() as io if self.on_io is not None:
-                reply = self.on_io(self, runner.index, io)
-                if not io.is_out:
-                    runner.vcpu.complete_io_in(reply or bytes(io.size * io.count))
-                return None
+                return self._io(runner, io)
             case Io() as io:
                 raise self._crash(runner, f"unexpected PIO {'OUT' if io.is_out else 'IN'} "
                                           f"port {io.port:#x} size {io.size}")
             case Mmio() as mmio if self.on_mmio is not None:
-                reply = self.on_mmio(self, runner.index, mmio)
-                if not mmio.is_write:
-                    runner.vcpu.complete_mmio_read(reply if reply is not None
-                                                   else bytes(mmio.len))
-                return None
+                return self._mmio(runner, mmio)
             case Mmio() as mmio:
                 what = "write to" if mmio.is_write else "read of"
                 raise self._crash(runner, f"unexpected MMIO {what} {mmio.phys_addr:#x} "
@@ -478,12 +475,24 @@ class Machine:
                                   f"hardware_entry_failure_reason={reason:#x} cpu={cpu}")
             case InternalError() as err:
                 raise self._crash(runner, f"KVM_EXIT_INTERNAL_ERROR ({err.suberror_name})",
-                                  "data=" + ", ".join(f"{d:#x}" for d in err.data))
+                                  _hex_list(err.data))
             case SystemEvent() as event:
                 raise self._crash(runner, f"KVM_EXIT_SYSTEM_EVENT ({event.type_name})",
-                                  "data=" + ", ".join(f"{d:#x}" for d in event.data))
-            case _:
+                                  _hex_list(event.data))
+            case _:  # Unknown, Exception_, Debug, MemoryFault: nothing here asks for them
                 raise self._crash(runner, f"unexpected exit {exit_.name}: {exit_}")
+
+    def _io(self, runner: _Runner, io: Io) -> VcpuState | None:
+        reply = self.on_io(self, runner.index, io) if self.on_io is not None else None
+        if not io.is_out:
+            runner.vcpu.complete_io_in(reply or bytes(io.size * io.count))
+        return None  # the guest goes on
+
+    def _mmio(self, runner: _Runner, mmio: Mmio) -> VcpuState | None:
+        reply = self.on_mmio(self, runner.index, mmio) if self.on_mmio is not None else None
+        if not mmio.is_write:
+            runner.vcpu.complete_mmio_read(reply if reply is not None else bytes(mmio.len))
+        return None  # the guest goes on
 
     def _is_ucall(self, io: Io) -> bool:
         return self.runtime and io.port == KH_UCALL_PORT and io.is_out and io.size == 4
