@@ -5,7 +5,6 @@ exceptions and triple faults are reported with registers, symbols are readable a
 from __future__ import annotations
 
 import ctypes
-import os
 import shutil
 import subprocess
 import threading
@@ -159,11 +158,11 @@ def test_stripped_guest_runs_without_symbols(kvm, tmp_path, guest_elf):
             m.read_var("result")
 
 
-def test_runtime_machine_refuses_a_foreign_guest_and_leaks_nothing(kvm, guest_elf):
+def test_runtime_machine_refuses_a_foreign_guest_and_leaks_nothing(kvm, guest_elf, open_fds):
     from kvmharness.guest.machine import Machine
 
-    fds, threads = len(os.listdir("/proc/self/fd")), threading.active_count()
+    fds, threads = open_fds(), threading.active_count()
     with pytest.raises(GuestImageError, match=r"no symbol 'kh_exception_stubs'.*Machine\.foreign"):
         Machine(kvm, guest_elf)
-    assert len(os.listdir("/proc/self/fd")) == fds and threading.active_count() == threads
+    assert open_fds() == fds and threading.active_count() == threads
     assert kvm.vms == []
