@@ -356,7 +356,9 @@ class Machine:
                     else:
                         continue
                     r.vcpu.request_stop()
-                alive[0].finished.wait(0.02)
+                # sleep, not Event.wait(): a Ctrl-C raised just after wait() took the
+                # Event's lock leaves it held, and stop() and the thread's set() deadlock.
+                time.sleep(0.02)
         except BaseException:
             self.stop()
             raise
@@ -380,11 +382,16 @@ class Machine:
         for r in self._runners:
             if r.thread is None:
                 continue
-            while not r.finished.wait(0.05):
-                if time.monotonic() > deadline:
+            kicked = time.monotonic()
+            while not r.finished.is_set():  # lock-free, unlike wait(): see wait()
+                time.sleep(0.001)
+                now = time.monotonic()
+                if now > deadline:
                     raise GuestError(f"vCPU {r.index} thread did not stop within "
                                      f"{join_timeout_s} s")
-                r.vcpu.request_stop()  # a kick that raced with the thread's start
+                if now - kicked > 0.05:
+                    r.vcpu.request_stop()  # a kick that raced with the thread's start
+                    kicked = now
             r.thread.join()
 
     def request_guest_stop(self) -> None:
