@@ -134,6 +134,7 @@ def test_modules_without_the_kvm_module(tmp_path: Path) -> None:
     image = fake_bzimage(tmp_path / "bzImage", "6.14.0")
     fake_modules(tmp_path / "m/6.14.0", kvm=("kvm-intel",))
     k = resolve_kernel("A", image, tmp_path / "m/6.14.0")
+    assert k.modules is not None
     assert find_module(k.modules, "kvm_intel") and not find_module(k.modules, "kvm_amd")
     assert "kvm_amd is not in" in kernel_problems(k, "kvm_amd")[0]
 
