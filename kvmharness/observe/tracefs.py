@@ -11,9 +11,11 @@ import errno
 import itertools
 import os
 import re
+import signal
 import sys
 import threading
 from pathlib import Path
+from types import FrameType
 from typing import Iterable, TextIO
 
 from kvmharness.observe.signals import signals_held
@@ -139,6 +141,7 @@ class TraceCounter:
         self.root = Path(status.path)  # type: ignore[arg-type]
         remove_stale_instances(self.root)
         name = f"{INSTANCE_PREFIX}{os.getpid()}-{next(_instance_ids)}"
+        _guard_fatal_signals()
         with signals_held():
             # The cleanup is registered before the instance exists, and no signal can fall
             # between mkdir and holding free_buffer open: from then on even SIGKILL leaves
@@ -229,8 +232,11 @@ class TraceCounter:
                 except OSError:
                     pass
             if self._free_buffer_fd is not None:
-                os.close(self._free_buffer_fd)
-                self._free_buffer_fd = None
+                fd, self._free_buffer_fd = self._free_buffer_fd, None
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass  # closed already by _on_fatal_signal
             try:
                 instance.rmdir()
             except FileNotFoundError:
@@ -239,6 +245,7 @@ class TraceCounter:
                 pass  # EBUSY: someone has a file of it open; the next start retries
             with _live_lock:
                 _live.pop(instance, None)
+        _unguard_fatal_signals()
 
     def __exit__(self, *exc: object) -> None:
         try:
@@ -254,6 +261,51 @@ def _remove_live_instances() -> None:
         counters = list(_live.values())
     for counter in counters:
         counter._teardown()
+
+
+# SIGTERM and SIGHUP kill a process that left them at their default action (a test
+# session, a script using the Python API) without unwinding a ``with`` block: while an
+# instance of ours exists they first remove it, then kill the process as they would have.
+_FATAL = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _on_fatal_signal(signum: int, frame: FrameType | None) -> None:
+    # A file of an instance still open (the interrupted code was reading its trace) would
+    # make rmdir fail with EBUSY; the process is about to die, so close it under that code.
+    with _live_lock:
+        prefixes = [f"{path}/" for path in _live]
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        fds = []
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(tuple(prefixes)):
+                os.close(int(fd))
+        except OSError:
+            continue
+    _remove_live_instances()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _guard_fatal_signals() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for s in _FATAL:
+        if signal.getsignal(s) is signal.SIG_DFL:
+            signal.signal(s, _on_fatal_signal)
+
+
+def _unguard_fatal_signals() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    with _live_lock:
+        if _live:
+            return
+    for s in _FATAL:
+        if signal.getsignal(s) is _on_fatal_signal:
+            signal.signal(s, signal.SIG_DFL)
 
 
 def _pid_alive_since(pid: int, created: float) -> bool:

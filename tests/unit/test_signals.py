@@ -285,6 +285,29 @@ def test_a_killed_counter_leaves_an_empty_stopped_instance(tmp_path: Path) -> No
             instance.rmdir()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_script_killed_inside_a_counter_leaves_no_instance(sig: signal.Signals) -> None:
+    # Outside `kvmharness run` (a script, a test session) SIGTERM/SIGHUP keep their default
+    # action: the process still dies of the signal, but removes its instance first, even
+    # while it has a file of it open.
+    usable_tracefs()
+    code = ("import time\n"
+            "from kvmharness.observe.tracefs import TraceCounter\n"
+            "with TraceCounter() as tc:\n"
+            "    trace = open(tc.instance / 'trace')\n"
+            "    print(tc.instance, flush=True)\n"
+            "    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout is not None
+    instance = Path(proc.stdout.readline().strip())
+    assert instance.exists()
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    assert proc.returncode == -sig
+    assert not instance.exists()
+
+
 def test_signals_held_defers_and_then_delivers(sigint_default: None) -> None:
     import _thread
 
