@@ -16,16 +16,23 @@ address, guests/mmio.c), the kinds of access that reach that path or bypass user
 Each kind runs in its own phase (PhaseRecorder: vCPU pf_mmio_spte_created, mmio_exits,
 io_exits, exits; mark_mmio_spte / handle_mmio_page_fault tracepoints), and the host counts
 what it saw itself (userspace exits, eventfd signals, ring entries) into ``effective``, so a
-result shows that an "ioeventfd" number was really taken without exits."""
+result shows that an "ioeventfd" number was really taken without exits.
+
+The guest's cycles per access include the harness's own handling of each exit.  For the
+kinds that exit to userspace (EXIT_KINDS) the host also splits one exit's host time in two:
+``<kind>_kvm_ns`` inside KVM_RUN (the kernel's exit and entry, guest included) and
+``<kind>_harness_ns`` outside it (decoding, dispatch, the handler, the I/O completion, the
+loop).  See ExitClock for how."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Mapping
 
 from kvmharness.guest.layout import GiB, Layout, Region
 from kvmharness.guest.machine import Machine
-from kvmharness.kvm import Io, Mmio
+from kvmharness.kvm import Io, Mmio, Vcpu
 from kvmharness.kvm.vm import IoEventFd
 from kvmharness.scenarios.abi import GuestAbi
 from kvmharness.scenarios.base import Metric, Parameter, RunOutcome, RunRequest, ScenarioSpec
@@ -59,6 +66,8 @@ KIND_ADDR = {
     "pio": PIO_PORT, "mmio_read": READ_GPA, "mmio_write": WRITE_GPA, "rom_write": ROM_GPA,
     "ioeventfd": IOEVENTFD_GPA, "coalesced": COALESCED_GPA,
 }
+# The kinds whose every access is a userspace exit: the ones with a harness share to report.
+EXIT_KINDS = ("pio", "mmio_read", "mmio_write", "rom_write")
 KIND_HELP = {
     "pio": "inl from a port the host answers (exit round-trip baseline)",
     "mmio_read": "8-byte load from a GPA with no memslot (KVM_EXIT_MMIO, host answers)",
@@ -125,12 +134,66 @@ class KindCounts:
     ring_full_exits: int = 0
 
 
+_clock = time.perf_counter_ns  # the clock Vcpu.run() times KVM_RUN with
+
+
+class ExitClock:
+    """Splits the host time of one round's access exits into KVM_RUN and the rest.
+
+    The handler of every access exit reads the clock and the vCPU's ``run_ns_total`` (the
+    sum of its KVM_RUN syscall ns, kvm/vcpu.py).  Between the first and the last access exit
+    of a round lie ``exits - 1`` whole exit round trips and nothing else: each is one KVM_RUN
+    (counted in ``run_ns_total``) plus one pass through the harness (decode, dispatch,
+    handler, completion, back to KVM_RUN).  So per exit
+
+        kvm_ns     = delta(run_ns_total) / (exits - 1)
+        harness_ns = (delta(clock) - delta(run_ns_total)) / (exits - 1)
+
+    and the two add up to the window's host time per exit exactly.  The clock is
+    ``time.perf_counter_ns``, the one KVM_RUN is timed with, so the subtraction compares
+    like with like; a thread CPU clock would not (it stops while the thread is preempted
+    inside KVM_RUN, the wall clock around the syscall does not).  A preemption lands on the
+    side it happened in.  The window leaves out the vCPU thread's start, the SYNC and DONE
+    ucalls and the round's checks; it includes this clock read (one per exit, a small part
+    of ``harness_ns``)."""
+
+    def __init__(self) -> None:
+        self.vcpu: Vcpu | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.exits = 0
+        self.first_ns = self.last_ns = self.first_run_ns = self.last_run_ns = 0
+
+    def tick(self) -> None:
+        now = _clock()
+        run = self.vcpu.run_ns_total if self.vcpu is not None else 0
+        if not self.exits:
+            self.first_ns, self.first_run_ns = now, run
+        self.last_ns, self.last_run_ns = now, run
+        self.exits += 1
+
+    @property
+    def intervals(self) -> int:
+        """Whole exit round trips inside the window."""
+        return max(0, self.exits - 1)
+
+    @property
+    def window_ns(self) -> int:
+        return self.last_ns - self.first_ns
+
+    @property
+    def kvm_ns(self) -> int:
+        return self.last_run_ns - self.first_run_ns
+
+
 class MmioHost:
     """The host side of guests/mmio.c: answers exits, drains the coalesced ring and the
     eventfd after every round, and checks that each access landed where it should."""
 
     def __init__(self) -> None:
         self.counts = {k: KindCounts() for k in KINDS}
+        self.clock = ExitClock()
         self.eventfd: IoEventFd | None = None
         # Values of this round's writes that reached userspace (exit or ring), in order.
         self.written: list[int] = []
@@ -139,19 +202,23 @@ class MmioHost:
     def on_io(self, m: Machine, vcpu: int, exit_: Io) -> bytes | None:
         if exit_.port != PIO_PORT or exit_.is_out or exit_.size != 4:
             raise AssertionError(f"mmio: unexpected PIO {exit_}")
+        self.clock.tick()
         self.counts["pio"].userspace_exits += exit_.count
         return MMIO_PIO_VALUE.to_bytes(4, "little") * exit_.count
 
     def on_mmio(self, m: Machine, vcpu: int, exit_: Mmio) -> bytes | None:
         addr = exit_.phys_addr
         if addr == READ_GPA and not exit_.is_write:
+            self.clock.tick()
             self.counts["mmio_read"].userspace_exits += 1
             return mmio_read_value(addr).to_bytes(8, "little")[: exit_.len]
         if exit_.is_write and addr == WRITE_GPA and exit_.len == 8:
+            self.clock.tick()
             self.counts["mmio_write"].userspace_exits += 1
             self.written.append(exit_.value)
             return None
         if exit_.is_write and addr == ROM_GPA and exit_.len == 8:
+            self.clock.tick()
             self.counts["rom_write"].userspace_exits += 1
             self.written.append(exit_.value)
             return None
@@ -253,6 +320,7 @@ class MmioScenario(GuestScenario):
             self.host.eventfd = vm.add_ioeventfd(IOEVENTFD_GPA, 8)
         if "coalesced" in self.active:
             vm.register_coalesced_mmio(COALESCED_GPA, 0x1000)
+        self.host.clock.vcpu = m.vcpus[0]
 
     def iteration(self, ctx: Context, m: Machine, recorder: PhaseRecorder, i: int,
                   warm: bool) -> str:
@@ -262,13 +330,18 @@ class MmioScenario(GuestScenario):
                 m.reset()
             m.write_var("mmio_kinds", 1 << KINDS.index(kind), u32)
             m.write_var("mmio_rounds_done", (u32 * len(KINDS))(), u32 * len(KINDS))
+            self.host.clock.reset()
             with recorder.phase(kind):
+                t0 = _clock()
                 m.run(timeout_s=self.watchdog_s * 4)
+                run_ns = _clock() - t0
             if self.host.errors:
                 raise AssertionError("mmio: " + "; ".join(self.host.errors))
             if kind == "rom_write" and any(m.read(ROM_GPA, ROM_SIZE)):
                 raise AssertionError("mmio: a write to the read-only slot reached its memory")
             per_access = _record_kind(m, ctx.outcome, kind, self.per_kind[kind], warm)
+            if kind in EXIT_KINDS:
+                _record_exit_split(ctx.outcome, kind, self.host.clock, run_ns, warm)
             cycles.append(f"{kind} {per_access:.0f}")
         return ", ".join(cycles) + " cycles/access"
 
@@ -294,6 +367,24 @@ def _record_kind(m: Machine, outcome: RunOutcome, kind: str, accesses: int,
     outcome.add(f"{kind}_cycles", tsc / accesses, warmup=warm)
     outcome.add(f"{kind}_ns", m.tsc_to_ns(tsc) / accesses, warmup=warm)
     return tsc / accesses
+
+
+def _record_exit_split(outcome: RunOutcome, kind: str, clock: ExitClock, run_ns: int,
+                       warm: bool) -> None:
+    """``<kind>_kvm_ns`` and ``<kind>_harness_ns`` of one round (ExitClock), and the figures
+    they come from in ``effective["exit_split"][kind]`` (per round, warm-ups first):
+    ``intervals`` (exit round trips timed), ``window_ns`` (their host time), ``kvm_ns``
+    (their KVM_RUN time) and ``run_ns`` (the whole m.run() around the round, main thread)."""
+    split = outcome.effective.setdefault("exit_split", {}).setdefault(
+        kind, {"intervals": [], "window_ns": [], "kvm_ns": [], "run_ns": []})
+    split["intervals"].append(clock.intervals)
+    split["window_ns"].append(clock.window_ns)
+    split["kvm_ns"].append(clock.kvm_ns)
+    split["run_ns"].append(run_ns)
+    if clock.intervals:  # one access (accesses=1) times no whole round trip
+        outcome.add(f"{kind}_kvm_ns", clock.kvm_ns / clock.intervals, warmup=warm)
+        outcome.add(f"{kind}_harness_ns", (clock.window_ns - clock.kvm_ns) / clock.intervals,
+                    warmup=warm)
 
 
 def _record_effective(m: Machine, outcome: RunOutcome, host: MmioHost, active: tuple[str, ...],
@@ -332,6 +423,19 @@ SPEC = ScenarioSpec(
                    f"{KIND_HELP[kind]}: guest TSC cycles per access"),
             Metric(f"{kind}_ns", "ns", "lower",
                    f"{KIND_HELP[kind]}: ns per access (TSC cycles / KVM_GET_TSC_KHZ)"),
+        )
+    ) + tuple(
+        metric
+        for kind in EXIT_KINDS
+        for metric in (
+            Metric(f"{kind}_kvm_ns", "ns", "lower",
+                   f"{kind}: host ns per exit inside KVM_RUN (the kernel's exit and "
+                   "entry, guest included), between the round's first and last exit"),
+            Metric(f"{kind}_harness_ns", "ns", "lower",
+                   f"{kind}: host ns per exit outside KVM_RUN (the harness's decoding, "
+                   f"dispatch, handler and completion); {kind}_kvm_ns + this = one exit's "
+                   "host round trip.  ioeventfd and coalesced make no exit: their whole "
+                   "cost is inside KVM_RUN"),
         )
     ),
     variant_axes=MmioScenario.variant_axes,

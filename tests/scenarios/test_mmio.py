@@ -102,6 +102,31 @@ def test_every_metric_present_with_units(quick):
     assert outcome.effective["tsc_khz"] > 0
 
 
+def test_exit_split_adds_up_to_each_rounds_host_time(quick):
+    # Per exit, the KVM_RUN share and the harness's share are two parts of one measured
+    # window: they add up to its host time per exit, and that window (timed in the vCPU
+    # thread) lies inside the whole round the main thread timed around m.run().
+    outcome, split = quick.outcome, quick.outcome.effective["exit_split"]
+    assert set(split) == set(mmio.EXIT_KINDS)
+    for kind in mmio.EXIT_KINDS:
+        rounds = split[kind]
+        assert all(len(v) == ROUNDS for v in rounds.values()), kind
+        # Every access of an exiting kind is one exit, and the window spans them all.
+        assert rounds["intervals"] == [outcome.effective["accesses_per_round"][kind] - 1] * ROUNDS
+        measured = range(WARMUP, ROUNDS)
+        kvm, harness = outcome.samples[f"{kind}_kvm_ns"], outcome.samples[f"{kind}_harness_ns"]
+        assert len(kvm) == len(harness) == ITERATIONS
+        for r, k, h in zip(measured, kvm, harness):
+            n = rounds["intervals"][r]
+            assert 0 < rounds["kvm_ns"][r] <= rounds["window_ns"][r] <= rounds["run_ns"][r], kind
+            assert k > 0 and h >= 0, kind
+            assert k == pytest.approx(rounds["kvm_ns"][r] / n), kind
+            assert k + h == pytest.approx(rounds["window_ns"][r] / n), kind
+    for kind in set(mmio.KINDS) - set(mmio.EXIT_KINDS):
+        # No exit, so no harness share: their whole cost is inside KVM_RUN.
+        assert not {f"{kind}_kvm_ns", f"{kind}_harness_ns"} & set(outcome.samples), kind
+
+
 def test_stats_recorded_per_kind(quick):
     for kind in mmio.KINDS:
         stats = quick.outcome.kvm_stats[kind]
@@ -152,6 +177,15 @@ def test_kinds_parameter():
     assert mmio.parse_kinds("coalesced, pio") == ("pio", "coalesced")
     with pytest.raises(ValueError, match="unknown.*'mmio'"):
         mmio.parse_kinds("mmio")
+
+
+@pytest.mark.usefixtures("kvm")
+def test_one_access_times_no_exit_round_trip(run_quick):
+    # A round of one exit has no whole round trip between two exits: no split sample.
+    run = run_quick(SPEC, iterations=1, warmup=0, kinds="pio", accesses="1")
+    outcome = run.ok()
+    assert outcome.effective["exit_split"]["pio"]["intervals"] == [0]
+    assert set(outcome.samples) == {"pio_cycles", "pio_ns"}
 
 
 @pytest.mark.usefixtures("kvm")
