@@ -14,6 +14,7 @@ uint32_t hammer_sync_each_pass;
 
 uint64_t hammer_pass_tsc[KH_MAX_VCPUS][HAMMER_MAX_PASSES];
 uint64_t hammer_pass_max_gap[KH_MAX_VCPUS][HAMMER_MAX_PASSES];
+uint64_t hammer_pass_end_tsc[KH_MAX_VCPUS][HAMMER_MAX_PASSES];
 uint32_t hammer_passes_done[KH_MAX_VCPUS];
 uint64_t hammer_checksum[KH_MAX_VCPUS];
 uint64_t hammer_rom_base;
@@ -132,6 +133,7 @@ void guest_main(uint32_t vcpu, void *arg)
 
 		hammer_pass_tsc[vcpu][pass] = t1 - t0;
 		hammer_pass_max_gap[vcpu][pass] = max_gap;
+		hammer_pass_end_tsc[vcpu][pass] = t1;
 		/* Store the count after the sample, so the host never reads a stale one. */
 		kh_store_release(&hammer_passes_done[vcpu], pass + 1);
 		hammer_checksum[vcpu] = sum;

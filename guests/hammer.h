@@ -49,6 +49,12 @@ extern uint64_t hammer_pass_tsc[KH_MAX_VCPUS][HAMMER_MAX_PASSES];
  * stall worth reporting is far longer than the reordering window.
  */
 extern uint64_t hammer_pass_max_gap[KH_MAX_VCPUS][HAMMER_MAX_PASSES];
+/*
+ * The TSC when each pass ended (the end of its hammer_pass_tsc interval): the
+ * host maps it onto its own clock to draw the passes over time against the
+ * memslot changes it made.
+ */
+extern uint64_t hammer_pass_end_tsc[KH_MAX_VCPUS][HAMMER_MAX_PASSES];
 extern uint32_t hammer_passes_done[KH_MAX_VCPUS];
 extern uint64_t hammer_checksum[KH_MAX_VCPUS];	/* read mode: sum of words read */
 extern uint64_t hammer_rom_present[KH_MAX_VCPUS];	/* ROM words read with the pattern */

@@ -142,8 +142,8 @@ def draw_teardown(plt: Any, files: Sequence[ResultFile]) -> Any:
 
 def draw_rom_toggle(plt: Any, files: Sequence[ResultFile]) -> Any:
     """Pass times over a run.  With a per-run timeline (``effective["timeline"]``: lists
-    ``pass_end_s``/``pass_ms`` and ``delete_s``) the first run of each side is drawn over
-    time with every ROM delete marked; without one, the passes of every run in order
+    ``pass_end_s``/``pass_ms`` and ``delete_s``, optionally ``pass_vcpu``) the first run of
+    each side is drawn over time, one line per vCPU, with every ROM delete marked; without one, the passes of every run in order
     (median over runs) with each iteration's ROM deletes marked at its start."""
     all_sides = sides(files)
     if not any("pass" in r.samples for _, runs in all_sides for r in runs):
@@ -153,11 +153,22 @@ def draw_rom_toggle(plt: Any, files: Sequence[ResultFile]) -> Any:
                 if runs and isinstance(runs[0].effective.get("timeline"), dict)]
     if timeline:
         for name, t in timeline:
-            (line,) = ax.plot(t.get("pass_end_s", []), t.get("pass_ms", []), marker=".",
-                              label=name)
+            ends, lengths = t.get("pass_end_s", []), t.get("pass_ms", [])
+            owners = t.get("pass_vcpu") or [0] * len(ends)
+            color = None
+            for v in dict.fromkeys(owners):  # one line per vCPU, one colour per side
+                xs = [e for e, o in zip(ends, owners) if o == v]
+                ys = [ms for ms, o in zip(lengths, owners) if o == v]
+                (line,) = ax.plot(xs, ys, marker=".", linewidth=0.8, color=color,
+                                  label=None if color else name)
+                color = line.get_color()
+                # Each pass as a bar over the time it took: which deletes it spanned.
+                ax.hlines(ys, [x - ms / 1000 for x, ms in zip(xs, ys)], xs, color=color,
+                          alpha=0.5, linewidth=2)
             for x in t.get("delete_s", []):
-                ax.axvline(x, color=line.get_color(), alpha=0.25, linewidth=0.8)
-        ax.set_xlabel("time in run [s] (vertical lines: ROM deletes)")
+                ax.axvline(x, color=color, alpha=0.25, linewidth=0.8)
+        ax.set_xlabel("time in run [s] (bars: each pass from start to end; vertical "
+                      "lines: ROM deletes)")
     else:
         for name, runs in all_sides:
             per_run = [r.samples["pass"].values for r in runs if "pass" in r.samples]

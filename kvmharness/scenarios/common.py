@@ -38,6 +38,7 @@ HAMMER_ABI = GuestAbi(
             "HAMMER_WRITE_VALUE": (hammer_write_value, [(0, 0), (3, 7), (63, 4095)])},
     symbols={"hammer_pass_tsc": (u64 * HAMMER_MAX_PASSES) * KH_MAX_VCPUS,
              "hammer_pass_max_gap": (u64 * HAMMER_MAX_PASSES) * KH_MAX_VCPUS,
+             "hammer_pass_end_tsc": (u64 * HAMMER_MAX_PASSES) * KH_MAX_VCPUS,
              "hammer_passes_done": u32 * KH_MAX_VCPUS,
              "hammer_rom_present": u64 * KH_MAX_VCPUS,
              "hammer_rom_absent": u64 * KH_MAX_VCPUS,

@@ -6,11 +6,17 @@ vCPUs each own M MiB mapped with 4 KiB guest pages and write one word per page p
 meanwhile a host thread deletes and re-creates a read-only ROM slot every T ms, and the
 hammer vCPUs read the ROM between passes (pattern while present, all-ones via an MMIO exit
 while absent).  With zap=all every delete throws away all of the hammer's SPTEs, which the
-next pass must fault back in."""
+next pass must fault back in.
+
+Each run also keeps the timeline of its last measured iteration (``effective["timeline"]``,
+see ``timeline``): every pass's end and length and every ROM delete on one clock, the
+picture of the refaults after each zap."""
 
 from __future__ import annotations
 
 import time
+
+from typing import Any
 
 from kvmharness.guest.layout import GiB, KiB, MiB, Layout, Region
 from kvmharness.guest.machine import Machine
@@ -18,7 +24,7 @@ from kvmharness.kvm import Mmio
 from kvmharness.scenarios.base import ZAP_AXIS, Metric, Parameter, RunRequest, ScenarioSpec
 from kvmharness.scenarios.common import (
     HAMMER_MAX_PASSES, HAMMER_ROM_ABSENT, KH_MAX_VCPUS, HammerConfig, PhaseRecorder,
-    hammer_max_gap_ns, hammer_pass_ns, hammer_rom_word, u64,
+    hammer_max_gap_ns, hammer_pass_ns, hammer_rom_word, u32, u64,
 )
 from kvmharness.scenarios.preflight import host_check
 from kvmharness.scenarios.skeleton import Context, GuestScenario, Handlers, HostToggler
@@ -26,6 +32,10 @@ from kvmharness.scenarios.skeleton import Context, GuestScenario, Handlers, Host
 HAMMER_GPA = 4 * GiB
 ROM_GPA = 2 * GiB
 ROM_ABSENT = HAMMER_ROM_ABSENT.to_bytes(8, "little")
+MSR_IA32_TSC = 0x10
+# A timeline holds at most this many passes (whole vCPUs, lowest first) and deletes, so a
+# long run's result file stays small.
+TIMELINE_MAX_POINTS = 4096
 
 
 def rom_image(size: int) -> bytes:
@@ -50,9 +60,12 @@ class RomToggler(HostToggler):
         self.interval_s = interval_s
         self.delete_ns: list[int] = []
         self.create_ns: list[int] = []
+        # perf_counter_ns just before each delete's syscall (the timeline's marks).
+        self.delete_at_ns: list[int] = []
 
     def loop(self) -> None:
         while not self.stopping(self.interval_s):
+            self.delete_at_ns.append(time.perf_counter_ns())
             self.delete_ns.append(self.machine.unplug(self.region))
             if self.stopping(self.interval_s / 2):
                 break
@@ -105,6 +118,7 @@ class RomToggle(GuestScenario):
     def iteration(self, ctx: Context, m: Machine, recorder: PhaseRecorder, i: int,
                   warm: bool) -> str:
         toggler = RomToggler(m, "rom", self.interval_s, ctx.toggler_cpus)
+        tsc_ref = guest_tsc_now(m)
         with recorder.phase("warmup" if warm else "hammer") as stats:
             t0 = time.perf_counter_ns()
             m.start()
@@ -130,6 +144,9 @@ class RomToggle(GuestScenario):
         add("toggles", len(toggler.delete_ns), warmup=warm)
         add("pf_fixed", stats.get("vcpu.pf_fixed", 0), warmup=warm)
         add("remote_tlb_flush", stats.get("vm.remote_tlb_flush", 0), warmup=warm)
+        if not warm:  # each measured iteration replaces the last one's
+            ctx.outcome.effective["timeline"] = timeline(m, self.nvcpus, tsc_ref, t0, t1,
+                                                         toggler.delete_at_ns)
         return f"{(t1 - t0) / 1e6:.1f} ms, {len(toggler.delete_ns)} ROM deletes"
 
     def finish(self, ctx: Context, m: Machine, recorder: PhaseRecorder) -> None:
@@ -137,6 +154,53 @@ class RomToggle(GuestScenario):
         absent = m.read_var("hammer_rom_absent", u64 * KH_MAX_VCPUS)
         ctx.outcome.effective["rom_words_present"] = sum(present[:self.nvcpus])
         ctx.outcome.effective["rom_words_absent"] = sum(absent[:self.nvcpus])
+
+
+def guest_tsc_now(m: Machine) -> tuple[int, float, float]:
+    """(guest TSC, perf_counter_ns at the same moment, the pair's error in ns): vCPU 0's
+    TSC read through KVM_GET_MSRS between two host clock reads, placed at their midpoint,
+    so the error is half the ioctl.  KVM gives the vCPUs of one VM one TSC, ticking at
+    KVM_GET_TSC_KHZ, so this one pair maps any guest TSC of the VM onto the host clock."""
+    before = time.perf_counter_ns()
+    tsc = m.vcpus[0].get_msrs([MSR_IA32_TSC])[MSR_IA32_TSC]
+    after = time.perf_counter_ns()
+    return tsc, (before + after) / 2, (after - before) / 2
+
+
+def timeline(m: Machine, nvcpus: int, tsc_ref: tuple[int, float, float], t0: int, t1: int,
+             delete_at_ns: list[int]) -> dict[str, Any]:
+    """One iteration on the host clock, seconds from its start (``t0``, just before the
+    vCPUs started, to ``t1`` = ``end_s``, once all had finished): every pass of every vCPU
+    (``pass_end_s`` from the guest's hammer_pass_end_tsc, ``pass_ms`` its length,
+    ``pass_vcpu`` whose; sorted by end) and every ROM delete begun inside the iteration
+    (``delete_s``, when its syscall began).  At most TIMELINE_MAX_POINTS passes (whole
+    vCPUs, lowest index first: ``vcpus`` says how many) and deletes.  ``clock_error_s``
+    bounds how far a pass end may sit from where the host clock would have put it."""
+    tsc0, host0, error_ns = tsc_ref
+    done = m.read_var("hammer_passes_done", u32 * KH_MAX_VCPUS)
+    end_tsc = m.read_var("hammer_pass_end_tsc", (u64 * HAMMER_MAX_PASSES) * KH_MAX_VCPUS)
+    lengths = hammer_pass_ns(m, nvcpus)
+    points: list[tuple[float, float, int]] = []
+    kept = 0
+    for v in range(nvcpus):
+        if len(points) + done[v] > TIMELINE_MAX_POINTS:
+            break
+        kept += 1
+        for p in range(done[v]):
+            host_ns = host0 + m.tsc_to_ns(end_tsc[v][p] - tsc0)
+            points.append((round((host_ns - t0) / 1e9, 6), round(lengths[v][p] / 1e6, 4), v))
+    points.sort()
+    deletes = [ns for ns in delete_at_ns if t0 <= ns <= t1]
+    return {
+        "pass_end_s": [p[0] for p in points],
+        "pass_ms": [p[1] for p in points],
+        "pass_vcpu": [p[2] for p in points],
+        "delete_s": [round((ns - t0) / 1e9, 6) for ns in deletes[:TIMELINE_MAX_POINTS]],
+        "end_s": round((t1 - t0) / 1e9, 6),
+        "vcpus": kept,
+        "clock_error_s": round(error_ns / 1e9, 6),
+        "clock": "host perf_counter; pass ends from the guest TSC via KVM_GET_MSRS(IA32_TSC)",
+    }
 
 
 SPEC = ScenarioSpec(

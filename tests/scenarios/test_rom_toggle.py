@@ -25,6 +25,7 @@ def test_rom_toggle_reads_rom_and_records_every_metric(run_quick, zap):
     deletes = len(outcome.samples["slot_delete"])
     assert deletes == sum(outcome.samples["toggles"]) > 0
     assert outcome.kvm_stats["hammer"]["vcpu.exits"] > 0
+    check_timeline(outcome, nvcpus=1)
     run.check_leaks()
     if outcome.effective["tracefs"] == "usable":
         fast = outcome.tracepoints["hammer"]["kvm_mmu_zap_all_fast"]
@@ -53,3 +54,53 @@ def test_rom_image_holds_the_guest_pattern():
     for offset in (0, 4096, 8192):
         word = int.from_bytes(image[offset:offset + 8], "little")
         assert word == rom_toggle.hammer_rom_word(offset)
+
+
+def check_timeline(outcome, nvcpus: int, passes: int = 5) -> dict:
+    """The last measured iteration's timeline is consistent with its own samples and
+    clock: returns it."""
+    t = outcome.effective["timeline"]
+    ends, lengths, owners = t["pass_end_s"], t["pass_ms"], t["pass_vcpu"]
+    assert len(ends) == len(lengths) == len(owners) == nvcpus * passes
+    assert sorted(owners) == sorted(v for v in range(nvcpus) for _ in range(passes))
+    # The same passes as the last iteration's samples (the timeline is that iteration's).
+    assert sorted(lengths) == pytest.approx(sorted(outcome.samples["pass"][-len(lengths):]),
+                                            abs=1e-4)
+    assert ends == sorted(ends)
+    slack = t["clock_error_s"] + 2e-6  # the TSC-to-host mapping, plus rounding
+    # Placing a pass inside the iteration also allows for the host clock's rate against
+    # the TSC (NTP slew, a nested host's emulated TSC): 0.2% of the span.
+    span_slack = slack + 2e-3 * t["end_s"]
+    for v in range(nvcpus):
+        mine = [(e, ms) for e, ms, o in zip(ends, lengths, owners) if o == v]
+        # A vCPU's passes follow each other: the guest TSC orders them, and so must the
+        # mapping onto the host clock; all of them inside the iteration.
+        assert mine[0][0] - mine[0][1] / 1000 >= -span_slack
+        assert mine[-1][0] <= t["end_s"] + span_slack
+        for (prev_end, _), (end, ms) in zip(mine, mine[1:]):
+            assert end - ms / 1000 >= prev_end - slack
+    deletes = t["delete_s"]
+    assert deletes == sorted(deletes) and all(0 <= d <= t["end_s"] for d in deletes)
+    # Every delete of the iteration but one begun after the vCPUs finished, if any.
+    toggles = int(outcome.samples["toggles"][-1])
+    assert toggles - 1 <= len(deletes) <= toggles
+    return t
+
+
+@pytest.mark.usefixtures("kvm")
+def test_timeline_places_passes_and_deletes_on_one_clock(run_quick):
+    run = run_quick(rom_toggle.SPEC, {"zap": "all"}, iterations=2, warmup=1, vcpus="2")
+    t = check_timeline(run.ok(), nvcpus=2)
+    assert t["vcpus"] == 2 and t["delete_s"]
+    run.check_leaks()
+
+
+@pytest.mark.usefixtures("kvm")
+def test_timeline_is_bounded(run_quick, monkeypatch):
+    # Whole vCPUs, lowest first, while they fit: 7 points hold vCPU 0's 5 passes only.
+    monkeypatch.setattr(rom_toggle, "TIMELINE_MAX_POINTS", 7)
+    run = run_quick(rom_toggle.SPEC, {"zap": "slot"}, iterations=1, warmup=0, vcpus="2",
+                    toggle_ms="1")
+    t = run.ok().effective["timeline"]
+    assert t["vcpus"] == 1 and t["pass_vcpu"] == [0] * 5
+    assert len(t["delete_s"]) <= 7
