@@ -88,11 +88,41 @@ def check_timeline(outcome, nvcpus: int, passes: int = 5) -> dict:
 
 
 @pytest.mark.usefixtures("kvm")
-def test_timeline_places_passes_and_deletes_on_one_clock(run_quick):
+def test_timeline_places_passes_and_deletes_on_one_clock(run_quick, tmp_path):
     run = run_quick(rom_toggle.SPEC, {"zap": "all"}, iterations=2, warmup=1, vcpus="2")
     t = check_timeline(run.ok(), nvcpus=2)
     assert t["vcpus"] == 2 and t["delete_s"]
     run.check_leaks()
+    draw_timeline(run.ok(), tmp_path / "timeline.svg")
+
+
+def draw_timeline(outcome, out):
+    """kvmharness plot draws a real timeline: one line per vCPU, every delete marked."""
+    pytest.importorskip("matplotlib")
+    from kvmharness.plot import plot_files
+    from kvmharness.plot.figures import _pyplot, draw_rom_toggle
+    from kvmharness.results.model import ResultFile, RunRecord
+
+    record = RunRecord.from_outcome(outcome, rom_toggle.SPEC, index=0, repeat=0,
+                                    variant={"zap": "all"})
+    result = ResultFile(scenario={"name": "rom-toggle", "summary": "", "parameters": [],
+                                  "metrics": [], "variant_axes": []},
+                        parameters={}, quick=True, label="k", variants=[{"zap": "all"}],
+                        repeat=1, iterations=2, warmup=1, environment={}, status="complete",
+                        runs=[record], source="")
+    assert plot_files([result], out) == out and out.stat().st_size > 0
+    plt = _pyplot()
+    fig = draw_rom_toggle(plt, [result])
+    try:
+        lines = fig.axes[0].get_lines()
+        t = outcome.effective["timeline"]
+        # Each vCPU's passes one line with markers; each delete one vertical line.
+        passes = [line for line in lines if line.get_marker() == "."]
+        assert len(passes) == t["vcpus"]
+        assert sum(len(line.get_xdata()) for line in passes) == len(t["pass_end_s"])
+        assert len(lines) - len(passes) == len(t["delete_s"])
+    finally:
+        plt.close(fig)
 
 
 @pytest.mark.usefixtures("kvm")
