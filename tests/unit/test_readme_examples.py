@@ -4,6 +4,7 @@ README's "From Python and from pytest" section, not copied here)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,8 @@ def examples() -> list[str]:
     """The indented code blocks of the section, dedented."""
     text = README.read_text()
     start = text.index(SECTION)
-    end = text.find("\n## ", start)
+    following = re.search(r"\n#{2,3} ", text[start + len(SECTION):])
+    end = start + len(SECTION) + following.start() if following else -1
     blocks: list[str] = []
     current: list[str] = []
     for line in text[start:end if end >= 0 else None].splitlines():
