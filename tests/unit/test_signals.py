@@ -291,7 +291,9 @@ def test_a_script_killed_inside_a_counter_leaves_no_instance(sig: signal.Signals
     # action: the process still dies of the signal, but removes its instance first, even
     # while it has a file of it open.
     usable_tracefs()
-    code = ("import time\n"
+    code = ("import signal, time\n"
+            "for s in (signal.SIGTERM, signal.SIGHUP):  # as from a terminal, not nohup\n"
+            "    signal.signal(s, signal.SIG_DFL)\n"
             "from kvmharness.observe.tracefs import TraceCounter\n"
             "with TraceCounter() as tc:\n"
             "    trace = open(tc.instance / 'trace')\n"
@@ -300,10 +302,14 @@ def test_a_script_killed_inside_a_counter_leaves_no_instance(sig: signal.Signals
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdout is not None
-    instance = Path(proc.stdout.readline().strip())
-    assert instance.exists()
-    proc.send_signal(sig)
-    proc.wait(timeout=30)
+    try:
+        instance = Path(proc.stdout.readline().strip())
+        assert instance.exists()
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
     assert proc.returncode == -sig
     assert not instance.exists()
 
