@@ -175,10 +175,10 @@ def plan_from_args(spec: ScenarioSpec, args: argparse.Namespace, *,
     selected: dict[str, list[str]] = {}
     for axis, values in args.variant:
         chosen = [v.strip() for v in values.split(",")]
-        if not all(chosen):
-            known = {a.name: a.values for a in spec.variant_axes}.get(axis)
-            raise ValueError(f"--variant {axis}={values}: an empty value"
-                             + (f" (values: {', '.join(known)})" if known else ""))
+        known = {a.name: a.values for a in spec.variant_axes}.get(axis)
+        if known and not all(chosen):  # an unknown axis is named by expand_variants
+            raise ValueError(f"--variant {axis}={values}: an empty value "
+                             f"(values: {', '.join(known)})")
         selected.setdefault(axis, []).extend(chosen)
     return SessionPlan.resolve(spec, params=dict(args.param), variants=selected,
                                quick=args.quick, repeat=args.repeat,
@@ -266,7 +266,13 @@ def output_dir_problem(out_dir: Path) -> str | None:
             break
         probe = probe.parent
     if not probe.is_dir():
-        return f"{target}: {probe} is not a folder"
+        return f"{target}: {probe} is not a folder (choose another with --out)"
+    try:
+        read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only:
+        return f"{target}: {probe} is on a read-only file system (choose a folder with --out)"
     if not os.access(probe, os.W_OK | os.X_OK, effective_ids=True):
-        return f"{target}: no permission to write in {probe}"
+        return f"{target}: no permission to write in {probe} (choose a folder with --out)"
     return None
