@@ -23,6 +23,8 @@ from kvmharness.kvm.errors import KvmClosedError, KvmError, VmDeadError
 from kvmharness.uapi.caps import KvmCap
 from kvmharness.uapi.ioctls import KVM_CHECK_EXTENSION
 
+_CHECK_EXTENSION = int(KVM_CHECK_EXTENSION)
+
 _Child = TypeVar("_Child", bound="FdObject")
 _clock = time.perf_counter_ns
 
@@ -99,6 +101,21 @@ class FdObject(Closeable):
                               "(closed it now)", ResourceWarning, stacklevel=2)
         except Exception:
             pass
+
+
+class ExtensionQueries(FdObject):
+    """KVM_CHECK_EXTENSION, valid on /dev/kvm and on VM fds (a VM fd answers for its VM
+    type); the success path is one prebound libc call."""
+
+    def check_extension(self, cap: int) -> int:
+        """0 if ``cap`` is unsupported, else a capability-specific value."""
+        if not 0 <= cap < syscall.SMALL_ARG_LIMIT:
+            raise ValueError(f"capability {cap} is outside 0..{syscall.SMALL_ARG_LIMIT - 1}")
+        ret = syscall.ioctl_small(self.fd, _CHECK_EXTENSION, cap)
+        if ret < 0:
+            raise self._typed_error(syscall.get_errno(), "KVM_CHECK_EXTENSION",
+                                    f"capability {cap}")
+        return ret  # type: ignore[no-any-return]
 
 
 class Children(Generic[_Child]):

@@ -7,8 +7,7 @@ import os
 
 from kvmharness.kvm import kick
 from kvmharness.kvm.errors import KvmCapabilityError, KvmError, KvmUnavailableError
-from kvmharness.kvm.fdobject import Children, FdObject
-from kvmharness.kvm.syscall import SMALL_ARG_LIMIT, get_errno, ioctl_small
+from kvmharness.kvm.fdobject import Children, ExtensionQueries
 from kvmharness.kvm.vm import Vm
 from kvmharness.uapi import ioctls
 from kvmharness.uapi.caps import KvmCap
@@ -16,7 +15,6 @@ from kvmharness.uapi.kvm import KVM_API_VERSION
 from kvmharness.uapi.x86 import kvm_cpuid_entry2, make_kvm_cpuid2
 
 DEFAULT_DEVICE = "/dev/kvm"
-_CHECK_EXTENSION = int(ioctls.KVM_CHECK_EXTENSION)
 
 _OPEN_ADVICE = {
     errno.ENOENT: "the KVM module is not loaded or this CPU has no virtualization: "
@@ -31,7 +29,7 @@ _OPEN_ADVICE = {
 }
 
 
-class Kvm(FdObject):
+class Kvm(ExtensionQueries):
     """The /dev/kvm fd.  Owns the VMs it creates; ``close()`` closes vCPUs → VMs → itself."""
 
     kind = "/dev/kvm"
@@ -65,15 +63,6 @@ class Kvm(FdObject):
     def vms(self) -> list[Vm]:
         """The VMs of this fd that are still open and referenced (weakly held)."""
         return self._vms.live()
-
-    def check_extension(self, cap: int) -> int:
-        """KVM_CHECK_EXTENSION on /dev/kvm: 0 if unsupported, else a cap-specific value."""
-        if not 0 <= cap < SMALL_ARG_LIMIT:
-            raise ValueError(f"capability {cap} is outside 0..{SMALL_ARG_LIMIT - 1}")
-        ret = ioctl_small(self.fd, _CHECK_EXTENSION, cap)
-        if ret < 0:
-            raise self._typed_error(get_errno(), "KVM_CHECK_EXTENSION", f"capability {cap}")
-        return ret  # type: ignore[no-any-return]
 
     def require(self, cap: KvmCap) -> int:
         value = self.check_extension(cap)

@@ -12,9 +12,9 @@ import time
 from typing import TYPE_CHECKING
 
 from kvmharness.kvm.errors import KvmCapabilityError, KvmClosedError, KvmError
-from kvmharness.kvm.fdobject import Children, FdObject
+from kvmharness.kvm.fdobject import Children, ExtensionQueries
 from kvmharness.kvm.memslots import Memslot, explain_failure
-from kvmharness.kvm.syscall import SMALL_ARG_LIMIT, get_errno, ioctl_small, ioctl_struct
+from kvmharness.kvm.syscall import ioctl_struct
 from kvmharness.kvm.stats import StatsReader
 from kvmharness.kvm.vcpu import Vcpu
 from kvmharness.uapi import ioctls
@@ -36,7 +36,6 @@ from kvmharness.uapi.x86 import KVM_X86_QUIRK_SLOT_ZAP_ALL, KvmX86Quirk
 if TYPE_CHECKING:
     from kvmharness.kvm.system import Kvm
 
-_CHECK_EXTENSION = int(ioctls.KVM_CHECK_EXTENSION)
 # slot, flags, guest_phys_addr, memory_size, userspace_addr: the prefix that
 # kvm_userspace_memory_region and kvm_userspace_memory_region2 share.
 _pack_region = struct.Struct("=IIQQQ").pack_into
@@ -92,7 +91,7 @@ class IoEventFd:
         return f"ioeventfd {space} {self.addr:#x} len {self.length}{match}"
 
 
-class Vm(FdObject):
+class Vm(ExtensionQueries):
     kind = "VM"
 
     def __init__(self, kvm: "Kvm", fd: int, vm_type: int = 0) -> None:
@@ -128,15 +127,6 @@ class Vm(FdObject):
         return self._vcpus.live()
 
     # --- capabilities and quirks ----------------------------------------------------------
-    def check_extension(self, cap: int) -> int:
-        """KVM_CHECK_EXTENSION on the VM fd (answers for this VM type)."""
-        if not 0 <= cap < SMALL_ARG_LIMIT:
-            raise ValueError(f"capability {cap} is outside 0..{SMALL_ARG_LIMIT - 1}")
-        ret = ioctl_small(self.fd, _CHECK_EXTENSION, cap)
-        if ret < 0:
-            raise self._typed_error(get_errno(), "KVM_CHECK_EXTENSION", f"capability {cap}")
-        return ret  # type: ignore[no-any-return]
-
     def enable_cap(self, cap: int, *args: int, flags: int = 0) -> None:
         if len(args) > 4:
             raise ValueError("kvm_enable_cap takes at most 4 args")
