@@ -400,7 +400,7 @@ class Machine:
 
     def _vcpu_thread(self, runner: _Runner) -> None:
         # Ctrl-C must reach the main thread, not interrupt a vCPU's KVM_RUN.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
         try:
             if runner.cpu is not None:
                 self._pin(runner.index, runner.cpu)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 
-from kvmharness.kvm import kick
+from kvmharness.kvm import access, kick
 from kvmharness.kvm.errors import KvmCapabilityError, KvmError, KvmUnavailableError
 from kvmharness.kvm.fdobject import Children, ExtensionQueries
 from kvmharness.kvm.vm import Vm
@@ -24,8 +24,6 @@ _OPEN_ADVICE = {
                  "(check dmesg for kvm: messages)",
     errno.ENODEV: "the KVM module is loaded but found no usable virtualization "
                   "(check dmesg for kvm: messages)",
-    errno.EACCES: "permission denied: run as root or add this user to group 'kvm'",
-    errno.EPERM: "permission denied: run as root or add this user to group 'kvm'",
 }
 
 
@@ -42,6 +40,10 @@ class Kvm(ExtensionQueries):
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as exc:
             err = exc.errno or errno.EIO
+            if err in (errno.EACCES, errno.EPERM):
+                # Advice that matches the device's owner, group and mode, not a guess.
+                problem = access.kvm_access_problem(path) or f"{path}: permission denied"
+                raise KvmUnavailableError(err, "open", problem) from None
             advice = _OPEN_ADVICE.get(err, exc.strerror or str(exc))
             raise KvmUnavailableError(err, "open", f"{path}: {advice}") from None
         super().__init__(fd)
