@@ -34,6 +34,8 @@ class Parameter:
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[Any, ...] | None = None
+    # A granularity: the value must be a multiple of it (rom_size in KiB: 4, a page).
+    multiple_of: int | None = None
 
     def valid_range(self) -> str:
         """The valid values in words, for help and error messages."""
@@ -41,17 +43,23 @@ class Parameter:
             return "one of " + ", ".join(map(str, self.choices))
         if self.type is bool:
             return "true or false"
+        # A value type of its own (a comma list) says what it expects in words, never
+        # by its Python class name.
+        expected = getattr(self.type, "expected", None)
+        if isinstance(expected, str):
+            return expected
+        step = f", a multiple of {self.multiple_of}" if self.multiple_of else ""
         # Whole numbers in full (10000000, not 1e+07: the user types them back).
         lo, hi = (None if v is None else int(v) if v == int(v) else v
                   for v in (self.minimum, self.maximum))
         unit = f" {self.unit}" if self.unit and self.type in (int, float) else ""
         if lo is not None and hi is not None:
-            return f"{lo}..{hi}{unit}"
+            return f"{lo}..{hi}{unit}{step}"
         if lo is not None:
-            return f">= {lo}{unit}"
+            return f">= {lo}{unit}{step}"
         if hi is not None:
-            return f"<= {hi}{unit}"
-        return {int: "an integer", float: "a number"}.get(self.type, f"a {self.type.__name__}")
+            return f"<= {hi}{unit}{step}"
+        return {int: "an integer", float: "a number"}.get(self.type, "a value") + step
 
     def check(self, value: Any) -> Any:
         """``value`` if it lies in the declared range; else ValueError naming the parameter
@@ -59,7 +67,8 @@ class Parameter:
         bad = (self.choices is not None and value not in self.choices) or (
             isinstance(value, (int, float)) and not isinstance(value, bool) and (
                 (self.minimum is not None and value < self.minimum)
-                or (self.maximum is not None and value > self.maximum)))
+                or (self.maximum is not None and value > self.maximum)
+                or (self.multiple_of is not None and value % self.multiple_of != 0)))
         if bad:
             raise ValueError(f"parameter {self.name!r} must be {self.valid_range()}, "
                              f"got {value!r}")
@@ -79,7 +88,7 @@ class Parameter:
         except ValueError as e:
             detail = f": {e}" if self.type not in (int, float, bool) and str(e) else ""
             raise ValueError(
-                f"parameter {self.name!r} expects {self.valid_range()} ({self.unit}), "
+                f"parameter {self.name!r} expects {self.valid_range()}, "
                 f"got {text!r}{detail}") from None
         return self.check(value)
 

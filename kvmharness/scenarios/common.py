@@ -175,6 +175,7 @@ class SizeList(str):
 
     default_unit = 1
     granule = 4096  # memslots and guest pages are 4 KiB granular
+    expected = "a comma list of sizes like 4K,1M (multiples of 4K)"
 
     def __new__(cls, text: str) -> "SizeList":
         items = [s for s in str(text).split(",") if s.strip()]
@@ -198,6 +199,7 @@ class MiBList(SizeList):
 
     default_unit = 1 << 20
     granule = 1 << 20
+    expected = "a comma list of MiB like 256,1024 (or sizes like 1G, multiples of 1M)"
 
 
 class SizedScenarioSpec(ScenarioSpec):

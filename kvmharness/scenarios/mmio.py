@@ -118,6 +118,8 @@ def parse_kinds(text: str) -> tuple[str, ...]:
 class KindList(str):
     """``--param kinds=`` text, checked when the command line is parsed."""
 
+    expected = "'all' or a comma list of " + ", ".join(KINDS)
+
     def __new__(cls, text: str) -> "KindList":
         parse_kinds(text)
         return super().__new__(cls, text)

@@ -40,6 +40,8 @@ RUN_PHASE = "slot_scale"
 class CountList(str):
     """A parameter value: comma-separated memslot counts, ascending (``"1,16,64"``)."""
 
+    expected = "a comma list of ascending memslot counts like 1,16,64"
+
     def __new__(cls, text: str) -> "CountList":
         items = [s.strip() for s in str(text).split(",") if s.strip()]
         if not items or not all(s.isdigit() for s in items):

@@ -103,9 +103,9 @@ def test_zap_path_follows_the_variant(kvm, quick_run, zap):
 
 
 def test_parameter_errors_are_clear():
-    with pytest.raises(ValueError, match="parameter 'sizes' expects a SizeList"):
+    with pytest.raises(ValueError, match="parameter 'sizes' expects a comma list of sizes"):
         SPEC.resolve_params({"sizes": "3K"}, quick=True)
-    with pytest.raises(ValueError, match="parameter 'sizes' expects a SizeList"):
+    with pytest.raises(ValueError, match="parameter 'sizes' expects a comma list of sizes"):
         SPEC.resolve_params({"sizes": "4K,lots"}, quick=True)
     with pytest.raises(ValueError, match="parameter 'populated' expects true or false"):
         SPEC.resolve_params({"populated": "maybe"}, quick=True)
