@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import textwrap
 from typing import Any, TextIO
 
 from kvmharness.cli import common
@@ -13,6 +14,10 @@ from kvmharness.observe import fingerprint, tuning
 from kvmharness.results.model import spec_metadata
 from kvmharness.scenarios import registry
 from kvmharness.scenarios.base import ScenarioSpec
+
+
+# Human output fits a 75-column mail or terminal; --json carries everything in full.
+TEXT_WIDTH = 75
 
 
 def add_parsers(sub: Any) -> None:
@@ -90,8 +95,19 @@ def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def spec_json(spec: ScenarioSpec) -> dict[str, Any]:
-    return {**spec_metadata(spec), "default_iterations": spec.default_iterations,
+    meta = spec_metadata(spec)
+    for entry, p in zip(meta["parameters"], spec.parameters):
+        entry.update(valid_range=p.valid_range(), minimum=p.minimum, maximum=p.maximum,
+                     multiple_of=p.multiple_of,
+                     choices=None if p.choices is None else list(p.choices))
+    return {**meta, "default_iterations": spec.default_iterations,
             "default_warmup": spec.default_warmup}
+
+
+def _wrapped(text: str, indent: str, width: int = TEXT_WIDTH) -> list[str]:
+    """``text`` at ``indent``, wrapped at ``width`` with a hanging indent."""
+    return textwrap.wrap(text, width, initial_indent=indent,
+                         subsequent_indent=indent + "    ", break_on_hyphens=False)
 
 
 def list_text(specs: dict[str, ScenarioSpec]) -> str:
@@ -99,18 +115,23 @@ def list_text(specs: dict[str, ScenarioSpec]) -> str:
         return "no scenarios registered (kvmharness/scenarios/registry.py)\n"
     lines: list[str] = []
     for spec in specs.values():
-        lines += [f"{spec.name}: {spec.summary}",
-                  f"  iterations {spec.default_iterations}, warmup {spec.default_warmup}"]
+        lines += _wrapped(f"{spec.name}: {spec.summary}", "")
+        lines.append(f"  iterations {spec.default_iterations}, warmup {spec.default_warmup}")
         if spec.parameters:
-            lines.append("  parameters (default / --quick):")
-            lines += [f"    {p.name} = {p.default} / {p.quick} {p.unit}: {p.help}"
-                      for p in spec.parameters]
+            lines.append("  parameters (default / --quick; valid values):")
+            for p in spec.parameters:
+                valid = p.valid_range()
+                unit = "" if p.type not in (int, float) or p.unit in valid else f" {p.unit}"
+                lines += _wrapped(f"{p.name} = {p.default} / {p.quick}{unit}; {valid}: "
+                                  f"{p.help}", "    ")
         if spec.variant_axes:
             lines.append("  variants:")
-            lines += [f"    {a.name} = {','.join(a.values)}: {a.help}" for a in spec.variant_axes]
+            for a in spec.variant_axes:
+                lines += _wrapped(f"{a.name} = {','.join(a.values)}: {a.help}", "    ")
         lines.append("  metrics:")
-        lines += [f"    {m.name} [{m.unit}], {m.direction} is better: {m.help}"
-                  for m in spec.metrics]
+        for m in spec.metrics:
+            lines += _wrapped(f"{m.name} [{m.unit}], {m.direction} is better: {m.help}",
+                              "    ")
         lines.append("")
     return "\n".join(lines)
 

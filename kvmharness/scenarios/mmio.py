@@ -414,8 +414,8 @@ SPEC = ScenarioSpec(
     parameters=(
         Parameter("accesses", "accesses", 1000, 32, "accesses per timed round (coalesced: "
                   f"at most {RING_CAPACITY}, the ring's capacity)", minimum=1, maximum=100_000),
-        Parameter("kinds", "kinds", "all", "all", "access kinds to run: 'all' or a comma list "
-                  f"of {', '.join(KINDS)}", type=KindList),
+        Parameter("kinds", "kinds", "all", "all", "access kinds to run",
+                  type=KindList),
     ),
     metrics=tuple(
         metric

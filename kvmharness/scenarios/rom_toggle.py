@@ -1,7 +1,8 @@
 """rom-toggle: the benchmark behind "KVM: x86/mmu: Remove fast invalidate mechanism" (2019).
 
-The seed ran ``mmtest -c 8 -m 2000 -e ./rom.sh``: 8 threads touching 2000 MB each while a
-guest read a PCI ROM, which makes the VMM unmap and remap the ROM memslot.  Here V hammer
+The 2019 patch series' benchmark ran ``mmtest -c 8 -m 2000 -e ./rom.sh``: 8 threads
+touching 2000 MB each while a guest read a PCI ROM, which makes the VMM unmap and remap
+the ROM memslot.  Here V hammer
 vCPUs each own M MiB mapped with 4 KiB guest pages and write one word per page per pass;
 meanwhile a host thread deletes and re-creates a read-only ROM slot every T ms, and the
 hammer vCPUs read the ROM between passes (pattern while present, all-ones via an MMIO exit
@@ -222,7 +223,8 @@ SPEC = ScenarioSpec(
                   type=bool),
     ),
     metrics=(
-        Metric("total", "ms", "lower", "time for all vCPUs to finish every pass (the seed's ms)"),
+        Metric("total", "ms", "lower", "time for all vCPUs to finish every pass (the 2019 "
+               "benchmark's figure)"),
         Metric("pass", "ms", "lower", "one vCPU's pass over its memory (guest TSC)"),
         Metric("max_stall", "us", "lower", "longest gap between two consecutive page writes "
                "of any vCPU's pass (guest TSC): how long a vCPU was held up at once"),

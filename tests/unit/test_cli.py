@@ -74,20 +74,28 @@ def test_list_parses(register: Callable[[ScenarioSpec], None],
     (s,) = json.loads(capsys.readouterr().out)["scenarios"]
     assert s["name"] == "fake-toggle"
     assert s["parameters"][0] == {"name": "pages", "unit": "pages", "default": 2000,
-                                  "quick": 16, "type": "int", "help": "pages touched"}
+                                  "quick": 16, "type": "int", "help": "pages touched",
+                                  "valid_range": "an integer", "minimum": None,
+                                  "maximum": None, "multiple_of": None, "choices": None}
     assert s["variant_axes"][0]["values"] == ["all", "slot"]
     assert s["metrics"][0]["direction"] == "lower"
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
     assert "fake-toggle: toggle a fake slot" in out
-    assert "pages = 2000 / 16 pages" in out
+    assert "pages = 2000 / 16 pages; an integer: pages touched" in out
     assert "zap = all,slot" in out
     assert "total [ms], lower is better" in out
 
 
 def test_list_with_the_real_registry(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["list", "--json"]) == 0
-    assert isinstance(json.loads(capsys.readouterr().out)["scenarios"], list)
+    scenarios = json.loads(capsys.readouterr().out)["scenarios"]
+    assert scenarios and all(p["valid_range"] for s in scenarios for p in s["parameters"])
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert max(map(len, out.splitlines())) <= 75
+    assert "rom_size = 128 / 128; 4..1048576 KiB, a multiple of 4" in out
+    assert "seed" not in out and "List" not in out
 
 
 def test_run_writes_a_file_and_compare_reads_it(register: Callable[[ScenarioSpec], None],
