@@ -134,3 +134,15 @@ def test_timeline_is_bounded(run_quick, monkeypatch):
     t = run.ok().effective["timeline"]
     assert t["vcpus"] == 1 and t["pass_vcpu"] == [0] * 5
     assert len(t["delete_s"]) <= 7
+
+
+@pytest.mark.usefixtures("kvm")
+def test_an_iteration_without_a_delete_is_a_warning_not_a_silent_gap(run_quick):
+    # toggle_ms far beyond the passes' length: the toggler never gets to delete.
+    run = run_quick(rom_toggle.SPEC, {"zap": "all"}, iterations=1, warmup=0,
+                    passes="1", mem_per_vcpu="1", toggle_ms="60000")
+    outcome = run.ok()
+    assert "slot_delete" not in outcome.samples and outcome.samples["toggles"] == [0]
+    (warning,) = [w for w in outcome.warnings if "no ROM delete" in w]
+    assert warning.startswith("iteration 1: no ROM delete happened")
+    assert "toggle_ms=60000" in warning and "raise passes or mem_per_vcpu" in warning
