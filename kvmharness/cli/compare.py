@@ -58,7 +58,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--all-metrics", action="store_true",
                    help="every metric (default: the scenario's headline metrics)")
     p.add_argument("--detail", action="store_true",
-                   help="per-side statistics and the CI of each change")
+                   help="per-side statistics, the CI of each change, every file name")
     p.add_argument("--show-setup", action="store_true",
                    help="list every setup difference instead of grouped counts")
     p.add_argument("--fail-on-regression", type=percent, metavar="PCT",

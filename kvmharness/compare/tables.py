@@ -115,11 +115,6 @@ def title(c: Comparison) -> str:
     return f"{c.scenario} ({c.context}): A = {c.a.name}, B = {c.b.name}"
 
 
-def side_line(tag: str, side_name: str, n_ok: int, sources: Sequence[str]) -> str:
-    files = ", ".join(s for s in sources if s)
-    return f"{tag}: {side_name}, {n_ok} runs" + (f" ({files})" if files else "")
-
-
 # --- groups: one A, its B's ---------------------------------------------------------------
 
 
@@ -140,6 +135,15 @@ class Group:
         names = ", ".join(f"{TAGS[i]} = {s.name}" for i, s in enumerate(self.sides))
         context = f" ({self.context})" if self.context != "-" else ""
         return f"{self.scenario}{context}: {names}"
+
+
+def runs_text(g: Group) -> str:
+    """The completed runs per side, in one clause: ``6 runs each`` or ``runs A 6, B 5``
+    (which files: once, in the report's header)."""
+    ns = [len(s.ok_runs) for s in g.sides]
+    if len(set(ns)) == 1:
+        return f"{ns[0]} runs each"
+    return "runs " + ", ".join(f"{TAGS[i]} {n}" for i, n in enumerate(ns))
 
 
 def groups(report: Report) -> list[Group]:
@@ -392,20 +396,6 @@ def _fit(line: str, width: int = WIDTH, indent: str = "    ") -> list[str]:
                          break_on_hyphens=False)
 
 
-def plain_side_lines(tag: str, side_name: str, n_ok: int, sources: Sequence[str],
-                     width: int = WIDTH) -> list[str]:
-    """``side_line`` within ``width``: when the file list does not fit, one file per line."""
-    line = side_line(tag, side_name, n_ok, sources)
-    files = list(dict.fromkeys(s for s in sources if s))
-    if len(line) <= width or not files:
-        return _fit(line, width)
-    out = _fit(f"{tag}: {side_name}, {n_ok} runs, from:", width)
-    for f in files:  # a path's continuation lines indented further than its first
-        out += [("    " if i == 0 else "      ") + piece
-                for i, piece in enumerate(_split_path(f, width - 6))]
-    return out
-
-
 def _split_path(path: str, room: int) -> list[str]:
     """``path`` in pieces of at most ``room`` characters, cut after a '/' where possible."""
     pieces: list[str] = []
@@ -443,10 +433,10 @@ def pivot_key(scenario: str, metric: str) -> tuple[str, str] | None:
 
 
 def _cell(row: MetricRow | None) -> str:
-    if row is None or row.test is None:
+    """A non-baseline cell's change against A (mmtests style): always the number, marked
+    '*' (better) or '!' (worse) only when significant."""
+    if row is None or row.test is None or row.change.ratio is None:
         return "-"
-    if not row.significant:
-        return "~"
     mark = {"worse": "!", "better": "*"}.get(verdict(row), "")
     return pct(row.change.ratio) + mark
 
@@ -641,14 +631,7 @@ def detail_lines(g: Group, names: Sequence[str], width: int) -> list[str]:
 
 
 def group_lines(g: Group, view: View, width: int = WIDTH) -> list[str]:
-    out = _fit(g.title(), width)
-    shared = len({tuple(id(f) for f in s.files) for s in g.sides}) == 1
-    for i, side in enumerate(g.sides):
-        out += plain_side_lines(TAGS[i], side.name, len(side.ok_runs),
-                                [] if shared else [f.source for f in side.files], width)
-    if shared:  # variants of the same files: name them once
-        out += [x for f in g.a.files if f.source for x in _fit(f"from {f.source}", width,
-                                                                 "  ")]
+    out = _fit(f"{g.title()}; {runs_text(g)}", width, "  ")
     empty = [i for i, s in enumerate(g.sides) if not s.ok_runs]
     for i in empty:
         out += _fit(f"  {TAGS[i]} has no completed runs ({_why_no_runs(g.sides[i])}): "
@@ -683,15 +666,73 @@ def rule_text(report: Report) -> str:
     marked = any(len(g.comparisons) > 1 or any(pivot_key(g.scenario, r.metric)
                                                for c in g.comparisons for r in c.rows)
                  for g in groups(report))
-    marks = (" In grids and multi-side tables '*' marks a better, '!' a worse "
-             "significant change." if marked else "")
+    marks = (" Grids and multi-side tables show every change against A; '*' marks a "
+             "better, '!' a worse significant one, no mark: not significant." if marked
+             else "")
+    two_side = any(len(g.comparisons) == 1 and any(pivot_key(g.scenario, r.metric) is None
+                                                   for r in g.comparisons[0].rows)
+                   for g in groups(report))
+    shown = (", in two-side tables shown when significant, '~' otherwise" if marked
+             else ", shown when significant, '~' otherwise") if two_side else ""
     return (
-        f"Values are medians of per-run medians; change = B/A - 1, shown when "
-        f"significant, '~' otherwise: Mann-Whitney U (two-sided) p < {s.alpha:g} after "
+        f"Values are medians of per-run medians; change = B/A - 1{shown}; "
+        f"significant: Mann-Whitney U (two-sided) "
+        f"p < {s.alpha:g} after "
         f"{CORRECTION}'s correction over the report's {report.tests} tests (p shows the "
         f"adjusted value), the {s.confidence * 100:g}% bootstrap CI of the change excludes "
         f"0, and |change| >= {s.min_change * 100:g}%." + marks
     )
+
+
+def _pack(first: str, items: Sequence[str], width: int, indent: str = "    ") -> list[str]:
+    """``first`` then the items joined by ", ", broken between items; an item too long
+    for a line of its own is cut after a '/' (``_split_path``)."""
+    lines: list[str] = []
+    current = first
+    for i, item in enumerate(items):
+        piece = item + ("," if i < len(items) - 1 else "")
+        sep = "" if current.endswith(" ") or current == first and not first else " "
+        if len(current) + len(sep) + len(piece) <= width:
+            current += sep + piece
+            continue
+        if current.strip():
+            lines.append(current.rstrip())
+        current = indent
+        for part in _split_path(piece, width - len(indent)):
+            if current.strip():
+                lines.append(current)
+                current = indent
+            current += part
+    if current.strip():
+        lines.append(current)
+    return lines
+
+
+FILE_LINES = 6  # a longer file list is one line unless --detail
+
+
+def file_lines(sets: Sequence[Setup], width: int, detail: bool = False) -> list[str]:
+    """Each setup's result files, once per report (tables name sides, not files); a list
+    longer than FILE_LINES lines only with --detail, so that it does not outgrow the
+    tables it is about."""
+    named = [(s.name, list(dict.fromkeys(f.source for f in s.files if f.source)))
+             for s in sets]
+    named = [(name, files) for name, files in named if files]
+    if not named:
+        return []
+    one_line = "Files: " + "; ".join(f"{name}: {', '.join(files)}" for name, files in named)
+    if len(named) == 1:
+        out = _pack("Files: ", named[0][1], width)
+    elif len(one_line) <= width:
+        out = [one_line]
+    else:
+        out = ["Files:"]
+        for name, files in named:
+            out += _pack(f"  {name}: ", files, width)
+    if len(out) <= FILE_LINES or detail:
+        return out
+    count = sum(len(files) for _, files in named)
+    return [f"Files: {count} (named with --detail)"]
 
 
 def report_header(report: Report, view: View, width: int = WIDTH) -> list[str]:
@@ -699,6 +740,7 @@ def report_header(report: Report, view: View, width: int = WIDTH) -> list[str]:
     out = ["Setups compared:" if len(sets) > 1 else "Setup:"]
     for s in sets:
         out += setup_lines(s, width)
+    out += file_lines(sets, width, view.detail)
     out += difference_lines(report, sets, view, width)
     for n in report.notes:
         out += _wrapped([n], width, "note: ")
@@ -708,11 +750,11 @@ def report_header(report: Report, view: View, width: int = WIDTH) -> list[str]:
 def report_footer(report: Report, width: int = WIDTH) -> list[str]:
     out: list[str] = []
     out += uncounted_line(report, width)
-    power = list(dict.fromkeys(w for c in report.comparisons
-                               for w in warn.power_warning(len(c.a.ok_runs), len(c.b.ok_runs),
-                                                           report.settings.alpha)))
-    out += [x for w in power for x in _fit(w, width, "  ")]
-    out += textwrap.wrap(rule_text(report), width)
+    pairs = [(len(c.a.ok_runs), len(c.b.ok_runs)) for c in report.comparisons
+             if any(r.test is not None for r in c.rows)]
+    notes = warn.detectability(pairs, report.tests, report.settings.alpha, CORRECTION)
+    out += [x for w in notes for x in textwrap.wrap(w, width, break_on_hyphens=False)]
+    out += textwrap.wrap(rule_text(report), width, break_on_hyphens=False)
     return out
 
 
@@ -752,11 +794,7 @@ def format_markdown(report: Report, view: View = View()) -> str:
     out = [f"## kvmharness compare: {scenarios}", "", "```", *report_header(report, view),
            "```", ""]
     for g in groups(report):
-        out += [f"### {_md_escape(g.title())}", ""]
-        for i, side in enumerate(g.sides):
-            out.append("- " + side_line(TAGS[i], side.name, len(side.ok_runs),
-                                        [f.source for f in side.files]))
-        out.append("")
+        out += [f"### {_md_escape(g.title())}", "", runs_text(g).capitalize() + ".", ""]
         if any(not s.ok_runs for s in g.sides):
             out += [f"No completed runs on {TAGS[i]}: {_why_no_runs(s)}"
                     for i, s in enumerate(g.sides) if not s.ok_runs] + [""]
@@ -773,7 +811,8 @@ def format_markdown(report: Report, view: View = View()) -> str:
                     if r is None:
                         continue
                     cells = [r.metric if i == 0 else "", r.unit, r.direction,
-                             median_with_ci(r.a), median_with_ci(r.b), change_text(r),
+                             median_with_ci(r.a), median_with_ci(r.b),
+                             _cell(r) if multi else change_text(r),
                              "-" if r.change.ci_low is None
                              else f"[{change_ci_text(r, ', ')}]",
                              p_text(r.p_adj), n_text(r)]
@@ -913,6 +952,10 @@ def format_cover_letter(report: Report, view: View = View()) -> str:
             f"{CORRECTION}'s correction over {report.tests} tests, bootstrap CI of the "
             f"change excluding 0, |change| >= {s.min_change * 100:g}%.")
     out += textwrap.wrap(foot, width)
+    pairs = [(len(c.a.ok_runs), len(c.b.ok_runs)) for c in report.comparisons
+             if any(r.test is not None for r in c.rows)]
+    for note in warn.detectability(pairs, report.tests, s.alpha, CORRECTION):
+        out += textwrap.wrap(note, width)
     if report.command:
         out += _command_lines(report.command, width)
     return ascii_text("\n".join(out)) + "\n"

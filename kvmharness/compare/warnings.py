@@ -7,6 +7,7 @@ Warnings never change a verdict; they tell the reader when the verdict is weak.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -97,13 +98,55 @@ def side_warnings(side: str, metrics: Mapping[str, Sequence[float]],
 
 
 def power_warning(n_a: int, n_b: int, alpha: float) -> list[str]:
-    floor = stats.min_attainable_p(n_a, n_b)
+    floor = stats.smallest_p(n_a, n_b)
     if n_a and n_b and floor >= alpha:
-        needed = next((k for k in range(1, 200) if stats.min_attainable_p(k, k) < alpha), None)
+        needed = stats.runs_needed(1, alpha)
         hint = f" (needs >= {needed} runs per side)" if needed else ""
         return [f"n={n_a}/{n_b}: the smallest possible p is {floor:.3g} >= alpha {alpha:g}, "
                 f"so nothing can be significant{hint}"]
     return []
+
+
+def _runs_needed_exact(tests: int, alpha: float) -> int | None:
+    """Like ``stats.runs_needed`` for values that differ within a side (no ties)."""
+    return next((k for k in range(1, 1001)
+                 if stats.min_attainable_p(k, k) * max(tests, 1) < alpha), None)
+
+
+def detectability(pairs: Iterable[tuple[int, int]], tests: int, alpha: float,
+                  correction: str = "Holm") -> list[str]:
+    """benchstat's "need >= 4 samples to detect a difference": when the runs per side
+    (n_a, n_b) cannot give a p below ``alpha`` after the correction over ``tests`` tests,
+    one note saying so and what would: the runs per side (equal sides) or at most how
+    many tests.  The first step of Holm's correction multiplies the smallest p by the
+    number of tests, so no adjusted p can be below ``smallest_p * tests``."""
+    pairs = sorted({p for p in pairs if p[0] and p[1]}, reverse=True)
+    if not pairs or tests < 1:
+        return []
+    out: list[str] = []
+    raw = [p for p in pairs if stats.smallest_p(*p) >= alpha]
+    corrected = [p for p in pairs if p not in raw and stats.smallest_p(*p) * tests >= alpha]
+
+    def needed(t: int) -> str:
+        exact, tied = _runs_needed_exact(t, alpha), stats.runs_needed(t, alpha)
+        if exact is None:
+            return "more runs per side"
+        text = f">= {exact} runs per side"
+        return text + (f" ({tied} if all equal within a side)"
+                       if tied is not None and tied < exact else "")
+
+    ns = ", ".join(f"{a}/{b}" for a, b in raw)
+    if raw:
+        out.append(f"n = {ns} runs: no change can reach p < {alpha:g} even without "
+                   f"correction; need {needed(1)}.")
+    if corrected:
+        ns = ", ".join(f"{a}/{b}" for a, b in corrected)
+        floor = min(stats.min_attainable_p(*p) for p in corrected)
+        most = math.ceil(alpha / floor) - 1
+        fewer = f" or <= {most} test{'s' if most > 1 else ''}" if most >= 1 else ""
+        out.append(f"n = {ns} runs, {tests} tests: no change can reach p < {alpha:g} "
+                   f"after {correction}'s correction; need {needed(tests)}{fewer}.")
+    return out
 
 
 def _noise_values(runs: Iterable[RunRecord], key: str) -> list[float]:

@@ -103,6 +103,39 @@ def test_min_attainable_p() -> None:
     assert stats.min_attainable_p(0, 4) == 1.0
 
 
+def _brute_smallest_p(m: int, n: int, levels: int) -> tuple[float, float]:
+    """(smallest p over distinct values, smallest p over values with ties), by trying
+    every arrangement of ranks and every assignment of ``levels`` tied values."""
+    import itertools
+
+    untied = min(stats.mann_whitney([float(i) for i in a],
+                                    [float(i) for i in range(m + n) if i not in a]).p
+                 for a in itertools.combinations(range(m + n), m))
+    tied = min(stats.mann_whitney(list(map(float, a)), list(map(float, b))).p
+               for a in itertools.product(range(levels), repeat=m)
+               for b in itertools.product(range(levels), repeat=n))
+    return untied, min(untied, tied)
+
+
+@pytest.mark.parametrize("m,n", [(1, 1), (2, 2), (2, 3), (3, 3), (3, 4), (4, 4)])
+def test_smallest_p_is_what_the_test_can_return(m: int, n: int) -> None:
+    untied, any_values = _brute_smallest_p(m, n, levels=3)
+    assert stats.min_attainable_p(m, n) == pytest.approx(untied)
+    assert stats.smallest_p(m, n) == pytest.approx(any_values)
+
+
+def test_runs_needed_is_the_first_size_that_can_reach_alpha() -> None:
+    for tests in (1, 3, 25, 108):
+        k = stats.runs_needed(tests, 0.05)
+        assert k is not None
+        assert stats.smallest_p(k, k) * tests < 0.05 <= stats.smallest_p(k - 1, k - 1) * tests
+    # Exact floors for equal sides: 2 / C(2k, k).  4 runs for one test (2/70 < 0.05), and
+    # 3/3 reaches 0.047 only through ties (each side's values all equal).
+    assert stats.runs_needed(1, 0.05) == 3 and stats.min_attainable_p(3, 3) > 0.05
+    assert stats.runs_needed(108, 0.05) == 7
+    assert stats.smallest_p(6, 6) * 108 >= 0.05  # the ab-mmu-modes example: unreachable
+
+
 @pytest.mark.parametrize("n,lo,hi,coverage", [
     (10, 2, 9, 1 - 2 * 11 / 1024),           # P(X <= 1) = 11/1024
     (20, 6, 15, 1 - 2 * 21700 / 2**20),      # P(X <= 5) = 21700/2^20

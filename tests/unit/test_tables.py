@@ -218,10 +218,16 @@ def test_noise_warnings() -> None:
     assert "A: steal time >= 2% during 10 of 10 runs" in text
     assert "A: other processes used >= 0.5 CPUs during 10 of 10 runs" in text
     assert "n=10/3" not in text  # 10 vs 3 can reach p < 0.05 (2/286)
-    few_a = result_file("6.1.0", runs_from({k: v[:3] for k, v in DATA_A.items()},
+    few_a = result_file("6.1.0", runs_from({k: v[:2] for k, v in DATA_A.items()},
                                            {"zap": "all"}), {}, "a.json")
-    (c,) = build_report([few_a, b]).comparisons
-    assert any("n=3/3: the smallest possible p is 0.1 >= alpha 0.05" in w for w in c.warnings)
+    few_b = result_file("6.12.0", runs_from({k: v[:2] for k, v in DATA_B.items()},
+                                            {"zap": "all"}), environment("6.1.0", False),
+                        "b.json")
+    (c,) = build_report([few_a, few_b]).comparisons
+    # 3/3 can reach 0.047 when each side's values are all equal (the tie-corrected normal
+    # approximation), so 2/2 is the size at which nothing can be significant.
+    assert any("n=2/2: the smallest possible p is 0.194 >= alpha 0.05" in w
+               for w in c.warnings)
     assert "kernel.release: (absent) -> 6.1.0" in c.differences
 
 
@@ -252,10 +258,15 @@ def test_long_file_names_keep_plain_within_78_columns() -> None:
                     "r1-6.12/rom-toggle-6.12-20261126T012605Z.json")
     text = tables.format_report(build_report([a, a2, b], settings=Settings(seed=1)), "plain")
     assert max(len(line) for line in text.splitlines()) <= 75
-    assert "A: 6.1.0, 20 runs, from:" in text
+    assert "Files: 3 (named with --detail)" in text  # a list longer than the tables
+    text = tables.format_report(build_report([a, a2, b], settings=Settings(seed=1)), "plain",
+                                tables.View(detail=True))
+    assert max(len(line) for line in text.splitlines()) <= 75
+    # The files once, in the header, each cut after a '/' when too long for a line.
+    assert "rom-toggle (zap=all): A = 6.1.0, B = 6.12.0; runs A 20, B 10" in text
     assert "\n    r2-6.1/rom-toggle-6.1-20261126T012654Z.json\n" in text
-    # Short enough: still one line.
-    assert "B: 6.12.0, 10 runs (r1-6.12/rom-toggle-6.12-20261126T012605Z.json)" in text
+    assert "\n  6.12.0: r1-6.12/rom-toggle-6.12-20261126T012605Z.json\n" in text
+    assert text.count("rom-toggle-6.1-20261126T012522Z.json") == 1
 
 
 def test_long_setup_differences_show_where_they_differ() -> None:
@@ -427,8 +438,13 @@ def test_three_sides_baseline_and_change_columns() -> None:
     text = tables.format_report(build_report(files, settings=Settings(seed=1)))
     assert "rom-toggle (zap=all): A = k1, B = k2, C = k3" in text
     assert re.search(r"^metric \[unit\] +A +B +change +C +change$", text, re.M)
-    assert re.search(r"^total \[ms\] +89\.15 +84\.75 +-4\.9%\* +89\.15 +~$", text, re.M)
+    # Every non-baseline cell is its change against A; only a significant one is marked.
+    assert re.search(r"^total \[ms\] +89\.15 +84\.75 +-4\.9%\* +89\.15 +\+0\.0%$", text, re.M)
+    assert re.search(r"^delete \[us\] +16\.30 +16\.35 +\+0\.3% +16\.30 +\+0\.0%$", text, re.M)
+    assert "no mark: not significant" in " ".join(text.split())
     assert max(len(line) for line in text.splitlines()) <= 75
+    # The files once per report, not per table.
+    assert text.count("k2.json") == 1 and "Files: k1: k1.json; k2: k2.json" in text
 
 
 def _write(tmp_path: Path, f: ResultFile, name: str) -> Path:
@@ -521,4 +537,69 @@ def test_op_by_size_metrics_pivot_into_a_grid() -> None:
     assert [c for h in heads for c in h] == sizes  # every size once, split, never wrapped
     assert re.search(r"^create \[us\] +A +10\.04 ", text, re.M)
     assert re.search(r"^ +B +5\.035 -49\.8%\* ", text, re.M)
+    # Variants of one file: the file named once, in the header.
+    assert text.count("f.json") == 1 and "Files: f.json" in text
     assert text.count("delete [us]") == len(heads)
+
+
+# --- detectability: benchstat's "need >= N samples" -------------------------------------------
+
+
+def _grid_report(n: int, ops: int = 2) -> Report:
+    """slot-ops-like: ``ops`` x 7 sizes, a 2x change everywhere, ``n`` runs per variant."""
+    sizes = ["4K", "64K", "1M", "16M", "256M", "1G", "4G"]
+    names = [f"op{o}@{s}" for o in range(ops) for s in sizes]
+
+    def runs(scale: float, variant: str, start: int) -> list[RunRecord]:
+        return [RunRecord(index=start + k, repeat=k, variant={"zap": variant}, status="ok",
+                          reason=None, start_time=float(start + k), end_time=None,
+                          samples={m: MetricSamples("us", "lower", [scale * (10 + i) + 0.01 * k])
+                                   for i, m in enumerate(names)}) for k in range(n)]
+
+    f = result_file("k", [*runs(1.0, "all", 0), *runs(0.5, "slot", n)],
+                    environment("k", True), "f.json", variants=[{"zap": "all"}, {"zap": "slot"}])
+    f.scenario = dict(f.scenario, name="slot-ops",
+                      headline=[f"op{o}@<size>" for o in range(ops)])
+    return build_report([f], settings=Settings(seed=1))
+
+
+def test_detectability_note_exactly_when_nothing_can_be_significant() -> None:
+    # 4/4 over 14 tests: smallest p 0.0131 (ties) x 14 > 0.05: nothing can be marked.
+    small = _grid_report(4)
+    text = tables.format_report(small)
+    flat = " ".join(text.split())
+    assert small.tests == 14 and not any(r.significant for c in small.comparisons
+                                         for r in c.rows)
+    assert flat.count("no change can reach p < 0.05") == 1
+    assert ("n = 4/4 runs, 14 tests: no change can reach p < 0.05 after Holm's correction; "
+            "need >= 6 runs per side or <= 1 test.") in flat
+    # The changes are still printed, unmarked.
+    assert re.search(r"^ +B +5\.015 -49\.9%  ", text, re.M)
+    assert max(len(line) for line in text.splitlines()) <= 75
+    assert "no change can reach" in " ".join(tables.format_report(small, "cover-letter").split())
+    # 8/8 over the same 14 tests can: no note, and the 2x changes are marked.
+    big = _grid_report(8)
+    text = tables.format_report(big)
+    assert "no change can reach" not in text and "need >=" not in text
+    assert re.search(r"^ +B +5\.035 -49\.8%\* ", text, re.M)
+    # 2/2: not even one test could be significant.
+    tiny = " ".join(tables.format_report(_grid_report(2, ops=1)).split())
+    assert "n = 2/2 runs: no change can reach p < 0.05 even without correction" in tiny
+    assert "need >= 4 runs per side (3 if all equal within a side)" in tiny
+
+
+def test_detectability_counts_the_reports_tests() -> None:
+    from kvmharness.compare.warnings import detectability
+
+    # The example of ab-mmu-modes: 6/6 runs, 108 tests.
+    (note,) = detectability([(6, 6), (6, 6)], 108, 0.05)
+    assert note == ("n = 6/6 runs, 108 tests: no change can reach p < 0.05 after Holm's "
+                    "correction; need >= 8 runs per side (7 if all equal within a side) "
+                    "or <= 23 tests.")
+    # 6/6 and 20 tests: 2/924 x 20 = 0.043 < 0.05, reachable.
+    assert detectability([(6, 6)], 20, 0.05) == []
+    assert detectability([(6, 6)], 0, 0.05) == []  # nothing tested, nothing to say
+    assert detectability([(0, 6)], 5, 0.05) == []  # a side without runs: no test at all
+    # Only the sizes that cannot reach alpha are named.
+    (note,) = detectability([(20, 20), (3, 3)], 10, 0.05)
+    assert note.startswith("n = 3/3 runs, 10 tests:")
