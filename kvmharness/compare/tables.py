@@ -666,21 +666,18 @@ def rule_text(report: Report) -> str:
     marked = any(len(g.comparisons) > 1 or any(pivot_key(g.scenario, r.metric)
                                                for c in g.comparisons for r in c.rows)
                  for g in groups(report))
-    marks = (" Grids and multi-side tables show every change against A; '*' marks a "
-             "better, '!' a worse significant one, no mark: not significant." if marked
-             else "")
+    marks = (" Grids and multi-side tables: every change against A, '*' better, '!' worse "
+             "if significant, no mark: not significant." if marked else "")
     two_side = any(len(g.comparisons) == 1 and any(pivot_key(g.scenario, r.metric) is None
                                                    for r in g.comparisons[0].rows)
                    for g in groups(report))
-    shown = (", in two-side tables shown when significant, '~' otherwise" if marked
-             else ", shown when significant, '~' otherwise") if two_side else ""
+    shown = ((" ('~' in two-side tables: not significant)" if marked
+              else " ('~': not significant)") if two_side else "")
     return (
-        f"Values are medians of per-run medians; change = B/A - 1{shown}; "
-        f"significant: Mann-Whitney U (two-sided) "
-        f"p < {s.alpha:g} after "
-        f"{CORRECTION}'s correction over the report's {report.tests} tests (p shows the "
-        f"adjusted value), the {s.confidence * 100:g}% bootstrap CI of the change excludes "
-        f"0, and |change| >= {s.min_change * 100:g}%." + marks
+        f"Values: medians of per-run medians; change = B/A - 1{shown}. Significant: "
+        f"Mann-Whitney U (two-sided) p < {s.alpha:g} after {CORRECTION}'s correction over "
+        f"the report's {report.tests} tests (p: adjusted), {s.confidence * 100:g}% bootstrap "
+        f"CI of the change excluding 0, |change| >= {s.min_change * 100:g}%." + marks
     )
 
 

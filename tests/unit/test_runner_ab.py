@@ -237,7 +237,7 @@ def test_ab_alternates_collects_and_compares(fakes: Any, kernels: list[str],
     assert all(len(b["files"]) == 1 for b in doc["boots"])
     kernels_txt = (out_dir / "compare-kernels.txt").read_text()
     assert "one (zap=all): A = old, B = new" in kernels_txt
-    assert "A: old, 8 runs" in kernels_txt
+    assert "one (zap=all): A = old, B = new; 8 runs each" in kernels_txt
     assert (out_dir / "compare-kernels.md").read_text().startswith("#")
     variants = (out_dir / "compare-variants-new.txt").read_text()
     assert "one (label new): A = zap=all, B = zap=slot" in variants
@@ -348,7 +348,7 @@ def test_ab_tables_name_files_relative_to_the_out_folder(fakes: Any, kernels: li
     assert cli.main(["ab", "one", *kernels, "--quick", "--out", str(out_dir)]) == 0
     capsys.readouterr()
     text = (out_dir / "compare-kernels.txt").read_text()
-    assert str(tmp_path) not in text and "    r1-old/one-old-" in text
+    assert str(tmp_path) not in text and "  old: r1-old/one-old-" in text
     assert max(len(line) for line in text.splitlines()) <= 78
 
 
