@@ -25,10 +25,10 @@ SUBCOMMANDS = (info, run, compare, show, plot, ab)
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors in one line (the usage summary is one --help away), exit status 2."""
+    """Usage errors as one message (the usage summary is one --help away), exit status 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USAGE, run.wrapped(f"{self.prog}: {message} (see {self.prog} --help)"))
 
 
 def build_parser() -> argparse.ArgumentParser:

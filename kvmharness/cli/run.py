@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,28 +28,42 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(handler=lambda args, argv, out, err: cmd_run(args, out, err))
 
 
+# Human output fits a 75-column mail or terminal (the result file has everything).
+TEXT_WIDTH = 75
+
+
+def wrapped(text: str) -> str:
+    """``text`` as lines of at most TEXT_WIDTH columns, continuations indented; the
+    ``kvmharness run:`` or ``warning:`` prefix stays with the word after it."""
+    cut = text.find(": ") + 2
+    glued = text[:cut].replace(" ", "\0") + text[cut:]
+    lines = textwrap.wrap(glued, TEXT_WIDTH, subsequent_indent="    ",
+                          break_on_hyphens=False, break_long_words=False)
+    return "\n".join(lines).replace("\0", " ") + "\n"
+
+
 def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     specs = registry.all_scenarios()
     spec = specs.get(args.scenario)
     if spec is None:
-        err.write(f"kvmharness run: unknown scenario {args.scenario!r} "
-                  f"(known: {', '.join(specs) or 'none'})\n")
+        err.write(wrapped(f"kvmharness run: unknown scenario {args.scenario!r} "
+                          f"(known: {', '.join(specs) or 'none'})"))
         return common.EXIT_USAGE
     try:
         plan = common.plan_from_args(spec, args, label=args.label)
     except (ValueError, KeyError) as e:
-        err.write(f"kvmharness run: {e.args[0] if e.args else e}\n")
+        err.write(wrapped(f"kvmharness run: {e.args[0] if e.args else e}"))
         return common.EXIT_USAGE
     # Checked before anything runs or is written, cheapest and most basic first.
     problem = common.kvm_access_problem() or common.output_dir_problem(args.out)
     if problem:
-        err.write(f"kvmharness run: {problem}\n")
+        err.write(wrapped(f"kvmharness run: {problem}"))
         return common.EXIT_FAILED
     preflight = getattr(spec, "preflight", None)
     problems = list(preflight(plan.params)) if callable(preflight) else []
     if problems:
         for p in problems:
-            err.write(f"kvmharness run: {p}\n")
+            err.write(wrapped(f"kvmharness run: {p}"))
         return common.EXIT_USAGE
 
     def progress(message: str) -> None:
@@ -64,13 +79,13 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         except OSError as e:
             # Scenario errors are recorded as failed runs; what escapes is (almost always)
             # writing the result file: its folder or the disk.
-            err.write(f"kvmharness run: {e if e.filename else f'{path}: {e}'}\n")
+            err.write(wrapped(f"kvmharness run: {e if e.filename else f'{path}: {e}'}"))
             return common.EXIT_FAILED
     result = session.result
     if session.path is None:
         out.write(f"{spec.name}: no run completed; no result file written\n")
         for w in result.warnings:
-            out.write(f"warning: {w}\n")
+            out.write(wrapped(f"warning: {w}"))
         return signals.exit_status() if session.interrupted else common.EXIT_FAILED
     path = session.path
     counts = ", ".join(f"{len(result.ok_runs(v))} {('/'.join(v.values()) or 'runs')}"
@@ -80,10 +95,10 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if result.ok_runs():
         out.write(format_run_summary(result))
     for w in result.warnings:
-        out.write(f"warning: {w}\n")
+        out.write(wrapped(f"warning: {w}"))
     spread = spread_line(spread_too_high(result, spec.headline_metrics()))
     if spread:
-        out.write(f"warning: {spread}\n")
+        out.write(wrapped(f"warning: {spread}"))
     if len(result.variants) > 1 and result.ok_runs():
         out.write(f"A/B statistics: kvmharness compare {path}\n")
     if session.interrupted:

@@ -40,6 +40,13 @@ def register(monkeypatch: pytest.MonkeyPatch) -> Callable[[ScenarioSpec], None]:
     return do
 
 
+def unwrapped(text: str) -> str:
+    """Human output with each message's continuation lines (indented) joined back, after
+    checking every line fits 75 columns."""
+    assert all(len(line) <= 75 for line in text.splitlines()), text
+    return re.sub(r"\n    ", " ", text)
+
+
 def only_file(directory: Path) -> Path:
     (path,) = directory.glob("*.json")
     return path
@@ -287,9 +294,9 @@ def test_run_usage_errors(register: Callable[[ScenarioSpec], None], tmp_path: Pa
     register(ranged_spec(fake_spec))
     out = tmp_path / "out"
     assert cli.main([*argv, "--out", str(out)]) == 2
-    err = capsys.readouterr().err
+    err = unwrapped(capsys.readouterr().err)
     assert message in err
-    assert err.count("\n") == 1 and "Traceback" not in err, err  # one line
+    assert err.count("\n") == 1 and "Traceback" not in err, err  # one message
     assert not out.exists()
 
 
@@ -379,7 +386,7 @@ def test_real_scenarios_refuse_what_the_host_cannot_hold(
     for p in params:
         argv += ["--param", p]
     assert cli.main(argv) == 2
-    err = capsys.readouterr().err
+    err = unwrapped(capsys.readouterr().err)
     lines = err.splitlines()
     assert lines and all(line.startswith(f"kvmharness run: {name}: ") for line in lines), err
     assert all(f"lower {knob}" in line for line in lines), err
@@ -486,6 +493,7 @@ def test_a_user_without_access_to_dev_kvm_is_told_what_to_do(
     tmp_path.chmod(0o777)
     code, stdout, err = run_as_nobody(["run", "fake-toggle", "--out", str(out)], tmp_path)
     assert code == 1, err
+    err = unwrapped(err)
     assert err.startswith("kvmharness run: /dev/kvm is ") and err.count("\n") == 1, err
     group_rw = st.st_mode & 0o060 == 0o060 and st.st_gid != 0
     assert ("usermod -aG" in err) == group_rw and ("run as root" in err) == (not group_rw)
