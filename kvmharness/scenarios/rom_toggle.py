@@ -27,13 +27,16 @@ from kvmharness.scenarios.common import (
     HAMMER_MAX_PASSES, HAMMER_ROM_ABSENT, KH_MAX_VCPUS, HammerConfig, PhaseRecorder,
     hammer_max_gap_ns, hammer_pass_ns, hammer_rom_word, u32, u64,
 )
-from kvmharness.scenarios.preflight import host_check
+from kvmharness.scenarios.preflight import Work, host_check
 from kvmharness.scenarios.skeleton import Context, GuestScenario, Handlers, HostToggler
 
 HAMMER_GPA = 4 * GiB
 ROM_GPA = 2 * GiB
 ROM_ABSENT = HAMMER_ROM_ABSENT.to_bytes(8, "little")
 MSR_IA32_TSC = 0x10
+# hammer_write_pass per page: the store, a TSC read for max_stall, the gap compare, the
+# loop (guests/hammer.c); the refaults after each zap come on top.
+HAMMER_INSTRUCTIONS_PER_PAGE = 10
 # A timeline holds at most this many passes (whole vCPUs, lowest first) and deletes, so a
 # long run's result file stays small.
 TIMELINE_MAX_POINTS = 4096
@@ -92,6 +95,15 @@ class RomToggle(GuestScenario):
 
     def vcpus(self) -> int:
         return self.nvcpus
+
+    def work(self) -> Work:
+        """One iteration's guest work.  The watchdog cannot bound it: it fires on a vCPU
+        silent for watchdog_s, and the hammer exits between passes (absent-ROM reads), so
+        a long run stays alive pass after pass; the preflight refuses it instead."""
+        pages = self.mem // 4096
+        return Work(instructions=int(self.params["passes"]) * pages * self.nvcpus
+                    * HAMMER_INSTRUCTIONS_PER_PAGE, vcpus=self.nvcpus,
+                    limit_s=self.watchdog_s, knobs="passes, mem_per_vcpu or vcpus")
 
     def layout(self) -> Layout:
         return Layout.of([
@@ -250,7 +262,7 @@ SPEC = ScenarioSpec(
     variant_axes=RomToggle.variant_axes,
     run=RomToggle.run,
     check_host=host_check(RomToggle, "vcpus x mem_per_vcpu",
-                          lambda s: s.nvcpus * s.mem + s.rom_size),
+                          lambda s: s.nvcpus * s.mem + s.rom_size, RomToggle.work),
     headline=("total", "pass", "max_stall", "slot_delete", "pf_fixed"),
     default_iterations=3,
     default_warmup=1,
