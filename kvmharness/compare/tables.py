@@ -435,8 +435,10 @@ def pivot_key(scenario: str, metric: str) -> tuple[str, str] | None:
 def _cell(row: MetricRow | None) -> str:
     """A non-baseline cell's change against A (mmtests style): always the number, marked
     '*' (better) or '!' (worse) only when significant."""
-    if row is None or row.test is None or row.change.ratio is None:
+    if row is None or row.test is None:
         return "-"
+    if row.change.ratio is None:  # A's median is 0: no ratio, unless B's is 0 too
+        return "+0.0%" if row.a.median == row.b.median == 0 else "-"
     mark = {"worse": "!", "better": "*"}.get(verdict(row), "")
     return pct(row.change.ratio) + mark
 
