@@ -45,7 +45,7 @@ def info_text(fp: dict[str, Any], kvm_problem: str | None = None) -> str:
     lines = [
         version,
         f"kernel:   {k['release']} {k['version']}",
-        f"cmdline:  {k['cmdline']}",
+        _shortened(f"cmdline:  {k['cmdline']}"),
         f"cpu:      {cpu['model']} ({cpu['vendor']}, microcode {cpu['microcode']}), "
         f"{cpu['nproc']} CPUs",
         f"memory:   {_gib(fp['memory']['total_bytes'])}",
@@ -69,9 +69,18 @@ def info_text(fp: dict[str, Any], kvm_problem: str | None = None) -> str:
         lines.append(f"quirks (KVM_CAP_DISABLE_QUIRKS2): {', '.join(quirks) or 'none'}")
     else:
         lines.append(f"KVM: {kvm_problem or kvm.get('status')}")
-    lines += ["", "What this host can measure:"]
-    lines += [f"  - {s}" for s in fingerprint.statements(fp)]
-    return "\n".join(lines) + "\n"
+    text = [wrapped for line in lines for wrapped in _wrapped(line, "")]
+    text += ["", "What this host can measure:"]
+    for statement in fingerprint.statements(fp):
+        text += textwrap.wrap(statement, TEXT_WIDTH, initial_indent="  - ",
+                              subsequent_indent="    ", break_on_hyphens=False,
+                              break_long_words=False)
+    return "\n".join(text) + "\n"
+
+
+def _shortened(line: str, width: int = TEXT_WIDTH) -> str:
+    """``line`` cut to ``width`` columns with "..." (--json has it whole)."""
+    return line if len(line) <= width else line[:width - 3] + "..."
 
 
 def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
@@ -87,7 +96,8 @@ def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
         out.write(info_text(fp, problem))
     if not args.json:
         out.write("\nTuning for stable timings:\n"
-                  + "".join(f"  {line}\n" for line in tuning.advice_lines(advice)))
+                  + "".join(f"  {line}\n"
+                            for line in tuning.advice_lines(advice, width=TEXT_WIDTH - 2)))
     return 0
 
 
@@ -107,7 +117,8 @@ def spec_json(spec: ScenarioSpec) -> dict[str, Any]:
 def _wrapped(text: str, indent: str, width: int = TEXT_WIDTH) -> list[str]:
     """``text`` at ``indent``, wrapped at ``width`` with a hanging indent."""
     return textwrap.wrap(text, width, initial_indent=indent,
-                         subsequent_indent=indent + "    ", break_on_hyphens=False)
+                         subsequent_indent=indent + "    ", break_on_hyphens=False,
+                         break_long_words=False) or [indent]
 
 
 def list_text(specs: dict[str, ScenarioSpec]) -> str:

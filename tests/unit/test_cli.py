@@ -74,6 +74,22 @@ def test_info_plain(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtu
     assert "What this host can measure:" in out and "kernel:" in out
 
 
+def test_info_fits_75_columns_and_json_keeps_the_cmdline_whole(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(fingerprint, "probe_kvm", lambda: {"status": "unavailable: test"})
+    cmdline = "console=ttyS0 " + " ".join(f"opt{i}=value{i}" for i in range(60))
+    real = fingerprint._read_or_reason
+    monkeypatch.setattr(fingerprint, "_read_or_reason",
+                        lambda p: cmdline if str(p).endswith("proc/cmdline") else real(p))
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert max(map(len, out.splitlines())) <= 75, out
+    (line,) = [x for x in out.splitlines() if x.startswith("cmdline:")]
+    assert line.endswith("...") and cmdline.startswith(line[len("cmdline:  "):-3])
+    assert cli.main(["info", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fingerprint"]["kernel"]["cmdline"] == cmdline
+
+
 def test_list_parses(register: Callable[[ScenarioSpec], None],
                      capsys: pytest.CaptureFixture[str], fake_spec: SpecFactory) -> None:
     register(fake_spec())
@@ -505,3 +521,12 @@ def test_a_user_without_access_to_dev_kvm_is_told_what_to_do(
     (kvm_line,) = [line for line in stdout.splitlines() if line.startswith("KVM: ")]
     assert kvm_line.startswith("KVM: /dev/kvm is ") and ("run as root" in kvm_line) == (
         not group_rw)
+
+
+def test_run_output_wraps_at_75_columns_keeping_the_prefix() -> None:
+    from kvmharness.cli.run import wrapped
+    text = "warning: spread too high: " + " ".join(["total 12.3% (3 runs)"] * 12)
+    lines = wrapped(text).splitlines()
+    assert len(lines) > 1 and max(map(len, lines)) <= 75
+    assert lines[0].startswith("warning: spread") and all(x.startswith("    ") for x in lines[1:])
+    assert re.sub(r"\n    ", " ", wrapped(text)) == text + "\n"
