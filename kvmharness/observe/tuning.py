@@ -131,10 +131,12 @@ def _backend(fp: Mapping[str, Any]) -> list[Advice]:
     kind = backend.get("kind")
     if kind == "pvm":
         out.append(Advice("backend", "advice",
-                          "PVM: guest code is emulated, so timings are not those of VT-x/"
-                          "AMD-V and vary with the emulator; measure kernels under "
-                          "tools/vng-run or on a VT-x/AMD-V host, and compare results only "
-                          "with results from this same host"))
+                          "PVM: ioctl semantics and zap paths are real, but guest code "
+                          "is emulated (~1 us per instruction), so timings and fault "
+                          "counters (pf_fixed) are not those of VT-x/AMD-V; for kernel "
+                          "behaviour (zap paths, counters) boot the kernels under "
+                          "tools/vng-run or `kvmharness ab`, for timings use a VT-x/AMD-V "
+                          "host"))
     elif kind == "none":
         out.append(Advice("backend", "unknown", "no KVM module loaded"))
     else:

@@ -64,6 +64,9 @@ def test_thp_always_and_defrag_always() -> None:
 def test_emulated_and_nested_backends() -> None:
     t = by_topic(tuning.advise(tuned_fp(backend={"kind": "pvm", "nested": True}), QUIET))
     assert t["backend"].status == "advice" and "tools/vng-run" in t["backend"].text
+    # Honest about what PVM gives: semantics yes, timings and counters no.
+    assert "timings and fault counters (pf_fixed) are not" in t["backend"].text
+    assert "for timings use a VT-x/AMD-V host" in t["backend"].text
     assert t["nested"].status == "advice" and "bare-metal" in t["nested"].text
 
 
