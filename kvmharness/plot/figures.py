@@ -46,15 +46,28 @@ def sides(files: Sequence[ResultFile]) -> list[Side]:
     for f in files:
         for r in f.ok_runs():
             groups.setdefault((f.label, variant_text(r.variant)), []).append(r)
-    labels = {k[0] for k in groups}
-    variants = {k[1] for k in groups}
+    # The label (the kernel, say) always: a figure shown alone must say what it measured.
+    return [(" ".join(x for x in k if x) or "runs", runs) for k, runs in groups.items()]
 
-    def name(key: tuple[str, str]) -> str:
-        if len(labels) > 1 and len(variants) > 1:
-            return f"{key[0]} {key[1]}"
-        return key[0] if len(labels) > 1 else key[1]
 
-    return [(name(k), runs) for k, runs in groups.items()]
+def timeline_run(runs: Sequence[RunRecord]) -> tuple[RunRecord, str] | None:
+    """The run whose timeline stands for a side: of the runs that kept one, the one whose
+    median ``total`` is closest to the median over those runs, and how to say so."""
+    kept = [(i, r) for i, r in enumerate(runs, 1)
+            if isinstance(r.effective.get("timeline"), dict)]
+    if not kept:
+        return None
+    totals = [(i, r, r.value("total")) for i, r in kept]
+    known = [t for t in totals if t[2] is not None]
+    if not known:
+        i, r = kept[0]
+        return r, f"run {i} of {len(runs)}, last iteration"
+    middle = summarize([t[2] for t in known]).median
+    i, r, total = min(known, key=lambda t: (abs(t[2] - middle), t[0]))
+    unit = r.samples["total"].unit
+    where = (f"the median over {len(known)} runs" if f"{total:.1f}" == f"{middle:.1f}" else
+             f"closest to the median {middle:.1f} {unit} over {len(known)} runs")
+    return r, f"run {i} of {len(runs)}, last iteration; its total {total:.1f} {unit} is {where}"
 
 
 def _pyplot() -> Any:
@@ -142,15 +155,17 @@ def draw_teardown(plt: Any, files: Sequence[ResultFile]) -> Any:
 
 def draw_rom_toggle(plt: Any, files: Sequence[ResultFile]) -> Any:
     """Pass times over a run.  With a per-run timeline (``effective["timeline"]``: lists
-    ``pass_end_s``/``pass_ms`` and ``delete_s``, optionally ``pass_vcpu``) the first run of
-    each side is drawn over time, one line per vCPU, with every ROM delete marked; without one, the passes of every run in order
-    (median over runs) with each iteration's ROM deletes marked at its start."""
+    ``pass_end_s``/``pass_ms`` and ``delete_s``, optionally ``pass_vcpu``) one run of each
+    side (``timeline_run``: the one closest to the median total, named in the legend) is
+    drawn over time, one line per vCPU, with every ROM delete marked; without one, the
+    passes of every run in order (median over runs) with each iteration's ROM deletes
+    marked at its start."""
     all_sides = sides(files)
     if not any("pass" in r.samples for _, runs in all_sides for r in runs):
         raise PlotError("no per-pass samples ('pass') in these files")
     fig, ax = plt.subplots(figsize=(9, 4))
-    timeline = [(name, runs[0].effective["timeline"]) for name, runs in all_sides
-                if runs and isinstance(runs[0].effective.get("timeline"), dict)]
+    timeline = [(f"{name}: {why}", run.effective["timeline"]) for name, runs in all_sides
+                if (chosen := timeline_run(runs)) is not None for run, why in [chosen]]
     if timeline:
         for name, t in timeline:
             ends, lengths = t.get("pass_end_s", []), t.get("pass_ms", [])
@@ -195,9 +210,14 @@ def draw_rom_toggle(plt: Any, files: Sequence[ResultFile]) -> Any:
         ax.set_xlabel("pass in run, in order (dotted: iteration starts, with the ROM "
                       "deletes made during it)")
     ax.set_ylabel(f"pass time [{_unit([r for _, rs in all_sides for r in rs], 'pass')}]")
-    ax.set_title("rom-toggle: hammer pass times while the ROM slot is deleted and re-created")
+    ax.set_title("rom-toggle: hammer pass times while the ROM slot is deleted and re-created"
+                 + ("\n(the last iteration of one run per side: see the legend)"
+                    if timeline else ""))
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    if timeline:  # long names: under the axes, clear of the passes
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(0, -0.2))
+    else:
+        ax.legend(fontsize="small")
     fig.tight_layout()
     return fig
 
@@ -233,6 +253,9 @@ def plot_files(files: Sequence[ResultFile], out: Path) -> Path:
     try:
         fig.savefig(tmp, format=out.suffix.lower().lstrip("."))
         os.replace(tmp, out)
+    except OSError as e:
+        # Named by the file asked for: the temporary name beside it is ours, not the user's.
+        raise PlotError(f"cannot write {out}: {e.strerror or e}") from None
     finally:
         plt.close(fig)
         tmp.unlink(missing_ok=True)

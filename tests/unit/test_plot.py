@@ -130,3 +130,38 @@ def test_without_matplotlib_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyP
     err = capsys.readouterr().err
     assert err == "kvmharness plot needs matplotlib: pip install 'kvmharness[plot]'\n"
     assert not (tmp_path / "f.png").exists()
+
+
+def test_the_timeline_drawn_is_the_run_closest_to_the_median_and_says_so() -> None:
+    from kvmharness.plot.figures import sides, timeline_run
+
+    f = rom_toggle()
+    runs = [r for r in f.runs if r.variant == {"zap": "all"}]
+    for r, total in zip(runs, (100.0, 300.0)):
+        r.samples["total"] = MetricSamples("ms", "lower", [total])
+        r.effective["timeline"] = {"pass_end_s": [0.1], "pass_ms": [60.0], "delete_s": []}
+    extra = run(9, "all", {"total": ("ms", [170.0])})
+    extra.effective["timeline"] = {"pass_end_s": [0.1], "pass_ms": [60.0], "delete_s": []}
+    chosen = timeline_run([*runs, extra])
+    assert chosen is not None and chosen[0] is extra
+    assert chosen[1] == ("run 3 of 3, last iteration; its total 170.0 ms is the median "
+                         "over 3 runs")
+    del runs[1].samples["total"]  # two runs: the median lies between them
+    chosen = timeline_run([*runs, extra])
+    assert chosen is not None and chosen[0] is runs[0]  # a tie: the earlier run
+    assert chosen[1].endswith("its total 100.0 ms is closest to the median 135.0 ms over "
+                              "2 runs")
+    assert timeline_run([r for r in f.runs if r.variant == {"zap": "slot"}]) is None
+    # The kernel label is part of every side's name, even with one label in the files.
+    assert sorted(name for name, _ in sides([f])) == ["k zap=all", "k zap=slot"]
+
+
+def test_an_unwritable_output_is_named_not_its_temporary(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    need_matplotlib()
+    src = write(tmp_path, slot_ops())
+    target = tmp_path / "missing" / "p.png"
+    assert cli.main(["plot", str(src), "--out", str(target)]) == 1
+    assert capsys.readouterr().err == (f"kvmharness plot: cannot write {target}: "
+                                       "No such file or directory\n")
