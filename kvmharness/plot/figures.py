@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -57,12 +58,11 @@ def timeline_run(runs: Sequence[RunRecord]) -> tuple[RunRecord, str] | None:
             if isinstance(r.effective.get("timeline"), dict)]
     if not kept:
         return None
-    totals = [(i, r, r.value("total")) for i, r in kept]
-    known = [t for t in totals if t[2] is not None]
+    known = [(i, r, total) for i, r in kept if (total := r.value("total")) is not None]
     if not known:
         i, r = kept[0]
         return r, f"run {i} of {len(runs)}, last iteration"
-    middle = summarize([t[2] for t in known]).median
+    middle = statistics.median(t[2] for t in known)
     i, r, total = min(known, key=lambda t: (abs(t[2] - middle), t[0]))
     unit = r.samples["total"].unit
     where = (f"the median over {len(known)} runs" if f"{total:.1f}" == f"{middle:.1f}" else
