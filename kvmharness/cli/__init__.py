@@ -13,11 +13,9 @@ import argparse
 import sys
 from typing import NoReturn, Sequence
 
-import kvmharness
-
 from kvmharness.cli import ab, compare, info, plot, run, show
 from kvmharness.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
-from kvmharness.observe import signals
+from kvmharness.observe import fingerprint, signals
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_USAGE", "build_parser", "main"]
 
@@ -31,12 +29,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, run.wrapped(f"{self.prog}: {message} (see {self.prog} --help)"))
 
 
+class _Version(argparse.Action):
+    """Like ``info``'s first line: the git commit too when run from a checkout (asked of
+    git only when --version is given)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        sys.stdout.write(info.version_text(fingerprint.harness_identity()) + "\n")
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kvmharness",
                      description="Drive KVM through /dev/kvm; run and compare "
                                  "memslot/MMU zap scenarios.")
-    parser.add_argument("--version", action="version",
-                        version=f"kvmharness {kvmharness.__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="show the version (and git commit in a checkout) and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS:
         module.add_parsers(sub)

@@ -34,13 +34,18 @@ def _gib(n: Any) -> str:
     return f"{n / 2**30:.1f} GiB" if isinstance(n, (int, float)) else str(n)
 
 
+def version_text(h: dict[str, Any]) -> str:
+    """``kvmharness 0.1.0 (git abcdef123456)`` from ``fingerprint.harness_identity()``."""
+    commit = h.get("git_commit")
+    return f"kvmharness {h['version']}" + (
+        f" (git {commit[:12]}{', modified' if h.get('git_dirty') else ''})" if commit else "")
+
+
 def info_text(fp: dict[str, Any], kvm_problem: str | None = None) -> str:
     """``kvm_problem``: why /dev/kvm cannot be opened, with advice that matches its actual
     owner, group and mode (``common.kvm_access_problem``); shown instead of the probe's."""
-    k, cpu, h = fp["kernel"], fp["cpu"], fp["harness"]
-    commit = h.get("git_commit")
-    version = f"kvmharness {h['version']}" + (
-        f" (git {commit[:12]}{', modified' if h.get('git_dirty') else ''})" if commit else "")
+    k, cpu = fp["kernel"], fp["cpu"]
+    version = version_text(fp["harness"])
     backend = fp["backend"]
     lines = [
         version,

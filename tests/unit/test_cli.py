@@ -530,3 +530,14 @@ def test_run_output_wraps_at_75_columns_keeping_the_prefix() -> None:
     assert len(lines) > 1 and max(map(len, lines)) <= 75
     assert lines[0].startswith("warning: spread") and all(x.startswith("    ") for x in lines[1:])
     assert re.sub(r"\n    ", " ", wrapped(text)) == text + "\n"
+
+
+def test_version_names_the_git_commit_in_a_checkout(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    identity = {"version": "0.1.0", "git_commit": "abcdef1234567890", "git_dirty": False}
+    monkeypatch.setattr(fingerprint, "harness_identity", lambda: dict(identity))
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out == "kvmharness 0.1.0 (git abcdef123456)\n"
+    identity["git_commit"] = None  # an installed copy: no checkout
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out == "kvmharness 0.1.0\n"

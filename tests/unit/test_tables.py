@@ -510,7 +510,8 @@ def test_show_one_file_and_version(tmp_path: Path, capsys: pytest.CaptureFixture
     assert cli.main(["show", str(tmp_path / "missing.json")]) == 1
     assert "kvmharness show:" in capsys.readouterr().err
     assert cli.main(["--version"]) == 0
-    assert capsys.readouterr().out.strip() == f"kvmharness {__version__}"
+    assert re.fullmatch(rf"kvmharness {re.escape(__version__)}( \(git [0-9a-f]{{12}}"
+                        r"(, modified)?\))?\n", capsys.readouterr().out)
 
 
 def test_op_by_size_metrics_pivot_into_a_grid() -> None:
