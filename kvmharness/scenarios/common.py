@@ -17,6 +17,9 @@ from kvmharness.scenarios.base import LOST_EVENTS_KEY, Metric, RunOutcome, Scena
 
 u32, u64 = ctypes.c_uint32, ctypes.c_uint64
 HAMMER_MAX_PASSES = 4096  # guests/hammer.h
+# hammer_write_pass per page: the store, a TSC read for max_stall, the gap compare, the
+# loop (guests/hammer.c); refaults come on top.  For the preflight's work estimate.
+HAMMER_INSTRUCTIONS_PER_PAGE = 10
 HAMMER_ROM_ABSENT = 0xFFFFFFFFFFFFFFFF  # guests/hammer.h
 
 

@@ -24,8 +24,8 @@ from kvmharness.guest.machine import Machine
 from kvmharness.kvm import Mmio
 from kvmharness.scenarios.base import ZAP_AXIS, Metric, Parameter, RunRequest, ScenarioSpec
 from kvmharness.scenarios.common import (
-    HAMMER_MAX_PASSES, HAMMER_ROM_ABSENT, KH_MAX_VCPUS, HammerConfig, PhaseRecorder,
-    hammer_max_gap_ns, hammer_pass_ns, hammer_rom_word, u32, u64,
+    HAMMER_INSTRUCTIONS_PER_PAGE, HAMMER_MAX_PASSES, HAMMER_ROM_ABSENT, KH_MAX_VCPUS,
+    HammerConfig, PhaseRecorder, hammer_max_gap_ns, hammer_pass_ns, hammer_rom_word, u32, u64,
 )
 from kvmharness.scenarios.preflight import Work, host_check
 from kvmharness.scenarios.skeleton import Context, GuestScenario, Handlers, HostToggler
@@ -34,9 +34,6 @@ HAMMER_GPA = 4 * GiB
 ROM_GPA = 2 * GiB
 ROM_ABSENT = HAMMER_ROM_ABSENT.to_bytes(8, "little")
 MSR_IA32_TSC = 0x10
-# hammer_write_pass per page: the store, a TSC read for max_stall, the gap compare, the
-# loop (guests/hammer.c); the refaults after each zap come on top.
-HAMMER_INSTRUCTIONS_PER_PAGE = 10
 # A timeline holds at most this many passes (whole vCPUs, lowest first) and deletes, so a
 # long run's result file stays small.
 TIMELINE_MAX_POINTS = 4096

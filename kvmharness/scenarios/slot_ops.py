@@ -40,10 +40,10 @@ from kvmharness.kvm import HostMemory, Vm
 from kvmharness.observe.counters import KvmCounters, Snapshot
 from kvmharness.scenarios.base import ZAP_AXIS, Direction, Metric, Parameter, RunOutcome, RunRequest
 from kvmharness.scenarios.common import (
-    HAMMER_MAX_PASSES, SIZE_SLOT, HammerConfig, PhaseRecorder, SizedScenarioSpec, SizeList,
-    hammer_max_gap_ns, hammer_pass_ns, size_label,
+    HAMMER_INSTRUCTIONS_PER_PAGE, HAMMER_MAX_PASSES, SIZE_SLOT, HammerConfig, PhaseRecorder,
+    SizedScenarioSpec, SizeList, hammer_max_gap_ns, hammer_pass_ns, size_label,
 )
-from kvmharness.scenarios.preflight import host_check
+from kvmharness.scenarios.preflight import Work, host_check
 from kvmharness.scenarios.skeleton import Context, GuestScenario, Handlers
 from kvmharness.uapi.kvm import KVM_MEM_LOG_DIRTY_PAGES
 
@@ -254,6 +254,14 @@ class SlotOps(GuestScenario):
     def vcpus(self) -> int:
         return 1
 
+    def work(self) -> Work:
+        """One iteration's guest work: a pass over the populated RAM per step, plus the
+        first (none without ``populated``: the guest never runs)."""
+        passes = len(self.steps(0, False)) + 1 if self.populated else 0
+        return Work(instructions=passes * (self.populated_bytes // 4096)
+                    * HAMMER_INSTRUCTIONS_PER_PAGE, vcpus=1, limit_s=self.watchdog_s,
+                    knobs="populated_mib, the number of sizes or ops_per_size")
+
     def layout(self) -> Layout:
         return Layout.of([Region("hammer", HAMMER_GPA, self.populated_bytes, "ram",
                                  hugepages=bool(self.params["thp"]))])
@@ -349,7 +357,7 @@ SPEC = SizedScenarioSpec(
     variant_axes=SlotOps.variant_axes,
     run=SlotOps.run,
     check_host=host_check(SlotOps, "populated_mib or the largest of sizes",
-                          lambda s: s.populated_bytes + s.max_size),
+                          lambda s: s.populated_bytes + s.max_size, SlotOps.work),
     headline=tuple(f"{op}@{SIZE_SLOT}" for op in OPS) + (f"delete_pf_fixed@{SIZE_SLOT}",
                                                          f"delete_pass@{SIZE_SLOT}",
                                                          "max_stall"),

@@ -51,3 +51,15 @@ def test_run_refuses_it_before_anything_is_written(monkeypatch: pytest.MonkeyPat
     assert err.startswith("kvmharness run: rom-toggle: one iteration is ~10737 million")
     assert max(map(len, err.splitlines())) <= 75 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_slot_ops_work_counts_a_pass_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = registry.all_scenarios()["slot-ops"]
+    monkeypatch.setattr(preflight, "emulating_backend", lambda: "PVM")
+    assert spec.preflight(spec.resolve_params({}, quick=True)) == []
+    big = spec.resolve_params({"populated_mib": "4096"}, quick=True)
+    (problem,) = spec.preflight(big)
+    assert problem.startswith("slot-ops: one iteration is ~")
+    assert "lower populated_mib, the number of sizes or ops_per_size" in problem
+    idle = spec.resolve_params({"populated_mib": "4096", "populated": "false"}, quick=True)
+    assert spec.preflight(idle) == []  # the guest never runs
