@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -606,3 +607,25 @@ def test_detectability_counts_the_reports_tests() -> None:
     # Only the sizes that cannot reach alpha are named.
     (note,) = detectability([(20, 20), (3, 3)], 10, 0.05)
     assert note.startswith("n = 3/3 runs, 10 tests:")
+
+
+def test_multi_side_cells_show_the_change_and_mark_only_significant_ones() -> None:
+    from kvmharness.compare.build import MetricRow
+    from kvmharness.compare.stats import Change, mann_whitney, summarize
+
+    def row(a: list[float], b: list[float], change: Change, significant: bool,
+            direction: str = "lower") -> MetricRow:
+        return MetricRow("m", "us", direction, summarize(a), summarize(b),  # type: ignore[arg-type]
+                         mann_whitney(a, b), change, significant)
+
+    worse = row([1.0, 2.0], [3.0, 4.0], Change(1.0, 0.5, 1.5), True)
+    better = row([3.0, 4.0], [1.0, 2.0], Change(-0.5, -0.6, -0.4), True)
+    quiet = row([3.0, 4.0], [1.0, 2.0], Change(-0.5, -0.6, -0.4), False)
+    assert tables._cell(worse) == "+100.0%!" and tables._cell(better) == "-50.0%*"
+    assert tables._cell(dataclasses.replace(worse, direction="higher")) == "+100.0%*"
+    assert tables._cell(quiet) == "-50.0%"  # printed, unmarked
+    # A's median 0: no ratio; 0 against 0 is no change, 0 against 5 has no percentage.
+    zero = row([0.0, 0.0], [0.0, 0.0], Change(None, None, None), False)
+    assert tables._cell(zero) == "+0.0%"
+    assert tables._cell(row([0.0, 0.0], [5.0, 5.0], Change(None, None, None), False)) == "-"
+    assert tables._cell(None) == "-"
