@@ -7,9 +7,9 @@ Regenerate the golden files after an intended format change with
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
-import dataclasses
 import re
 from pathlib import Path
 from typing import Any, Sequence
