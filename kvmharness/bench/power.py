@@ -15,7 +15,9 @@ A and B runs (one fresh VM each) up to ``--runs`` per side and takes the verdict
 fixed n, so the false-positive rate is that of a fixed-n test.  The time to detection is
 the wall time after which the verdict was "B slower" at every later checkpoint (from 3
 runs per side on) up to the final n: when a comparison of that length would first have
-been (and stayed) right.
+been (and stayed) right.  "change" is the median over trials of B's median against A's,
+"CoV" the median run-to-run spread of one side (stdev / mean of its per-run values): the
+noise a change has to stand out from.
 
 A benchmark, not a test: it prints rates and times and asserts nothing.
 """
@@ -55,6 +57,9 @@ class Checkpoint:
 @dataclasses.dataclass(frozen=True)
 class Trial:
     checkpoints: tuple[Checkpoint, ...]
+    # Run-to-run spread of each side (stdev / mean of its per-run values): the noise a
+    # change has to stand out from.
+    cov: tuple[float, float] = (math.nan, math.nan)
 
     @property
     def final(self) -> Checkpoint:
@@ -117,7 +122,12 @@ def run_trial(run_a: Callable[[], float], run_b: Callable[[], float], settings: 
                                          min_change=settings.min_change,
                                          resamples=settings.resamples, direction=direction)
             checkpoints.append(Checkpoint(n, clock() - start, p, change, flagged))
-    return Trial(tuple(checkpoints))
+    return Trial(tuple(checkpoints), (_cov(a), _cov(b)))
+
+
+def _cov(values: Sequence[float]) -> float:
+    mean = statistics.fmean(values) if values else 0.0
+    return statistics.stdev(values) / abs(mean) if len(values) > 1 and mean else math.nan
 
 
 def scenario_runner(spec: ScenarioSpec, settings: Settings) -> Callable[[int], float]:
@@ -161,10 +171,11 @@ def summary_table(rows: Sequence[Row], settings: Settings) -> str:
         else:
             when = "-"
         rate = f"{flagged}/{n} ({100 * flagged / n:.0f}%)" if n else "-"
+        covs = [c for t in row.trials for c in t.cov if not math.isnan(c)]
         table.append([row.name, "false positives" if not row.direction else "detections",
                       rate, f"{statistics.median(changes) * 100:+.1f}%" if changes else "-",
-                      when])
-    return tabulate(table, headers=["comparison", "counts", "rate", "change",
+                      f"{statistics.median(covs) * 100:.0f}%" if covs else "-", when])
+    return tabulate(table, headers=["comparison", "counts", "rate", "change", "CoV",
                                     "time to detection"], tablefmt="simple")
 
 

@@ -96,6 +96,10 @@ def test_measure_and_report() -> None:
     assert aa_line.startswith("A/A ") and "0/2 (0%)" in aa_line
     assert ab_line.startswith("A/A' (+5% work)") and "2/2 (100%)" in ab_line
     assert "(n=4)" in ab_line  # separable from 4 runs per side, as above
+    assert " 0% " in aa_line  # +-0.2% noise: CoV rounds to 0%
+    spread = Trial((Checkpoint(3, 1.0, 0.5, 0.0, False),), (0.1, 0.3))
+    row = power.Row("A/A", (spread,), 0)
+    assert "20%" in power.summary_table([row], s).splitlines()[-1]
     assert all(len(line) <= 78 for line in text.splitlines())
     assert "flagged at n =" in text and "total time 12 s" in text
 
