@@ -172,7 +172,7 @@ def summary_table(rows: Sequence[Row], settings: Settings) -> str:
             when = "-"
         rate = f"{flagged}/{n} ({100 * flagged / n:.0f}%)" if n else "-"
         covs = [c for t in row.trials for c in t.cov if not math.isnan(c)]
-        table.append([row.name, "false positives" if not row.direction else "detections",
+        table.append([row.name, "false pos." if not row.direction else "detections",
                       rate, f"{statistics.median(changes) * 100:+.1f}%" if changes else "-",
                       f"{statistics.median(covs) * 100:.0f}%" if covs else "-", when])
     return tabulate(table, headers=["comparison", "counts", "rate", "change", "CoV",
@@ -208,7 +208,7 @@ def measure(run: Callable[[int], float], settings: Settings,
                      f"p={f.p:.3g}, {'flagged' if f.flagged else 'not flagged'} "
                      f"({f.elapsed_s:.0f} s)")
     return [Row("A/A", tuple(aa), 0),
-            Row(f"A/A' (+{100 * (b - a) / a:.0f}% work)", tuple(ab), 1)]
+            Row(f"A/A' (+{100 * (b - a) / a:.0f}%)", tuple(ab), 1)]
 
 
 def report(rows: Sequence[Row], settings: Settings, elapsed_s: float) -> str:

@@ -86,15 +86,15 @@ def test_measure_and_report() -> None:
     rows = power.measure(run, s)
     assert sorted(set(calls)) == [20, 21] and len(calls) == 2 * 2 * 2 * 5
     aa, ab = rows
-    assert aa.name == "A/A" and ab.name == "A/A' (+5% work)"
+    assert aa.name == "A/A" and ab.name == "A/A' (+5%)"
     assert not any(t.final.flagged for t in aa.trials)
     assert all(t.final.flagged for t in ab.trials)
     text = power.report(rows, s, 12.0)
     assert all(line.isascii() for line in text.splitlines())
-    (aa_line,) = [line for line in text.splitlines() if "false positives" in line]
+    (aa_line,) = [line for line in text.splitlines() if "false pos." in line]
     (ab_line,) = [line for line in text.splitlines() if "detections" in line]
     assert aa_line.startswith("A/A ") and "0/2 (0%)" in aa_line
-    assert ab_line.startswith("A/A' (+5% work)") and "2/2 (100%)" in ab_line
+    assert ab_line.startswith("A/A' (+5%)") and "2/2 (100%)" in ab_line
     assert "(n=4)" in ab_line  # separable from 4 runs per side, as above
     assert " 0% " in aa_line  # +-0.2% noise: CoV rounds to 0%
     spread = Trial((Checkpoint(3, 1.0, 0.5, 0.0, False),), (0.1, 0.3))
