@@ -82,7 +82,7 @@ def test_probe_picks_the_sleeps_overlapping_the_window():
 
 
 def test_parameter_errors_are_clear():
-    with pytest.raises(ValueError, match="parameter 'populated_sizes' expects a MiBList"):
+    with pytest.raises(ValueError, match="parameter 'populated_sizes' expects a comma list of MiB"):
         SPEC.resolve_params({"populated_sizes": "4,lots"}, quick=True)
     with pytest.raises(ValueError, match="parameter 'vcpus' expects 1..64"):
         SPEC.resolve_params({"vcpus": "two"}, quick=True)
