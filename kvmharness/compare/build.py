@@ -261,17 +261,22 @@ def _values(side: Side, metric: str) -> list[float]:
 
 
 def _is_pvm(side: Side) -> bool:
+    return on_pvm(side.files)
+
+
+def on_pvm(files: Sequence[ResultFile]) -> bool:
     return any(str(f.environment.get("backend", {}).get("kind", "")).lower() == "pvm"
-               for f in side.files)
+               for f in files)
+
+
+def not_counted(files: Sequence[ResultFile], values: Sequence[float]) -> bool:
+    """A counter the backend does not count: every run reads 0, and a file comes from
+    PVM (which counts no pf_fixed); elsewhere a 0 is data (zap=slot refaults)."""
+    return on_pvm(files) and bool(values) and all(v == 0 for v in values)
 
 
 def _uncounted(metric: str, a: Side, b: Side) -> bool:
-    """A counter the backend does not count: every run of both sides reads 0, and a side
-    runs on PVM (which counts no pf_fixed); elsewhere a 0 is data (zap=slot refaults)."""
-    if not (_is_pvm(a) or _is_pvm(b)):
-        return False
-    values = _values(a, metric) + _values(b, metric)
-    return bool(values) and all(v == 0 for v in values)
+    return not_counted([*a.files, *b.files], _values(a, metric) + _values(b, metric))
 
 
 def compare_sides(scenario: str, axis: Axis, context: str, a: Side, b: Side,
@@ -540,6 +545,12 @@ def build_sides_report(a_files: Sequence[ResultFile], b_files: Sequence[ResultFi
     kept, notes = dedupe([*a_files, *b_files])
     a_kept = [f for f in kept[:len(a_files)] if f is not None]
     b_kept = [f for f in kept[len(a_files):] if f is not None]
+    if not b_kept:
+        # Every run of B is one of A's (the same file, or a copy): counted once, B is empty.
+        na, nb = (", ".join(dict.fromkeys(f.source or "?" for f in fs))
+                  for fs in (a_files, b_files))
+        names = na if na == nb else f"A: {na}; B: {nb}"
+        raise CompareError(f"--a and --b name the same runs ({names}): nothing to compare")
     comparisons: list[Comparison] = []
     sa, sb = _by_scenario(a_kept), _by_scenario(b_kept)
     for scenario in dict.fromkeys([*sa, *sb]):

@@ -5,21 +5,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvmharness.compare.build import expand_headline, headline_names, zap_summary
+from kvmharness.compare.build import expand_headline, headline_names, not_counted, zap_summary
 from kvmharness.compare.tables import (
     MMU_NAMES,
     WIDTH,
     _fit,
     ascii_text,
     backend_text,
+    ci_header,
+    ci_level_note,
     grid,
     median_ci_text,
     mmu_mode,
     num,
     pct,
     pivot_key,
+    uncounted_text,
 )
-from kvmharness.compare.stats import summarize
+from kvmharness.compare.stats import DEFAULT_CONFIDENCE, Summary, summarize
 from kvmharness.results.model import ResultFile, variant_text
 
 KEY_PARAMETERS = {"kvm": ("tdp_mmu", "mmio_caching", "nx_huge_pages", "eager_page_split"),
@@ -96,9 +99,14 @@ def format_show(f: ResultFile, width: int = WIDTH) -> str:
         for name, s in r.samples.items():
             metrics.setdefault(name, s.unit)
     names = expand_headline(headline_names([f]), [(m, u, "lower") for m, u in metrics.items()])
+    uncounted = [m for m in names
+                 if not_counted([f], [x for r in f.runs if r.status == "ok"
+                                      and (x := r.value(m)) is not None])]
+    names = [m for m in names if m not in uncounted]
     flat = [m for m in names if pivot_key(f.scenario_name, m) is None]
     sized = [m for m in names if pivot_key(f.scenario_name, m) is not None]
     rows = []
+    summaries: list[Summary] = []
     for v in variants:
         runs = f.ok_runs(v)
         first = True
@@ -107,18 +115,24 @@ def format_show(f: ResultFile, width: int = WIDTH) -> str:
             if summary.n == 0:
                 continue
             unit = metrics[name]
+            summaries.append(summary)
             rows.append([variant_text(v) if first else "",
                          f"{name} [{unit}]" if unit else name, num(summary.median),
                          median_ci_text(summary), pct(summary.cov, signed=False),
                          str(summary.n)])
             first = False
     if rows:
-        out += grid(["variant", "headline metric", "median", "95% CI of median", "CoV", "n"],
+        out += grid(["variant", "headline metric", "median",
+                     ci_header(summaries, DEFAULT_CONFIDENCE, "CI of median"), "CoV", "n"],
                     rows, [False, False, True, False, True, True], width, shrink=1)
+        note = ci_level_note(summaries, DEFAULT_CONFIDENCE)
+        out += _fit(note, width, "  ") if note else []
     if sized:
         out += ([""] if rows else []) + _sized_grid(f, variants, sized, metrics, width)
-    if not rows and not sized:
+    if not rows and not sized and not uncounted:
         out.append("(no completed runs)")
+    if uncounted:
+        out += _fit(uncounted_text(uncounted), width, "  ")
     reasons = {f"{variant_text(r.variant)}: {r.status}: {r.reason}" for r in f.runs}
     warnings = [w for w in dict.fromkeys([*f.warnings, *(w for r in f.runs for w in r.warnings)])
                 if w not in reasons]

@@ -20,8 +20,15 @@ import textwrap
 from typing import Callable, Literal, Sequence
 
 from kvmharness.compare import warnings as warn
-from kvmharness.compare.build import CORRECTION, Comparison, MetricRow, Report, Side
-from kvmharness.compare.stats import Summary, summarize
+from kvmharness.compare.build import (
+    CORRECTION,
+    Comparison,
+    MetricRow,
+    Report,
+    Side,
+    not_counted,
+)
+from kvmharness.compare.stats import Summary, median_ci_ranks, summarize
 from kvmharness.results.model import ResultFile, RunRecord, variant_text
 
 Format = Literal["plain", "markdown", "csv", "cover-letter"]
@@ -101,6 +108,33 @@ def median_ci_text(s: Summary) -> str:
     if s.ci_low is None:
         return "-"
     return f"[{num(s.ci_low)}, {num(s.ci_high)}]"
+
+
+def _level(x: float) -> str:
+    return f"{x * 100:.4g}%"
+
+
+def ci_header(summaries: Sequence[Summary], confidence: float, what: str = "CI") -> str:
+    """``95% CI`` when every interval reaches ``confidence``, else ``CI`` (the levels
+    achieved are in the ``ci_level_note`` under the table)."""
+    short = any(s.ci_level is not None and s.ci_level < confidence for s in summaries)
+    return what if short else f"{confidence * 100:g}% {what}"
+
+
+def ci_level_note(summaries: Sequence[Summary], confidence: float) -> str | None:
+    """With few runs the median's order-statistic interval cannot reach ``confidence``:
+    its real coverage at each n shown (2 runs: min..max, 50%), and the n that would."""
+    short = sorted({(s.n, s.ci_level) for s in summaries
+                    if s.ci_level is not None and s.ci_level < confidence})
+    if not short:
+        return None
+    parts = [f"{_level(level)} at n={n}" if level > 0 else f"none at n={n}"
+             for n, level in short]
+    need = short[-1][0] + 1
+    while median_ci_ranks(need, confidence)[2] < confidence:
+        need += 1
+    return (f"CI level: {', '.join(parts)} (the most n allows; "
+            f"{confidence * 100:g}% needs n >= {need})")
 
 
 def n_text(row: MetricRow) -> str:
@@ -340,8 +374,11 @@ def uncounted_line(report: Report, width: int) -> list[str]:
             names.setdefault(f"{family}@*" if sep else m)
     if not names:
         return []
-    return _fit("Not counted here (PVM counts none, all zero): " + ", ".join(names), width,
-                "  ")
+    return _fit(uncounted_text(list(names)), width, "  ")
+
+
+def uncounted_text(names: Sequence[str]) -> str:
+    return "Not counted here (PVM counts none, all zero): " + ", ".join(names)
 
 
 # --- plain ---------------------------------------------------------------------------------
@@ -568,7 +605,7 @@ def zap_line(g: Group, width: int) -> list[str]:
     return _fit("zap path: " + ", ".join(parts), width, "  ")
 
 
-def compact_warnings(g: Group, width: int) -> list[str]:
+def compact_warnings(g: Group, width: int, detail: bool = False) -> list[str]:
     """Run problems and noise, each kind on one line rather than one line per metric."""
     out: list[str] = []
     seen: set[str] = set()
@@ -606,7 +643,8 @@ def compact_warnings(g: Group, width: int) -> list[str]:
     if noisy:
         out.append(f"noisy (CoV >= {warn.COV_LIMIT * 100:.0f}%): " + "; ".join(noisy))
     if outliers:
-        out.append("outlier runs (--detail shows the spread): " + "; ".join(outliers))
+        hint = "" if detail else " (--detail shows the spread)"
+        out.append(f"outlier runs{hint}: " + "; ".join(outliers))
     for c in g.comparisons:
         for w in warn.frequency_between_sides(c.a.ok_runs, c.b.ok_runs):
             out.append(w)
@@ -618,21 +656,28 @@ def _outliers(values: Sequence[float]) -> list[float]:
     return robust_outliers(values)
 
 
-def detail_lines(g: Group, names: Sequence[str], width: int) -> list[str]:
+def detail_lines(g: Group, names: Sequence[str], width: int,
+                 confidence: float = 0.95) -> list[str]:
     detail = []
+    summaries: list[Summary] = []
     for m in names:
         rows = [r for c in g.comparisons if (r := _row_of(c, m))]
         if not rows:
             continue
         sums = [rows[0].a, *((_row_of(c, m) or rows[0]).b for c in g.comparisons)]
+        summaries += sums
         for i, s in enumerate(sums):
             detail.append([m if i == 0 else "", TAGS[i], num(s.median), median_ci_text(s),
                            num(s.mean), num(s.stdev), pct(s.cov, signed=False), str(s.n)])
-    return grid(["per side", "", "median", "95% CI of median", "mean", "stdev", "CoV", "n"],
-                detail, [False, False, True, False, True, True, True, True], width)
+    out = grid(["per side", "", "median", ci_header(summaries, confidence, "CI of median"),
+                "mean", "stdev", "CoV", "n"],
+               detail, [False, False, True, False, True, True, True, True], width)
+    note = ci_level_note(summaries, confidence)
+    return out + (_fit(note, width, "  ") if note else [])
 
 
-def group_lines(g: Group, view: View, width: int = WIDTH) -> list[str]:
+def group_lines(g: Group, view: View, width: int = WIDTH,
+                confidence: float = 0.95) -> list[str]:
     out = _fit(f"{g.title()}; {runs_text(g)}", width, "  ")
     empty = [i for i, s in enumerate(g.sides) if not s.ok_runs]
     for i in empty:
@@ -656,8 +701,8 @@ def group_lines(g: Group, view: View, width: int = WIDTH) -> list[str]:
         out.append("(no metric has values on both sides)")
     out += zap_line(g, width)
     if view.detail and names:
-        out += [""] + detail_lines(g, names, width)
-    warns = compact_warnings(g, width)
+        out += [""] + detail_lines(g, names, width, confidence)
+    warns = compact_warnings(g, width, view.detail)
     if warns:
         out += ["Warnings:"] + warns
     return out
@@ -675,8 +720,10 @@ def rule_text(report: Report) -> str:
                    for g in groups(report))
     shown = ((" ('~' in two-side tables: not significant)" if marked
               else " ('~': not significant)") if two_side else "")
+    multi = any(len(g.comparisons) > 1 for g in groups(report))
+    change = "X/A - 1 for each side X" if multi else "B/A - 1"
     return (
-        f"Values: medians of per-run medians; change = B/A - 1{shown}. Significant: "
+        f"Values: medians of per-run medians; change = {change}{shown}. Significant: "
         f"Mann-Whitney U (two-sided) p < {s.alpha:g} after {CORRECTION}'s correction over "
         f"the report's {report.tests} tests (p: adjusted), {s.confidence * 100:g}% bootstrap "
         f"CI of the change excluding 0, |change| >= {s.min_change * 100:g}%." + marks
@@ -765,7 +812,7 @@ def format_plain(report: Report, view: View = View()) -> str:
         if g.scenario != scenario and len({c.scenario for c in report.comparisons}) > 1:
             out += [f"== {g.scenario} ==", ""]
         scenario = g.scenario
-        out += group_lines(g, view)
+        out += group_lines(g, view, confidence=report.settings.confidence)
     out.append("")
     out += report_footer(report)
     return ascii_text("\n".join(out)) + "\n"
@@ -803,12 +850,14 @@ def format_markdown(report: Report, view: View = View()) -> str:
         pivot = [m for m in names if pivot_key(g.scenario, m) is not None]
         if flat:
             rows = []
+            summaries: list[Summary] = []
             multi = len(g.comparisons) > 1
             for m in flat:
                 for i, c in enumerate(g.comparisons):
                     r = _row_of(c, m)
                     if r is None:
                         continue
+                    summaries += [r.a, r.b]
                     cells = [r.metric if i == 0 else "", r.unit, r.direction,
                              median_with_ci(r.a), median_with_ci(r.b),
                              _cell(r) if multi else change_text(r),
@@ -816,18 +865,22 @@ def format_markdown(report: Report, view: View = View()) -> str:
                              else f"[{change_ci_text(r, ', ')}]",
                              p_text(r.p_adj), n_text(r)]
                     rows.append(cells + [TAGS[i + 1]] if multi else cells)
-            headers = ["metric", "unit", "better", "A median [95% CI]",
-                       "B median [95% CI]" if not multi else "median [95% CI]", "change",
-                       "95% CI of change", "p (adj.)", "n"]
+            ci = ci_header(summaries, report.settings.confidence)
+            headers = ["metric", "unit", "better", f"A median [{ci}]",
+                       f"B median [{ci}]" if not multi else f"median [{ci}]", "change",
+                       f"{report.settings.confidence * 100:g}% CI of change", "p (adj.)",
+                       "n"]
             right = [False, False, False, True, True, True, True, True, True]
             if multi:
                 headers, right = headers + ["side"], right + [False]
             out += _md_table(headers, rows, right)
+            note = ci_level_note(summaries, report.settings.confidence)
+            out += ["", f"{note}."] if note else []
             out.append("")
         if pivot:
             out += ["```", *pivot_tables(g, pivot, 100), "```", ""]
         out += zap_line(g, 200)
-        warns = compact_warnings(g, 200)
+        warns = compact_warnings(g, 200, view.detail)
         if warns:
             out += ["", "**Warnings**", ""] + [w.replace("  - ", "- ", 1) for w in warns]
         out.append("")
@@ -909,6 +962,34 @@ def cover_lines(c: Comparison, width: int = COVER_WIDTH) -> list[str]:
     return out
 
 
+def cover_caveats(report: Report, width: int = COVER_WIDTH) -> list[str]:
+    """One line for the noise a '~' may hide: the metrics with CoV >= COV_LIMIT on
+    either side (largest CoV first), and those with outlier runs."""
+    noisy: dict[str, float] = {}
+    flagged: dict[str, None] = {}
+    for c in report.comparisons:
+        for r in c.rows:
+            for s, side in ((r.a, c.a), (r.b, c.b)):
+                if s.cov is not None and s.cov >= warn.COV_LIMIT:
+                    noisy[r.metric] = max(noisy.get(r.metric, 0.0), s.cov)
+                if _outliers([v for run in side.ok_runs
+                              if (v := run.value(r.metric)) is not None]):
+                    flagged.setdefault(r.metric)
+    parts = []
+    if noisy:
+        worst = sorted(noisy.items(), key=lambda kv: -kv[1])
+        named = (", ".join(f"{m} {cov * 100:.0f}%" for m, cov in worst) if len(worst) <= 3
+                 else f"{len(worst)} metrics, up to {worst[0][1] * 100:.0f}% ({worst[0][0]})")
+        parts.append(f"noisy, CoV >= {warn.COV_LIMIT * 100:.0f}%: {named}")
+    if flagged:
+        parts.append("outlier runs: " + (", ".join(flagged) if len(flagged) <= 3
+                                         else f"{len(flagged)} metrics"))
+    if not parts:
+        return []
+    return textwrap.wrap("Caveats: " + "; ".join(parts) + ".", width,
+                         subsequent_indent="  ", break_on_hyphens=False)
+
+
 def _cpu_model(env: dict[str, object]) -> str:
     cpu = env.get("cpu")
     return str(cpu.get("model", "CPU unknown")) if isinstance(cpu, dict) else "CPU unknown"
@@ -942,6 +1023,7 @@ def format_cover_letter(report: Report, view: View = View()) -> str:
         out += cover_lines(c, width)
         out.append("")
     out += uncounted_line(report, width)
+    out += cover_caveats(report, width)
     s = report.settings
     ns = sorted({f"{len(c.a.ok_runs)}/{len(c.b.ok_runs)}" for c in report.comparisons
                  if c.a.ok_runs and c.b.ok_runs})
@@ -1004,6 +1086,11 @@ def format_run_summary(result: ResultFile, confidence: float = 0.95) -> str:
             if name not in declared:
                 declared.add(name)
                 metrics.append((name, samples.unit))
+    summaries: list[Summary] = []
+    uncounted = [name for name, _ in metrics
+                 if not_counted([result], [x for r in result.runs if r.status == "ok"
+                                           and (x := r.value(name)) is not None])]
+    metrics = [(name, unit) for name, unit in metrics if name not in uncounted]
     for v in result.variants:
         runs = result.ok_runs(v)
         first = True
@@ -1011,10 +1098,15 @@ def format_run_summary(result: ResultFile, confidence: float = 0.95) -> str:
             s = summarize([x for r in runs if (x := r.value(name)) is not None], confidence)
             if s.n == 0:
                 continue
+            summaries.append(s)
             rows.append([variant_text(v) if first else "",
                          f"{name} [{unit}]" if unit else name, num(s.median),
                          median_ci_text(s), pct(s.cov, signed=False), str(s.n)])
             first = False
-    lines = grid(["variant", "metric [unit]", "median", "95% CI of median", "CoV", "n"],
+    lines = grid(["variant", "metric [unit]", "median",
+                  ci_header(summaries, confidence, "CI of median"), "CoV", "n"],
                  rows, [False, False, True, False, True, True], shrink=1)
+    note = ci_level_note(summaries, confidence)
+    lines += _fit(note, WIDTH, "  ") if note else []
+    lines += _fit(uncounted_text(uncounted), WIDTH, "  ") if uncounted else []
     return ascii_text("\n".join(lines)) + "\n"

@@ -157,6 +157,14 @@ def test_summary_uses_those_order_statistics() -> None:
     assert stats.summarize([2.0]).stdev is None
 
 
+@pytest.mark.parametrize("n,level", [(2, 0.5), (3, 0.75), (5, 0.9375), (6, 1 - 2 / 64)])
+def test_summary_reports_the_coverage_it_achieves(n: int, level: float) -> None:
+    # 2 runs: the interval is min..max, which holds the median half the time, not 95%.
+    s = stats.summarize([100.0 + i for i in range(n)])
+    assert (s.ci_low, s.ci_high) == (100.0, 100.0 + n - 1)
+    assert s.ci_level == pytest.approx(level)
+
+
 def test_bootstrap_is_deterministic_with_a_seed() -> None:
     rng = random.Random(5)
     a = [rng.gauss(100, 3) for _ in range(15)]

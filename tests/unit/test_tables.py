@@ -629,3 +629,99 @@ def test_multi_side_cells_show_the_change_and_mark_only_significant_ones() -> No
     assert tables._cell(zero) == "+0.0%"
     assert tables._cell(row([0.0, 0.0], [5.0, 5.0], Change(None, None, None), False)) == "-"
     assert tables._cell(None) == "-"
+
+
+def _small_report(n: int, noisy: bool = False) -> Report:
+    data_a = {k: v[:n] for k, v in DATA_A.items()}
+    if noisy:
+        data_a["total"] = [89.0, 300.0, 20.0, 95.0, 88.0][:n]
+    a = result_file("6.1.0", runs_from(data_a, {"zap": "all"}),
+                    environment("6.1.0", False), "a.json")
+    b = result_file("6.12.0", runs_from({k: v[:n] for k, v in DATA_B.items()},
+                                        {"zap": "all"}), environment("6.12.0", True), "b.json")
+    return build_report([a, b], settings=Settings(seed=1))
+
+
+@pytest.mark.parametrize("n,level", [(2, "50%"), (3, "75%"), (5, "93.75%")])
+def test_small_n_shows_the_ci_level_it_achieves(n: int, level: str) -> None:
+    report = _small_report(n)
+    note = f"CI level: {level} at n={n} (the most n allows; 95% needs n >= 6)"
+    detail = tables.format_report(report, "plain", tables.View(detail=True))
+    assert "95% CI of median" not in detail
+    assert re.search(r"^per side +median +CI of median", detail, re.M)
+    assert note in detail
+    md = tables.format_report(report, "markdown")
+    assert "| A median [CI] | B median [CI] |" in md and note + "." in md
+    f = report.comparisons[0].a.files[0]
+    summary = tables.format_run_summary(f)
+    assert "95% CI" not in summary and note in summary
+    assert max(len(line) for line in (detail + summary).splitlines()) <= 75
+    # Enough runs: the interval reaches 95%, the header says so, and no note.
+    full = tables.format_report(_small_report(10), "plain", tables.View(detail=True))
+    assert "95% CI of median" in full and "CI level:" not in full
+
+
+def test_cover_letter_names_the_noise_behind_a_tilde() -> None:
+    text = tables.format_report(_small_report(5, noisy=True), "cover-letter")
+    assert "(~)" in text
+    assert "Caveats: noisy, CoV >= 10%: total 90%; outlier runs: total." in text
+    assert max(len(line) for line in text.splitlines()) <= 72
+    # Too few runs for any significance: the cover letter says so too.
+    few = " ".join(tables.format_report(_small_report(3, noisy=True), "cover-letter").split())
+    assert "Caveats: noisy, CoV >= 10%: total 107%." in few
+    assert "n = 3/3 runs, 3 tests: no change can reach p < 0.05 after Holm's" in few
+    quiet = tables.format_report(_small_report(10), "cover-letter")
+    assert "Caveats" not in quiet
+
+
+def test_detail_drops_the_hint_to_use_detail() -> None:
+    report = _small_report(5, noisy=True)
+    plain = tables.format_report(report, "plain")
+    assert "outlier runs (--detail shows the spread): A total" in plain
+    detail = tables.format_report(report, "plain", tables.View(detail=True))
+    assert "outlier runs: A total" in detail and "--detail" not in detail
+
+
+def test_multi_side_footer_names_each_side() -> None:
+    files = [result_file(lb, runs_from(data, {"zap": "all"}, start=i * 20),
+                         environment(lb, True), f"{lb}.json")
+             for i, (lb, data) in enumerate((("k1", DATA_A), ("k2", DATA_B), ("k3", DATA_A)))]
+    text = " ".join(tables.format_report(build_report(files, settings=Settings(seed=1)))
+                    .split())
+    assert "change = X/A - 1 for each side X" in text and "B/A" not in text
+    two = " ".join(tables.format_report(label_report()).split())
+    assert "change = B/A - 1" in two
+
+
+def test_cli_same_runs_on_both_sides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kvmharness import cli
+
+    f = result_file("old", runs_from(DATA_A, {"zap": "all"}), environment("6.1.0", False), "")
+    x, copy = _write(tmp_path, f, "x.json"), _write(tmp_path, f, "copy.json")
+    assert cli.main(["compare", "--a", str(x), "--b", str(x)]) == 1
+    err = capsys.readouterr().err
+    assert f"--a and --b name the same runs ({x}): nothing to compare" in err
+    assert cli.main(["compare", "--a", str(x), "--b", str(copy),
+                     "--fail-on-regression", "5%"]) == 125
+    err = capsys.readouterr().err
+    assert f"--a and --b name the same runs (A: {x}; B: {copy}): nothing to compare" in err
+    assert "no scenario has files on both sides" not in err
+
+
+def test_show_marks_counters_pvm_does_not_count(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from kvmharness import cli
+
+    pvm = {"kernel": {"release": "6.18"}, "backend": {"kind": "pvm", "nested": True}}
+    data = dict(DATA_A, delete=[0.0] * 10)
+    f = result_file("6.18", runs_from(data, {"zap": "all"}), pvm, "")
+    assert cli.main(["show", str(_write(tmp_path, f, "pvm.json"))]) == 0
+    out = capsys.readouterr().out
+    assert "Not counted here (PVM counts none, all zero): delete" in out
+    assert not re.search(r"^ +delete \[us\]", out, re.M)
+    assert "Not counted here (PVM counts none, all zero): delete" in tables.format_run_summary(f)
+    # Elsewhere a 0 is data (zap=slot refaults nothing): shown as a value.
+    f_svm = result_file("6.18", runs_from(data, {"zap": "all"}), environment("6.18", True), "")
+    assert cli.main(["show", str(_write(tmp_path, f_svm, "svm.json"))]) == 0
+    out = capsys.readouterr().out
+    assert "Not counted" not in out and re.search(r"^ +delete \[us\] +0 ", out, re.M)
