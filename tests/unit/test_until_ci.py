@@ -277,7 +277,9 @@ def test_run_until_ci_and_pin_from_the_command_line(
     assert result.ok_runs()[0].effective["pinning"]["main"] == [cpu]
     # One 200 among eight 100s: a precise median, but a CoV of 30%; the run ends with one
     # line naming both variants, not a line per metric or variant.
-    spread = [line for line in captured.out.splitlines() if "spread too high" in line]
+    # (One message: run wraps it at 75 columns, continuations indented.)
+    out = captured.out.replace("\n    ", " ")
+    spread = [line for line in out.splitlines() if "spread too high" in line]
     assert len(spread) == 1
     assert "total (zap=all) 30%, total (zap=slot) 30%" in spread[0]
 
@@ -306,7 +308,7 @@ def test_bad_measure_options_are_usage_errors(
 
     cli_with(spec_of(lambda zap, n: 1.0))
     assert cli.main(["run", "fake", "--out", str(tmp_path), *argv]) == 2
-    assert message in capsys.readouterr().err
+    assert message in capsys.readouterr().err.replace("\n    ", " ")  # wrapped at 75
     assert not list(tmp_path.glob("*.json"))
 
 
