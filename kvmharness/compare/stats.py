@@ -1,6 +1,6 @@
 """Distribution-free statistics for A/B comparisons (standard library only).
 
-Kernel timings are skewed and heavy-tailed (DESIGN.md §4: maxima of 1-50 ms next to
+Kernel timings are skewed and heavy-tailed (docs/ARCHITECTURE.md §6: maxima of 1-50 ms next to
 microsecond medians), so everything here is rank- or order-statistic based: medians,
 binomial order-statistic confidence intervals, Mann-Whitney U, and a bootstrap CI for the
 ratio of medians.  Mean/stdev/CoV are reported only as noise indicators.

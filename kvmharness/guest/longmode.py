@@ -1,4 +1,4 @@
-"""x86-64 long-mode vCPU state that VT-x and AMD-V both accept (shared/DESIGN.md §3).
+"""x86-64 long-mode vCPU state that VT-x and AMD-V both accept (docs/ARCHITECTURE.md §5).
 
 Order matters on real hardware: KVM_SET_CPUID2 (from KVM_GET_SUPPORTED_CPUID) before
 KVM_SET_SREGS, because KVM validates CR4 and EFER bits against the guest's CPUID."""

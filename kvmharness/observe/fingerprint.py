@@ -1,6 +1,6 @@
 """The environment fingerprint stored in every result file, and what it implies.
 
-Two result files must explain their own difference (DESIGN.md §2, pyperf): everything here
+Two result files must explain their own difference (as pyperf does): everything here
 is static for the life of a boot (no timestamps, no free memory), so any difference
 between two fingerprints is a real difference between the machines or kernels.
 
@@ -31,7 +31,8 @@ KEY_PARAMETERS = {
     "kvm_amd": ("npt", "nested", "nrips"),
     "kvm_pvm": (),
 }
-KVM_CAP_DISABLE_QUIRKS2 = 213  # DESIGN.md §3; used directly so a short enum cannot hide it
+# docs/ARCHITECTURE.md §5; used directly so a short enum cannot hide it.
+KVM_CAP_DISABLE_QUIRKS2 = 213
 SLOT_ZAP_ALL_BIT = 1 << 7
 
 
@@ -95,8 +96,8 @@ def module_parameters(root: Path) -> dict[str, dict[str, str]]:
 def detect_backend(root: Path, flags: set[str], modules: Mapping[str, Any]) -> dict[str, Any]:
     """Which KVM implementation runs the guests, and whether the host is itself a guest.
 
-    PVM (kvm_pvm) executes guest code by instruction emulation here (DESIGN.md §4), so it
-    is checked first: the CPU may still advertise vmx/svm to a PVM host.
+    PVM (kvm_pvm) executes guest code by instruction emulation (docs/ARCHITECTURE.md §6),
+    so it is checked first: the CPU may still advertise vmx/svm to a PVM host.
     """
     nested = "hypervisor" in flags
     if "kvm_pvm" in modules or (not flags & {"vmx", "svm"} and "kvm" in modules):

@@ -1,9 +1,9 @@
 """Host-noise readings taken around each run: load, steal time, other processes' CPU use
 and CPU frequency.
 
-DESIGN.md §4: p50s move 3-10x between identical runs on these hosts.  We cannot remove that
-noise, but each run records enough for ``compare`` to say when a side ran on a busy or
-throttled machine.
+Medians move several-fold between identical runs on shared hosts (docs/ARCHITECTURE.md
+§6).  We cannot remove that noise, but each run records enough for ``compare`` to say
+when a side ran on a busy or throttled machine.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Running a scenario ``repeat`` times per variant, interleaved, into one result file.
 
 Variants are interleaved (A B A B ...) rather than batched so that slow drifts of the host
-(DESIGN.md §4: p50s move 3-10x between identical runs) hit both sides alike.  The file is
-rewritten atomically after every run, so an interrupt or crash keeps every completed run.
+(medians move several-fold between identical runs, docs/ARCHITECTURE.md §6) hit both
+sides alike.  The file is rewritten atomically after every run, so an interrupt or crash
+keeps every completed run.
 """
 
 from __future__ import annotations
