@@ -1,7 +1,7 @@
 """Figures from result files (``kvmharness plot``); needs the optional matplotlib extra.
 
 - slot-ops: latency of each memslot operation versus slot size, one line per side (label
-  and variant) with the 95% CI of the median as a band, log-log axes;
+  and variant) with the CI of the median as a band (95%, or what n allows), log-log axes;
 - rom-toggle: the hammer's pass times over a run, one line per side, with the ROM deletes
   marked (from a per-run timeline when the run recorded one, else per iteration);
 - teardown: VM destroy time (and the probe's worst delay) versus populated RAM.

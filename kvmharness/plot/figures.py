@@ -100,7 +100,8 @@ def _unit(runs: Sequence[RunRecord], prefix: str) -> str:
 
 def draw_sized(plt: Any, all_sides: Sequence[Side], families: Sequence[str], title: str,
                xlabel: str) -> Any:
-    """One panel per family: median per size with its 95% CI as a band, log-log."""
+    """One panel per family: median per size with its CI as a band (95%, or the level the
+    number of runs allows, said in the title), log-log."""
     present = [f for f in families
                if any(_sized(runs, f) for _, runs in all_sides)]
     if not present:
@@ -108,6 +109,7 @@ def draw_sized(plt: Any, all_sides: Sequence[Side], families: Sequence[str], tit
     cols = min(3, len(present))
     rows = (len(present) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    levels: list[float] = []
     for ax, family in zip([a for row in axes for a in row], present):
         for name, runs in all_sides:
             xs, med, lo, hi = [], [], [], []
@@ -116,6 +118,8 @@ def draw_sized(plt: Any, all_sides: Sequence[Side], families: Sequence[str], tit
                                is not None])
                 if s.median is None:
                     continue
+                if s.ci_level is not None:
+                    levels.append(s.ci_level)
                 xs.append(b)
                 med.append(s.median)
                 lo.append(s.ci_low)
@@ -138,7 +142,11 @@ def draw_sized(plt: Any, all_sides: Sequence[Side], families: Sequence[str], tit
         ax.legend(fontsize="small")
     for ax in [a for row in axes for a in row][len(present):]:
         ax.set_visible(False)
-    fig.suptitle(title + " (bands: 95% CI of the median)")
+    # With few runs the order-statistic interval is min..max and covers less than 95%.
+    lowest = min(levels, default=0.95)
+    band = ("95% CI of the median" if lowest >= 0.95 else
+            f"CI of the median, {lowest * 100:.4g}% at the fewest runs")
+    fig.suptitle(f"{title} (bands: {band})")
     fig.tight_layout()
     return fig
 
