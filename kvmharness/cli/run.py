@@ -96,7 +96,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(format_run_summary(result))
     for w in result.warnings:
         out.write(wrapped(f"warning: {w}"))
-    spread = spread_line(spread_too_high(result, spec.headline_metrics()))
+    spread = spread_line(spread_too_high(result, spec.precision_metrics()))
     if spread:
         out.write(wrapped(f"warning: {spread}"))
     if len(result.variants) > 1 and result.ok_runs():

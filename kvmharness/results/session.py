@@ -157,7 +157,7 @@ def run_session(
     failed = 0
     total = plan.repeat * len(active)
     done = 0
-    stopper = (Stopper(plan.until_ci, plan.spec.headline_metrics(), plan.repeat)
+    stopper = (Stopper(plan.until_ci, plan.spec.precision_metrics(), plan.repeat)
                if plan.until_ci else None)
     try:
         for rep in itertools.count() if stopper else range(plan.repeat):

@@ -223,6 +223,9 @@ class ScenarioSpec:
     # The metrics a default report shows (the answer); the rest appear with --all-metrics.
     # Names may be size families (``create@<size>``) on a SizedScenarioSpec.
     headline: tuple[str, ...] = ()
+    # Headline metrics that are maxima (the worst stall of a run) swing with any host
+    # hiccup; --until-ci and the spread warning judge only the others.
+    extremes: tuple[str, ...] = ()
     # Limits that depend on the host (guest memory against what the host has, page-table
     # room, work a watchdog bounds): one message per problem, each naming the parameter to
     # change.  ``kvmharness run`` calls it before the first run; None: nothing to check.
@@ -254,3 +257,8 @@ class ScenarioSpec:
     def headline_metrics(self) -> tuple[str, ...]:
         """``headline`` or, where a spec declares none, every metric."""
         return self.headline or tuple(m.name for m in self.metrics)
+
+    def precision_metrics(self) -> tuple[str, ...]:
+        """The headline metrics whose median should be precise (``--until-ci``, the spread
+        warning): all but the ``extremes``."""
+        return tuple(m for m in self.headline_metrics() if m not in self.extremes)

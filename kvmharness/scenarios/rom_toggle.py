@@ -260,6 +260,7 @@ SPEC = ScenarioSpec(
     run=RomToggle.run,
     check_host=host_check(RomToggle, "vcpus x mem_per_vcpu",
                           lambda s: s.nvcpus * s.mem + s.rom_size, RomToggle.work),
+    extremes=("max_stall",),
     headline=("total", "pass", "max_stall", "slot_delete", "pf_fixed"),
     default_iterations=3,
     default_warmup=1,

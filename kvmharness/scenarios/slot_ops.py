@@ -358,6 +358,7 @@ SPEC = SizedScenarioSpec(
     run=SlotOps.run,
     check_host=host_check(SlotOps, "populated_mib or the largest of sizes",
                           lambda s: s.populated_bytes + s.max_size, SlotOps.work),
+    extremes=("max_stall",),
     headline=tuple(f"{op}@{SIZE_SLOT}" for op in OPS) + (f"delete_pf_fixed@{SIZE_SLOT}",
                                                          f"delete_pass@{SIZE_SLOT}",
                                                          "max_stall"),
