@@ -68,7 +68,9 @@ class SessionPlan:
         wrong."""
         values = spec.resolve_params({}, quick=quick)
         for key, value in (params or {}).items():
-            values[key] = spec.parameter(key).parse(value) if isinstance(value, str) else value
+            parameter = spec.parameter(key)
+            values[key] = (parameter.parse(value) if isinstance(value, str)
+                           else parameter.check(value))
         return cls(
             spec=spec, params=values, variants=expand_variants(spec, variants),
             repeat=repeat or (until_ci.min_runs if until_ci else
