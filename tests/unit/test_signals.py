@@ -17,6 +17,8 @@ from kvmharness.observe import tracefs
 from kvmharness.results.store import load_result
 
 ROOT = Path(__file__).resolve().parents[2]
+# Keep what the caller had (inside a vng boot: the folder holding psutil and friends).
+PYTHONPATH = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
 
 # The command line, in a child, with a fake scenario registered.  Each run counts
 # tracepoints in fresh tracefs instances (where tracefs is usable) so that signals land in
@@ -82,7 +84,7 @@ def start(tmp_path: Path, out: Path, *args: str, **env: str) -> subprocess.Popen
         [sys.executable, str(driver(tmp_path)), "run", "fake", "--label", "L", "--out",
          str(out), *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "FAKE_KVM_OK": "1", **env})
+        env={**os.environ, "PYTHONPATH": PYTHONPATH, "FAKE_KVM_OK": "1", **env})
 
 
 def instances_of(pid: int) -> list[str]:
@@ -267,7 +269,7 @@ def test_a_killed_counter_leaves_an_empty_stopped_instance(tmp_path: Path) -> No
             "    print(tc.instance, flush=True)\n"
             "    time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": PYTHONPATH})
     assert proc.stdout is not None
     instance = Path(proc.stdout.readline().strip())
     try:
@@ -300,7 +302,7 @@ def test_a_script_killed_inside_a_counter_leaves_no_instance(sig: signal.Signals
             "    print(tc.instance, flush=True)\n"
             "    time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": PYTHONPATH})
     assert proc.stdout is not None
     try:
         instance = Path(proc.stdout.readline().strip())
