@@ -5,10 +5,13 @@ tests skip there with that reason; CI runs them inside QEMU with kvm_amd (tools/
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from kvmharness.guest.layout import GiB, MiB, Layout, Region
+from kvmharness.guest.layout import GiB, Layout, MiB, Region
 from kvmharness.observe.counters import KvmCounters
+from kvmharness.observe.fingerprint import mmu_mode, module_parameters
 from kvmharness.scenarios.common import HammerConfig
 from kvmharness.uapi.caps import KvmCap
 from kvmharness.uapi.x86 import KVM_X86_QUIRK_SLOT_ZAP_ALL
@@ -47,6 +50,12 @@ def refault_after_rom_delete(machine, disable: int) -> tuple[int, int, dict[str,
 
 
 def skip_unless_faults_counted(first: int) -> None:
+    mode = mmu_mode(module_parameters(Path("/")))["mode"]
+    if mode in ("legacy_tdp", "shadow") and not Path("/sys/module/kvm_pvm").is_dir():
+        # The legacy MMU prefetches neighbouring SPTEs on a fault, so pf_fixed counts about
+        # one fault in eight pages there; tests/mmu checks these modes on their own terms.
+        pytest.skip(f"MMU mode {mode}: faults are prefetched, not one per page "
+                    "(tests/mmu covers this mode)")
     if first < PAGES:
         pytest.skip(f"this KVM counted {first} pf_fixed for {PAGES} first touches: an "
                     "instruction-emulating backend (PVM) has no refaults to observe")
