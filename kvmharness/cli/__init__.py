@@ -58,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     out, err = sys.stdout, sys.stderr
     full_argv = sys.argv[1:] if argv is None else list(argv)
+    args.as_program = argv is None  # the process ends with this command
     try:
         return int(args.handler(args, full_argv, out, err))
     except KeyboardInterrupt:

@@ -70,7 +70,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write(message + "\n")
         err.flush()
 
-    with signals.interrupts_raise():
+    with signals.interrupts_raise(ignore_once_interrupted=getattr(args, "as_program", False)):
         remove_stale_instances(err=err)  # a killed run's tracefs instance would skew ours
         environment = common.collect_fingerprint()
         path = default_result_path(args.out, spec.name, plan.label)

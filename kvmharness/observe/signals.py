@@ -51,11 +51,15 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 @contextlib.contextmanager
-def interrupts_raise() -> Iterator[None]:
+def interrupts_raise(*, ignore_once_interrupted: bool = False) -> Iterator[None]:
     """SIGTERM and SIGHUP raise ``Interrupted``, SIGINT KeyboardInterrupt as usual; a
     signal ignored when we start stays ignored (a script's ``cmd &`` ignores SIGINT,
     ``nohup`` SIGHUP: the user asked for that).  Main thread only; elsewhere (signal
-    handlers cannot be set there) this does nothing."""
+    handlers cannot be set there) this does nothing.
+
+    ``ignore_once_interrupted``: for a program that is ending because of a signal, leave
+    the signals ignored rather than at their defaults, so a second one while it prints
+    its summary cannot turn exit status 128 + signal into a kill."""
     global _last
     _last = None
     if threading.current_thread() is not threading.main_thread():
@@ -69,8 +73,10 @@ def interrupts_raise() -> Iterator[None]:
     try:
         yield
     finally:
+        ending = ignore_once_interrupted and _last is not None
         for s, h in old.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
+            signal.signal(s, signal.SIG_IGN if ending else
+                          h if h is not None else signal.SIG_DFL)
 
 
 def ignore_from_now() -> None:
