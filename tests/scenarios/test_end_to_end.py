@@ -29,7 +29,11 @@ def test_cli_run_then_compare(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["compare", str(files[0]), "--format", "markdown"]) == 0
     table = capsys.readouterr().out
-    assert "| total | ms | lower |" in table
+    if skipped:
+        # Before v6.12 zap=slot cannot run: the report says why instead of a table.
+        assert "no completed runs" in table and "quirk not supported" in table
+    else:
+        assert "| total | ms | lower |" in table
 
 
 @pytest.mark.usefixtures("kvm")
