@@ -138,9 +138,10 @@ def load_result(path: Path | str) -> ResultFile:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:
-        # Every complete result document ends with its closing brace; an interrupted copy
-        # or a full disk usually leaves a file that does not.
-        hint = "" if text.rstrip().endswith("}") else " (truncated?)"
+        # A parser that runs out of text mid-document (an interrupted copy, a full disk)
+        # fails at the very end, even when the cut happens to leave a closing brace last.
+        cut = e.pos >= len(text.rstrip()) or not text.rstrip().endswith("}")
+        hint = " (truncated?)" if cut else ""
         raise ResultFormatError(
             f"{path}: not valid JSON{hint}: {e.msg} (line {e.lineno}, column {e.colno})"
         ) from None
