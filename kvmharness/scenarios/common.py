@@ -214,13 +214,9 @@ class SizedScenarioSpec(ScenarioSpec):
     def metric(self, name: str) -> Metric:
         family, sep, label = name.partition("@")
         if sep and label.isdigit() and str(int(label)) == label:
-            try:
-                template = super().metric(f"{family}@{COUNT_SLOT}")
-            except KeyError:
-                pass
-            else:
-                return Metric(name, template.unit, template.direction,
-                              f"{template.help} [{label}]")
+            resolved = self._from_family(name, family, COUNT_SLOT, label)
+            if resolved is not None:
+                return resolved
         if sep and label != SIZE_SLOT:
             try:
                 size = parse_size(label)
@@ -228,14 +224,18 @@ class SizedScenarioSpec(ScenarioSpec):
             except ValueError:
                 valid = False
             if valid:
-                try:
-                    template = super().metric(f"{family}@{SIZE_SLOT}")
-                except KeyError:
-                    pass
-                else:
-                    return Metric(name, template.unit, template.direction,
-                                  f"{template.help} [{label}]")
+                resolved = self._from_family(name, family, SIZE_SLOT, label)
+                if resolved is not None:
+                    return resolved
         return super().metric(name)
+
+    def _from_family(self, name: str, family: str, slot: str, label: str) -> Metric | None:
+        """``name`` as a point of the declared family ``family@slot``, if there is one."""
+        try:
+            template = super().metric(f"{family}@{slot}")
+        except KeyError:
+            return None
+        return Metric(name, template.unit, template.direction, f"{template.help} [{label}]")
 
     def sized_metrics(self, sizes: list[int]) -> list[str]:
         """Every concrete metric name a run over ``sizes`` can report."""

@@ -320,6 +320,14 @@ _OP_HELP = {
     "delete": "deleting the slot (zaps: all or the slot's SPTEs)",
 }
 
+# The hammer's baseline pass and its worst stall, shared with slot-scale.
+STEADY_METRICS = (
+    Metric("steady_pass", "ms", "lower", "a hammer pass with no op before it (baseline)"),
+    Metric("steady_pf_fixed", "faults", "lower", "vCPU pf_fixed during a steady pass"),
+    Metric("max_stall", "us", "lower", "longest gap between two consecutive page writes "
+           "in any pass after an op (guest TSC): the worst single hold-up"),
+)
+
 SPEC = SizedScenarioSpec(
     name="slot-ops",
     summary="latency of memslot create, delete, move and dirty-logging flag changes versus "
@@ -348,12 +356,7 @@ SPEC = SizedScenarioSpec(
     ) + tuple(
         _sized(f"{op}_pf_fixed", "faults", "lower", f"vCPU pf_fixed during the pass after "
                f"{op}") for op in OPS
-    ) + (
-        Metric("steady_pass", "ms", "lower", "a hammer pass with no op before it (baseline)"),
-        Metric("steady_pf_fixed", "faults", "lower", "vCPU pf_fixed during a steady pass"),
-        Metric("max_stall", "us", "lower", "longest gap between two consecutive page writes "
-               "in any pass after an op (guest TSC): the worst single hold-up"),
-    ),
+    ) + STEADY_METRICS,
     variant_axes=SlotOps.variant_axes,
     run=SlotOps.run,
     check_host=host_check(SlotOps, "populated_mib or the largest of sizes",

@@ -25,7 +25,7 @@ from kvmharness.scenarios.common import (
 )
 from kvmharness.scenarios.skeleton import Context, GuestScenario, Handlers
 from kvmharness.scenarios.slot_ops import (
-    SETUP, STEADY, SlotOpsDriver, SlotUnderTest, Step, align_up,
+    SETUP, STEADY, STEADY_METRICS, SlotOpsDriver, SlotUnderTest, Step, align_up,
 )
 
 HAMMER_GPA = 4 * GiB
@@ -210,12 +210,7 @@ SPEC = SizedScenarioSpec(
     ) + tuple(
         _family(f"{op}_pf_fixed", "faults", f"vCPU pf_fixed during the pass after {op}")
         for op in OPS
-    ) + (
-        Metric("steady_pass", "ms", "lower", "a hammer pass with no op before it (baseline)"),
-        Metric("steady_pf_fixed", "faults", "lower", "vCPU pf_fixed during a steady pass"),
-        Metric("max_stall", "us", "lower", "longest gap between two consecutive page writes "
-               "in any pass after an op (guest TSC)"),
-    ),
+    ) + STEADY_METRICS,
     variant_axes=SlotScale.variant_axes,
     run=SlotScale.run,
     headline=tuple(f"{op}@{COUNT_SLOT}" for op in OPS) + (f"delete_pf_fixed@{COUNT_SLOT}",),
