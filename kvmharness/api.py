@@ -8,8 +8,9 @@ get its result object.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from kvmharness.observe import fingerprint
 from kvmharness.results.session import SessionOutcome, SessionPlan, run_session

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import pytest
 

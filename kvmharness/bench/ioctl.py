@@ -27,9 +27,9 @@ import fcntl
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from tabulate import tabulate
 

@@ -364,7 +364,7 @@ class CPeer:
             if stream is not None:
                 stream.close()
 
-    def __enter__(self) -> "CPeer":
+    def __enter__(self) -> CPeer:
         return self
 
     def __exit__(self, *exc: object) -> None:

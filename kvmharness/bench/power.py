@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import statistics
 import sys
 import time
-from typing import Callable, Mapping, Sequence, TextIO
+from collections.abc import Callable, Mapping, Sequence
+from typing import TextIO
 
 from tabulate import tabulate
 
@@ -200,7 +202,7 @@ def measure(run: Callable[[int], float], settings: Settings,
     a, b = settings.passes, settings.passes_b
     for t in range(settings.trials):
         for name, other, direction, out in (("A/A", a, 0, aa), ("A/A'", b, 1, ab)):
-            trial = run_trial(lambda: run(a), lambda: run(other), settings, direction)
+            trial = run_trial(lambda: run(a), functools.partial(run, other), settings, direction)
             out.append(trial)
             f = trial.final
             progress(f"trial {t + 1}/{settings.trials} {name}: n={f.n} per side, "

@@ -10,11 +10,17 @@ from typing import Any
 
 # Looked up through this module at call time, so tests can substitute them.
 from kvmharness.kvm.access import (  # noqa: F401
-    KVM_DEVICE, kvm_access_advice, kvm_access_problem,
+    KVM_DEVICE,
+    kvm_access_advice,
+)
+from kvmharness.kvm.access import (
+    kvm_access_problem as kvm_access_problem,
 )
 from kvmharness.observe import fingerprint, pinning
 from kvmharness.results import precision
-from kvmharness.results.session import DEFAULT_REPEAT, QUICK_REPEAT, SessionPlan
+from kvmharness.results.session import DEFAULT_REPEAT as DEFAULT_REPEAT
+from kvmharness.results.session import QUICK_REPEAT as QUICK_REPEAT
+from kvmharness.results.session import SessionPlan
 from kvmharness.scenarios.base import ScenarioSpec
 
 EXIT_FAILED = 1

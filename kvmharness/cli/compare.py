@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, TextIO
 
 from kvmharness.cli import common
 from kvmharness.compare.build import (
@@ -19,7 +20,6 @@ from kvmharness.compare.gate import regressions
 from kvmharness.compare.tables import FORMATS, View, format_report
 from kvmharness.results.store import load_result
 from kvmharness.results.validate import ResultFormatError
-
 
 # With --fail-on-regression, input that cannot be compared is neither good nor bad: the
 # status `git bisect run` reads as "skip this commit".

@@ -15,7 +15,6 @@ from kvmharness.results.model import spec_metadata
 from kvmharness.scenarios import registry
 from kvmharness.scenarios.base import ScenarioSpec
 
-
 # Human output fits a 75-column mail or terminal; --json carries everything in full.
 TEXT_WIDTH = 75
 

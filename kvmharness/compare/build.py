@@ -22,7 +22,8 @@ import functools
 import hashlib
 import json
 import re
-from typing import Any, Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 from kvmharness.compare import stats
 from kvmharness.compare import warnings as warn
@@ -529,7 +530,7 @@ def build_report(files: Sequence[ResultFile], *, by: AxisChoice = "auto",
 
 def _side_name(files: Sequence[ResultFile], other: Sequence[ResultFile], tag: str) -> str:
     labels = list(dict.fromkeys(f.label for f in files))
-    other_labels = set(f.label for f in other)
+    other_labels = {f.label for f in other}
     if len(labels) == 1 and labels[0] not in other_labels:
         return labels[0]
     return tag

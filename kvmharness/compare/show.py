@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from kvmharness.compare.build import expand_headline, headline_names, not_counted, zap_summary
+from kvmharness.compare.stats import DEFAULT_CONFIDENCE, Summary, summarize
 from kvmharness.compare.tables import (
     MMU_NAMES,
     WIDTH,
@@ -22,7 +23,6 @@ from kvmharness.compare.tables import (
     pivot_key,
     uncounted_text,
 )
-from kvmharness.compare.stats import DEFAULT_CONFIDENCE, Summary, summarize
 from kvmharness.results.model import ResultFile, variant_text
 
 KEY_PARAMETERS = {"kvm": ("tdp_mmu", "mmio_caching", "nx_huge_pages", "eager_page_split"),

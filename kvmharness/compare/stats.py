@@ -12,7 +12,8 @@ import dataclasses
 import functools
 import math
 import random
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 # The median's order-statistic CI lives with the --until-ci stopping rule, a layer below,
 # which needs it too; re-exported here as part of this module's statistics.

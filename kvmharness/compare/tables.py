@@ -17,7 +17,8 @@ import math
 import re
 import statistics
 import textwrap
-from typing import Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 from kvmharness.compare import warnings as warn
 from kvmharness.compare.build import (
@@ -589,7 +590,7 @@ def pivot_tables(g: Group, names: Sequence[str], width: int) -> list[str]:
         out += [head.rstrip(), "-" * len(head.rstrip())]
         for fam in families:
             per_col = {c: cells(fam, c) for c in cols}
-            for i, side in enumerate(g.sides):
+            for i, _side in enumerate(g.sides):
                 name = labels[fam] if i == 0 else ""
                 line = (f"{name:<{label_w}} {TAGS[i]} "
                         + gap.join(per_col[c][i].rjust(col_w[c]) for c in cols))
@@ -646,8 +647,7 @@ def compact_warnings(g: Group, width: int, detail: bool = False) -> list[str]:
         hint = "" if detail else " (--detail shows the spread)"
         out.append(f"outlier runs{hint}: " + "; ".join(outliers))
     for c in g.comparisons:
-        for w in warn.frequency_between_sides(c.a.ok_runs, c.b.ok_runs):
-            out.append(w)
+        out.extend(warn.frequency_between_sides(c.a.ok_runs, c.b.ok_runs))
     return [x for w in out for x in _wrapped([w], width, "  - ")]
 
 
@@ -737,7 +737,7 @@ def _pack(first: str, items: Sequence[str], width: int, indent: str = "    ") ->
     current = first
     for i, item in enumerate(items):
         piece = item + ("," if i < len(items) - 1 else "")
-        sep = "" if current.endswith(" ") or current == first and not first else " "
+        sep = "" if current.endswith(" ") or (current == first and not first) else " "
         if len(current) + len(sep) + len(piece) <= width:
             current += sep + piece
             continue

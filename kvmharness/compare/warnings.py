@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from kvmharness.compare import stats
 from kvmharness.results.model import ResultFile, RunRecord
@@ -168,9 +169,9 @@ def noise_warnings(side: str, runs: Sequence[RunRecord]) -> list[str]:
     drifted = 0
     for r in runs:
         before, after = r.noise.get("cpu_mhz_before"), r.noise.get("cpu_mhz_after")
-        if isinstance(before, (int, float)) and isinstance(after, (int, float)) and before > 0:
-            if abs(after / before - 1) >= FREQ_DRIFT_LIMIT:
-                drifted += 1
+        if (isinstance(before, (int, float)) and isinstance(after, (int, float)) and before > 0
+                and abs(after / before - 1) >= FREQ_DRIFT_LIMIT):
+            drifted += 1
     if drifted:
         out.append(f"{side}: CPU frequency drifted >= {FREQ_DRIFT_LIMIT * 100:.0f}% "
                    f"during {drifted} of {len(runs)} runs")

@@ -8,7 +8,9 @@ paging build one SPTE per page, which is what zap costs scale with)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Literal
+import itertools
+from collections.abc import Iterable
+from typing import Literal
 
 from kvmharness.guest.errors import GuestError
 from kvmharness.guest.ucall import KH_MAX_VCPUS
@@ -67,7 +69,7 @@ class Region:
     def has_memslot(self) -> bool:
         return self.kind != "mmio"
 
-    def overlaps(self, other: "Region") -> bool:
+    def overlaps(self, other: Region) -> bool:
         return self.gpa < other.end and other.gpa < self.end
 
     def __str__(self) -> str:
@@ -84,12 +86,12 @@ class Layout:
     regions: tuple[Region, ...] = ()
 
     @classmethod
-    def of(cls, regions: Iterable[Region]) -> "Layout":
+    def of(cls, regions: Iterable[Region]) -> Layout:
         layout = cls(tuple(regions))
         layout.validate()
         return layout
 
-    def with_region(self, region: Region) -> "Layout":
+    def with_region(self, region: Region) -> Layout:
         return Layout.of(self.regions + (region,))
 
     @property
@@ -123,7 +125,7 @@ class Layout:
                 raise LayoutError(f"{r} overlaps the harness's low memory and page tables "
                                   f"[0-{USER_REGIONS_GPA:#x}): place regions at or above 1 GiB")
         ordered = sorted(self.all_regions, key=lambda r: r.gpa)
-        for a, b in zip(ordered, ordered[1:]):
+        for a, b in itertools.pairwise(ordered):
             if a.overlaps(b):
                 raise LayoutError(f"{a} overlaps {b}")
         # Regions with 2 MiB leaves are 2 MiB aligned, so no 4 KiB region can share one

@@ -6,7 +6,7 @@ KVM_SET_SREGS, because KVM validates CR4 and EFER bits against the guest's CPUID
 from __future__ import annotations
 
 import struct
-from typing import Iterable
+from collections.abc import Iterable
 
 from kvmharness.guest.layout import GDT_GPA, IDT_GPA, TSS_GPA, LayoutError
 from kvmharness.kvm import Vcpu

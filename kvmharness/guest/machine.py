@@ -20,23 +20,52 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 from kvmharness.guest import foreign, longmode, pagetables
 from kvmharness.guest.build import guest_path
 from kvmharness.guest.elf import GuestImage
 from kvmharness.guest.errors import GuestCrash, GuestError, GuestImageError, GuestTimeout
 from kvmharness.guest.layout import (
-    EXCEPTION_STUBS_GPA, GDT_GPA, HARNESS_END, IDT_GPA, IMAGE_GPA, LOW_RAM_END, MAX_VCPUS,
-    PAGE_TABLES_GPA, STACK_SIZE, STACKS_GPA, TSS_GPA, Layout, LayoutError, Region,
+    EXCEPTION_STUBS_GPA,
+    GDT_GPA,
+    HARNESS_END,
+    IDT_GPA,
+    IMAGE_GPA,
+    LOW_RAM_END,
+    MAX_VCPUS,
+    PAGE_TABLES_GPA,
+    STACK_SIZE,
+    STACKS_GPA,
+    TSS_GPA,
+    Layout,
+    LayoutError,
+    Region,
 )
 from kvmharness.guest.memory import GuestMemory, check_host_memory
 from kvmharness.guest.ucall import (
-    KH_UCALL_PORT, Assert, Done, GuestException, Print, Sync, decode_ucall,
+    KH_UCALL_PORT,
+    Assert,
+    Done,
+    GuestException,
+    Print,
+    Sync,
+    decode_ucall,
 )
 from kvmharness.kvm import (
-    FailEntry, Hlt, InternalError, Io, Kvm, Mmio, Shutdown, Stopped, SystemEvent, Vcpu, Vm,
+    FailEntry,
+    Hlt,
+    InternalError,
+    Io,
+    Kvm,
+    Mmio,
+    Shutdown,
+    Stopped,
+    SystemEvent,
+    Vcpu,
+    Vm,
 )
 from kvmharness.kvm.exits import Exit
 from kvmharness.uapi.kvm import KVM_MEM_READONLY
@@ -47,6 +76,9 @@ MmioHandler = Callable[["Machine", int, Mmio], "bytes | None"]
 IoHandler = Callable[["Machine", int, Io], "bytes | None"]
 PrintHandler = Callable[["Machine", int, str], None]
 HltAction = Literal["done", "crash"]
+
+# Layout is frozen: one shared default is safe.
+DEFAULT_LAYOUT = Layout()
 
 DEFAULT_WATCHDOG_S = 30.0
 # After one vCPU fails, how long its peers may run on before they are stopped: long enough
@@ -117,7 +149,7 @@ class Machine:
     kvmharness runtime.  ``hlt``: what a HLT exit means, "crash" (default for runtime guests,
     which end with a DONE ucall) or "done" (default for foreign guests)."""
 
-    def __init__(self, kvm: Kvm, guest: str | Path | GuestImage, layout: Layout = Layout(),
+    def __init__(self, kvm: Kvm, guest: str | Path | GuestImage, layout: Layout = DEFAULT_LAYOUT,
                  *, vcpus: int = 1, vcpu_args: Sequence[int] | None = None,
                  vcpu_cpus: Sequence[int] | None = None,
                  disable_quirks: int = 0, touched_bytes: int | None = None,
@@ -177,8 +209,8 @@ class Machine:
             self._resources = stack.pop_all()
 
     @classmethod
-    def foreign(cls, kvm: Kvm, guest: str | Path | GuestImage, layout: Layout = Layout(),
-                *, hlt: HltAction = "done", **kwargs: Any) -> "Machine":
+    def foreign(cls, kvm: Kvm, guest: str | Path | GuestImage, layout: Layout = DEFAULT_LAYOUT,
+                *, hlt: HltAction = "done", **kwargs: Any) -> Machine:
         """Run any freestanding x86-64 ELF (static ET_EXEC, loaded in [4 MiB, 16 MiB)) that
         does not use the kvmharness runtime: entered at e_entry in 64-bit mode with the
         harness's page tables, GDT and IDT (RDI = vCPU index, RSI = its vcpu_args value, RSP
@@ -370,7 +402,7 @@ class Machine:
                 if isinstance(first, GuestError):
                     first.add_peer_failure(index, error)
                 else:
-                    first.add_note(f"also vCPU {index}: {error}")
+                    first.add_note(f"also vCPU {index}: {error}")  # type: ignore[attr-defined,unused-ignore]
             raise first
 
     def stop(self, join_timeout_s: float = 10.0) -> None:
@@ -563,7 +595,7 @@ class Machine:
             self.stop()
         self._resources.close()  # the VM, then the guest memory; a second close is a no-op
 
-    def __enter__(self) -> "Machine":
+    def __enter__(self) -> Machine:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -4,7 +4,7 @@ refuses layouts the host cannot hold."""
 from __future__ import annotations
 
 import bisect
-from typing import Iterable
+from collections.abc import Iterable
 
 import psutil
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import array
 import dataclasses
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from kvmharness.guest.layout import PAGE_1G, PAGE_2M, PAGE_4K, LayoutError, Region
 

@@ -15,7 +15,8 @@ import os
 import time
 import warnings
 import weakref
-from typing import Generic, Iterator, TypeVar
+from collections.abc import Iterator
+from typing import Generic, TypeVar
 
 from kvmharness.kvm import syscall
 from kvmharness.kvm.closeable import Closeable

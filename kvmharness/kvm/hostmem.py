@@ -10,7 +10,6 @@ from kvmharness.kvm import syscall
 from kvmharness.kvm.closeable import Closeable
 from kvmharness.uapi.kvm import PAGE_SIZE
 
-
 HUGETLB_PAGE = 2 << 20
 
 

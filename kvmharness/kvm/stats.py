@@ -10,7 +10,7 @@ import dataclasses
 import enum
 import os
 import struct
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from kvmharness.kvm.closeable import Closeable
 from kvmharness.uapi.kvm import (
@@ -99,7 +99,7 @@ class StatsLayout:
     descriptors: tuple[StatDescriptor, ...]
 
     @classmethod
-    def parse(cls, read_at: Callable[[int, int], bytes]) -> "StatsLayout":
+    def parse(cls, read_at: Callable[[int, int], bytes]) -> StatsLayout:
         """Parse from a ``read_at(offset, size)`` reader (a pread wrapper or a bytes slice)."""
         hsize = ctypes.sizeof(kvm_stats_header)
         raw = read_at(0, hsize)
@@ -155,7 +155,7 @@ class StatsReader(Closeable):
     def read_raw(self) -> bytes:
         return os.pread(self.fd, self.layout.data_size, self.layout.data_offset)
 
-    def snapshot(self, names: Iterable[str] | None = None) -> "StatsSnapshot":
+    def snapshot(self, names: Iterable[str] | None = None) -> StatsSnapshot:
         return StatsSnapshot.from_bytes(self.layout, self.read_raw(), names)
 
     def close(self) -> None:
@@ -168,12 +168,12 @@ class StatsReader(Closeable):
 class StatsSnapshot:
     """Values at one instant: scalars as int, histograms as tuples of bucket counts."""
 
-    values: Mapping[str, "int | tuple[int, ...]"]
+    values: Mapping[str, int | tuple[int, ...]]
     descriptors: Mapping[str, StatDescriptor]
 
     @classmethod
     def from_bytes(cls, layout: StatsLayout, data: bytes,
-                   names: Iterable[str] | None = None) -> "StatsSnapshot":
+                   names: Iterable[str] | None = None) -> StatsSnapshot:
         wanted = set(names) if names is not None else None
         values: dict[str, int | tuple[int, ...]] = {}
         descs: dict[str, StatDescriptor] = {}
@@ -188,10 +188,10 @@ class StatsSnapshot:
             raise KeyError(f"no KVM stat(s) {', '.join(missing)} in {layout.id!r}")
         return cls(values, descs)
 
-    def __getitem__(self, name: str) -> "int | tuple[int, ...]":
+    def __getitem__(self, name: str) -> int | tuple[int, ...]:
         return self.values[name]
 
-    def delta(self, earlier: "StatsSnapshot") -> dict[str, "int | tuple[int, ...]"]:
+    def delta(self, earlier: StatsSnapshot) -> dict[str, int | tuple[int, ...]]:
         """self − earlier for cumulative stats and histograms; instant and peak stats report
         their current value, since a difference of levels means nothing."""
         out: dict[str, int | tuple[int, ...]] = {}
@@ -207,7 +207,7 @@ class StatsSnapshot:
         return out
 
 
-def sum_deltas(deltas: Iterable[Mapping[str, "int | tuple[int, ...]"]]) -> dict[str, int]:
+def sum_deltas(deltas: Iterable[Mapping[str, int | tuple[int, ...]]]) -> dict[str, int]:
     """Add up scalar deltas across vCPUs (histograms are skipped)."""
     total: dict[str, int] = {}
     for delta in deltas:

@@ -92,7 +92,7 @@ def ioctl(fd: int, request: int, arg: object = 0) -> int:
         ret = _ioctl_ptr(fd, request, ctypes.byref(arg))  # type: ignore[arg-type]
     if ret < 0:
         raise KvmError(ctypes.get_errno(), getattr(request, "name", hex(request)))
-    return ret
+    return int(ret)
 
 
 def ioctl_errno(fd: int, request: int, arg: object = 0) -> tuple[int, int]:
@@ -113,7 +113,7 @@ def mmap(length: int, prot: int, flags: int, fd: int = -1, offset: int = 0, *,
     if addr is None or addr == MAP_FAILED:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: mmap of {length} bytes failed: {os.strerror(err)}")
-    return addr
+    return int(addr)
 
 
 def munmap(addr: int, length: int) -> None:

@@ -8,7 +8,8 @@ import errno
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from kvmharness.kvm import kick, syscall
 from kvmharness.kvm.errors import KvmError, VmDeadError
@@ -47,7 +48,7 @@ class Vcpu(FdObject):
 
     kind = "vCPU"
 
-    def __init__(self, vm: "Vm", fd: int, index: int, mmap_size: int) -> None:
+    def __init__(self, vm: Vm, fd: int, index: int, mmap_size: int) -> None:
         super().__init__(fd)
         self.vm = vm
         self.index = index
@@ -216,7 +217,7 @@ class Vcpu(FdObject):
     def get_mp_state(self) -> int:
         state = kvm_mp_state()
         self.ioctl(ioctls.KVM_GET_MP_STATE, state)
-        return state.mp_state
+        return int(state.mp_state)
 
     def set_mp_state(self, mp_state: int) -> None:
         self.ioctl(ioctls.KVM_SET_MP_STATE, kvm_mp_state(mp_state))

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 from kvmharness.kvm.errors import KvmCapabilityError, KvmClosedError, KvmError
 from kvmharness.kvm.fdobject import Children, ExtensionQueries
 from kvmharness.kvm.memslots import Memslot, explain_failure
-from kvmharness.kvm.syscall import ioctl_struct
 from kvmharness.kvm.stats import StatsReader
+from kvmharness.kvm.syscall import ioctl_struct
 from kvmharness.kvm.vcpu import Vcpu
 from kvmharness.uapi import ioctls
 from kvmharness.uapi.caps import KvmCap
@@ -58,7 +58,7 @@ def _bad_region(flags: int, guest_phys_addr: int, memory_size: int,
 class IoEventFd:
     """An assigned KVM_IOEVENTFD: guest writes matching it signal ``fd`` with no exit."""
 
-    vm: "Vm"
+    vm: Vm
     fd: int
     addr: int
     length: int
@@ -94,7 +94,7 @@ class IoEventFd:
 class Vm(ExtensionQueries):
     kind = "VM"
 
-    def __init__(self, kvm: "Kvm", fd: int, vm_type: int = 0) -> None:
+    def __init__(self, kvm: Kvm, fd: int, vm_type: int = 0) -> None:
         super().__init__(fd)
         self.kvm = kvm
         self.vm_type = vm_type

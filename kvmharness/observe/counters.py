@@ -3,7 +3,7 @@ scenario phase uses to say what the kernel did."""
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from kvmharness.kvm import StatsSnapshot, Vcpu, Vm
 from kvmharness.kvm.stats import sum_deltas
@@ -43,7 +43,7 @@ class KvmCounters:
         out.update({f"vcpu.{k}": v for k, v in sum_deltas(per_vcpu).items()})
         return out
 
-    def __enter__(self) -> "KvmCounters":
+    def __enter__(self) -> KvmCounters:
         if self.events:
             # Kept before it is entered: whatever interrupts us from here on, __exit__ or
             # the except below finds it and removes its tracefs instance.

@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import psutil
 

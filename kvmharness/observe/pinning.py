@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Collection, Iterable, Iterator, Mapping, Sequence
 
 ROLES = ("vcpus", "togglers", "main")
 Pinning = Mapping[str, tuple[int, ...]]
@@ -144,7 +144,7 @@ def auto(allowed: Sequence[int],
         raise PinError("--pin auto: this process may not run on any CPU")
     housekeeping = cpus[0]
     if len(cpus) == 1:
-        return {role: (housekeeping,) for role in ROLES}
+        return dict.fromkeys(ROLES, (housekeeping,))
     rest = cpus[1:]
     shared = {c for group in siblings if housekeeping in group for c in group}
     apart = [c for c in rest if c not in shared]

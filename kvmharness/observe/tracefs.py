@@ -14,9 +14,10 @@ import re
 import signal
 import sys
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
-from typing import Iterable, TextIO
+from typing import TextIO
 
 from kvmharness.observe.signals import signals_held
 
@@ -35,7 +36,7 @@ INSTANCE_PREFIX = "kvmharness-"
 _INSTANCE_NAME = re.compile(r"kvmharness-(\d+)-(\d+)\Z")
 # Instances this process made and has not removed yet: removed at exit if a path out of
 # here skipped the ``with`` block's cleanup (sys.exit in a thread, an exception in __del__).
-_live: dict[Path, "TraceCounter"] = {}
+_live: dict[Path, TraceCounter] = {}
 _live_lock = threading.Lock()
 _stale_checked = False
 _LINE = re.compile(r"\s\d+\.\d+:\s+([A-Za-z0-9_]+):")
@@ -134,7 +135,7 @@ class TraceCounter:
         except OSError:
             self._free_buffer_fd = None
 
-    def __enter__(self) -> "TraceCounter":
+    def __enter__(self) -> TraceCounter:
         status = tracefs_status(self.events)
         if not status.usable:
             raise TracefsError(errno.ENOTSUP, f"tracefs not usable: {status.reason}")
@@ -344,7 +345,7 @@ def remove_stale_instances(root: Path | str | None = None, *,
             root = find_tracefs(mount=False)
         except TracefsError:
             return []  # not mounted or not ours to change: nothing we could have left
-    instances = Path(root) / "instances"  # type: ignore[arg-type]
+    instances = Path(root) / "instances"
     try:
         names = sorted(os.listdir(instances))
     except OSError:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import re
 import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import psutil
 

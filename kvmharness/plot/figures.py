@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import re
 import statistics
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, ClassVar
 
 from kvmharness.compare.stats import summarize
 from kvmharness.results.model import ResultFile, RunRecord, variant_text
@@ -231,7 +232,7 @@ def draw_rom_toggle(plt: Any, files: Sequence[ResultFile]) -> Any:
 
 
 class _Empty:
-    values: list[float] = []
+    values: ClassVar[list[float]] = []
 
 
 DRAWERS: dict[str, Callable[[Any, Sequence[ResultFile]], Any]] = {

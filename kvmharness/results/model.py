@@ -10,7 +10,8 @@ import dataclasses
 import datetime
 import math
 import statistics
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from kvmharness.scenarios.base import Direction, RunOutcome, ScenarioSpec
 

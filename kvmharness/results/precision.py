@@ -29,8 +29,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
+from collections.abc import Callable, Iterable, Sequence
 from time import monotonic
-from typing import Callable, Iterable, Sequence
 
 from kvmharness.results.model import ResultFile, RunRecord, variant_text
 

@@ -12,8 +12,9 @@ import dataclasses
 import itertools
 import platform
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from kvmharness.observe import noise
 from kvmharness.observe import pinning as pins
@@ -25,8 +26,8 @@ from kvmharness.results.model import (
     spec_metadata,
     variant_text,
 )
-from kvmharness.results.store import create_result, write_result
 from kvmharness.results.precision import Stopper, UntilCi
+from kvmharness.results.store import create_result, write_result
 from kvmharness.scenarios.base import RunRequest, ScenarioSpec, VariantUnsupported
 
 # A variant that keeps failing is almost always failing for a systematic reason; stop
@@ -61,7 +62,7 @@ class SessionPlan:
                 repeat: int | None = None, iterations: int | None = None,
                 warmup: int | None = None, label: str | None = None,
                 pinning: str | Mapping[str, Sequence[int]] | None = None,
-                until_ci: UntilCi | None = None) -> "SessionPlan":
+                until_ci: UntilCi | None = None) -> SessionPlan:
         """The one place a request (command line, ``ab``'s per-boot check, Python API)
         becomes a plan: defaults or quick values, overridden by ``params`` given as values
         or as the strings ``--param`` takes.  Raises ValueError/KeyError naming what is

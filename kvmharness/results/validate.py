@@ -8,7 +8,8 @@ one look.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from kvmharness.results.model import (
     FORMAT,
@@ -184,12 +185,11 @@ def check_values(result: ResultFile) -> None:
                     f"{where}: metric {name!r} is in {s.unit!r} but the scenario declares "
                     f"{unit!r}: a hand-edited or mixed file; fix the unit or the values")
             for v in [*s.values, *run.warmups.get(name, [])]:
-                if s.unit in TIME_UNITS or s.unit in COUNT_UNITS:
-                    if v < 0:
-                        kind = "time" if s.unit in TIME_UNITS else "count"
-                        raise ResultFormatError(
-                            f"{where}: metric {name!r}: negative value {v:g} {s.unit} "
-                            f"(a {kind} cannot be negative)")
+                if (s.unit in TIME_UNITS or s.unit in COUNT_UNITS) and v < 0:
+                    kind = "time" if s.unit in TIME_UNITS else "count"
+                    raise ResultFormatError(
+                        f"{where}: metric {name!r}: negative value {v:g} {s.unit} "
+                        f"(a {kind} cannot be negative)")
                 limit = (ABSURD_SECONDS / TIME_UNITS[s.unit] if s.unit in TIME_UNITS
                          else ABSURD_COUNT)
                 if abs(v) > limit:

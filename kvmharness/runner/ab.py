@@ -21,8 +21,9 @@ import datetime
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TextIO
+from typing import Any, TextIO
 
 from kvmharness.compare.build import CompareError, Comparison, Report, Settings, build_report
 from kvmharness.results.model import ResultFile, variant_text
@@ -84,7 +85,7 @@ class AbOptions:
     memory: str = "4G"
     timeout_s: float = 1800.0
     fmt: str = "plain"
-    settings: Settings = Settings()
+    settings: Settings = dataclasses.field(default_factory=Settings)
     dry_run: bool = False
     quiet: bool = False
 
@@ -425,8 +426,8 @@ def execute(opts: AbOptions, argv: Sequence[str], out: TextIO, err: TextIO) -> i
 
     from kvmharness.guest.errors import GuestBuildError
     from kvmharness.results.store import atomic_write_json
-    from kvmharness.runner.host import AccelError, check_prerequisites, decide_accel, find_vng
     from kvmharness.runner.boot import BootError, vng_command
+    from kvmharness.runner.host import AccelError, check_prerequisites, decide_accel, find_vng
 
     vng = find_vng()
     missing = check_prerequisites(vng=vng)

@@ -31,14 +31,21 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Callable, Literal, Mapping, Sequence
+from typing import IO, Literal
 
 from kvmharness.runner.host import Accel
-from kvmharness.runner.kernels import Kernel, KernelPathError, ensure_modules_dep, \
-    kernel_problems, stage
-from kvmharness.runner.procgroup import BootInterrupted, deferred_interrupts, kill_group, \
-    reap_group, signals_as_interrupt
+from kvmharness.runner.kernels import Kernel, KernelPathError, ensure_modules_dep, kernel_problems, stage
+from kvmharness.runner.procgroup import (
+    BootInterrupted as BootInterrupted,
+)
+from kvmharness.runner.procgroup import (
+    deferred_interrupts,
+    kill_group,
+    reap_group,
+    signals_as_interrupt,
+)
 
 # Modules whose probing under TCG costs 3-10 s of boot; no spaces allowed.
 BLACKLIST = ("modprobe.blacklist=ahci,libahci,libata,sr_mod,cdrom,sg,iTCO_wdt,"

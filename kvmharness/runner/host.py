@@ -22,8 +22,9 @@ import dataclasses
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 AccelMode = Literal["kvm", "tcg"]
 AccelRequest = Literal["auto", "kvm", "tcg"]
@@ -78,7 +79,7 @@ class HostView:
     nproc: int
 
     @classmethod
-    def read(cls, root: Path = Path("/")) -> "HostView":
+    def read(cls, root: Path = Path("/")) -> HostView:
         flags: set[str] = set()
         try:
             for line in (root / "proc/cpuinfo").read_text(errors="replace").splitlines():

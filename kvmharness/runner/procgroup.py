@@ -16,7 +16,7 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 
 class BootInterrupted(KeyboardInterrupt):

@@ -13,8 +13,8 @@ import dataclasses
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from kvmharness.runner.boot import (
     RC_OWN_ERROR,

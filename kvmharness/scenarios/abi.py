@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 Macro = tuple[Callable[..., int], Sequence[tuple[int, ...]]]
 

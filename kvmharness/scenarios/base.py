@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from kvmharness.uapi.caps import KvmCap
 from kvmharness.uapi.x86 import KVM_X86_QUIRK_SLOT_ZAP_ALL
@@ -128,7 +129,7 @@ class ZapAxis(VariantAxis):
             raise ValueError(f"{self.name}={zap!r}: expected one of {', '.join(self.values)}")
         return zap
 
-    def quirk_mask(self, kvm: "Kvm", variant: Mapping[str, str]) -> int:
+    def quirk_mask(self, kvm: Kvm, variant: Mapping[str, str]) -> int:
         """The quirk bits to disable for this variant; VariantUnsupported for ``slot`` on a
         kernel without KVM_X86_QUIRK_SLOT_ZAP_ALL (before v6.12 every delete zaps all)."""
         if self.value(variant) == "all":
@@ -139,7 +140,7 @@ class ZapAxis(VariantAxis):
                 "memslot deletes always zap all here")
         return int(KVM_X86_QUIRK_SLOT_ZAP_ALL)
 
-    def record(self, outcome: "RunOutcome", variant: Mapping[str, str], deletes: int,
+    def record(self, outcome: RunOutcome, variant: Mapping[str, str], deletes: int,
                phase: str) -> None:
         """Say which zap path the kernel took, from the tracepoint counts of ``phase`` (the
         phase that contains the memslot deletes/moves), and warn when it contradicts the

@@ -6,10 +6,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 from kvmharness.guest.machine import Machine
-from kvmharness.guest.ucall import KH_MAX_VCPUS
+from kvmharness.guest.ucall import KH_MAX_VCPUS as KH_MAX_VCPUS
 from kvmharness.observe.counters import KvmCounters
 from kvmharness.observe.tracefs import MMIO_EVENTS, ZAP_EVENTS, tracefs_status
 from kvmharness.scenarios.abi import GuestAbi
@@ -180,7 +180,7 @@ class SizeList(str):
     granule = 4096  # memslots and guest pages are 4 KiB granular
     expected = "a comma list of sizes like 4K,1M (multiples of 4K)"
 
-    def __new__(cls, text: str) -> "SizeList":
+    def __new__(cls, text: str) -> SizeList:
         items = [s for s in str(text).split(",") if s.strip()]
         if not items:
             raise ValueError(f"{text!r}: no sizes")

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from kvmharness.guest.layout import GiB, Layout, Region
 from kvmharness.guest.machine import Machine
@@ -120,7 +121,7 @@ class KindList(str):
 
     expected = "'all' or a comma list of " + ", ".join(KINDS)
 
-    def __new__(cls, text: str) -> "KindList":
+    def __new__(cls, text: str) -> KindList:
         parse_kinds(text)
         return super().__new__(cls, text)
 
@@ -368,7 +369,7 @@ def _record_kind(m: Machine, outcome: RunOutcome, kind: str, accesses: int,
     tsc = m.read_var("mmio_round_tsc", (u64 * MMIO_MAX_ROUNDS) * len(KINDS))[index][0]
     outcome.add(f"{kind}_cycles", tsc / accesses, warmup=warm)
     outcome.add(f"{kind}_ns", m.tsc_to_ns(tsc) / accesses, warmup=warm)
-    return tsc / accesses
+    return float(tsc / accesses)
 
 
 def _record_exit_split(outcome: RunOutcome, kind: str, clock: ExitClock, run_ns: int,

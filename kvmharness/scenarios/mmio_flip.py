@@ -24,7 +24,7 @@ import ctypes
 import dataclasses
 import math
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from kvmharness.guest.layout import GiB, Layout, Region
 from kvmharness.guest.machine import Machine, VcpuState
@@ -32,7 +32,12 @@ from kvmharness.kvm import Mmio
 from kvmharness.observe.tracefs import ZAP_EVENTS
 from kvmharness.scenarios.abi import GuestAbi
 from kvmharness.scenarios.base import (
-    ZAP_AXIS, Metric, Parameter, RunOutcome, RunRequest, ScenarioSpec,
+    ZAP_AXIS,
+    Metric,
+    Parameter,
+    RunOutcome,
+    RunRequest,
+    ScenarioSpec,
 )
 from kvmharness.scenarios.common import KH_MAX_VCPUS, PhaseRecorder, u64
 from kvmharness.scenarios.skeleton import Context, GuestScenario, Handlers, HostToggler, execute
@@ -91,9 +96,8 @@ GUEST_ABI = GuestAbi(
             "FLIP_MMIO_WORD": (mmio_word, [(FLIP_GPA,), (FLIP_GPA + 0x5000,)])},
     structs={"flip_violation": flip_violation},
     symbols={"flip_seq": u64, "flip_base": u64, "flip_pages": u64,
-             **{name: u64 * KH_MAX_VCPUS for name in (
-                 "flip_start_tsc", "flip_reads", "flip_checked", "flip_seen_ram",
-                 "flip_seen_mmio", "flip_violations")},
+             **dict.fromkeys(("flip_start_tsc", "flip_reads", "flip_checked", "flip_seen_ram",
+                             "flip_seen_mmio", "flip_violations"), u64 * KH_MAX_VCPUS),
              "flip_log": (flip_violation * FLIP_LOG_MAX) * KH_MAX_VCPUS},
 )
 
@@ -161,7 +165,7 @@ class Flipper(HostToggler):
     thread_name = "kvmharness-mmio-flipper"
 
     def __init__(self, m: Machine, region: str, seq: ctypes.c_uint64, toggles: int,
-                 dwell_s: float, seq_ns: array.array, t0_ns: int, dwell_every: int = 1,
+                 dwell_s: float, seq_ns: array.array[int], t0_ns: int, dwell_every: int = 1,
                  cpus: tuple[int, ...] = ()) -> None:
         super().__init__(cpus)
         self.m = m
@@ -228,7 +232,7 @@ class WrapPlan:
     toggles: int
 
     @classmethod
-    def for_address_spaces(cls, n: int) -> "WrapPlan":
+    def for_address_spaces(cls, n: int) -> WrapPlan:
         # Each step adds n; address space 0's generations are multiples of n, so the
         # 19-bit value returns to 0 every 2^19 / n steps.  Doing that many steps from any
         # starting value crosses exactly one multiple of 2^19.
@@ -299,14 +303,14 @@ class FlipRun:
         counts = m.read_var("flip_violations", u64 * KH_MAX_VCPUS)
         log = m.read_var("flip_log", (flip_violation * FLIP_LOG_MAX) * KH_MAX_VCPUS)
         starts = m.read_var("flip_start_tsc", u64 * KH_MAX_VCPUS)
-        total, out = 0, []
+        total, out = 0, list[Violation]()
         for v in range(self.nvcpus):
             total += counts[v]
-            for e in log[v][: min(counts[v], FLIP_LOG_MAX)]:
-                out.append(Violation(
-                    phase=name, vcpu=v, gpa=e.gpa, value=e.value, seq_before=e.seq_before,
-                    seq_after=e.seq_after, guest_ns=m.tsc_to_ns(e.tsc - starts[v]),
-                    host_ns=self._host_ns(e.seq_before)))
+            out.extend(Violation(
+                phase=name, vcpu=v, gpa=e.gpa, value=e.value, seq_before=e.seq_before,
+                seq_after=e.seq_after, guest_ns=m.tsc_to_ns(e.tsc - starts[v]),
+                host_ns=self._host_ns(e.seq_before))
+                for e in log[v][: min(counts[v], FLIP_LOG_MAX)])
         out.sort(key=lambda x: (x.seq_before, x.vcpu))
         return total, out
 

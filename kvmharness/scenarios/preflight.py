@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import psutil
 
@@ -62,7 +63,8 @@ def work_problems(work: Work, backend: str | None) -> list[str]:
         return []
     return [f"one iteration is ~{work.instructions / 1e6:.0f} million guest instructions, "
             f"~{seconds:.0f} s on this instruction-emulating KVM ({backend}, ~1 us per "
-            f"instruction, {cpus} host CPU{'s' if cpus > 1 else ''}), more than its {work.limit_s:.0f} s limit: lower "
+            f"instruction, {cpus} host CPU{'s' if cpus > 1 else ''}), more than its "
+            f"{work.limit_s:.0f} s limit: lower "
             f"{work.knobs} (--quick sizes fit)"]
 
 

@@ -14,7 +14,12 @@ def all_scenarios() -> dict[str, ScenarioSpec]:
     specs: list[ScenarioSpec] = []
     # --- register scenario modules here ------------------------------------------------
     from kvmharness.scenarios import (
-        mmio, mmio_flip, rom_toggle, slot_ops, slot_scale, teardown,
+        mmio,
+        mmio_flip,
+        rom_toggle,
+        slot_ops,
+        slot_scale,
+        teardown,
     )
 
     specs += [rom_toggle.SPEC, slot_ops.SPEC, mmio.SPEC, mmio_flip.SPEC, teardown.SPEC,

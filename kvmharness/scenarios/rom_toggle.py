@@ -16,16 +16,24 @@ picture of the refaults after each zap."""
 from __future__ import annotations
 
 import time
-
 from typing import Any
 
-from kvmharness.guest.layout import GiB, KiB, MiB, Layout, Region
+from kvmharness.guest.layout import GiB, KiB, Layout, MiB, Region
 from kvmharness.guest.machine import Machine
 from kvmharness.kvm import Mmio
 from kvmharness.scenarios.base import ZAP_AXIS, Metric, Parameter, RunRequest, ScenarioSpec
 from kvmharness.scenarios.common import (
-    HAMMER_INSTRUCTIONS_PER_PAGE, HAMMER_MAX_PASSES, HAMMER_ROM_ABSENT, KH_MAX_VCPUS,
-    HammerConfig, PhaseRecorder, hammer_max_gap_ns, hammer_pass_ns, hammer_rom_word, u32, u64,
+    HAMMER_INSTRUCTIONS_PER_PAGE,
+    HAMMER_MAX_PASSES,
+    HAMMER_ROM_ABSENT,
+    KH_MAX_VCPUS,
+    HammerConfig,
+    PhaseRecorder,
+    hammer_max_gap_ns,
+    hammer_pass_ns,
+    hammer_rom_word,
+    u32,
+    u64,
 )
 from kvmharness.scenarios.preflight import Work, host_check
 from kvmharness.scenarios.skeleton import Context, GuestScenario, Handlers, HostToggler

@@ -18,7 +18,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import Any, ClassVar, Mapping, Sequence, TypedDict
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, TypedDict
 
 from kvmharness.guest.layout import Layout
 from kvmharness.guest.machine import IoHandler, Machine, MmioHandler, SyncHandler

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-from kvmharness.guest.layout import GiB, MiB, Layout, LayoutError, Region
+from kvmharness.guest.layout import GiB, Layout, LayoutError, MiB, Region
 from kvmharness.guest.longmode import max_phys_addr
 from kvmharness.guest.machine import Machine
 from kvmharness.guest.memory import check_host_memory
@@ -40,8 +40,16 @@ from kvmharness.kvm import HostMemory, Vm
 from kvmharness.observe.counters import KvmCounters, Snapshot
 from kvmharness.scenarios.base import ZAP_AXIS, Direction, Metric, Parameter, RunOutcome, RunRequest
 from kvmharness.scenarios.common import (
-    HAMMER_INSTRUCTIONS_PER_PAGE, HAMMER_MAX_PASSES, SIZE_SLOT, HammerConfig, PhaseRecorder,
-    SizedScenarioSpec, SizeList, hammer_max_gap_ns, hammer_pass_ns, size_label,
+    HAMMER_INSTRUCTIONS_PER_PAGE,
+    HAMMER_MAX_PASSES,
+    SIZE_SLOT,
+    HammerConfig,
+    PhaseRecorder,
+    SizedScenarioSpec,
+    SizeList,
+    hammer_max_gap_ns,
+    hammer_pass_ns,
+    size_label,
 )
 from kvmharness.scenarios.preflight import Work, host_check
 from kvmharness.scenarios.skeleton import Context, GuestScenario, Handlers

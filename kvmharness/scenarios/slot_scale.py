@@ -13,7 +13,7 @@ fillers) is untimed setup followed by a pass that is not recorded."""
 
 from __future__ import annotations
 
-from kvmharness.guest.layout import GiB, MiB, Layout, LayoutError, Region
+from kvmharness.guest.layout import GiB, Layout, LayoutError, MiB, Region
 from kvmharness.guest.longmode import max_phys_addr
 from kvmharness.guest.machine import Machine
 from kvmharness.guest.memory import check_host_memory
@@ -21,11 +21,21 @@ from kvmharness.kvm import HostMemory, Vm
 from kvmharness.observe.counters import KvmCounters
 from kvmharness.scenarios.base import ZAP_AXIS, Metric, Parameter, RunRequest
 from kvmharness.scenarios.common import (
-    COUNT_SLOT, HAMMER_MAX_PASSES, HammerConfig, PhaseRecorder, SizedScenarioSpec,
+    COUNT_SLOT,
+    HAMMER_MAX_PASSES,
+    HammerConfig,
+    PhaseRecorder,
+    SizedScenarioSpec,
 )
 from kvmharness.scenarios.skeleton import Context, GuestScenario, Handlers
 from kvmharness.scenarios.slot_ops import (
-    SETUP, STEADY, STEADY_METRICS, SlotOpsDriver, SlotUnderTest, Step, align_up,
+    SETUP,
+    STEADY,
+    STEADY_METRICS,
+    SlotOpsDriver,
+    SlotUnderTest,
+    Step,
+    align_up,
 )
 
 HAMMER_GPA = 4 * GiB
@@ -42,7 +52,7 @@ class CountList(str):
 
     expected = "a comma list of ascending memslot counts like 1,16,64"
 
-    def __new__(cls, text: str) -> "CountList":
+    def __new__(cls, text: str) -> CountList:
         items = [s.strip() for s in str(text).split(",") if s.strip()]
         if not items or not all(s.isdigit() for s in items):
             raise ValueError(f"{text!r}: expected counts like 1,16,64")

@@ -22,8 +22,14 @@ from kvmharness.guest.memory import check_host_memory
 from kvmharness.observe.pinning import pinned
 from kvmharness.scenarios.base import Metric, Parameter, RunOutcome, RunRequest
 from kvmharness.scenarios.common import (
-    KH_MAX_VCPUS, SIZE_SLOT, HammerConfig, MiBList, PhaseRecorder, SizedScenarioSpec,
-    hammer_pass_ns, size_label,
+    KH_MAX_VCPUS,
+    SIZE_SLOT,
+    HammerConfig,
+    MiBList,
+    PhaseRecorder,
+    SizedScenarioSpec,
+    hammer_pass_ns,
+    size_label,
 )
 from kvmharness.scenarios.preflight import host_check
 from kvmharness.scenarios.skeleton import BareScenario, Context

@@ -23,7 +23,7 @@ class IoctlNumber(int):
 
     name: str
 
-    def __new__(cls, name: str, value: int) -> "IoctlNumber":
+    def __new__(cls, name: str, value: int) -> IoctlNumber:
         self = super().__new__(cls, value)
         self.name = name
         return self

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import ctypes
 import enum
-from typing import Any
 from ctypes import c_uint8, c_uint16, c_uint32, c_uint64
+from typing import Any, cast
 
 KVM_NR_INTERRUPTS = 256
 
@@ -114,13 +114,13 @@ def make_kvm_cpuid2(nent: int) -> ctypes.Structure:
     """A kvm_cpuid2 with room for ``nent`` entries and ``nent`` already set."""
     buf = _flex(kvm_cpuid2, "entries", kvm_cpuid_entry2, nent)()
     buf.nent = nent
-    return buf
+    return cast(ctypes.Structure, buf)
 
 
 def make_kvm_msrs(nmsrs: int) -> ctypes.Structure:
     buf = _flex(kvm_msrs, "entries", kvm_msr_entry, nmsrs)()
     buf.nmsrs = nmsrs
-    return buf
+    return cast(ctypes.Structure, buf)
 
 
 KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1 << 0  # sic: the kernel's spelling

@@ -10,7 +10,11 @@ import pytest
 from kvmharness.guest import foreign
 from kvmharness.guest.errors import GuestCrash
 from kvmharness.guest.layout import (
-    EXCEPTION_STUBS_GPA, IDT_GPA, STACKS_GPA, TSS_GPA, LayoutError,
+    EXCEPTION_STUBS_GPA,
+    IDT_GPA,
+    STACKS_GPA,
+    TSS_GPA,
+    LayoutError,
 )
 from kvmharness.guest.ucall import ERROR_CODE_VECTORS, EXCEPTION_REGS
 

@@ -10,9 +10,13 @@ import pytest
 
 from kvmharness.guest.build import guests_source_dir
 from kvmharness.guest.errors import (
-    GuestAssertionError, GuestCrash, GuestExceptionError, GuestImageError, GuestTimeout,
+    GuestAssertionError,
+    GuestCrash,
+    GuestExceptionError,
+    GuestImageError,
+    GuestTimeout,
 )
-from kvmharness.guest.layout import GiB, MiB, PAGE_2M, Layout, LayoutError, Region
+from kvmharness.guest.layout import PAGE_2M, GiB, Layout, LayoutError, MiB, Region
 
 HELLO_ASSERT_FAIL, HELLO_DIVIDE_ERROR, HELLO_PAGE_FAULT, HELLO_SPIN = 1, 2, 3, 4
 HELLO_TRIPLE_FAULT, HELLO_BARRIER_SUM, HELLO_READ_GPAS = 5, 6, 7
@@ -171,9 +175,9 @@ def test_layout_errors_are_typed():
 
 
 def test_memory_guard_refuses_before_allocating(kvm, open_fds):
-    from kvmharness.guest.machine import Machine
-
     import psutil
+
+    from kvmharness.guest.machine import Machine
 
     fds = open_fds()
     # Twice what the host has free, but inside the guest's physical address space.

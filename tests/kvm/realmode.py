@@ -5,7 +5,7 @@ slot at GPA 0; data segments start at base 0 and programs load DS themselves."""
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from kvmharness.kvm import HostMemory, Vcpu, Vm
 

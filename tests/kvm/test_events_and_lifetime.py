@@ -8,9 +8,16 @@ import time
 
 import pytest
 
-from kvmharness.kvm import kick
 from kvmharness.kvm import (
-    Hlt, HostMemory, Io, Kvm, KvmClosedError, KvmError, KvmUnavailableError, Stopped,
+    Hlt,
+    HostMemory,
+    Io,
+    Kvm,
+    KvmClosedError,
+    KvmError,
+    KvmUnavailableError,
+    Stopped,
+    kick,
 )
 from kvmharness.uapi.caps import KvmCap
 from tests.kvm.realmode import HLT, SPIN, asm, mov_al, mov_ds, out_al, realmode_vm, store_al

@@ -7,11 +7,21 @@ import errno
 import pytest
 
 from kvmharness.kvm import Hlt, HostMemory, Io, KvmCapabilityError, KvmError, Mmio
-from kvmharness.uapi.kvm import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
 from kvmharness.uapi.caps import KvmCap
+from kvmharness.uapi.kvm import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
 from kvmharness.uapi.x86 import KVM_X86_QUIRK_SLOT_ZAP_ALL
 from tests.kvm.realmode import (
-    CODE_GPA, HLT, asm, in_al, jmp_to, load_al, mov_al, mov_ds, out_al, realmode_vm, store_al,
+    CODE_GPA,
+    HLT,
+    asm,
+    in_al,
+    jmp_to,
+    load_al,
+    mov_al,
+    mov_ds,
+    out_al,
+    realmode_vm,
+    store_al,
 )
 
 

@@ -6,8 +6,7 @@ import errno
 
 import pytest
 
-from kvmharness.kvm import KvmCapabilityError, KvmError, VmDeadError
-from kvmharness.kvm import fdobject
+from kvmharness.kvm import KvmCapabilityError, KvmError, VmDeadError, fdobject
 from kvmharness.uapi.caps import KvmCap
 from kvmharness.uapi.kvm import KVM_MP_STATE_RUNNABLE
 

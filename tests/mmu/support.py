@@ -11,12 +11,13 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from kvmharness.guest.layout import GiB, MiB, Layout, Region
+from kvmharness.guest.layout import GiB, Layout, MiB, Region
 from kvmharness.observe.fingerprint import mmu_mode, mmu_text, module_parameters
 
 HAMMER_GPA = 1 * GiB

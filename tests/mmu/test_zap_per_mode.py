@@ -17,8 +17,13 @@ import pytest
 from kvmharness.uapi.caps import KvmCap
 from kvmharness.uapi.x86 import KVM_X86_QUIRK_SLOT_ZAP_ALL
 
-from .support import faults_per_refault_pass, hammer_across_rom_delete, is_pvm, \
-    require_mode, skip_unless_faults_counted
+from .support import (
+    faults_per_refault_pass,
+    hammer_across_rom_delete,
+    is_pvm,
+    require_mode,
+    skip_unless_faults_counted,
+)
 
 EVENTS = ("kvmmmu/kvm_mmu_zap_all_fast", "kvmmmu/kvm_mmu_prepare_zap_page")
 

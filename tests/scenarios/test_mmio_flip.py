@@ -8,7 +8,14 @@ import pytest
 from kvmharness.scenarios import mmio_flip
 from kvmharness.scenarios.base import RunOutcome, RunRequest, VariantUnsupported
 from kvmharness.scenarios.mmio_flip import (
-    ABSENT, FLIP_GPA, PAGE, FlipViolation, WrapPlan, mmio_word, ram_word, run_flip,
+    ABSENT,
+    FLIP_GPA,
+    PAGE,
+    FlipViolation,
+    WrapPlan,
+    mmio_word,
+    ram_word,
+    run_flip,
 )
 
 SPEC = mmio_flip.SPEC

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from kvmharness.scenarios import rom_toggle
@@ -77,7 +79,7 @@ def check_timeline(outcome, nvcpus: int, passes: int = 5) -> dict:
         # mapping onto the host clock; all of them inside the iteration.
         assert mine[0][0] - mine[0][1] / 1000 >= -span_slack
         assert mine[-1][0] <= t["end_s"] + span_slack
-        for (prev_end, _), (end, ms) in zip(mine, mine[1:]):
+        for (prev_end, _), (end, ms) in itertools.pairwise(mine):
             assert end - ms / 1000 >= prev_end - slack
     deletes = t["delete_s"]
     assert deletes == sorted(deletes) and all(0 <= d <= t["end_s"] for d in deletes)

@@ -4,7 +4,8 @@ variant.  Behaviour only, never timings."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 

@@ -6,7 +6,11 @@ from __future__ import annotations
 import pytest
 
 from kvmharness.scenarios.base import (
-    LOST_EVENTS_KEY, ZAP_AXIS, RunOutcome, VariantUnsupported, ZapAxis,
+    LOST_EVENTS_KEY,
+    ZAP_AXIS,
+    RunOutcome,
+    VariantUnsupported,
+    ZapAxis,
 )
 from kvmharness.uapi.caps import KvmCap
 from kvmharness.uapi.x86 import KVM_X86_QUIRK_SLOT_ZAP_ALL

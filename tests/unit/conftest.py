@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from kvmharness.scenarios.base import (
-    ZAP_AXIS, Metric, Parameter, RunOutcome, RunRequest, ScenarioSpec,
+    ZAP_AXIS,
+    Metric,
+    Parameter,
+    RunOutcome,
+    RunRequest,
+    ScenarioSpec,
 )
 
 FakeSpec = Callable[..., ScenarioSpec]
@@ -35,16 +41,16 @@ def make_fake_spec(run: Callable[[RunRequest], RunOutcome] | None = None,
         req.progress("measured")
         return o
 
-    spec: dict[str, Any] = dict(
-        name="fake-toggle",
-        summary="toggle a fake slot",
-        parameters=(Parameter("pages", "pages", 2000, 16, "pages touched"),),
-        metrics=(Metric("total", "ms", "lower", "time per pass"),),
-        variant_axes=(ZAP_AXIS,),
-        run=run or default_run,
-        default_iterations=3,
-        default_warmup=1,
-    )
+    spec: dict[str, Any] = {
+        "name": "fake-toggle",
+        "summary": "toggle a fake slot",
+        "parameters": (Parameter("pages", "pages", 2000, 16, "pages touched"),),
+        "metrics": (Metric("total", "ms", "lower", "time per pass"),),
+        "variant_axes": (ZAP_AXIS,),
+        "run": run or default_run,
+        "default_iterations": 3,
+        "default_warmup": 1,
+    }
     spec.update(fields)
     return ScenarioSpec(**spec)
 

@@ -248,7 +248,7 @@ def mirror_items() -> tuple[list[Item], list[str]]:
     for modname in ("x86", "kvm"):
         for name, obj in vars(mods[modname]).items():
             if _is_record(obj) and obj.__module__ == mods[modname].__name__:
-                records[obj] = name
+                records[obj] = name  # noqa: PERF403 - two nested loops
     for cls, name in sorted(records.items(), key=lambda kv: kv[1]):
         if name.startswith("kvm_"):
             items.extend(_struct_items(cls, name, reached))

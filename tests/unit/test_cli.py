@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -410,7 +410,7 @@ def test_real_scenarios_refuse_what_the_host_cannot_hold(
     assert not out.exists()
 
 
-DEVICE = dict(uid=1000, gids={1000}, user="ann", owner="root", member_of_group=False)
+DEVICE = {"uid": 1000, "gids": {1000}, "user": "ann", "owner": "root", "member_of_group": False}
 
 
 @pytest.mark.parametrize("uid,gid,mode,group,member,expected", [

@@ -80,7 +80,7 @@ def test_hello_entry_segments_symbols(hello: GuestImage) -> None:
     assert hello.entry == GUEST_IMAGE_BASE == hello.address("_start")
     text = hello.segments[0]
     assert (text.gpa, text.flags) == (GUEST_IMAGE_BASE, PF_R | PF_X)
-    assert all(GUEST_IMAGE_BASE <= s.gpa and s.end <= GUEST_IMAGE_LIMIT for s in hello.segments)
+    assert all(s.gpa >= GUEST_IMAGE_BASE and s.end <= GUEST_IMAGE_LIMIT for s in hello.segments)
     assert all(s.gpa % 4096 == 0 for s in hello.segments)
     assert [s.flags for s in hello.segments] == [PF_R | PF_X, PF_R, PF_R | PF_W]
     _gpa, data, memsz, _flags = hello.segments[2]  # unpacks like the documented tuple
@@ -415,7 +415,7 @@ def test_no_generated_variant_loads_silently(tmp_path: Path, hello_bytes: bytes)
     for offset in _sized_symbols(hello_bytes).values():
         variants.append(patch(hello_bytes, offset + ST_VALUE, "<Q", 0x2000000))
     image = GuestImage.load(guest_path("hello"))
-    for name, offset in _sections(hello_bytes).items():
+    for offset in _sections(hello_bytes).values():
         addr, = struct.unpack_from("<Q", hello_bytes, offset + SH_ADDR)
         if addr:  # allocated sections only
             variants.append(patch(hello_bytes, offset + SH_ADDR, "<Q", image.end + 0x100000))

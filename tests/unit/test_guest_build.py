@@ -154,7 +154,7 @@ def test_concurrent_builds(src: Path, tmp_path: Path) -> None:
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for name in ["hello", "hammer"] * 3]
     results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
-    for stdout, stderr, rc in results:
+    for _stdout, stderr, rc in results:
         assert rc == 0, stderr
     assert {Path(r[0].strip()).name for r in results} == {"hello.elf", "hammer.elf"}
     assert not list(out.glob("*.tmp"))

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from kvmharness.guest import pagetables
-from kvmharness.guest.layout import GiB, LOW_RAM, MiB, PAGE_2M, PAGE_4K, Region
+from kvmharness.guest.layout import LOW_RAM, PAGE_2M, PAGE_4K, GiB, MiB, Region
 
 BASE = 16 * MiB
 
@@ -19,7 +19,7 @@ class TableMemory:
 
     def write(self, gpa: int, data: bytes) -> None:
         off = gpa - BASE
-        assert 0 <= off and off + len(data) <= len(self.buf), "write outside the table area"
+        assert off >= 0 and off + len(data) <= len(self.buf), "write outside the table area"
         self.buf[off:off + len(data)] = data
 
     def entry(self, gpa: int) -> int:
@@ -29,7 +29,7 @@ class TableMemory:
 def walk(mem: TableMemory, cr3: int, va: int) -> int | None:
     """Translate like a 4-level x86-64 walk; None where a level is not present."""
     table = cr3
-    for level, shift in enumerate((39, 30, 21, 12)):
+    for _level, shift in enumerate((39, 30, 21, 12)):
         e = mem.entry(table + ((va >> shift) & 511) * 8)
         if not e & pagetables.PTE_P:
             return None

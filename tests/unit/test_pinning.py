@@ -57,7 +57,7 @@ def test_check_syntax_ignores_this_machines_cpus() -> None:
 
 def test_default_allowed_is_this_process_affinity() -> None:
     usable = sorted(os.sched_getaffinity(0))
-    assert pinning.parse(str(usable[-1])) == {r: (usable[-1],) for r in pinning.ROLES}
+    assert pinning.parse(str(usable[-1])) == dict.fromkeys(pinning.ROLES, (usable[-1],))
     with pytest.raises(PinError, match="may not use"):
         pinning.parse(str(max(usable) + 1))
 
@@ -70,7 +70,7 @@ def test_auto_separates_housekeeping_from_vcpus() -> None:
         "vcpus": (1, 5), "togglers": (0,), "main": (0,)}
     # ...unless nothing else is left.
     assert pinning.auto((0, 4), siblings=[(0, 4)])["vcpus"] == (4,)
-    assert pinning.auto((5,)) == {r: (5,) for r in pinning.ROLES}
+    assert pinning.auto((5,)) == dict.fromkeys(pinning.ROLES, (5,))
     with pytest.raises(PinError, match="any CPU"):
         pinning.auto(())
 

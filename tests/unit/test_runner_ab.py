@@ -8,8 +8,9 @@ import json
 import random
 import re
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -17,8 +18,8 @@ from kvmharness import cli
 from kvmharness.cli import ab as cli_ab
 from kvmharness.cli import common as cli_common
 from kvmharness.runner import ab, host
-from kvmharness.runner.host import Accel
 from kvmharness.runner.boot import BootResult, BootSpec
+from kvmharness.runner.host import Accel
 from kvmharness.scenarios import registry
 from kvmharness.scenarios.base import (
     ZAP_AXIS,

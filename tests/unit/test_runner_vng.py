@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from kvmharness.runner.host import Accel
 from kvmharness.runner.boot import (
     BLACKLIST,
     RC_NO_STATUS,
@@ -30,6 +29,7 @@ from kvmharness.runner.boot import (
     passthrough_env,
     vng_command,
 )
+from kvmharness.runner.host import Accel
 from kvmharness.runner.procgroup import group_members
 from kvmharness.runner.vng_run import VngRunArgs, parse_vng_run
 

@@ -129,7 +129,7 @@ def interrupt_and_check(tmp_path: Path, sig: signal.Signals, delay: float,
     if second_after is not None:
         time.sleep(second_after)
         proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=60)
+    _stdout, stderr = proc.communicate(timeout=60)
     where = f"{sig.name} after {delay} s, second after {second_after}: {''.join(early)}{stderr}"
     assert proc.returncode == EXIT[sig], where
     assert "Traceback" not in stderr, where
@@ -322,12 +322,11 @@ def test_signals_held_defers_and_then_delivers(sigint_default: None) -> None:
     from kvmharness.observe.signals import signals_held
 
     steps = []
-    with pytest.raises(KeyboardInterrupt):
-        with signals_held():
-            _thread.interrupt_main()
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)
-            steps.append("block finished")
+    with pytest.raises(KeyboardInterrupt), signals_held():
+        _thread.interrupt_main()
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        steps.append("block finished")
     assert steps == ["block finished"]
 
 

@@ -6,8 +6,8 @@ import itertools
 import math
 import random
 import statistics
+from collections.abc import Sequence
 from fractions import Fraction
-from typing import Sequence
 
 import pytest
 

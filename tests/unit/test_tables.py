@@ -11,8 +11,9 @@ import dataclasses
 import io
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytest
 

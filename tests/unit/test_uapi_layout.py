@@ -19,16 +19,13 @@ import pickle
 import tempfile
 from pathlib import Path
 
+# A plain import: pytest puts tests/unit (no __init__.py) on sys.path for its modules.
+import layout_support as L
 import pytest
 
 from kvmharness.uapi import ioctl as ioc
 from kvmharness.uapi.ioctl import IoctlNumber
 from kvmharness.uapi.ioctls import all_ioctls
-
-# A plain import: pytest puts tests/unit (no __init__.py) on sys.path for its modules.
-import layout_support as L
-
-
 
 
 def _required() -> bool:

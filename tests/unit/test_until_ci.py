@@ -5,8 +5,8 @@ line `run` prints; pinning passed down and recorded."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
