@@ -14,20 +14,23 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
-import enum
-import os
-import signal
-import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from kvmharness.guest import foreign, longmode, pagetables
 from kvmharness.guest.build import guest_path
 from kvmharness.guest.elf import GuestImage
-from kvmharness.guest.errors import GuestCrash, GuestError, GuestImageError, GuestTimeout
+from kvmharness.guest.errors import GuestError, GuestImageError
+from kvmharness.guest.exit_dispatch import (
+    ExitDispatcher,
+    HltAction,
+    IoHandler,
+    MmioHandler,
+    PrintHandler,
+    SyncHandler,
+    regs_dict,
+)
 from kvmharness.guest.layout import (
     EXCEPTION_STUBS_GPA,
     GDT_GPA,
@@ -45,100 +48,41 @@ from kvmharness.guest.layout import (
     Region,
 )
 from kvmharness.guest.memory import GuestMemory, check_host_memory
-from kvmharness.guest.ucall import (
-    KH_UCALL_PORT,
-    Assert,
-    Done,
-    GuestException,
-    Print,
-    Sync,
-    decode_ucall,
+from kvmharness.guest.vcpu_threads import (
+    DEFAULT_WATCHDOG_S,
+    PEER_REPORT_GRACE_S,
+    VcpuRunner,
+    VcpuState,
+    VcpuThreads,
+    checked_cpus,
 )
-from kvmharness.kvm import (
-    FailEntry,
-    Hlt,
-    InternalError,
-    Io,
-    Kvm,
-    Mmio,
-    Shutdown,
-    Stopped,
-    SystemEvent,
-    Vcpu,
-    Vm,
-)
-from kvmharness.kvm.exits import Exit
+from kvmharness.kvm import Kvm, Vcpu, Vm
 from kvmharness.uapi.kvm import KVM_MEM_READONLY
 from kvmharness.uapi.x86 import kvm_cpuid_entry2
 
-SyncHandler = Callable[["Machine", int, tuple[int, ...]], None]
-MmioHandler = Callable[["Machine", int, Mmio], "bytes | None"]
-IoHandler = Callable[["Machine", int, Io], "bytes | None"]
-PrintHandler = Callable[["Machine", int, str], None]
-HltAction = Literal["done", "crash"]
+__all__ = [
+    "DEFAULT_LAYOUT",
+    "DEFAULT_WATCHDOG_S",
+    "PEER_REPORT_GRACE_S",
+    "VMX_IDENTITY_MAP_ADDR",
+    "VMX_TSS_ADDR",
+    "HltAction",
+    "IoHandler",
+    "Machine",
+    "MmioHandler",
+    "PrintHandler",
+    "SyncHandler",
+    "VcpuState",
+    "regs_dict",
+]
 
 # Layout is frozen: one shared default is safe.
 DEFAULT_LAYOUT = Layout()
 
-DEFAULT_WATCHDOG_S = 30.0
-# After one vCPU fails, how long its peers may run on before they are stopped: long enough
-# for a peer that faulted at the same moment to deliver its own report (every faulting vCPU
-# is named), short enough that a peer spinning on a barrier is not waited for long.
-PEER_REPORT_GRACE_S = 0.5
 # Pages VMX keeps as private memslots (real-mode TSS: 3 pages; EPT identity map: 1 page),
 # placed at the top of the harness's [16 MiB, 1 GiB) window so no scenario region meets them.
 VMX_IDENTITY_MAP_ADDR = 0x3FFFB000
 VMX_TSS_ADDR = 0x3FFFC000
-
-
-class VcpuState(enum.Enum):
-    READY = "ready"
-    RUNNING = "running"
-    DONE = "done"
-    STOPPED = "stopped"
-    FAILED = "failed"
-
-
-@dataclasses.dataclass
-class _Runner:
-    index: int
-    vcpu: Vcpu
-    thread: threading.Thread | None = None
-    # Set by the vCPU thread as its very last act.  Used instead of Thread.is_alive():
-    # CPython 3.11's Thread.join() interrupted by Ctrl-C marks a still-running thread as
-    # stopped, and unmapping kvm_run under a running vCPU thread would crash the process.
-    finished: threading.Event = dataclasses.field(default_factory=threading.Event)
-
-    @property
-    def running(self) -> bool:
-        return self.thread is not None and not self.finished.is_set()
-    state: VcpuState = VcpuState.READY
-    error: BaseException | None = None
-    last_activity: float = 0.0
-    timed_out: str = ""  # why the host stopped it: the watchdog or the wait's deadline
-    timeout_limit: float = 0.0
-    in_guest: bool = False  # inside KVM_RUN, as opposed to in a host handler
-    stack_top: int = 0
-    arg: int = 0
-    cpu: int | None = None  # host CPU its thread is pinned to
-
-
-def regs_dict(vcpu: Vcpu) -> dict[str, int]:
-    regs = vcpu.get_regs()
-    return {field[0]: getattr(regs, field[0]) for field in regs._fields_}
-
-
-def _hex_list(values: Sequence[int]) -> str:
-    return "data=" + ", ".join(f"{v:#x}" for v in values)
-
-
-def _checked_cpus(vcpu_cpus: Sequence[int] | None) -> tuple[int, ...]:
-    cpus = tuple(vcpu_cpus or ())
-    ncpu = os.cpu_count() or 1
-    for cpu in cpus:
-        if not isinstance(cpu, int) or not 0 <= cpu < ncpu:
-            raise ValueError(f"vcpu_cpus: CPU {cpu!r} is not a host CPU (0..{ncpu - 1})")
-    return cpus
 
 
 class Machine:
@@ -164,17 +108,16 @@ class Machine:
         args = list(vcpu_args) if vcpu_args is not None else [0] * vcpus
         if len(args) != vcpus:
             raise ValueError(f"vcpu_args has {len(args)} values for {vcpus} vCPU(s)")
-        self.vcpu_cpus = _checked_cpus(vcpu_cpus)
+        self.vcpu_cpus = checked_cpus(vcpu_cpus)
         self.kvm = kvm
         self.layout = layout
         self.runtime = runtime
         self.hlt: HltAction = hlt or ("crash" if runtime else "done")
-        self.watchdog_s = watchdog_s
-        self.on_sync, self.on_print, self.on_mmio, self.on_io = on_sync, on_print, on_mmio, on_io
-        self.syncs: list[tuple[int, tuple[int, ...]]] = []
-        self.prints: list[tuple[int, str]] = []
-        self._lock = threading.Lock()
-        self._runners: list[_Runner] = []
+        self.exits = ExitDispatcher(self, self.read, runtime=runtime, hlt=self.hlt)
+        self.exits.on_sync, self.exits.on_print = on_sync, on_print
+        self.exits.on_mmio, self.exits.on_io = on_mmio, on_io
+        self.threads = VcpuThreads(self.exits.dispatch, watchdog_s)
+        self._runners: list[VcpuRunner] = self.threads.runners
         self.slots: dict[str, int] = {}
         self.image = guest if isinstance(guest, GuestImage) else GuestImage.load(
             self._guest_file(guest), require_symbols=runtime)
@@ -257,7 +200,7 @@ class Machine:
                                      cr3=self.page_tables.cr3, entry=self.image.entry,
                                      stack_top=stack_top, args=(index, vcpu_args[index]))
             cpu = self.vcpu_cpus[index % len(self.vcpu_cpus)] if self.vcpu_cpus else None
-            self._runners.append(_Runner(index, vcpu, stack_top=stack_top,
+            self._runners.append(VcpuRunner(index, vcpu, stack_top=stack_top,
                                          arg=vcpu_args[index], cpu=cpu))
         self.tsc_khz = self._runners[0].vcpu.get_tsc_khz()
         if self.runtime:
@@ -324,24 +267,30 @@ class Machine:
             else ctype(value)
         self.write(addr, bytes(obj))
 
-    # --- running -------------------------------------------------------------------------------
+    # --- running (vCPU threads: guest/vcpu_threads.py; exits: guest/exit_dispatch.py) ---
     @property
     def vcpus(self) -> list[Vcpu]:
         return [r.vcpu for r in self._runners]
+
+    @property
+    def watchdog_s(self) -> float:
+        return self.threads.watchdog_s
+
+    @property
+    def syncs(self) -> list[tuple[int, tuple[int, ...]]]:
+        """Every SYNC ucall so far: (vCPU index, values)."""
+        return self.exits.syncs
+
+    @property
+    def prints(self) -> list[tuple[int, str]]:
+        """Every PRINT ucall so far: (vCPU index, text)."""
+        return self.exits.prints
 
     def states(self) -> list[VcpuState]:
         return [r.state for r in self._runners]
 
     def start(self) -> None:
-        for runner in self._runners:
-            if runner.thread is not None:
-                raise GuestError(f"vCPU {runner.index} was already started")
-            runner.state = VcpuState.RUNNING
-            runner.finished.clear()
-            runner.last_activity = time.monotonic()
-            runner.thread = threading.Thread(target=self._vcpu_thread, args=(runner,),
-                                             name=f"kvmharness-vcpu{runner.index}", daemon=True)
-            runner.thread.start()
+        self.threads.start()
 
     def reset(self) -> None:
         """Put every finished vCPU back at the image's entry, in the same VM and memory, so
@@ -362,224 +311,23 @@ class Machine:
         self.wait(timeout_s)
 
     def wait(self, timeout_s: float | None = None) -> None:
-        """Wait until every vCPU is done.  A vCPU silent (no ucall, no exit) for
-        ``watchdog_s`` is stopped and reported as GuestTimeout; ``timeout_s`` bounds the
-        whole wait.  On a failure the other vCPUs get PEER_REPORT_GRACE_S to report a
-        failure of their own, are stopped, and the first failure (lowest vCPU index) is
-        raised naming every other vCPU that failed."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        try:
-            while True:
-                alive = [r for r in self._runners if r.running]
-                # A failed vCPU's thread ends after its peers' grace (_stop_peers).
-                if not alive or any(r.error is not None and r.finished.is_set()
-                                    for r in self._runners):
-                    break
-                now = time.monotonic()
-                for r in alive:
-                    if r.timed_out:
-                        continue
-                    if r.in_guest and now - r.last_activity > self.watchdog_s:
-                        r.timed_out = "no ucall or exit within the watchdog's limit"
-                        r.timeout_limit = self.watchdog_s
-                    elif deadline is not None and timeout_s is not None and now > deadline:
-                        r.timed_out = "still running when wait()'s timeout ran out"
-                        r.timeout_limit = timeout_s
-                    else:
-                        continue
-                    r.vcpu.request_stop()
-                # sleep, not Event.wait(): a Ctrl-C raised just after wait() took the
-                # Event's lock leaves it held, and stop() and the thread's set() deadlock.
-                time.sleep(0.02)
-        except BaseException:
-            self.stop()
-            raise
-        failed = [(r.index, r.error) for r in self._runners if r.error is not None]
-        if failed:
-            self.stop()
-            first = failed[0][1]
-            for index, error in failed[1:]:
-                if isinstance(first, GuestError):
-                    first.add_peer_failure(index, error)
-                else:
-                    first.add_note(f"also vCPU {index}: {error}")  # type: ignore[attr-defined,unused-ignore]
-            raise first
+        """Wait until every vCPU is done (VcpuThreads.wait: the watchdog, ``timeout_s``
+        for the whole wait, and the first failure raised naming every vCPU that failed).
+        It returns up to a poll interval late: time a run with ``run_span_ns()``."""
+        self.threads.wait(timeout_s)
+
+    def run_span_ns(self) -> tuple[int, int]:
+        """(first vCPU's entry into the guest, last vCPU's finishing exit) of the last run,
+        perf_counter_ns, each stamped on the vCPU's own thread."""
+        return self.threads.span_ns()
 
     def stop(self, join_timeout_s: float = 10.0) -> None:
         """Kick every vCPU out of KVM_RUN and wait for its thread to finish."""
-        for r in self._runners:
-            if r.running:
-                r.vcpu.request_stop()
-        deadline = time.monotonic() + join_timeout_s
-        for r in self._runners:
-            if r.thread is None:
-                continue
-            kicked = time.monotonic()
-            while not r.finished.is_set():  # lock-free, unlike wait(): see wait()
-                time.sleep(0.001)
-                now = time.monotonic()
-                if now > deadline:
-                    raise GuestError(f"vCPU {r.index} thread did not stop within "
-                                     f"{join_timeout_s} s")
-                if now - kicked > 0.05:
-                    r.vcpu.request_stop()  # a kick that raced with the thread's start
-                    kicked = now
-            r.thread.join()
+        self.threads.stop(join_timeout_s)
 
     def request_guest_stop(self) -> None:
         """Ask the guest to finish at its next check of ``kh_stop`` (cooperative)."""
         self.write_var("kh_stop", 1)
-
-    def _vcpu_thread(self, runner: _Runner) -> None:
-        # Ctrl-C must reach the main thread, not interrupt a vCPU's KVM_RUN.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
-        try:
-            if runner.cpu is not None:
-                self._pin(runner.index, runner.cpu)
-            runner.state = self._run_vcpu(runner)
-        except BaseException as exc:
-            runner.error = exc
-            runner.state = VcpuState.FAILED
-            self._stop_peers(runner)
-        finally:
-            runner.finished.set()
-
-    @staticmethod
-    def _pin(index: int, cpu: int) -> None:
-        try:
-            os.sched_setaffinity(0, {cpu})  # 0: this thread
-        except OSError as exc:
-            raise GuestError(f"vCPU {index}: cannot pin its thread to host CPU {cpu} "
-                             f"(vcpu_cpus): {exc.strerror or exc}") from exc
-
-    def _stop_peers(self, runner: _Runner) -> None:
-        """Fail fast, so nobody waits on a dead peer's barrier; but first give a peer that
-        faulted at the same moment a short grace to deliver its own report."""
-        peers = [r for r in self._runners if r is not runner]
-        grace_end = time.monotonic() + PEER_REPORT_GRACE_S
-        for other in peers:
-            if other.error is None:  # a failed peer is not waited for: it is waiting too
-                other.finished.wait(max(0.0, grace_end - time.monotonic()))
-        for other in peers:
-            other.vcpu.request_stop()
-
-    def _run_vcpu(self, runner: _Runner) -> VcpuState:
-        vcpu = runner.vcpu
-        while True:
-            # The watchdog times the guest only: time the host spends in a handler (a slot
-            # operation in on_sync, say) is never charged to it.
-            runner.last_activity = time.monotonic()
-            runner.in_guest = True
-            try:
-                exit_ = vcpu.run()
-            finally:
-                runner.in_guest = False
-            runner.last_activity = time.monotonic()
-            state = self._dispatch(runner, exit_)
-            if state is not None:
-                return state
-
-    def _dispatch(self, runner: _Runner, exit_: Exit) -> VcpuState | None:
-        """One exit: None to enter the guest again, a final state, or raise its failure."""
-        match exit_:
-            case Io() as io if self._is_ucall(io):
-                return self._ucall(runner, io)
-            case Io() as io if self._is_stub_report(runner, io):
-                raise self._stub_exception(runner)
-            case Io() as io if self.on_io is not None:
-                return self._io(runner, io)
-            case Io() as io:
-                raise self._crash(runner, f"unexpected PIO {'OUT' if io.is_out else 'IN'} "
-                                          f"port {io.port:#x} size {io.size}")
-            case Mmio() as mmio if self.on_mmio is not None:
-                return self._mmio(runner, mmio)
-            case Mmio() as mmio:
-                what = "write to" if mmio.is_write else "read of"
-                raise self._crash(runner, f"unexpected MMIO {what} {mmio.phys_addr:#x} "
-                                          f"(len {mmio.len}): no memslot there")
-            case Stopped() if runner.timed_out:
-                raise GuestTimeout(runner.index, regs_dict(runner.vcpu)["rip"],
-                                   runner.timeout_limit, runner.timed_out)
-            case Stopped():
-                return VcpuState.STOPPED
-            case Hlt() if self.hlt == "done":
-                return VcpuState.DONE
-            case Hlt():
-                raise self._crash(runner, "HLT without a DONE ucall" if self.runtime
-                                  else "HLT (this machine treats HLT as a crash)")
-            case Shutdown():
-                raise self._crash(runner, "triple fault (KVM_EXIT_SHUTDOWN)")
-            case FailEntry(hardware_entry_failure_reason=reason, cpu=cpu):
-                raise self._crash(runner, "KVM_EXIT_FAIL_ENTRY",
-                                  f"hardware_entry_failure_reason={reason:#x} cpu={cpu}")
-            case InternalError() as err:
-                raise self._crash(runner, f"KVM_EXIT_INTERNAL_ERROR ({err.suberror_name})",
-                                  _hex_list(err.data))
-            case SystemEvent() as event:
-                raise self._crash(runner, f"KVM_EXIT_SYSTEM_EVENT ({event.type_name})",
-                                  _hex_list(event.data))
-            case _:  # Unknown, Exception_, Debug, MemoryFault: nothing here asks for them
-                raise self._crash(runner, f"unexpected exit {exit_.name}: {exit_}")
-
-    def _io(self, runner: _Runner, io: Io) -> VcpuState | None:
-        reply = self.on_io(self, runner.index, io) if self.on_io is not None else None
-        if not io.is_out:
-            runner.vcpu.complete_io_in(reply or bytes(io.size * io.count))
-        return None  # the guest goes on
-
-    def _mmio(self, runner: _Runner, mmio: Mmio) -> VcpuState | None:
-        reply = self.on_mmio(self, runner.index, mmio) if self.on_mmio is not None else None
-        if not mmio.is_write:
-            runner.vcpu.complete_mmio_read(reply if reply is not None else bytes(mmio.len))
-        return None  # the guest goes on
-
-    def _is_ucall(self, io: Io) -> bool:
-        return self.runtime and io.port == KH_UCALL_PORT and io.is_out and io.size == 4
-
-    def _ucall(self, runner: _Runner, io: Io) -> VcpuState | None:
-        match decode_ucall(self.read, io.value):
-            case Sync(values):
-                with self._lock:
-                    self.syncs.append((runner.index, values))
-                if self.on_sync is not None:
-                    self.on_sync(self, runner.index, values)
-            case Print(text):
-                with self._lock:
-                    self.prints.append((runner.index, text))
-                if self.on_print is not None:
-                    self.on_print(self, runner.index, text)
-            case Done():
-                return VcpuState.DONE
-            case Assert() | GuestException() as report:
-                raise report.error(runner.index)
-        return None
-
-    def _is_stub_report(self, runner: _Runner, io: Io) -> bool:
-        return (not self.runtime and io.port == foreign.FOREIGN_EXCEPTION_PORT
-                and foreign.is_stub_report(io.port, runner.vcpu.get_regs().rip))
-
-    def _stub_exception(self, runner: _Runner) -> GuestError:
-        regs = regs_dict(runner.vcpu)
-        cr2 = runner.vcpu.get_sregs().cr2
-        return foreign.decode_report(runner.index, regs, cr2, self.read).error(runner.index)
-
-    def _crash(self, runner: _Runner, reason: str, detail: str = "") -> GuestCrash:
-        regs: dict[str, int] | None = None
-        control: dict[str, int] | None = None
-        try:
-            regs = regs_dict(runner.vcpu)
-            sregs = runner.vcpu.get_sregs()
-            control = {"cr0": sregs.cr0, "cr2": sregs.cr2, "cr3": sregs.cr3,
-                       "cr4": sregs.cr4, "efer": sregs.efer}
-        except Exception as exc:  # the VM may be dead: report what we have
-            detail = f"{detail} (registers unavailable: {exc})".strip()
-        if control is not None and not control["cr0"] & longmode.CR0_PG:
-            # The harness never turns paging off, so this is KVM's doing: AMD SVM re-inits
-            # the vCPU on a shutdown intercept (the VMCB is undefined after one).
-            detail = (f"{detail}; " if detail else "") + (
-                "KVM reset the vCPU (paging is off): the registers below are its reset "
-                "state, not the state that faulted")
-        return GuestCrash(runner.index, reason, regs, detail, control)
 
     # --- results -------------------------------------------------------------------------------
     def tsc_to_ns(self, cycles: int) -> float:
