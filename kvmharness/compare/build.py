@@ -29,11 +29,11 @@ from kvmharness.compare import stats
 from kvmharness.compare import warnings as warn
 from kvmharness.results.model import ResultFile, RunRecord, variant_text
 from kvmharness.scenarios.base import Direction
+from kvmharness.scenarios.metrics import expand, is_family
 
 Axis = Literal["label", "variant", "file", "label+variant", "sides"]
 AxisChoice = Literal["auto", "label", "variant", "file", "label+variant"]
 AXIS_CHOICES: tuple[str, ...] = ("auto", "label", "variant", "file", "label+variant")
-SIZE_SLOT = "<size>"  # a headline family ``create@<size>`` names every size of ``create``
 CORRECTION = "Holm"
 
 
@@ -202,7 +202,7 @@ def _metric_order(files: Sequence[ResultFile]) -> list[tuple[str, str, Direction
     seen: dict[str, tuple[str, Direction]] = {}
     for f in files:
         for m in f.scenario.get("metrics", []):
-            if SIZE_SLOT not in m["name"]:
+            if not is_family(m["name"]):
                 seen.setdefault(m["name"], (m["unit"], m["direction"]))
     for f in files:
         for r in f.runs:
@@ -228,18 +228,10 @@ def headline_names(files: Sequence[ResultFile]) -> tuple[str, ...] | None:
 
 def expand_headline(names: Sequence[str] | None,
                     metrics: Sequence[tuple[str, str, Direction]]) -> list[str]:
-    """Concrete metric names in headline order; a family ``op@<size>`` names every size."""
+    """Concrete metric names in headline order; a family (``op@<size>``, ``op@<count>``)
+    names every point present."""
     all_names = [m for m, _, _ in metrics]
-    if not names:
-        return all_names
-    out: list[str] = []
-    for h in names:
-        family, sep, size = h.partition("@")
-        if sep and size == SIZE_SLOT:
-            out += [m for m in all_names if m.partition("@")[0] == family and "@" in m]
-        elif h in all_names:
-            out.append(h)
-    return list(dict.fromkeys(out))
+    return expand(names, all_names) if names else all_names
 
 
 # --- rows ----------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from kvmharness.compare.build import (
 )
 from kvmharness.compare.stats import Summary, median_ci_ranks, summarize
 from kvmharness.results.model import ResultFile, RunRecord, variant_text
+from kvmharness.scenarios.metrics import is_family
 
 Format = Literal["plain", "markdown", "csv", "cover-letter"]
 FORMATS: tuple[str, ...] = ("plain", "markdown", "csv", "cover-letter")
@@ -1079,7 +1080,7 @@ def format_run_summary(result: ResultFile, confidence: float = 0.95) -> str:
     """Per variant and metric: median of run values with its CI, CoV and n (no test)."""
     rows = []
     metrics = [(m["name"], m["unit"]) for m in result.scenario.get("metrics", [])
-               if "<size>" not in m["name"]]
+               if not is_family(m["name"])]
     declared = {name for name, _ in metrics}
     for r in result.runs:
         for name, samples in r.samples.items():

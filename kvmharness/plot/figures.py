@@ -4,7 +4,6 @@ figure is drawn, with the Agg backend (no display needed)."""
 from __future__ import annotations
 
 import os
-import re
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,13 +11,12 @@ from typing import Any, ClassVar
 
 from kvmharness.compare.stats import summarize
 from kvmharness.results.model import ResultFile, RunRecord, variant_text
+from kvmharness.scenarios.metrics import SIZE, keys_present
 
 INSTALL_HINT = "kvmharness plot needs matplotlib: pip install 'kvmharness[plot]'"
 FORMATS = (".png", ".svg")
 SLOT_OPS = ("create", "dirty_on", "dirty_off", "move", "delete")
 TEARDOWN = ("destroy", "probe_max_delay")
-_SIZE = re.compile(r"^(\d+)([KMGT]?)$")
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 class PlotError(ValueError):
@@ -31,12 +29,6 @@ class PlotUnavailable(PlotError):
 
 def plot_kinds() -> tuple[str, ...]:
     return tuple(DRAWERS)
-
-
-def size_bytes(label: str) -> int | None:
-    """'4K' -> 4096 (the labels ``op@size`` metrics carry)."""
-    m = _SIZE.match(label)
-    return int(m.group(1)) * _UNITS[m.group(2)] if m else None
 
 
 Side = tuple[str, list[RunRecord]]
@@ -82,13 +74,9 @@ def _pyplot() -> Any:
 
 
 def _sized(runs: Sequence[RunRecord], family: str) -> list[tuple[int, str]]:
-    sizes: dict[str, int] = {}
-    for r in runs:
-        for name in r.samples:
-            fam, sep, label = name.partition("@")
-            if sep and fam == family and (b := size_bytes(label)) is not None:
-                sizes[label] = b
-    return sorted(((b, label) for label, b in sizes.items()))
+    """(key value, label) of the points of the declared ``family`` (``create@<size>``) the
+    runs hold, by value."""
+    return keys_present(family, (name for r in runs for name in r.samples))
 
 
 def _unit(runs: Sequence[RunRecord], prefix: str) -> str:
@@ -101,12 +89,12 @@ def _unit(runs: Sequence[RunRecord], prefix: str) -> str:
 
 def draw_sized(plt: Any, all_sides: Sequence[Side], families: Sequence[str], title: str,
                xlabel: str) -> Any:
-    """One panel per family: median per size with its CI as a band (95%, or the level the
-    number of runs allows, said in the title), log-log."""
+    """One panel per declared family (``create@<size>``): median per key with its CI as a
+    band (95%, or the level the number of runs allows, said in the title), log-log."""
     present = [f for f in families
                if any(_sized(runs, f) for _, runs in all_sides)]
     if not present:
-        raise PlotError(f"no {'/'.join(families)} metrics with sizes in these files")
+        raise PlotError(f"no {'/'.join(families)} metrics in these files")
     cols = min(3, len(present))
     rows = (len(present) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
@@ -114,8 +102,9 @@ def draw_sized(plt: Any, all_sides: Sequence[Side], families: Sequence[str], tit
     for ax, family in zip([a for row in axes for a in row], present):
         for name, runs in all_sides:
             xs, med, lo, hi = [], [], [], []
+            stem = family.partition("@")[0]
             for b, label in _sized(runs, family):
-                s = summarize([v for r in runs if (v := r.value(f"{family}@{label}"))
+                s = summarize([v for r in runs if (v := r.value(f"{stem}@{label}"))
                                is not None])
                 if s.median is None:
                     continue
@@ -135,8 +124,9 @@ def draw_sized(plt: Any, all_sides: Sequence[Side], families: Sequence[str], tit
                         for b, label in _sized(runs, family)}.items())
         ax.set_xticks([b for b, _ in ticks], [label for _, label in ticks])
         ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
-        unit = _unit([r for _, runs in all_sides for r in runs], f"{family}@")
-        ax.set_title(family)
+        stem = family.partition("@")[0]
+        unit = _unit([r for _, runs in all_sides for r in runs], f"{stem}@")
+        ax.set_title(stem)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"median [{unit}]" if unit else "median")
         ax.grid(True, which="both", alpha=0.3)
@@ -153,13 +143,13 @@ def draw_sized(plt: Any, all_sides: Sequence[Side], families: Sequence[str], tit
 
 
 def draw_slot_ops(plt: Any, files: Sequence[ResultFile]) -> Any:
-    return draw_sized(plt, sides(files), SLOT_OPS, "slot-ops: memslot operation latency",
-                      "slot size")
+    return draw_sized(plt, sides(files), [f"{op}@{SIZE.slot}" for op in SLOT_OPS],
+                      "slot-ops: memslot operation latency", "slot size")
 
 
 def draw_teardown(plt: Any, files: Sequence[ResultFile]) -> Any:
-    return draw_sized(plt, sides(files), TEARDOWN, "teardown: VM destroy vs populated RAM",
-                      "populated RAM")
+    return draw_sized(plt, sides(files), [f"{op}@{SIZE.slot}" for op in TEARDOWN],
+                      "teardown: VM destroy vs populated RAM", "populated RAM")
 
 
 def draw_rom_toggle(plt: Any, files: Sequence[ResultFile]) -> Any:

@@ -29,10 +29,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from time import monotonic
 
 from kvmharness.results.model import ResultFile, RunRecord, variant_text
+from kvmharness.scenarios.metrics import expand
 
 DEFAULT_CONFIDENCE = 0.95
 # The smallest n whose order-statistic interval reaches 95% coverage.
@@ -123,20 +124,6 @@ def median_ci(values: Sequence[float], confidence: float = DEFAULT_CONFIDENCE
     return statistics.median(ordered), ordered[lo - 1], ordered[hi - 1], coverage
 
 
-def headline_names(headline: Iterable[str], present: Iterable[str]) -> list[str]:
-    """Headline entries matched against the metric names a result holds: a size family
-    ``create@<size>`` stands for every ``create@4K``, ``create@1G``, ... present."""
-    names = list(dict.fromkeys(present))
-    out: list[str] = []
-    for h in headline:
-        if h.endswith("@<size>"):
-            prefix = h[: -len("<size>")]
-            out += [n for n in names if n.startswith(prefix) and n not in out]
-        elif h in names and h not in out:
-            out.append(h)
-    return out
-
-
 def _metric_names(runs: Sequence[RunRecord]) -> list[str]:
     return list(dict.fromkeys(name for r in runs for name in r.samples))
 
@@ -147,7 +134,7 @@ def assess(result: ResultFile, headline: Sequence[str],
     out: list[MetricPrecision] = []
     for variant in result.variants:
         runs = result.ok_runs(variant)
-        for name in headline_names(headline, _metric_names(runs)):
+        for name in expand(headline, _metric_names(runs)):
             values = [v for r in runs if (v := r.value(name)) is not None]
             if not values:
                 continue
@@ -179,7 +166,7 @@ def spread_too_high(result: ResultFile, headline: Sequence[str],
     found: list[tuple[str, str, float]] = []
     for variant in result.variants:
         runs = result.ok_runs(variant)
-        for name in headline_names(headline, _metric_names(runs)):
+        for name in expand(headline, _metric_names(runs)):
             values = [v for r in runs if (v := r.value(name)) is not None]
             if len(values) < 2:
                 continue

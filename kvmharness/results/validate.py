@@ -19,6 +19,7 @@ from kvmharness.results.model import (
     RunRecord,
     variant_text,
 )
+from kvmharness.scenarios.metrics import point_of
 
 
 class ResultFormatError(ValueError):
@@ -163,14 +164,13 @@ ABSURD_COUNT = 1e18
 
 def declared_unit(scenario: Mapping[str, Any], metric: str) -> str | None:
     """The unit the file's scenario declares for ``metric`` (``create@4K`` matches the
-    family ``create@<size>``), or None for an undeclared metric."""
+    family ``create@<size>``, ``create@16`` ``create@<count>``), or None for an undeclared
+    metric."""
     units = {m["name"]: m["unit"] for m in scenario.get("metrics", [])}
     if metric in units:
         return str(units[metric])
-    family, sep, _ = metric.partition("@")
-    if sep and f"{family}@<size>" in units:
-        return str(units[f"{family}@<size>"])
-    return None
+    point = point_of(metric, units)
+    return None if point is None else str(units[point[0]])
 
 
 def check_values(result: ResultFile) -> None:

@@ -11,16 +11,16 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
+from kvmharness.scenarios.metrics import Direction as Direction
+from kvmharness.scenarios.metrics import Metric as Metric
+from kvmharness.scenarios.metrics import concrete_names, resolve
 from kvmharness.uapi.caps import KvmCap
 from kvmharness.uapi.x86 import KVM_X86_QUIRK_SLOT_ZAP_ALL
 
 if TYPE_CHECKING:
     from kvmharness.kvm import Kvm
-
-Direction = Literal["lower", "higher"]
-
 
 @dataclasses.dataclass(frozen=True)
 class Parameter:
@@ -92,14 +92,6 @@ class Parameter:
                 f"parameter {self.name!r} expects {self.valid_range()}, "
                 f"got {text!r}{detail}") from None
         return self.check(value)
-
-
-@dataclasses.dataclass(frozen=True)
-class Metric:
-    name: str
-    unit: str
-    direction: Direction
-    help: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,7 +214,7 @@ class ScenarioSpec:
     default_iterations: int = 5
     default_warmup: int = 1
     # The metrics a default report shows (the answer); the rest appear with --all-metrics.
-    # Names may be size families (``create@<size>``) on a SizedScenarioSpec.
+    # Names may be metric families (``create@<size>``, scenarios.metrics.MetricFamily).
     headline: tuple[str, ...] = ()
     # Headline metrics that are maxima (the worst stall of a run) swing with any host
     # hiccup; --until-ci and the spread warning judge only the others.
@@ -244,10 +236,15 @@ class ScenarioSpec:
         raise KeyError(f"scenario {self.name!r} has no parameter {name!r} (known: {known})")
 
     def metric(self, name: str) -> Metric:
-        for m in self.metrics:
-            if m.name == name:
-                return m
-        raise KeyError(f"scenario {self.name!r} has no metric {name!r}")
+        """A declared metric, or a point of a declared family (``create@4K``)."""
+        found = resolve(self.metrics, name)
+        if found is None:
+            raise KeyError(f"scenario {self.name!r} has no metric {name!r}")
+        return found
+
+    def metric_names(self, labels: list[str]) -> list[str]:
+        """Every concrete metric name a run over family key ``labels`` can report."""
+        return concrete_names(self.metrics, labels)
 
     def resolve_params(self, overrides: Mapping[str, str], *, quick: bool) -> dict[str, Any]:
         values = {p.name: (p.quick if quick else p.default) for p in self.parameters}

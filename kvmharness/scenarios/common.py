@@ -1,5 +1,5 @@
 """What scenarios share below the skeleton: per-phase KVM stats and tracepoint recording,
-driving the hammer guest and reading its results, and size-labelled metric families."""
+driving the hammer guest and reading its results, and size-list parameters."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from kvmharness.guest.ucall import KH_MAX_VCPUS as KH_MAX_VCPUS
 from kvmharness.observe.counters import KvmCounters
 from kvmharness.observe.tracefs import MMIO_EVENTS, ZAP_EVENTS, tracefs_status
 from kvmharness.scenarios.abi import GuestAbi
-from kvmharness.scenarios.base import LOST_EVENTS_KEY, Metric, RunOutcome, ScenarioSpec
+from kvmharness.scenarios.base import LOST_EVENTS_KEY, RunOutcome
+from kvmharness.scenarios.metrics import PAGE, parse_size, size_label
 
 u32, u64 = ctypes.c_uint32, ctypes.c_uint64
 HAMMER_MAX_PASSES = 4096  # guests/hammer.h
@@ -144,31 +145,7 @@ def hammer_max_gap_ns(machine: Machine, nvcpus: int) -> list[list[float]]:
     return [[machine.tsc_to_ns(gap[v][p]) for p in range(done[v])] for v in range(nvcpus)]
 
 
-# --- sizes and per-size metrics (slot-ops, teardown) ------------------------------------
-_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-SIZE_SLOT = "<size>"
-COUNT_SLOT = "<count>"
-
-
-def size_label(size: int) -> str:
-    """``4096`` -> ``4K``, ``1 << 30`` -> ``1G``: the largest unit that divides exactly, so a
-    label round-trips through ``parse_size`` and names one size only."""
-    for suffix in ("T", "G", "M", "K"):
-        unit = _SIZE_UNITS[suffix]
-        if size >= unit and size % unit == 0:
-            return f"{size // unit}{suffix}"
-    return str(size)
-
-
-def parse_size(text: str, default_unit: int = 1) -> int:
-    """``4K``/``64k``/``1G`` (binary units) or a bare number times ``default_unit``."""
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = default_unit
-    if t and t[-1] in _SIZE_UNITS:
-        t, unit = t[:-1], _SIZE_UNITS[t[-1]]
-    if not t.isdigit() or int(t) <= 0:
-        raise ValueError(f"{text!r} is not a positive size like 4K, 16M or 1G")
-    return int(t) * unit
+# --- size lists (slot-ops, teardown) ---------------------------------------------------
 
 
 class SizeList(str):
@@ -177,7 +154,7 @@ class SizeList(str):
     Bare numbers are bytes; subclasses change ``default_unit``."""
 
     default_unit = 1
-    granule = 4096  # memslots and guest pages are 4 KiB granular
+    granule = PAGE
     expected = "a comma list of sizes like 4K,1M (multiples of 4K)"
 
     def __new__(cls, text: str) -> SizeList:
@@ -203,53 +180,3 @@ class MiBList(SizeList):
     default_unit = 1 << 20
     granule = 1 << 20
     expected = "a comma list of MiB like 256,1024 (or sizes like 1G, multiples of 1M)"
-
-
-class SizedScenarioSpec(ScenarioSpec):
-    """A spec whose per-size metrics are declared once as a family ``name@<size>`` and
-    resolved for whatever sizes a run's parameters name (``create@4K``, ``create@1G``):
-    the points of a scaling curve are not known until the parameters are.  Families
-    ``name@<count>`` resolve for plain counts the same way (``create@4096``)."""
-
-    def metric(self, name: str) -> Metric:
-        family, sep, label = name.partition("@")
-        if sep and label.isdigit() and str(int(label)) == label:
-            resolved = self._from_family(name, family, COUNT_SLOT, label)
-            if resolved is not None:
-                return resolved
-        if sep and label != SIZE_SLOT:
-            try:
-                size = parse_size(label)
-                valid = size_label(size) == label and size % SizeList.granule == 0
-            except ValueError:
-                valid = False
-            if valid:
-                resolved = self._from_family(name, family, SIZE_SLOT, label)
-                if resolved is not None:
-                    return resolved
-        return super().metric(name)
-
-    def _from_family(self, name: str, family: str, slot: str, label: str) -> Metric | None:
-        """``name`` as a point of the declared family ``family@slot``, if there is one."""
-        try:
-            template = super().metric(f"{family}@{slot}")
-        except KeyError:
-            return None
-        return Metric(name, template.unit, template.direction, f"{template.help} [{label}]")
-
-    def sized_metrics(self, sizes: list[int]) -> list[str]:
-        """Every concrete metric name a run over ``sizes`` can report."""
-        return self._resolved(SIZE_SLOT, [size_label(s) for s in sizes])
-
-    def counted_metrics(self, counts: list[int]) -> list[str]:
-        """Every concrete metric name a run over ``counts`` (``create@<count>``) can report."""
-        return self._resolved(COUNT_SLOT, [str(c) for c in counts])
-
-    def _resolved(self, slot: str, labels: list[str]) -> list[str]:
-        out = []
-        for m in self.metrics:
-            if m.name.endswith("@" + slot):
-                out += [f"{m.name[: -len(slot) - 1]}@{label}" for label in labels]
-            else:
-                out.append(m.name)
-        return out

@@ -38,19 +38,25 @@ from kvmharness.guest.machine import Machine
 from kvmharness.guest.memory import check_host_memory
 from kvmharness.kvm import HostMemory, Vm
 from kvmharness.observe.counters import KvmCounters, Snapshot
-from kvmharness.scenarios.base import ZAP_AXIS, Direction, Metric, Parameter, RunOutcome, RunRequest
+from kvmharness.scenarios.base import (
+    ZAP_AXIS,
+    Direction,
+    Metric,
+    Parameter,
+    RunOutcome,
+    RunRequest,
+    ScenarioSpec,
+)
 from kvmharness.scenarios.common import (
     HAMMER_INSTRUCTIONS_PER_PAGE,
     HAMMER_MAX_PASSES,
-    SIZE_SLOT,
     HammerConfig,
     PhaseRecorder,
-    SizedScenarioSpec,
     SizeList,
     hammer_max_gap_ns,
     hammer_pass_ns,
-    size_label,
 )
+from kvmharness.scenarios.metrics import SIZE, MetricFamily, size_label
 from kvmharness.scenarios.preflight import Work, host_check
 from kvmharness.scenarios.skeleton import Context, GuestScenario, Handlers
 from kvmharness.uapi.kvm import KVM_MEM_LOG_DIRTY_PAGES
@@ -317,7 +323,7 @@ class SlotOps(GuestScenario):
 
 
 def _sized(name: str, unit: str, direction: Direction, help: str) -> Metric:
-    return Metric(f"{name}@{SIZE_SLOT}", unit, direction, help)
+    return MetricFamily.of(name, SIZE, unit, direction, help)
 
 
 _OP_HELP = {
@@ -336,7 +342,7 @@ STEADY_METRICS = (
            "in any pass after an op (guest TSC): the worst single hold-up"),
 )
 
-SPEC = SizedScenarioSpec(
+SPEC = ScenarioSpec(
     name="slot-ops",
     summary="latency of memslot create, delete, move and dirty-logging flag changes versus "
             "slot size, with guest RAM populated by a running guest or idle, and the "
@@ -370,8 +376,8 @@ SPEC = SizedScenarioSpec(
     check_host=host_check(SlotOps, "populated_mib or the largest of sizes",
                           lambda s: s.populated_bytes + s.max_size, SlotOps.work),
     extremes=("max_stall",),
-    headline=tuple(f"{op}@{SIZE_SLOT}" for op in OPS) + (f"delete_pf_fixed@{SIZE_SLOT}",
-                                                         f"delete_pass@{SIZE_SLOT}",
+    headline=tuple(f"{op}@{SIZE.slot}" for op in OPS) + (f"delete_pf_fixed@{SIZE.slot}",
+                                                         f"delete_pass@{SIZE.slot}",
                                                          "max_stall"),
     default_iterations=3,
     default_warmup=1,

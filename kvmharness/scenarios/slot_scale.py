@@ -19,14 +19,13 @@ from kvmharness.guest.machine import Machine
 from kvmharness.guest.memory import check_host_memory
 from kvmharness.kvm import HostMemory, Vm
 from kvmharness.observe.counters import KvmCounters
-from kvmharness.scenarios.base import ZAP_AXIS, Metric, Parameter, RunRequest
+from kvmharness.scenarios.base import ZAP_AXIS, Metric, Parameter, RunRequest, ScenarioSpec
 from kvmharness.scenarios.common import (
-    COUNT_SLOT,
     HAMMER_MAX_PASSES,
     HammerConfig,
     PhaseRecorder,
-    SizedScenarioSpec,
 )
+from kvmharness.scenarios.metrics import COUNT, MetricFamily
 from kvmharness.scenarios.skeleton import Context, GuestScenario, Handlers
 from kvmharness.scenarios.slot_ops import (
     SETUP,
@@ -193,10 +192,10 @@ class SlotScale(GuestScenario):
 
 
 def _family(name: str, unit: str, help: str) -> Metric:
-    return Metric(f"{name}@{COUNT_SLOT}", unit, "lower", help)
+    return MetricFamily.of(name, COUNT, unit, "lower", help)
 
 
-SPEC = SizedScenarioSpec(
+SPEC = ScenarioSpec(
     name="slot-scale",
     summary="latency of memslot create, move and delete versus the number of memslots "
             "that exist (1 to 32k), with a running guest's refault cost after each",
@@ -223,7 +222,7 @@ SPEC = SizedScenarioSpec(
     ) + STEADY_METRICS,
     variant_axes=SlotScale.variant_axes,
     run=SlotScale.run,
-    headline=tuple(f"{op}@{COUNT_SLOT}" for op in OPS) + (f"delete_pf_fixed@{COUNT_SLOT}",),
+    headline=tuple(f"{op}@{COUNT.slot}" for op in OPS) + (f"delete_pf_fixed@{COUNT.slot}",),
     default_iterations=3,
     default_warmup=1,
 )

@@ -20,17 +20,15 @@ import time
 from kvmharness.guest.layout import GiB, Layout, Region
 from kvmharness.guest.memory import check_host_memory
 from kvmharness.observe.pinning import pinned
-from kvmharness.scenarios.base import Metric, Parameter, RunOutcome, RunRequest
+from kvmharness.scenarios.base import Parameter, RunOutcome, RunRequest, ScenarioSpec
 from kvmharness.scenarios.common import (
     KH_MAX_VCPUS,
-    SIZE_SLOT,
     HammerConfig,
     MiBList,
     PhaseRecorder,
-    SizedScenarioSpec,
     hammer_pass_ns,
-    size_label,
 )
+from kvmharness.scenarios.metrics import SIZE, MetricFamily, size_label
 from kvmharness.scenarios.preflight import host_check
 from kvmharness.scenarios.skeleton import BareScenario, Context
 
@@ -169,7 +167,7 @@ class Teardown(BareScenario):
         return "; ".join(summary)
 
 
-SPEC = SizedScenarioSpec(
+SPEC = ScenarioSpec(
     name="teardown",
     summary="VM destroy time versus populated guest RAM, and a host probe thread's worst "
             "scheduling delay during it (mmu_lock held without rescheduling shows here)",
@@ -186,19 +184,20 @@ SPEC = SizedScenarioSpec(
                   type=bool),
     ),
     metrics=(
-        Metric(f"destroy@{SIZE_SLOT}", "ms", "lower",
-               "Vm.close() of a VM with this much RAM mapped (kvm_destroy_vm)"),
-        Metric(f"probe_max_delay@{SIZE_SLOT}", "us", "lower",
-               "worst lateness of the probe's 100 us sleeps during the destroy"),
-        Metric(f"probe_baseline@{SIZE_SLOT}", "us", "lower",
-               "the same over an equally long idle window after it (host noise)"),
-        Metric(f"populate_pass@{SIZE_SLOT}", "ms", "lower",
-               "the hammer's first-touch pass that maps the RAM (guest TSC, slowest vCPU)"),
+        MetricFamily.of("destroy", SIZE, "ms", "lower",
+                        "Vm.close() of a VM with this much RAM mapped (kvm_destroy_vm)"),
+        MetricFamily.of("probe_max_delay", SIZE, "us", "lower",
+                        "worst lateness of the probe's 100 us sleeps during the destroy"),
+        MetricFamily.of("probe_baseline", SIZE, "us", "lower",
+                        "the same over an equally long idle window after it (host noise)"),
+        MetricFamily.of("populate_pass", SIZE, "ms", "lower",
+                        "the hammer's first-touch pass that maps the RAM (guest TSC, "
+                        "slowest vCPU)"),
     ),
     variant_axes=Teardown.variant_axes,
     run=Teardown.run,
     check_host=host_check(Teardown, "populated_sizes", lambda s: max(s.sizes)),
-    headline=(f"destroy@{SIZE_SLOT}", f"probe_max_delay@{SIZE_SLOT}"),
+    headline=(f"destroy@{SIZE.slot}", f"probe_max_delay@{SIZE.slot}"),
     default_iterations=3,
     default_warmup=1,
 )

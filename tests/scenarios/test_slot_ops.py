@@ -10,7 +10,8 @@ import pytest
 from kvmharness.guest.layout import LayoutError
 from kvmharness.scenarios import slot_ops
 from kvmharness.scenarios.base import RunRequest
-from kvmharness.scenarios.common import SizeList, size_label
+from kvmharness.scenarios.common import SizeList
+from kvmharness.scenarios.metrics import size_label
 
 SPEC = slot_ops.SPEC
 ITERATIONS, WARMUP = 1, 1
@@ -42,7 +43,7 @@ def test_every_declared_metric_has_samples_and_a_unit(quick_run, zap):
     run = quick_run(zap)
     outcome = run.outcome
     sizes, cycles = sizes_of(run), int(run.params["ops_per_size"])  # type: ignore[arg-type]
-    expected = SPEC.sized_metrics(sizes)
+    expected = SPEC.metric_names([size_label(s) for s in sizes])
     assert set(expected) == set(outcome.samples), (
         f"missing {set(expected) - set(outcome.samples)}, "
         f"undeclared {set(outcome.samples) - set(expected)}")
@@ -68,7 +69,7 @@ def test_every_declared_metric_has_samples_and_a_unit(quick_run, zap):
 def test_idle_run_times_the_ops_without_a_guest(quick_run):
     run = quick_run("all", "false")
     outcome = run.outcome
-    ops = {n for n in SPEC.sized_metrics(sizes_of(run))
+    ops = {n for n in SPEC.metric_names([size_label(s) for s in sizes_of(run)])
            if n.split("@")[0] in slot_ops.OPS}
     assert set(outcome.samples) == ops
     assert outcome.effective["populated"] is False

@@ -10,7 +10,8 @@ import pytest
 from kvmharness.guest.layout import LayoutError
 from kvmharness.scenarios import teardown
 from kvmharness.scenarios.base import RunOutcome, RunRequest
-from kvmharness.scenarios.common import MiBList, size_label
+from kvmharness.scenarios.common import MiBList
+from kvmharness.scenarios.metrics import size_label
 
 SPEC = teardown.SPEC
 ITERATIONS, WARMUP = 2, 1
@@ -43,7 +44,7 @@ def quick(kvm_session: object, run_quick) -> QuickRun:
 
 def test_every_declared_metric_has_samples_and_a_unit(quick):
     sizes = MiBList(quick.params["populated_sizes"]).sizes  # type: ignore[arg-type]
-    expected = SPEC.sized_metrics(sizes)
+    expected = SPEC.metric_names([size_label(s) for s in sizes])
     assert set(expected) == set(quick.outcome.samples)
     for name in expected:
         metric = SPEC.metric(name)

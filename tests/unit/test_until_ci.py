@@ -23,6 +23,7 @@ from kvmharness.scenarios.base import (
     ScenarioSpec,
     VariantUnsupported,
 )
+from kvmharness.scenarios.metrics import expand
 
 ENV = {"kernel": {"release": "6.12.0-test"}, "backend": {"kind": "svm", "nested": False}}
 
@@ -105,10 +106,11 @@ def test_rule_parameters_are_checked() -> None:
         UntilCi(0.05, max_time_s=0)
 
 
-def test_headline_size_families_match_every_size_present() -> None:
-    present = ["create@4K", "delete@4K", "create@1G", "refault"]
-    assert precision.headline_names(("create@<size>", "refault", "absent"), present) == [
+def test_headline_families_match_every_point_present() -> None:
+    present = ["create@4K", "delete@4K", "create@1G", "refault", "create@16", "move@16"]
+    assert expand(("create@<size>", "refault", "absent"), present) == [
         "create@4K", "create@1G", "refault"]
+    assert expand(("create@<count>",), present) == ["create@16"]
 
 
 def _result(values: dict[str, list[float]]) -> ResultFile:
