@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 from kvmharness.cli import common
 from kvmharness.compare.build import Settings
-from kvmharness.compare.tables import FORMATS
+from kvmharness.compare.render import FORMATS
 from kvmharness.results.store import DEFAULT_DIR
 from kvmharness.scenarios import registry
 from kvmharness.scenarios.base import ScenarioSpec

@@ -17,7 +17,7 @@ from kvmharness.compare.build import (
     build_sides_report,
 )
 from kvmharness.compare.gate import regressions
-from kvmharness.compare.tables import FORMATS, View, format_report
+from kvmharness.compare.render import FORMATS, View, format_report
 from kvmharness.results.store import load_result
 from kvmharness.results.validate import ResultFormatError
 

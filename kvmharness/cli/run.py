@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from kvmharness.cli import common
-from kvmharness.compare.tables import format_run_summary
+from kvmharness.compare.render.summary import format_run_summary
 from kvmharness.observe import signals
 from kvmharness.observe.tracefs import remove_stale_instances
 from kvmharness.results.precision import spread_line, spread_too_high

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from kvmharness.cli import common
-from kvmharness.compare.show import format_show
+from kvmharness.compare.render.show import format_show
 from kvmharness.results.store import load_result
 from kvmharness.results.validate import ResultFormatError
 

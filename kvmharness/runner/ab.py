@@ -408,7 +408,7 @@ def build_guests(err: TextIO) -> tuple[dict[str, str], list[Path]]:
 
 def write_outputs(out_dir: Path, reports: Sequence[tuple[str, Report]], fmt: str,
                   out: TextIO) -> None:
-    from kvmharness.compare.tables import format_report
+    from kvmharness.compare.render import format_report
 
     for name, report in reports:
         plain = format_report(report, "plain")

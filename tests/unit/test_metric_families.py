@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from kvmharness.compare import tables
 from kvmharness.compare.build import build_report
+from kvmharness.compare.render import format_report
 from kvmharness.results.precision import UntilCi
 from kvmharness.results.session import SessionPlan, run_session
 from kvmharness.results.store import load_result
@@ -94,12 +94,12 @@ def test_slot_scale_compares_its_count_families(tmp_path: Path) -> None:
     assert report.tests == len(headline)
     assert all(rows[f"delete@{c}"].change.ratio == pytest.approx(-0.3, abs=0.03)
                for c in counts)
-    plain = tables.format_report(report, "plain")
+    plain = format_report(report, "plain")
     assert "no metric has values on both sides" not in plain
-    csv_rows = list(csv.DictReader(io.StringIO(tables.format_report(report, "csv"))))
+    csv_rows = list(csv.DictReader(io.StringIO(format_report(report, "csv"))))
     assert {r["metric"] for r in csv_rows} == set(headline)
     for fmt in ("markdown", "cover-letter"):
-        assert "delete" in tables.format_report(report, fmt)
+        assert "delete" in format_report(report, fmt)
 
 
 def test_until_ci_names_slot_scale_metrics(tmp_path: Path) -> None:

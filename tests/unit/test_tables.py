@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from kvmharness.compare import tables
 from kvmharness.compare.build import CompareError, Report, Settings, build_report
+from kvmharness.compare.render import FORMATS, View, format_report
+from kvmharness.compare.render.summary import format_run_summary
+from kvmharness.compare.render.text import ascii_text, change_cell, grid, num, split_path
 from kvmharness.results.model import MetricSamples, ResultFile, RunRecord
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -101,18 +103,18 @@ def check_golden(name: str, text: str) -> None:
                                       ("csv", "compare.csv"),
                                       ("cover-letter", "compare_cover_letter.txt")])
 def test_golden(fmt: str, name: str) -> None:
-    check_golden(name, tables.format_report(label_report(), fmt))
+    check_golden(name, format_report(label_report(), fmt))
 
 
 def test_plain_is_ascii_and_fits_75_columns() -> None:
-    text = tables.format_report(label_report(), "plain")
+    text = format_report(label_report(), "plain")
     text.encode("ascii")
     assert max(len(line) for line in text.splitlines()) <= 75
     assert "delete [us]" in text and "total [ms]" in text
     # The setup differences come once, before the table; in full with show_setup.
     assert text.index("kernel release") < text.index("metric [unit]")
     assert "kvm.quirks.SLOT_ZAP_ALL: false -> true" in text
-    full = tables.format_report(label_report(), "plain", tables.View(show_setup=True))
+    full = format_report(label_report(), "plain", View(show_setup=True))
     assert "kernel.release: 6.1.0 -> 6.12.0" in full
 
 
@@ -122,7 +124,7 @@ def test_verdicts() -> None:
     assert rows["total"].significant and rows["total"].change.ratio == pytest.approx(
         84.75 / 89.15 - 1)
     assert not rows["delete"].significant
-    plain = tables.format_report(report, "plain")
+    plain = format_report(report, "plain")
     assert re.search(r"^total \[ms\] +89\.15 +84\.75 +-4\.9% +better +<0\.001 +10/10$",
                      plain, re.M)
     assert re.search(r"^delete \[us\] +16\.30 +16\.35 +~ +1\.000 +10/10$", plain, re.M)
@@ -130,7 +132,7 @@ def test_verdicts() -> None:
 
 
 def test_cover_letter_line_format() -> None:
-    text = tables.format_report(label_report(), "cover-letter")
+    text = format_report(label_report(), "cover-letter")
     assert max(len(line) for line in text.splitlines()) <= 72
     # Too wide for "Before: ... After: ...": two value columns, the long name on its own.
     assert re.search(r"^  total +89\.150 ms +84\.750 ms  \(-4\.9%\)$", text, re.M)
@@ -140,7 +142,7 @@ def test_cover_letter_line_format() -> None:
             for lb, data, q in (("6.1.0", DATA_A, False), ("6.12.0", DATA_B, True)))
     for f in (a, b):
         f.scenario["headline"] = ["total", "delete"]
-    short = tables.format_report(build_report([a, b], settings=Settings(seed=1)),
+    short = format_report(build_report([a, b], settings=Settings(seed=1)),
                                  "cover-letter")
     assert re.search(r"^  total: +Before: 89\.150 ms  After: 84\.750 ms  \(-4\.9%\)$", short,
                      re.M)
@@ -150,7 +152,7 @@ def test_cover_letter_line_format() -> None:
 
 
 def test_csv_is_machine_readable() -> None:
-    rows = list(csv.DictReader(io.StringIO(tables.format_report(label_report(), "csv"))))
+    rows = list(csv.DictReader(io.StringIO(format_report(label_report(), "csv"))))
     assert [r["metric"] for r in rows] == [m["name"] for m in METRICS]
     total = rows[0]
     assert total["a"] == "6.1.0" and total["b"] == "6.12.0" and total["significant"] == "1"
@@ -182,12 +184,12 @@ def test_a_side_without_runs_is_not_compared() -> None:
     report = build_report([a, b])
     assert report.tests == 0
     assert "B (6.1.0): no completed runs" in report.comparisons[0].warnings
-    for fmt in tables.FORMATS:
-        tables.format_report(report, fmt)
-    cover = tables.format_report(report, "cover-letter")
+    for fmt in FORMATS:
+        format_report(report, fmt)
+    cover = format_report(report, "cover-letter")
     assert "6.1.0 has no completed runs (skipped: no SLOT_ZAP_ALL quirk)" in " ".join(
         cover.split())
-    plain = tables.format_report(report, "plain")
+    plain = format_report(report, "plain")
     assert "B has no completed runs (skipped: no SLOT_ZAP_ALL quirk): not compared" in plain
     assert "metric [unit]" not in plain  # n=0: no table, no row of dashes
 
@@ -234,17 +236,17 @@ def test_noise_warnings() -> None:
 
 
 def test_long_names_wrap_instead_of_widening() -> None:
-    lines = tables.grid(["metric", "value"], [["x" * 90, "1"], ["short", "2"]], [False, True])
+    lines = grid(["metric", "value"], [["x" * 90, "1"], ["short", "2"]], [False, True])
     assert max(len(line) for line in lines) <= 75
     assert lines[2:4] == ["x" * 75, "x" * 15] and lines[4].endswith("1")
 
 
 def test_number_formatting() -> None:
-    assert tables.num(89.117, 5) == "89.117"
-    assert tables.num(0.0123) == "0.01230"
-    assert tables.num(123456.7) == "123457"
-    assert tables.num(None) == "-"
-    assert tables.ascii_text("16 \u00b5s \u00b1 2%") == "16 us +- 2%"
+    assert num(89.117, 5) == "89.117"
+    assert num(0.0123) == "0.01230"
+    assert num(123456.7) == "123457"
+    assert num(None) == "-"
+    assert ascii_text("16 \u00b5s \u00b1 2%") == "16 us +- 2%"
 
 
 def test_long_file_names_keep_plain_within_78_columns() -> None:
@@ -258,11 +260,11 @@ def test_long_file_names_keep_plain_within_78_columns() -> None:
                      "r2-6.1/rom-toggle-6.1-20261126T012654Z.json")
     b = result_file("6.12.0", runs_from(DATA_B, {"zap": "all"}), environment("6.12.0", True),
                     "r1-6.12/rom-toggle-6.12-20261126T012605Z.json")
-    text = tables.format_report(build_report([a, a2, b], settings=Settings(seed=1)), "plain")
+    text = format_report(build_report([a, a2, b], settings=Settings(seed=1)), "plain")
     assert max(len(line) for line in text.splitlines()) <= 75
     assert "Files: 3 (named with --detail)" in text  # a list longer than the tables
-    text = tables.format_report(build_report([a, a2, b], settings=Settings(seed=1)), "plain",
-                                tables.View(detail=True))
+    text = format_report(build_report([a, a2, b], settings=Settings(seed=1)), "plain",
+                                View(detail=True))
     assert max(len(line) for line in text.splitlines()) <= 75
     # The files once, in the header, each cut after a '/' when too long for a line.
     assert "rom-toggle (zap=all): A = 6.1.0, B = 6.12.0; runs A 20, B 10" in text
@@ -287,10 +289,10 @@ def test_long_setup_differences_show_where_they_differ() -> None:
 
 def test_long_paths_split_after_a_slash() -> None:
     path = "/work/main/results/examples/ab-6.1-vs-6.12/r1-6.1/rom-toggle-6.1-20261126T012522Z.json"
-    assert tables._split_path(path, 72) == ["/work/main/results/examples/ab-6.1-vs-6.12/r1-6.1/",
+    assert split_path(path, 72) == ["/work/main/results/examples/ab-6.1-vs-6.12/r1-6.1/",
                                             "rom-toggle-6.1-20261126T012522Z.json"]
-    assert tables._split_path("a" * 100, 72) == ["a" * 72, "a" * 28]
-    assert "".join(tables._split_path("/x/" + "b" * 80 + "/c.json", 72)) == (
+    assert split_path("a" * 100, 72) == ["a" * 72, "a" * 28]
+    assert "".join(split_path("/x/" + "b" * 80 + "/c.json", 72)) == (
         "/x/" + "b" * 80 + "/c.json")
 
 
@@ -357,7 +359,7 @@ def test_several_scenarios_get_one_section_each() -> None:
                         f"other-{f.source}") for f, data in ((a, DATA_A), (b, DATA_B)))
     for f in (c, d):
         f.scenario = dict(f.scenario, name="other")
-    text = tables.format_report(build_report([a, b, c, d], settings=Settings(seed=1)))
+    text = format_report(build_report([a, b, c, d], settings=Settings(seed=1)))
     assert "== rom-toggle ==" in text and "== other ==" in text
     assert text.count("Setups compared:") == 1  # one header per report
 
@@ -401,7 +403,7 @@ def test_rows_without_runs_and_uncounted_counters() -> None:
     (c,) = report.comparisons
     assert [r.metric for r in c.rows] == ["total", "memslot_generation_wraps_per_second"]
     assert c.uncounted == ("delete",)
-    text = tables.format_report(report)
+    text = format_report(report)
     assert "Not counted here (PVM counts none, all zero): delete" in text
     assert "PVM (nested), shadow MMU" in text
 
@@ -418,9 +420,9 @@ def test_zap_path_row() -> None:
                     environment("6.12", True), "f.json",
                     variants=[{"zap": "all"}, {"zap": "slot"}])
     report = build_report([f], settings=Settings(seed=1))
-    text = tables.format_report(report)
+    text = format_report(report)
     assert "zap path: A all (50/50 deletes zapped all), B slot (0/50)" in text
-    cover = tables.format_report(report, "cover-letter")
+    cover = format_report(report, "cover-letter")
     assert "Before: all (50/50 deletes zapped all)" in cover
 
 
@@ -431,15 +433,15 @@ def test_huge_values_do_not_raise() -> None:
             "memslot_generation_wraps_per_second": [5e-324] * 5}
     report = build_report([result_file("a", runs_from(huge, {"zap": "all"}), {}, "a.json"),
                            result_file("b", runs_from(tiny, {"zap": "all"}), {}, "b.json")])
-    for fmt in tables.FORMATS:
-        tables.format_report(report, fmt)
+    for fmt in FORMATS:
+        format_report(report, fmt)
 
 
 def test_three_sides_baseline_and_change_columns() -> None:
     files = [result_file(lb, runs_from(data, {"zap": "all"}, start=i * 20),
                          environment(lb, True), f"{lb}.json")
              for i, (lb, data) in enumerate((("k1", DATA_A), ("k2", DATA_B), ("k3", DATA_A)))]
-    text = tables.format_report(build_report(files, settings=Settings(seed=1)))
+    text = format_report(build_report(files, settings=Settings(seed=1)))
     assert "rom-toggle (zap=all): A = k1, B = k2, C = k3" in text
     assert re.search(r"^metric \[unit\] +A +B +change +C +change$", text, re.M)
     # Every non-baseline cell is its change against A; only a significant one is marked.
@@ -534,7 +536,7 @@ def test_op_by_size_metrics_pivot_into_a_grid() -> None:
     f = result_file("k", [*runs(data(1.0), "all", 0), *runs(data(0.5), "slot", 8)],
                     environment("k", True), "f.json", variants=[{"zap": "all"}, {"zap": "slot"}])
     f.scenario = dict(f.scenario, name="slot-ops", headline=["create@<size>", "delete@<size>"])
-    text = tables.format_report(build_report([f], settings=Settings(seed=1)))
+    text = format_report(build_report([f], settings=Settings(seed=1)))
     lines = text.splitlines()
     assert max(len(line) for line in lines) <= 75
     heads = [lines[i].split() for i in range(len(lines) - 1)
@@ -571,7 +573,7 @@ def _grid_report(n: int, ops: int = 2) -> Report:
 def test_detectability_note_exactly_when_nothing_can_be_significant() -> None:
     # 4/4 over 14 tests: smallest p 0.0131 (ties) x 14 > 0.05: nothing can be marked.
     small = _grid_report(4)
-    text = tables.format_report(small)
+    text = format_report(small)
     flat = " ".join(text.split())
     assert small.tests == 14 and not any(r.significant for c in small.comparisons
                                          for r in c.rows)
@@ -581,14 +583,14 @@ def test_detectability_note_exactly_when_nothing_can_be_significant() -> None:
     # The changes are still printed, unmarked.
     assert re.search(r"^ +B +5\.015 -49\.9%  ", text, re.M)
     assert max(len(line) for line in text.splitlines()) <= 75
-    assert "no change can reach" in " ".join(tables.format_report(small, "cover-letter").split())
+    assert "no change can reach" in " ".join(format_report(small, "cover-letter").split())
     # 8/8 over the same 14 tests can: no note, and the 2x changes are marked.
     big = _grid_report(8)
-    text = tables.format_report(big)
+    text = format_report(big)
     assert "no change can reach" not in text and "need >=" not in text
     assert re.search(r"^ +B +5\.035 -49\.8%\* ", text, re.M)
     # 2/2: not even one test could be significant.
-    tiny = " ".join(tables.format_report(_grid_report(2, ops=1)).split())
+    tiny = " ".join(format_report(_grid_report(2, ops=1)).split())
     assert "n = 2/2 runs: no change can reach p < 0.05 even without correction" in tiny
     assert "need >= 4 runs per side (3 if all equal within a side)" in tiny
 
@@ -622,14 +624,14 @@ def test_multi_side_cells_show_the_change_and_mark_only_significant_ones() -> No
     worse = row([1.0, 2.0], [3.0, 4.0], Change(1.0, 0.5, 1.5), True)
     better = row([3.0, 4.0], [1.0, 2.0], Change(-0.5, -0.6, -0.4), True)
     quiet = row([3.0, 4.0], [1.0, 2.0], Change(-0.5, -0.6, -0.4), False)
-    assert tables._cell(worse) == "+100.0%!" and tables._cell(better) == "-50.0%*"
-    assert tables._cell(dataclasses.replace(worse, direction="higher")) == "+100.0%*"
-    assert tables._cell(quiet) == "-50.0%"  # printed, unmarked
+    assert change_cell(worse) == "+100.0%!" and change_cell(better) == "-50.0%*"
+    assert change_cell(dataclasses.replace(worse, direction="higher")) == "+100.0%*"
+    assert change_cell(quiet) == "-50.0%"  # printed, unmarked
     # A's median 0: no ratio; 0 against 0 is no change, 0 against 5 has no percentage.
     zero = row([0.0, 0.0], [0.0, 0.0], Change(None, None, None), False)
-    assert tables._cell(zero) == "+0.0%"
-    assert tables._cell(row([0.0, 0.0], [5.0, 5.0], Change(None, None, None), False)) == "-"
-    assert tables._cell(None) == "-"
+    assert change_cell(zero) == "+0.0%"
+    assert change_cell(row([0.0, 0.0], [5.0, 5.0], Change(None, None, None), False)) == "-"
+    assert change_cell(None) == "-"
 
 
 def _small_report(n: int, noisy: bool = False) -> Report:
@@ -647,39 +649,39 @@ def _small_report(n: int, noisy: bool = False) -> Report:
 def test_small_n_shows_the_ci_level_it_achieves(n: int, level: str) -> None:
     report = _small_report(n)
     note = f"CI level: {level} at n={n} (the most n allows; 95% needs n >= 6)"
-    detail = tables.format_report(report, "plain", tables.View(detail=True))
+    detail = format_report(report, "plain", View(detail=True))
     assert "95% CI of median" not in detail
     assert re.search(r"^per side +median +CI of median", detail, re.M)
     assert note in detail
-    md = tables.format_report(report, "markdown")
+    md = format_report(report, "markdown")
     assert "| A median [CI] | B median [CI] |" in md and note + "." in md
     f = report.comparisons[0].a.files[0]
-    summary = tables.format_run_summary(f)
+    summary = format_run_summary(f)
     assert "95% CI" not in summary and note in summary
     assert max(len(line) for line in (detail + summary).splitlines()) <= 75
     # Enough runs: the interval reaches 95%, the header says so, and no note.
-    full = tables.format_report(_small_report(10), "plain", tables.View(detail=True))
+    full = format_report(_small_report(10), "plain", View(detail=True))
     assert "95% CI of median" in full and "CI level:" not in full
 
 
 def test_cover_letter_names_the_noise_behind_a_tilde() -> None:
-    text = tables.format_report(_small_report(5, noisy=True), "cover-letter")
+    text = format_report(_small_report(5, noisy=True), "cover-letter")
     assert "(~)" in text
     assert "Caveats: noisy, CoV >= 10%: total 90%; outlier runs: total." in text
     assert max(len(line) for line in text.splitlines()) <= 72
     # Too few runs for any significance: the cover letter says so too.
-    few = " ".join(tables.format_report(_small_report(3, noisy=True), "cover-letter").split())
+    few = " ".join(format_report(_small_report(3, noisy=True), "cover-letter").split())
     assert "Caveats: noisy, CoV >= 10%: total 107%." in few
     assert "n = 3/3 runs, 3 tests: no change can reach p < 0.05 after Holm's" in few
-    quiet = tables.format_report(_small_report(10), "cover-letter")
+    quiet = format_report(_small_report(10), "cover-letter")
     assert "Caveats" not in quiet
 
 
 def test_detail_drops_the_hint_to_use_detail() -> None:
     report = _small_report(5, noisy=True)
-    plain = tables.format_report(report, "plain")
+    plain = format_report(report, "plain")
     assert "outlier runs (--detail shows the spread): A total" in plain
-    detail = tables.format_report(report, "plain", tables.View(detail=True))
+    detail = format_report(report, "plain", View(detail=True))
     assert "outlier runs: A total" in detail and "--detail" not in detail
 
 
@@ -687,10 +689,10 @@ def test_multi_side_footer_names_each_side() -> None:
     files = [result_file(lb, runs_from(data, {"zap": "all"}, start=i * 20),
                          environment(lb, True), f"{lb}.json")
              for i, (lb, data) in enumerate((("k1", DATA_A), ("k2", DATA_B), ("k3", DATA_A)))]
-    text = " ".join(tables.format_report(build_report(files, settings=Settings(seed=1)))
+    text = " ".join(format_report(build_report(files, settings=Settings(seed=1)))
                     .split())
     assert "change = X/A - 1 for each side X" in text and "B/A" not in text
-    two = " ".join(tables.format_report(label_report()).split())
+    two = " ".join(format_report(label_report()).split())
     assert "change = B/A - 1" in two
 
 
@@ -720,7 +722,7 @@ def test_show_marks_counters_pvm_does_not_count(tmp_path: Path,
     out = capsys.readouterr().out
     assert "Not counted here (PVM counts none, all zero): delete" in out
     assert not re.search(r"^ +delete \[us\]", out, re.M)
-    assert "Not counted here (PVM counts none, all zero): delete" in tables.format_run_summary(f)
+    assert "Not counted here (PVM counts none, all zero): delete" in format_run_summary(f)
     # Elsewhere a 0 is data (zap=slot refaults nothing): shown as a value.
     f_svm = result_file("6.18", runs_from(data, {"zap": "all"}), environment("6.18", True), "")
     assert cli.main(["show", str(_write(tmp_path, f_svm, "svm.json"))]) == 0

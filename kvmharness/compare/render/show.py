@@ -5,24 +5,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvmharness.compare.build import expand_headline, headline_names, not_counted, zap_summary
-from kvmharness.compare.stats import DEFAULT_CONFIDENCE, Summary, summarize
-from kvmharness.compare.tables import (
-    MMU_NAMES,
+from kvmharness.compare.build import (
+    expand_headline,
+    headline_names,
+    not_counted,
+    zap_summary,
+)
+from kvmharness.compare.render.model import pivot_key
+from kvmharness.compare.render.setup import MMU_NAMES, backend_text, mmu_mode, uncounted_text
+from kvmharness.compare.render.text import (
     WIDTH,
-    _fit,
     ascii_text,
-    backend_text,
     ci_header,
     ci_level_note,
+    fit,
     grid,
     median_ci_text,
-    mmu_mode,
     num,
     pct,
-    pivot_key,
-    uncounted_text,
 )
+from kvmharness.compare.stats import DEFAULT_CONFIDENCE, Summary, summarize
 from kvmharness.results.model import ResultFile, variant_text
 
 KEY_PARAMETERS = {"kvm": ("tdp_mmu", "mmio_caching", "nx_huge_pages", "eager_page_split"),
@@ -67,12 +69,12 @@ def fingerprint_lines(env: dict[str, Any]) -> list[str]:
 def format_show(f: ResultFile, width: int = WIDTH) -> str:
     params = " ".join(f"{k}={v}" for k, v in f.parameters.items())
     out = [f"{f.source or 'result'}"]
-    out += _fit(f"Scenario: {f.scenario_name}, label {f.label!r}, {f.status}, created "
+    out += fit(f"Scenario: {f.scenario_name}, label {f.label!r}, {f.status}, created "
                 f"{f.created}", width, "          ")
-    out += _fit(f"Plan:     {f.repeat} runs per variant x ({f.warmup} warmup + "
+    out += fit(f"Plan:     {f.repeat} runs per variant x ({f.warmup} warmup + "
                 f"{f.iterations} iterations){', quick' if f.quick else ''}", width, "          ")
-    out += _fit(f"Params:   {params or '-'}", width, "          ")
-    out += [x for line in fingerprint_lines(f.environment) for x in _fit(line, width,
+    out += fit(f"Params:   {params or '-'}", width, "          ")
+    out += [x for line in fingerprint_lines(f.environment) for x in fit(line, width,
                                                                           "          ")]
     out.append("")
     variants = f.variants or [{}]
@@ -85,14 +87,14 @@ def format_show(f: ResultFile, width: int = WIDTH) -> str:
         zap = zap_summary(ok)
         if zap:
             line += f"; zap path {zap.text()}"
-        out += _fit(line or "-", width, "    ")
+        out += fit(line or "-", width, "    ")
         why: dict[str, int] = {}
         for r in runs:
             if r.status != "ok":
                 key = f"{r.status}: {r.reason}"
                 why[key] = why.get(key, 0) + 1
         for reason, n in why.items():
-            out += _fit(f"  {reason}" + (f" ({n} runs)" if n > 1 else ""), width, "    ")
+            out += fit(f"  {reason}" + (f" ({n} runs)" if n > 1 else ""), width, "    ")
     out.append("")
     metrics: dict[str, str] = {}
     for r in f.runs:
@@ -126,19 +128,19 @@ def format_show(f: ResultFile, width: int = WIDTH) -> str:
                      ci_header(summaries, DEFAULT_CONFIDENCE, "CI of median"), "CoV", "n"],
                     rows, [False, False, True, False, True, True], width, shrink=1)
         note = ci_level_note(summaries, DEFAULT_CONFIDENCE)
-        out += _fit(note, width, "  ") if note else []
+        out += fit(note, width, "  ") if note else []
     if sized:
         out += ([""] if rows else []) + _sized_grid(f, variants, sized, metrics, width)
     if not rows and not sized and not uncounted:
         out.append("(no completed runs)")
     if uncounted:
-        out += _fit(uncounted_text(uncounted), width, "  ")
+        out += fit(uncounted_text(uncounted), width, "  ")
     reasons = {f"{variant_text(r.variant)}: {r.status}: {r.reason}" for r in f.runs}
     warnings = [w for w in dict.fromkeys([*f.warnings, *(w for r in f.runs for w in r.warnings)])
                 if w not in reasons]
     if warnings:
         out += ["", "Warnings:"]
-        out += [x for w in warnings for x in _fit(f"  - {w}", width, "    ")]
+        out += [x for w in warnings for x in fit(f"  - {w}", width, "    ")]
     return ascii_text("\n".join(out)) + "\n"
 
 

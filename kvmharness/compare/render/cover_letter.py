@@ -1,0 +1,144 @@
+"""A patch cover letter's numbers: Before/After per metric, <= 72 columns."""
+
+from __future__ import annotations
+
+import textwrap
+
+from kvmharness.compare import warnings as warn
+from kvmharness.compare.build import (
+    CORRECTION,
+    Comparison,
+    MetricRow,
+    Report,
+)
+from kvmharness.compare.render.model import DEFAULT_VIEW, View, outlier_values, why_no_runs
+from kvmharness.compare.render.setup import (
+    MMU_NAMES,
+    backend_text,
+    cpu_model,
+    mmu_mode,
+    setup_short,
+    setups,
+    uncounted_line,
+)
+from kvmharness.compare.render.text import COVER_WIDTH, ascii_text, fit, num, pct
+from kvmharness.compare.stats import Summary
+
+
+def _value(s: Summary, unit: str) -> str:
+    return "no runs" if s.median is None else f"{num(s.median, 5)}{' ' + unit if unit else ''}"
+
+
+def cover_lines(c: Comparison, width: int = COVER_WIDTH) -> list[str]:
+    """``  metric: Before: 89.117 ms  After: 84.768 ms  (-4.9%)``, aligned."""
+    rows = list(c.rows)
+    if not rows:
+        return ["  (no metric has values on both sides)"]
+    label_w = max(len(r.metric) for r in rows) + 1
+    before_w = max(len(_value(r.a, r.unit)) for r in rows)
+    after_w = max(len(_value(r.b, r.unit)) for r in rows)
+    def change(r: MetricRow) -> str:
+        return "-" if r.test is None else (pct(r.change.ratio) if r.significant else "~")
+
+    out = [f"  {r.metric + ':':<{label_w}} Before: {_value(r.a, r.unit):>{before_w}}"
+           f"  After: {_value(r.b, r.unit):>{after_w}}  ({change(r)})" for r in rows]
+    if max(len(line) for line in out) > width:
+        # Too wide for the words: two value columns under a header instead.
+        head_a, head_b = f"Before ({c.a.name})", f"After ({c.b.name})"
+        wa, wb = max(before_w, len(head_a)), max(after_w, len(head_b))
+        label_w = max(1, min(label_w, width - wa - wb - 16))
+        out = [f"  {'':<{label_w}} {head_a:>{wa}}  {head_b:>{wb}}"]
+        for r in rows:
+            if len(r.metric) > label_w:  # a long name on a line of its own
+                out.append(f"  {r.metric}")
+            name = r.metric if len(r.metric) <= label_w else ""
+            out.append(f"  {name:<{label_w}} {_value(r.a, r.unit):>{wa}}  "
+                       f"{_value(r.b, r.unit):>{wb}}  ({change(r)})")
+    za, zb = c.zap
+    if za or zb:
+        out.append(f"  {'zap path:':<{label_w}} Before: {za.text() if za else '-'}")
+        out.append(f"  {'':<{label_w}} After:  {zb.text() if zb else '-'}")
+    return out
+
+
+def cover_caveats(report: Report, width: int = COVER_WIDTH) -> list[str]:
+    """One line for the noise a '~' may hide: the metrics with CoV >= COV_LIMIT on
+    either side (largest CoV first), and those with outlier runs."""
+    noisy: dict[str, float] = {}
+    flagged: dict[str, None] = {}
+    for c in report.comparisons:
+        for r in c.rows:
+            for s, side in ((r.a, c.a), (r.b, c.b)):
+                if s.cov is not None and s.cov >= warn.COV_LIMIT:
+                    noisy[r.metric] = max(noisy.get(r.metric, 0.0), s.cov)
+                if outlier_values([v for run in side.ok_runs
+                              if (v := run.value(r.metric)) is not None]):
+                    flagged.setdefault(r.metric)
+    parts = []
+    if noisy:
+        worst = sorted(noisy.items(), key=lambda kv: -kv[1])
+        named = (", ".join(f"{m} {cov * 100:.0f}%" for m, cov in worst) if len(worst) <= 3
+                 else f"{len(worst)} metrics, up to {worst[0][1] * 100:.0f}% ({worst[0][0]})")
+        parts.append(f"noisy, CoV >= {warn.COV_LIMIT * 100:.0f}%: {named}")
+    if flagged:
+        parts.append("outlier runs: " + (", ".join(flagged) if len(flagged) <= 3
+                                         else f"{len(flagged)} metrics"))
+    if not parts:
+        return []
+    return textwrap.wrap("Caveats: " + "; ".join(parts) + ".", width,
+                         subsequent_indent="  ", break_on_hyphens=False)
+
+
+def format_cover_letter(report: Report, view: View = DEFAULT_VIEW) -> str:
+    width = COVER_WIDTH
+    sets = setups(report)
+    out: list[str] = []
+    out += fit("Kernel: " + ", ".join(setup_short(s) for s in sets), width, "        ")
+    hosts = list(dict.fromkeys(
+        f"{backend_text(s.env)}, {MMU_NAMES.get(mmu_mode(s.env), mmu_mode(s.env))}, "
+        f"{cpu_model(s.env)}" for s in sets))
+    out += fit("Host:   " + "; ".join(hosts), width, "        ")
+    out.append("")
+    for c in report.comparisons:
+        if not c.a.ok_runs or not c.b.ok_runs:
+            empty = c.a if not c.a.ok_runs else c.b
+            out += fit(f"{c.scenario} ({c.context}): {empty.name} has no completed runs "
+                        f"({why_no_runs(empty)})", width, "  ")
+            out.append("")
+            continue
+        out += fit(f"{c.scenario} ({c.context}): Before = {c.a.name}, After = {c.b.name}",
+                    width, "  ")
+        out += cover_lines(c, width)
+        out.append("")
+    out += uncounted_line(report, width)
+    out += cover_caveats(report, width)
+    s = report.settings
+    ns = sorted({f"{len(c.a.ok_runs)}/{len(c.b.ok_runs)}" for c in report.comparisons
+                 if c.a.ok_runs and c.b.ok_runs})
+    foot = (f"Medians of per-run medians, n = {', '.join(ns) or '0'} runs (before/after); "
+            f"'~' no significant change.  A change is significant when: Mann-Whitney U, "
+            f"p < {s.alpha:g} after "
+            f"{CORRECTION}'s correction over {report.tests} tests, bootstrap CI of the "
+            f"change excluding 0, |change| >= {s.min_change * 100:g}%.")
+    out += textwrap.wrap(foot, width)
+    pairs = [(len(c.a.ok_runs), len(c.b.ok_runs)) for c in report.comparisons
+             if any(r.test is not None for r in c.rows)]
+    for note in warn.detectability(pairs, report.tests, s.alpha, CORRECTION):
+        out += textwrap.wrap(note, width)
+    if report.command:
+        out += _command_lines(report.command, width)
+    return ascii_text("\n".join(out)) + "\n"
+
+
+def _command_lines(command: str, width: int) -> list[str]:
+    """The command under the table, continued with backslashes within ``width``."""
+    words = command.split()
+    lines: list[str] = []
+    current = "  $"
+    for w in words:
+        if len(current) + 1 + len(w) > width - 2 and current.strip() != "$":
+            lines.append(current + " \\")
+            current = "     "
+        current += " " + w
+    lines.append(current)
+    return lines
