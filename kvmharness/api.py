@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from kvmharness.observe import fingerprint
-from kvmharness.results.session import SessionOutcome, SessionPlan, run_session
 from kvmharness.results.store import DEFAULT_DIR, default_result_path
 from kvmharness.scenarios import registry
 from kvmharness.scenarios.base import RunOutcome, RunRequest, ScenarioSpec
+from kvmharness.session import SessionOutcome, SessionPlan, run_session
 
 Progress = Callable[[str], None]
 

@@ -38,9 +38,9 @@ from tabulate import tabulate
 
 from kvmharness.compare import stats
 from kvmharness.observe import pinning
-from kvmharness.results.session import SessionPlan
 from kvmharness.scenarios import registry
 from kvmharness.scenarios.base import RunRequest, ScenarioSpec
+from kvmharness.session import SessionPlan
 
 SCENARIO = "rom-toggle"
 METRIC = "total"

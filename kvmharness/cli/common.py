@@ -17,11 +17,10 @@ from kvmharness.kvm.access import (
     kvm_access_problem as kvm_access_problem,
 )
 from kvmharness.observe import fingerprint, pinning
-from kvmharness.results import precision
-from kvmharness.results.session import DEFAULT_REPEAT as DEFAULT_REPEAT
-from kvmharness.results.session import QUICK_REPEAT as QUICK_REPEAT
-from kvmharness.results.session import SessionPlan
 from kvmharness.scenarios.base import ScenarioSpec
+from kvmharness.session import DEFAULT_REPEAT as DEFAULT_REPEAT
+from kvmharness.session import QUICK_REPEAT as QUICK_REPEAT
+from kvmharness.session import SessionPlan, until_ci
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -110,20 +109,20 @@ def scenario_options(*, per_boot: bool) -> argparse.ArgumentParser:
     g.add_argument("--until-ci", type=until_ci_percent, metavar="PCT",
                    help=f"keep adding rounds of runs (one per variant){where} until the 95%% "
                    "CI of every headline metric's median is within +-PCT of it, or "
-                   f"--max-time is up (at least {precision.MIN_RUNS} runs per variant; "
+                   f"--max-time is up (at least {until_ci.MIN_RUNS} runs per variant; "
                    "--repeat raises that minimum).  The rule looks only at how precise "
                    "each median is, never at whether variants or kernels differ, so "
                    "stopping cannot bias the comparison's p-values")
     g.add_argument("--max-time", type=seconds, metavar="S",
                    help=f"with --until-ci: start no round that would end after S seconds"
                    f"{' per scenario in each boot' if per_boot else ''} (default "
-                   f"{precision.DEFAULT_MAX_TIME_S:g})")
+                   f"{until_ci.DEFAULT_MAX_TIME_S:g})")
     return p
 
 
 def until_ci_percent(text: str) -> float:
     try:
-        return precision.parse_percent(text)
+        return until_ci.parse_percent(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -138,14 +137,14 @@ def seconds(text: str) -> float:
     return value
 
 
-def until_ci_rule(args: argparse.Namespace) -> precision.UntilCi | None:
+def until_ci_rule(args: argparse.Namespace) -> until_ci.UntilCi | None:
     """The --until-ci/--max-time rule of ``args`` (None without --until-ci)."""
     target, max_time = getattr(args, "until_ci", None), getattr(args, "max_time", None)
     if target is None:
         if max_time is not None:
             raise ValueError("--max-time applies only with --until-ci")
         return None
-    return precision.UntilCi(target, max_time or precision.DEFAULT_MAX_TIME_S)
+    return until_ci.UntilCi(target, max_time or until_ci.DEFAULT_MAX_TIME_S)
 
 
 def per_boot_options(args: argparse.Namespace, scenarios: int = 1) -> list[str]:

@@ -11,10 +11,10 @@ from kvmharness.cli import common
 from kvmharness.compare.render.summary import format_run_summary
 from kvmharness.observe import signals
 from kvmharness.observe.tracefs import remove_stale_instances
-from kvmharness.results.precision import spread_line, spread_too_high
-from kvmharness.results.session import run_session
 from kvmharness.results.store import DEFAULT_DIR, default_result_path
 from kvmharness.scenarios import registry
+from kvmharness.session import run_session
+from kvmharness.session.until_ci import spread_line, spread_too_high
 
 
 def add_parsers(sub: Any) -> None:

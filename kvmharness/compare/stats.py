@@ -12,13 +12,9 @@ import dataclasses
 import functools
 import math
 import random
+import statistics
 from collections.abc import Sequence
 from typing import Literal
-
-# The median's order-statistic CI lives with the --until-ci stopping rule, a layer below,
-# which needs it too; re-exported here as part of this module's statistics.
-from kvmharness.results.precision import binomial_cdf_half as binomial_cdf_half
-from kvmharness.results.precision import median_ci_ranks as median_ci_ranks
 
 DEFAULT_ALPHA = 0.05
 DEFAULT_CONFIDENCE = 0.95
@@ -113,6 +109,44 @@ def _times(x: float, exponent: int) -> float:
         return math.ldexp(x, exponent)
     except OverflowError:
         return math.inf
+
+
+def binomial_cdf_half(k: int, n: int) -> float:
+    """P(X <= k) for X ~ Binomial(n, 1/2), exact via integer arithmetic."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    return sum(math.comb(n, i) for i in range(k + 1)) / (1 << n)
+
+
+def median_ci_ranks(n: int, confidence: float = DEFAULT_CONFIDENCE) -> tuple[int, int, float]:
+    """1-based ranks (lo, hi) of the order statistics bounding the median, and the coverage.
+
+    The interval [x_(k), x_(n+1-k)] covers the population median with probability
+    1 - 2 P(Binomial(n, 1/2) <= k-1); take the narrowest one that still reaches
+    ``confidence``.  When n is too small for that, return the full range and its (lower)
+    coverage so the caller can say so instead of silently over-claiming.
+    """
+    if n < 1:
+        raise ValueError("median CI needs at least one value")
+    best_k = 1
+    for k in range(1, (n + 1) // 2 + 1):
+        coverage = 1.0 - 2.0 * binomial_cdf_half(k - 1, n)
+        if coverage >= confidence:
+            best_k = k
+        else:
+            break
+    coverage = 1.0 - 2.0 * binomial_cdf_half(best_k - 1, n)
+    return best_k, n + 1 - best_k, coverage
+
+
+def median_ci(values: Sequence[float], confidence: float = DEFAULT_CONFIDENCE
+              ) -> tuple[float, float, float, float]:
+    """(median, low, high, coverage) of the order-statistic interval."""
+    ordered = sorted(values)
+    lo, hi, coverage = median_ci_ranks(len(ordered), confidence)
+    return statistics.median(ordered), ordered[lo - 1], ordered[hi - 1], coverage
 
 
 def summarize(values: Sequence[float], confidence: float = DEFAULT_CONFIDENCE) -> Summary:

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from kvmharness.observe import fingerprint
-from kvmharness.results.session import SessionPlan, run_session
 from kvmharness.results.store import load_result
 from kvmharness.scenarios import registry
 from kvmharness.scenarios.base import ZapAxis
 from kvmharness.scenarios.metrics import expand
+from kvmharness.session import SessionPlan, run_session
 
 SPECS = registry.all_scenarios()
 EXAMPLES = Path(__file__).resolve().parents[2] / "results" / "examples"

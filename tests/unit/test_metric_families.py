@@ -15,8 +15,6 @@ import pytest
 
 from kvmharness.compare.build import build_report
 from kvmharness.compare.render import format_report
-from kvmharness.results.precision import UntilCi
-from kvmharness.results.session import SessionPlan, run_session
 from kvmharness.results.store import load_result
 from kvmharness.results.validate import declared_unit
 from kvmharness.scenarios import slot_scale
@@ -29,6 +27,8 @@ from kvmharness.scenarios.metrics import (
     keys_present,
     point_of,
 )
+from kvmharness.session import SessionPlan, run_session
+from kvmharness.session.until_ci import UntilCi
 
 ENV = {"kernel": {"release": "6.12.0-test"}, "backend": {"kind": "svm", "nested": False}}
 

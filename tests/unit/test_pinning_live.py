@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from kvmharness.observe import pinning
-from kvmharness.results.session import SessionPlan, run_session
 from kvmharness.scenarios import registry
+from kvmharness.session import SessionPlan, run_session
 
 ENV = {"kernel": {"release": "test"}, "backend": {"kind": "test", "nested": False}}
 

@@ -12,7 +12,6 @@ import pytest
 
 from kvmharness.observe import fingerprint, noise
 from kvmharness.results import model
-from kvmharness.results.session import SessionPlan, expand_variants, run_session
 from kvmharness.results.store import (
     atomic_write_json,
     default_result_path,
@@ -27,6 +26,7 @@ from kvmharness.scenarios.base import (
     VariantAxis,
     VariantUnsupported,
 )
+from kvmharness.session import SessionPlan, expand_variants, run_session
 
 ENV = {"kernel": {"release": "6.12.0-test"}, "backend": {"kind": "svm", "nested": False}}
 

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kvmharness.results import precision
+from kvmharness.compare import stats
 from kvmharness.results.model import ResultFile, RunRecord
-from kvmharness.results.precision import UntilCi
-from kvmharness.results.session import SessionPlan, run_session
 from kvmharness.results.store import load_result
 from kvmharness.scenarios.base import (
     ZAP_AXIS,
@@ -24,6 +22,8 @@ from kvmharness.scenarios.base import (
     VariantUnsupported,
 )
 from kvmharness.scenarios.metrics import expand
+from kvmharness.session import SessionPlan, run_session, until_ci
+from kvmharness.session.until_ci import UntilCi
 
 ENV = {"kernel": {"release": "6.12.0-test"}, "backend": {"kind": "svm", "nested": False}}
 
@@ -41,7 +41,7 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     c = FakeClock()
-    monkeypatch.setattr(precision, "monotonic", c)
+    monkeypatch.setattr(until_ci, "monotonic", c)
     return c
 
 
@@ -88,20 +88,20 @@ def per_variant(result: ResultFile) -> dict[str, int]:
 
 
 def test_six_runs_are_the_fewest_with_a_95_percent_interval() -> None:
-    assert precision.median_ci_ranks(5)[2] == pytest.approx(1 - 2 / 32)  # 93.75%
-    assert precision.median_ci_ranks(6) == (1, 6, pytest.approx(1 - 2 / 64))
-    assert precision.median_ci_ranks(9)[:2] == (2, 8)
-    assert precision.MIN_RUNS == 6
+    assert stats.median_ci_ranks(5)[2] == pytest.approx(1 - 2 / 32)  # 93.75%
+    assert stats.median_ci_ranks(6) == (1, 6, pytest.approx(1 - 2 / 64))
+    assert stats.median_ci_ranks(9)[:2] == (2, 8)
+    assert until_ci.MIN_RUNS == 6
     with pytest.raises(ValueError, match="at least 6 runs"):
         UntilCi(0.05, min_runs=5)
 
 
 def test_rule_parameters_are_checked() -> None:
-    assert precision.parse_percent("5") == pytest.approx(0.05)
-    assert precision.parse_percent("2.5%") == pytest.approx(0.025)
+    assert until_ci.parse_percent("5") == pytest.approx(0.05)
+    assert until_ci.parse_percent("2.5%") == pytest.approx(0.025)
     for bad in ("0", "100", "-1", "x"):
         with pytest.raises(ValueError, match="--until-ci"):
-            precision.parse_percent(bad)
+            until_ci.parse_percent(bad)
     with pytest.raises(ValueError, match="--max-time must be > 0"):
         UntilCi(0.05, max_time_s=0)
 
@@ -129,27 +129,27 @@ def _result(values: dict[str, list[float]]) -> ResultFile:
 
 def test_assess_reports_relative_half_width_of_the_median_ci() -> None:
     r = _result({"all": [100, 100, 100, 104, 97, 100], "slot": [0.0] * 6})
-    by = {a.variant: a for a in precision.assess(r, ("total",))}
+    by = {a.variant: a for a in until_ci.assess(r, ("total",))}
     assert by["zap=all"].median == 100
     assert (by["zap=all"].ci_low, by["zap=all"].ci_high) == (97, 104)
     assert by["zap=all"].half_width == pytest.approx(0.04)
     assert by["zap=all"].precise(0.05, 0.95) and not by["zap=all"].precise(0.03, 0.95)
     assert by["zap=slot"].half_width == 0.0  # a constant zero (no faults) is precise
-    five = precision.assess(_result({"all": [100.0] * 5}), ("total",))[0]
+    five = until_ci.assess(_result({"all": [100.0] * 5}), ("total",))[0]
     assert five.half_width == 0.0 and not five.precise(0.05, 0.95)  # coverage 93.75%
-    zero_median = precision.assess(_result({"all": [0, 0, 0, 0, 1, 1]}), ("total",))[0]
+    zero_median = until_ci.assess(_result({"all": [0, 0, 0, 0, 1, 1]}), ("total",))[0]
     assert zero_median.half_width is None and not zero_median.precise(0.5, 0.95)
-    assert precision.widest([by["zap=slot"], zero_median, by["zap=all"]]) is zero_median
+    assert until_ci.widest([by["zap=slot"], zero_median, by["zap=all"]]) is zero_median
 
 
 def test_spread_line_names_each_noisy_headline_metric_once() -> None:
     r = _result({"all": [100, 130, 70, 100], "slot": [100, 101, 99, 100]})
-    found = precision.spread_too_high(r, ("total",))
+    found = until_ci.spread_too_high(r, ("total",))
     assert [(m, v) for m, v, _ in found] == [("total", "zap=all")]
-    line = precision.spread_line(found)
+    line = until_ci.spread_line(found)
     assert line is not None and "\n" not in line
     assert "total (zap=all) 24%" in line and "CoV > 10%" in line
-    assert precision.spread_line(precision.spread_too_high(r, ("other",))) is None
+    assert until_ci.spread_line(until_ci.spread_too_high(r, ("other",))) is None
 
 
 # --- the session loop ------------------------------------------------------------------

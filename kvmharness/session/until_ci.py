@@ -27,50 +27,19 @@ runs.  Two medians each within +-PCT bound their ratio to within about +-2 PCT, 
 from __future__ import annotations
 
 import dataclasses
-import math
 import statistics
 from collections.abc import Callable, Sequence
 from time import monotonic
 
+from kvmharness.compare.stats import DEFAULT_CONFIDENCE, median_ci
 from kvmharness.results.model import ResultFile, RunRecord, variant_text
 from kvmharness.scenarios.metrics import expand
 
-DEFAULT_CONFIDENCE = 0.95
 # The smallest n whose order-statistic interval reaches 95% coverage.
 MIN_RUNS = 6
 DEFAULT_MAX_TIME_S = 600.0
 # `run` prints one line when a headline metric's run-to-run spread exceeds this.
 COV_LIMIT = 0.10
-
-
-def binomial_cdf_half(k: int, n: int) -> float:
-    """P(X <= k) for X ~ Binomial(n, 1/2), exact via integer arithmetic."""
-    if k < 0:
-        return 0.0
-    if k >= n:
-        return 1.0
-    return sum(math.comb(n, i) for i in range(k + 1)) / (1 << n)
-
-
-def median_ci_ranks(n: int, confidence: float = DEFAULT_CONFIDENCE) -> tuple[int, int, float]:
-    """1-based ranks (lo, hi) of the order statistics bounding the median, and the coverage.
-
-    The interval [x_(k), x_(n+1-k)] covers the population median with probability
-    1 - 2 P(Binomial(n, 1/2) <= k-1); take the narrowest one that still reaches
-    ``confidence``.  When n is too small for that, return the full range and its (lower)
-    coverage so the caller can say so instead of silently over-claiming.
-    """
-    if n < 1:
-        raise ValueError("median CI needs at least one value")
-    best_k = 1
-    for k in range(1, (n + 1) // 2 + 1):
-        coverage = 1.0 - 2.0 * binomial_cdf_half(k - 1, n)
-        if coverage >= confidence:
-            best_k = k
-        else:
-            break
-    coverage = 1.0 - 2.0 * binomial_cdf_half(best_k - 1, n)
-    return best_k, n + 1 - best_k, coverage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,14 +83,6 @@ class MetricPrecision:
     def text(self) -> str:
         width = "n/a" if self.half_width is None else f"+-{self.half_width * 100:.1f}%"
         return f"{self.metric} ({self.variant}) {width}, n={self.n}"
-
-
-def median_ci(values: Sequence[float], confidence: float = DEFAULT_CONFIDENCE
-              ) -> tuple[float, float, float, float]:
-    """(median, low, high, coverage) of the order-statistic interval."""
-    ordered = sorted(values)
-    lo, hi, coverage = median_ci_ranks(len(ordered), confidence)
-    return statistics.median(ordered), ordered[lo - 1], ordered[hi - 1], coverage
 
 
 def _metric_names(runs: Sequence[RunRecord]) -> list[str]:
