@@ -24,6 +24,10 @@ DEFAULT_SEED = 20240601
 # Exact U distributions stay cheap (O(m * m * n) integer additions) well past this size;
 # above it the normal approximation is accurate to far better than the p-values we print.
 EXACT_MAX_PER_SIDE = 50
+# With ties the exact distribution comes from a dynamic programme over tie groups; this
+# bound on its dictionary updates (``tied_work``) keeps it well under a second (about 25
+# runs per side with every value distinct but a pair, any size when a side is constant).
+TIED_EXACT_MAX_WORK = 2_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +175,7 @@ def summarize(values: Sequence[float], confidence: float = DEFAULT_CONFIDENCE) -
 
 
 def _ranks(values: Sequence[float]) -> tuple[list[float], list[int]]:
-    """Mid-ranks (1-based) of ``values`` and the sizes of each tie group."""
+    """Mid-ranks (1-based) of ``values`` and the sizes of each tie group (in value order)."""
     order = sorted(range(len(values)), key=lambda i: values[i])
     ranks = [0.0] * len(values)
     ties: list[int] = []
@@ -207,14 +211,54 @@ def u_distribution(m: int, n: int) -> tuple[int, ...]:
     return tuple(poly)
 
 
+def tied_work(ties: Sequence[int], m: int, n: int) -> int:
+    """A bound on the dictionary updates of ``rank_sum_distribution`` for these tie
+    groups: (groups) x (subset sizes) x (distinct doubled rank sums)."""
+    k, big_n = min(m, n), m + n
+    return len(ties) * (k + 1) * (2 * k * big_n + 1)
+
+
+def rank_sum_distribution(groups: Sequence[tuple[int, int]], k: int) -> dict[int, int]:
+    """counts[s] = how many of the C(N, k) ways to choose k of the pooled values give a
+    doubled mid-rank sum of s.  ``groups`` are (doubled mid-rank, tie group size).
+
+    A dynamic programme over tie groups (choosing c of a group's t equal values adds
+    c x its rank, in C(t, c) ways), on doubled mid-ranks so every sum is an integer: the
+    exact permutation distribution of the rank sum with ties, without enumerating the
+    C(N, k) subsets themselves."""
+    by_size: list[dict[int, int]] = [{0: 1}] + [{} for _ in range(k)]
+    for rank2, size in groups:
+        nxt: list[dict[int, int]] = [dict(d) for d in by_size]  # c = 0 of this group
+        for chosen, sums in enumerate(by_size):
+            for c in range(1, min(size, k - chosen) + 1):
+                ways, shift, target = math.comb(size, c), c * rank2, nxt[chosen + c]
+                for s, count in sums.items():
+                    target[s + shift] = target.get(s + shift, 0) + count * ways
+        by_size = nxt
+    return by_size[k]
+
+
 def mann_whitney(a: Sequence[float], b: Sequence[float]) -> MannWhitney:
-    """Two-sided Mann-Whitney U test; U is counted for ``a`` (pairs with a > b, ties 1/2)."""
+    """Two-sided Mann-Whitney U test; U is counted for ``a`` (pairs with a > b, ties 1/2).
+
+    p is exact wherever it can be enumerated: twice the smaller tail of the permutation
+    distribution of the rank sum (mid-ranks for ties) over the C(m+n, m) ways to split
+    the pooled values into sides of m and n, capped at 1 (as scipy.stats.permutation_test
+    defines two-sided p).  Without ties that is the classical, symmetric U distribution;
+    with ties a dynamic programme over tie groups (``rank_sum_distribution``), whose
+    distribution need not be symmetric.  Beyond ``TIED_EXACT_MAX_WORK`` (tied) or
+    ``EXACT_MAX_PER_SIDE`` (untied) the tie-corrected normal approximation is used, never
+    below the exact test's floor 2 / C(m+n, m)."""
     m, n = len(a), len(b)
     if m == 0 or n == 0:
         raise ValueError("Mann-Whitney needs at least one value per side")
     ranks, ties = _ranks([*a, *b])
     u = sum(ranks[:m]) - m * (m + 1) / 2
     mu = m * n / 2
+    big_n = m + n
+    if len(ties) == 1:
+        # Every value identical across both sides: no evidence of any difference.
+        return MannWhitney(u, 1.0, "degenerate")
     has_ties = any(t > 1 for t in ties)
     if not has_ties and max(m, n) <= EXACT_MAX_PER_SIDE:
         counts = u_distribution(m, n)
@@ -224,43 +268,45 @@ def mann_whitney(a: Sequence[float], b: Sequence[float]) -> MannWhitney:
         distance = abs(u - mu)
         extreme = sum(c for k, c in enumerate(counts) if abs(k - mu) >= distance - 1e-9)
         return MannWhitney(u, min(1.0, extreme / total), "exact")
-    big_n = m + n
+    if has_ties and tied_work(ties, m, n) <= TIED_EXACT_MAX_WORK:
+        return MannWhitney(u, _tied_exact_p(ranks, ties, m, n), "exact")
     tie_term = sum(t**3 - t for t in ties) / (big_n * (big_n - 1))
     variance = m * n / 12 * ((big_n + 1) - tie_term)
-    if variance <= 0:
-        # Every value identical across both sides: no evidence of any difference.
-        return MannWhitney(u, 1.0, "degenerate")
     z = max(0.0, abs(u - mu) - 0.5) / math.sqrt(variance)
-    return MannWhitney(u, min(1.0, math.erfc(z / math.sqrt(2))), "normal")
+    p = min(1.0, math.erfc(z / math.sqrt(2)))
+    return MannWhitney(u, max(p, min_attainable_p(m, n)), "normal")
+
+
+def _tied_exact_p(ranks: Sequence[float], ties: Sequence[int], m: int, n: int) -> float:
+    big_n = m + n
+    groups: list[tuple[int, int]] = []
+    start = 0
+    for size in ties:  # doubled mid-rank of the group covering ranks start+1..start+size
+        groups.append((2 * start + size + 1, size))
+        start += size
+    # Count subsets of the smaller side's size; the rank sum of the other side is the
+    # total minus it, so its tails are the same two tails swapped.
+    k = min(m, n)
+    side_ranks = ranks[:m] if k == m else ranks[m:]
+    observed = round(2 * sum(side_ranks))
+    counts = rank_sum_distribution(groups, k)
+    low = sum(c for s, c in counts.items() if s <= observed)
+    high = sum(c for s, c in counts.items() if s >= observed)
+    return min(1.0, 2 * min(low, high) / math.comb(big_n, k))
 
 
 def min_attainable_p(m: int, n: int) -> float:
-    """Smallest two-sided p of the exact test for these sizes (complete separation,
-    no ties): 2 / C(m+n, m)."""
+    """Smallest two-sided p of the exact test for these sizes (complete separation):
+    2 / C(m+n, m), ties or not (twice a tail that holds at least the observed split)."""
     if m == 0 or n == 0:
         return 1.0
     return min(1.0, 2 / math.comb(m + n, m))
 
 
 def smallest_p(m: int, n: int) -> float:
-    """Smallest p ``mann_whitney`` can return for these sizes: the exact floor, or lower
-    when every value of a side is the same (counts often are), where the tie-corrected
-    normal approximation applies and its variance is smallest (3 vs 3 tied: 0.047)."""
-    if m == 0 or n == 0:
-        return 1.0
-    big_n = m + n
-    if big_n < 3:
-        return 1.0
-    tie_term = ((m**3 - m) + (n**3 - n)) / (big_n * (big_n - 1))
-    variance = m * n / 12 * ((big_n + 1) - tie_term)
-    tied = 1.0
-    if variance > 0:
-        z = max(0.0, m * n / 2 - 0.5) / math.sqrt(variance)
-        tied = min(1.0, math.erfc(z / math.sqrt(2)))
-    if max(m, n) <= EXACT_MAX_PER_SIDE:
-        return min(min_attainable_p(m, n), tied)
-    untied = math.sqrt(m * n * (big_n + 1) / 12)
-    return min(tied, math.erfc((m * n / 2 - 0.5) / untied / math.sqrt(2)))
+    """Smallest p ``mann_whitney`` can return for these sizes: the exact floor, which the
+    normal approximation (large samples only) is never allowed below."""
+    return min_attainable_p(m, n)
 
 
 def runs_needed(tests: int, alpha: float, limit: int = 1000) -> int | None:

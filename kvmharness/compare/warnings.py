@@ -108,12 +108,6 @@ def power_warning(n_a: int, n_b: int, alpha: float) -> list[str]:
     return []
 
 
-def _runs_needed_exact(tests: int, alpha: float) -> int | None:
-    """Like ``stats.runs_needed`` for values that differ within a side (no ties)."""
-    return next((k for k in range(1, 1001)
-                 if stats.min_attainable_p(k, k) * max(tests, 1) < alpha), None)
-
-
 def detectability(pairs: Iterable[tuple[int, int]], tests: int, alpha: float,
                   correction: str = "Holm") -> list[str]:
     """benchstat's "need >= 4 samples to detect a difference": when the runs per side
@@ -129,12 +123,8 @@ def detectability(pairs: Iterable[tuple[int, int]], tests: int, alpha: float,
     corrected = [p for p in pairs if p not in raw and stats.smallest_p(*p) * tests >= alpha]
 
     def needed(t: int) -> str:
-        exact, tied = _runs_needed_exact(t, alpha), stats.runs_needed(t, alpha)
-        if exact is None:
-            return "more runs per side"
-        text = f">= {exact} runs per side"
-        return text + (f" ({tied} if all equal within a side)"
-                       if tied is not None and tied < exact else "")
+        runs = stats.runs_needed(t, alpha)
+        return "more runs per side" if runs is None else f">= {runs} runs per side"
 
     ns = ", ".join(f"{a}/{b}" for a, b in raw)
     if raw:

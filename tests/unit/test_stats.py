@@ -14,6 +14,13 @@ import pytest
 from kvmharness.compare import stats
 
 
+def two_sided(statistics_of_splits: Sequence[Fraction], observed: Fraction) -> float:
+    """Twice the smaller tail, capped at 1 (scipy.stats.permutation_test's two-sided p)."""
+    low = sum(1 for s in statistics_of_splits if s <= observed)
+    high = sum(1 for s in statistics_of_splits if s >= observed)
+    return min(1.0, 2 * min(low, high) / len(statistics_of_splits))
+
+
 def brute_force_p(a: Sequence[float], b: Sequence[float]) -> float:
     """Exact two-sided permutation p of the rank-sum statistic, by enumerating every way
     to choose which of the pooled values belong to A (valid with ties: mid-ranks)."""
@@ -23,15 +30,10 @@ def brute_force_p(a: Sequence[float], b: Sequence[float]) -> float:
         positions = [i + 1 for i, x in enumerate(pooled) if x == v]
         rank[v] = Fraction(sum(positions), len(positions))
     m, n = len(a), len(b)
-    centre = Fraction(m * (m + n + 1), 2)
-    observed = abs(sum(rank[v] for v in a) - centre)
     values = [*a, *b]
-    hits = total = 0
-    for chosen in itertools.combinations(range(m + n), m):
-        total += 1
-        if abs(sum(rank[values[i]] for i in chosen) - centre) >= observed:
-            hits += 1
-    return hits / total
+    sums = [sum((rank[values[i]] for i in chosen), Fraction(0))
+            for chosen in itertools.combinations(range(m + n), m)]
+    return two_sided(sums, sum((rank[v] for v in a), Fraction(0)))
 
 
 @pytest.mark.parametrize("m,n,seed", [(3, 3, 1), (4, 6, 2), (5, 5, 3), (7, 3, 4), (6, 8, 5),
@@ -65,12 +67,73 @@ def test_u_distribution_is_the_rank_arrangement_count() -> None:
         assert list(counts) == brute
 
 
-def test_normal_approximation_with_ties_is_close_to_exact_permutation() -> None:
+def brute_force_u_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """The same exact p computed another way: U counted pair by pair (a > b: 1, a == b:
+    1/2) for every split of the pooled values, no ranks involved."""
+    values = [*a, *b]
+    m, n = len(a), len(b)
+
+    def u_of(chosen: set[int]) -> Fraction:
+        side_a = [values[i] for i in chosen]
+        side_b = [values[i] for i in range(m + n) if i not in chosen]
+        return sum((Fraction(1) if x > y else Fraction(1, 2) if x == y else Fraction(0)
+                    for x in side_a for y in side_b), Fraction(0))
+
+    splits = itertools.combinations(range(m + n), m)
+    return two_sided([u_of(set(chosen)) for chosen in splits], u_of(set(range(m))))
+
+
+def test_exact_with_ties_matches_both_enumerations() -> None:
     a = [1, 2, 2, 3, 3, 3, 4, 5]
     b = [3, 4, 4, 5, 5, 6, 6, 7]
     result = stats.mann_whitney(a, b)
+    assert result.method == "exact"
+    assert result.p == pytest.approx(brute_force_p(a, b), abs=1e-12)
+    assert result.p == pytest.approx(brute_force_u_p(a, b), abs=1e-12)
+
+
+@pytest.mark.parametrize("m,n,levels,seed", [(3, 3, 2, 1), (4, 5, 3, 2), (6, 6, 3, 3),
+                                             (5, 7, 4, 4), (2, 8, 2, 5), (7, 6, 5, 6),
+                                             (8, 8, 4, 7)])
+def test_exact_mann_whitney_with_ties_matches_enumeration(m: int, n: int, levels: int,
+                                                          seed: int) -> None:
+    rng = random.Random(seed)
+    a = [float(rng.randrange(levels)) for _ in range(m)]
+    b = [float(rng.randrange(levels) + 1) for _ in range(n)]
+    result = stats.mann_whitney(a, b)
+    if len(set(a + b)) == 1:
+        assert result.p == 1.0
+        return
+    assert result.method == "exact"
+    assert result.p == pytest.approx(brute_force_u_p(a, b), abs=1e-12)
+
+
+def test_constant_sides_get_the_exact_floor_not_a_normal_tail() -> None:
+    # The 6.1-vs-6.12 example's delete_pf_fixed: 1036 on every run of one kernel, 0 on the
+    # other.  Only the observed split and its mirror are as extreme: 2 / C(12, 6).
+    result = stats.mann_whitney([1036.0] * 6, [0.0] * 6)
+    assert result.method == "exact"
+    assert result.p == pytest.approx(2 / 924) == pytest.approx(brute_force_p([1036.0] * 6,
+                                                                              [0.0] * 6))
+
+
+def test_normal_approximation_never_goes_below_the_exact_floor(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Forced onto the normal approximation, 6 vs 6 constant sides give z = 3.2, p = 0.0013:
+    # below anything the exact test can return.  It is held at the floor.
+    monkeypatch.setattr(stats, "TIED_EXACT_MAX_WORK", 0)
+    result = stats.mann_whitney([1036.0] * 6, [0.0] * 6)
     assert result.method == "normal"
-    assert result.p == pytest.approx(brute_force_p(a, b), abs=0.003)
+    assert result.p == pytest.approx(2 / 924)
+
+
+def test_rank_sum_distribution_counts_every_split() -> None:
+    # Pooled 1, 2, 2, 3: doubled mid-ranks 2, 5, 5, 8; choose 2 of them.
+    counts = stats.rank_sum_distribution([(2, 1), (5, 2), (8, 1)], 2)
+    brute: dict[int, int] = {}
+    for pair in itertools.combinations([2, 5, 5, 8], 2):
+        brute[sum(pair)] = brute.get(sum(pair), 0) + 1
+    assert counts == brute and sum(counts.values()) == math.comb(4, 2)
 
 
 def test_normal_approximation_for_large_samples_without_ties() -> None:
@@ -89,10 +152,10 @@ def test_zero_variance() -> None:
     same = stats.mann_whitney([5.0] * 6, [5.0] * 6)
     assert same.p == 1.0 and same.method == "degenerate"
     apart = stats.mann_whitney([1.0] * 5, [2.0] * 5)
-    assert apart.method == "normal"
+    assert apart.method == "exact"
     # Only the two complete separations out of C(10,5) are as extreme.
-    assert brute_force_p([1.0] * 5, [2.0] * 5) == pytest.approx(2 / 252)
-    assert apart.p < 0.01
+    assert apart.p == pytest.approx(2 / 252) == pytest.approx(brute_force_p([1.0] * 5,
+                                                                            [2.0] * 5))
     s = stats.summarize([3.0] * 8)
     assert s.stdev == 0 and s.cov == 0 and s.ci_low == s.ci_high == 3.0
 
@@ -121,7 +184,8 @@ def _brute_smallest_p(m: int, n: int, levels: int) -> tuple[float, float]:
 def test_smallest_p_is_what_the_test_can_return(m: int, n: int) -> None:
     untied, any_values = _brute_smallest_p(m, n, levels=3)
     assert stats.min_attainable_p(m, n) == pytest.approx(untied)
-    assert stats.smallest_p(m, n) == pytest.approx(any_values)
+    # Ties cannot go below the exact floor either (the test is exact with ties).
+    assert stats.smallest_p(m, n) == pytest.approx(any_values) == pytest.approx(untied)
 
 
 def test_runs_needed_is_the_first_size_that_can_reach_alpha() -> None:
@@ -129,10 +193,10 @@ def test_runs_needed_is_the_first_size_that_can_reach_alpha() -> None:
         k = stats.runs_needed(tests, 0.05)
         assert k is not None
         assert stats.smallest_p(k, k) * tests < 0.05 <= stats.smallest_p(k - 1, k - 1) * tests
-    # Exact floors for equal sides: 2 / C(2k, k).  4 runs for one test (2/70 < 0.05), and
-    # 3/3 reaches 0.047 only through ties (each side's values all equal).
-    assert stats.runs_needed(1, 0.05) == 3 and stats.min_attainable_p(3, 3) > 0.05
-    assert stats.runs_needed(108, 0.05) == 7
+    # Exact floors for equal sides: 2 / C(2k, k).  4 runs for one test (2/70 < 0.05), ties
+    # or not: 3/3 cannot reach 0.05 (2/20).
+    assert stats.runs_needed(1, 0.05) == 4 and stats.min_attainable_p(3, 3) > 0.05
+    assert stats.runs_needed(108, 0.05) == 8
     assert stats.smallest_p(6, 6) * 108 >= 0.05  # the ab-mmu-modes example: unreachable
 
 
