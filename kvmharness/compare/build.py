@@ -35,6 +35,7 @@ Axis = Literal["label", "variant", "file", "label+variant", "sides"]
 AxisChoice = Literal["auto", "label", "variant", "file", "label+variant"]
 AXIS_CHOICES: tuple[str, ...] = ("auto", "label", "variant", "file", "label+variant")
 CORRECTION = "Holm"
+EXPLORATORY_MARK = "?"  # after a metric's name: not a headline metric, not a verdict
 
 
 class CompareError(ValueError):
@@ -76,8 +77,11 @@ class MetricRow:
     test: stats.MannWhitney | None
     change: stats.Change
     significant: bool
-    # The p-value after the report's multiple-comparison correction (Report sets it).
+    # The p-value after the multiple-comparison correction over the row's family.
     p_adj: float | None = None
+    # Not a headline metric (--all-metrics): corrected in a family of its own and read as
+    # exploratory, never as a verdict.
+    exploratory: bool = False
 
     @property
     def p(self) -> float | None:
@@ -142,35 +146,47 @@ class Comparison:
     # Metrics this backend does not count (all zero on a PVM side): not rows.
     uncounted: tuple[str, ...] = ()
 
+    @property
+    def family(self) -> int:
+        """Tests in this comparison's correction family: its tested headline rows."""
+        return sum(1 for r in self.rows if r.test is not None and not r.exploratory)
+
+    @property
+    def exploratory_family(self) -> int:
+        return sum(1 for r in self.rows if r.test is not None and r.exploratory)
+
 
 @dataclasses.dataclass(frozen=True)
 class Report:
+    """Comparisons, each already corrected within its own families (``correct``): putting
+    comparisons together (another scenario, another variant, ``ab``'s kernel and variant
+    reports) never changes a row's p or mark."""
+
     comparisons: tuple[Comparison, ...]
     settings: Settings
     notes: tuple[str, ...] = ()  # about the input as a whole (runs given twice, pooling)
     command: str = ""  # the command line that produced it, for the cover letter
 
-    def __post_init__(self) -> None:
-        # Holm over every test of the report: the marks use the adjusted p.  Reports that
-        # `ab` assembles from several builds are corrected over all of their tests.
-        tested = [(ci, ri) for ci, c in enumerate(self.comparisons)
-                  for ri, r in enumerate(c.rows) if r.test is not None]
-        adjusted = stats.holm([self.comparisons[ci].rows[ri].test.p  # type: ignore[union-attr]
-                               for ci, ri in tested])
-        new_rows = [list(c.rows) for c in self.comparisons]
-        s = self.settings
-        for (ci, ri), p in zip(tested, adjusted, strict=True):
-            row = new_rows[ci][ri]
-            new_rows[ci][ri] = dataclasses.replace(
-                row, p_adj=p, significant=stats.is_significant(
-                    p, row.change, alpha=s.alpha, min_change=s.min_change))
-        object.__setattr__(self, "comparisons", tuple(
-            dataclasses.replace(c, rows=tuple(rows))
-            for c, rows in zip(self.comparisons, new_rows, strict=True)))
-
     @property
     def tests(self) -> int:
         return sum(1 for c in self.comparisons for r in c.rows if r.test is not None)
+
+    def families(self) -> list[tuple[int, int, int]]:
+        """(runs of A, runs of B, tests) of each comparison's headline family."""
+        return [(len(c.a.ok_runs), len(c.b.ok_runs), c.family) for c in self.comparisons
+                if c.family]
+
+    def family_text(self) -> str:
+        """What a correction family is in this report, for a footnote."""
+        sizes = sorted({c.family for c in self.comparisons if c.family})
+        count = (f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}") if sizes else "0"
+        text = (f"{CORRECTION}'s correction within a family of {count} "
+                f"test{'s' if sizes != [1] else ''}: the headline metrics of one scenario's "
+                "comparison of two sides")
+        if any(c.exploratory_family for c in self.comparisons):
+            text += (f"; other metrics ({EXPLORATORY_MARK!r} after the name) are exploratory, "
+                     "corrected as a family of their own")
+        return text
 
 
 # --- metrics -----------------------------------------------------------------------------
@@ -272,6 +288,22 @@ def _uncounted(metric: str, a: Side, b: Side) -> bool:
     return not_counted([*a.files, *b.files], _values(a, metric) + _values(b, metric))
 
 
+def correct(rows: Sequence[MetricRow], settings: Settings) -> list[MetricRow]:
+    """Holm's correction over each declared family of one comparison (one scenario, one
+    pair of sides): its headline rows, and apart from them its exploratory rows.  The
+    family never reaches beyond the comparison, so a row's p and mark do not depend on what
+    else a report holds."""
+    out = list(rows)
+    for exploratory in (False, True):
+        family = [i for i, r in enumerate(rows)
+                  if r.test is not None and r.exploratory == exploratory]
+        adjusted = stats.holm([rows[i].test.p for i in family])  # type: ignore[union-attr]
+        for i, p in zip(family, adjusted, strict=True):
+            out[i] = dataclasses.replace(rows[i], p_adj=p, significant=stats.is_significant(
+                p, rows[i].change, alpha=settings.alpha, min_change=settings.min_change))
+    return out
+
+
 def compare_sides(scenario: str, axis: Axis, context: str, a: Side, b: Side,
                   metrics: Sequence[tuple[str, str, Direction]],
                   settings: Settings, headline: Sequence[str] | None = None) -> Comparison:
@@ -287,7 +319,9 @@ def compare_sides(scenario: str, axis: Axis, context: str, a: Side, b: Side,
         if _uncounted(m, a, b):
             uncounted.append(m)
             continue
-        rows.append(_row(m, unit, direction, a, b, settings))
+        row = _row(m, unit, direction, a, b, settings)
+        rows.append(dataclasses.replace(row, exploratory=m not in shown_names))
+    rows = correct(rows, settings)
     diffs: list[str] = []
     if a.files and b.files and a.files[0] is not b.files[0]:
         diffs = warn.setup_differences(a.files[0], b.files[0])

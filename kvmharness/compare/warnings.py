@@ -140,6 +140,19 @@ def detectability(pairs: Iterable[tuple[int, int]], tests: int, alpha: float,
     return out
 
 
+def family_detectability(families: Iterable[tuple[int, int, int]], alpha: float,
+                         correction: str = "Holm") -> list[str]:
+    """``detectability`` for comparisons corrected in families of their own: (n_a, n_b,
+    tests in the family) each; one note per distinct text."""
+    by_tests: dict[int, set[tuple[int, int]]] = {}
+    for n_a, n_b, tests in families:
+        by_tests.setdefault(tests, set()).add((n_a, n_b))
+    out: list[str] = []
+    for tests, pairs in sorted(by_tests.items()):
+        out += [n for n in detectability(pairs, tests, alpha, correction) if n not in out]
+    return out
+
+
 def _noise_values(runs: Iterable[RunRecord], key: str) -> list[float]:
     vals = []
     for r in runs:

@@ -128,7 +128,7 @@ def test_verdicts() -> None:
     assert re.search(r"^total \[ms\] +89\.15 +84\.75 +-4\.9% +better +<0\.001 +10/10$",
                      plain, re.M)
     assert re.search(r"^delete \[us\] +16\.30 +16\.35 +~ +1\.000 +10/10$", plain, re.M)
-    assert "Holm's correction over the report's 3 tests" in " ".join(plain.split())
+    assert "(p: adjusted, Holm's correction within a family of 3 tests: the headline metrics" in " ".join(plain.split())
 
 
 def test_cover_letter_line_format() -> None:
@@ -726,3 +726,56 @@ def test_show_marks_counters_pvm_does_not_count(tmp_path: Path,
     assert cli.main(["show", str(_write(tmp_path, f_svm, "svm.json"))]) == 0
     out = capsys.readouterr().out
     assert "Not counted" not in out and re.search(r"^ +delete \[us\] +0 ", out, re.M)
+
+
+def _family_files(*, slot_variant: bool, other_scenario: bool) -> list[ResultFile]:
+    """6 runs per side of rom-toggle (headline: total, delete) for two kernels; optionally
+    a second variant in the same files and a second scenario's files next to them."""
+    def side(label: str, data: dict[str, list[float]], scale: float) -> list[RunRecord]:
+        runs = runs_from({k: v[:6] for k, v in data.items()}, {"zap": "all"})
+        if slot_variant:
+            slot = {k: [x * scale for x in v[:6]] for k, v in data.items()}
+            runs += runs_from(slot, {"zap": "slot"}, start=6)
+        return runs
+
+    variants = [{"zap": "all"}, {"zap": "slot"}] if slot_variant else [{"zap": "all"}]
+    files = []
+    for label, data, scale, env in (("6.1.0", DATA_A, 1.0, environment("6.1.0", False)),
+                                    ("6.12.0", DATA_B, 0.5, environment("6.12.0", True))):
+        f = result_file(label, side(label, data, scale), env, f"{label}.json", variants)
+        f.scenario = dict(f.scenario, headline=["total", "delete"])
+        files.append(f)
+        if other_scenario:
+            g = result_file(label, runs_from({k: [x * scale for x in v[:6]]
+                                              for k, v in data.items()}, {"zap": "all"}),
+                            env, f"other-{label}.json")
+            g.scenario = dict(g.scenario, name="slot-ops")
+            files.append(g)
+    return files
+
+
+def _rows(report: Report, scenario: str, context: str) -> dict[str, tuple[Any, ...]]:
+    (c,) = [c for c in report.comparisons if c.scenario == scenario and c.context == context]
+    return {r.metric: (r.p, r.p_adj, r.significant, r.exploratory) for r in c.rows}
+
+
+def test_a_rows_verdict_does_not_depend_on_what_else_is_compared() -> None:
+    alone = build_report(_family_files(slot_variant=False, other_scenario=False),
+                         settings=Settings(seed=1))
+    rows = _rows(alone, "rom-toggle", "zap=all")
+    assert set(rows) == {"total", "delete"}
+    assert rows["total"][2]  # -5%, significant at 6/6 in a family of 2
+    crowded = build_report(_family_files(slot_variant=True, other_scenario=True),
+                           settings=Settings(seed=1, all_metrics=True))
+    assert len(crowded.comparisons) == 3 and crowded.tests == 9
+    everything = _rows(crowded, "rom-toggle", "zap=all")
+    # The extra metric is a row of its own family, marked exploratory; the headline rows
+    # keep their p, adjusted p and mark.
+    assert everything.pop("memslot_generation_wraps_per_second")[3] is True
+    assert everything == rows
+    text = format_report(crowded)
+    assert "memslot_generation_wraps_per_second? [1/s]" in text
+    flat = " ".join(text.split())
+    assert ("Holm's correction within a family of 2-3 tests: the headline metrics of one "
+            "scenario's comparison of two sides; other metrics ('?' after the name) are "
+            "exploratory, corrected as a family of their own") in flat

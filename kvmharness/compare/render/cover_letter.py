@@ -117,13 +117,10 @@ def format_cover_letter(report: Report, view: View = DEFAULT_VIEW) -> str:
                  if c.a.ok_runs and c.b.ok_runs})
     foot = (f"Medians of per-run medians, n = {', '.join(ns) or '0'} runs (before/after); "
             f"'~' no significant change.  A change is significant when: Mann-Whitney U, "
-            f"p < {s.alpha:g} after "
-            f"{CORRECTION}'s correction over {report.tests} tests, bootstrap CI of the "
+            f"p < {s.alpha:g} after {report.family_text()}, bootstrap CI of the "
             f"change excluding 0, |change| >= {s.min_change * 100:g}%.")
     out += textwrap.wrap(foot, width)
-    pairs = [(len(c.a.ok_runs), len(c.b.ok_runs)) for c in report.comparisons
-             if any(r.test is not None for r in c.rows)]
-    for note in warn.detectability(pairs, report.tests, s.alpha, CORRECTION):
+    for note in warn.family_detectability(report.families(), s.alpha, CORRECTION):
         out += textwrap.wrap(note, width)
     if report.command:
         out += _command_lines(report.command, width)

@@ -27,6 +27,7 @@ from kvmharness.compare.render.text import (
     ci_header,
     ci_level_note,
     median_with_ci,
+    metric_name,
     n_text,
     p_text,
 )
@@ -70,7 +71,7 @@ def format_markdown(report: Report, view: View = DEFAULT_VIEW) -> str:
                     if r is None:
                         continue
                     summaries += [r.a, r.b]
-                    cells = [r.metric if i == 0 else "", r.unit, r.direction,
+                    cells = [metric_name(r) if i == 0 else "", r.unit, r.direction,
                              median_with_ci(r.a), median_with_ci(r.b),
                              change_cell(r) if multi else change_text(r),
                              "-" if r.change.ci_low is None

@@ -290,8 +290,8 @@ def rule_text(report: Report) -> str:
     change = "X/A - 1 for each side X" if multi else "B/A - 1"
     return (
         f"Values: medians of per-run medians; change = {change}{shown}. Significant: "
-        f"Mann-Whitney U (two-sided) p < {s.alpha:g} after {CORRECTION}'s correction over "
-        f"the report's {report.tests} tests (p: adjusted), {s.confidence * 100:g}% bootstrap "
+        f"Mann-Whitney U (two-sided) p < {s.alpha:g} (p: adjusted, "
+        f"{report.family_text()}), {s.confidence * 100:g}% bootstrap "
         f"CI of the change excluding 0, |change| >= {s.min_change * 100:g}%." + marks
     )
 
@@ -299,9 +299,7 @@ def rule_text(report: Report) -> str:
 def report_footer(report: Report, width: int = WIDTH) -> list[str]:
     out: list[str] = []
     out += uncounted_line(report, width)
-    pairs = [(len(c.a.ok_runs), len(c.b.ok_runs)) for c in report.comparisons
-             if any(r.test is not None for r in c.rows)]
-    notes = warn.detectability(pairs, report.tests, report.settings.alpha, CORRECTION)
+    notes = warn.family_detectability(report.families(), report.settings.alpha, CORRECTION)
     out += [x for w in notes for x in textwrap.wrap(w, width, break_on_hyphens=False)]
     out += textwrap.wrap(rule_text(report), width, break_on_hyphens=False)
     return out

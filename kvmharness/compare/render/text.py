@@ -9,6 +9,7 @@ import textwrap
 from collections.abc import Sequence
 
 from kvmharness.compare.build import (
+    EXPLORATORY_MARK,
     MetricRow,
 )
 from kvmharness.compare.stats import Summary, median_ci_ranks
@@ -119,8 +120,13 @@ def n_text(row: MetricRow) -> str:
     return f"{row.a.n}/{row.b.n}"
 
 
+def metric_name(row: MetricRow) -> str:
+    """The metric's name, marked when the row is exploratory (not a headline metric)."""
+    return row.metric + (EXPLORATORY_MARK if row.exploratory else "")
+
+
 def metric_label(row: MetricRow) -> str:
-    return f"{row.metric} [{row.unit}]" if row.unit else row.metric
+    return f"{metric_name(row)} [{row.unit}]" if row.unit else metric_name(row)
 
 
 def change_cell(row: MetricRow | None) -> str:
