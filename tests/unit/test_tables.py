@@ -128,7 +128,8 @@ def test_verdicts() -> None:
     assert re.search(r"^total \[ms\] +89\.15 +84\.75 +-4\.9% +better +<0\.001 +10/10$",
                      plain, re.M)
     assert re.search(r"^delete \[us\] +16\.30 +16\.35 +~ +1\.000 +10/10$", plain, re.M)
-    assert "(p: adjusted, Holm's correction within a family of 3 tests: the headline metrics" in " ".join(plain.split())
+    assert ("(p: adjusted, Holm's correction within a family of 3 tests: the headline "
+            "metrics") in " ".join(plain.split())
 
 
 def test_cover_letter_line_format() -> None:
