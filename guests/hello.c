@@ -12,6 +12,9 @@ uint64_t hello_result[KH_MAX_VCPUS];
 uint64_t hello_read_gpas[HELLO_MAX_READS];
 uint64_t hello_read_values[HELLO_MAX_READS];
 uint32_t hello_read_count;
+uint64_t hello_spin_cycles[KH_MAX_VCPUS];
+uint64_t hello_spin_start_tsc[KH_MAX_VCPUS];
+uint64_t hello_spin_end_tsc[KH_MAX_VCPUS];
 
 static void hello_normal(uint32_t vcpu)
 {
@@ -87,6 +90,18 @@ static void hello_barrier_sum(uint32_t vcpu)
 	GUEST_SYNC(6, total);
 }
 
+/* The first TSC read is the guest's start, the last its end: DONE follows at once. */
+static void hello_tsc_spin(uint32_t vcpu)
+{
+	uint64_t start = kh_rdtsc_ordered(), now;
+
+	hello_spin_start_tsc[vcpu] = start;
+	do {
+		now = kh_rdtsc_ordered();
+	} while (now - start < hello_spin_cycles[vcpu]);
+	hello_spin_end_tsc[vcpu] = now;
+}
+
 void guest_main(uint32_t vcpu, void *arg)
 {
 	volatile uint32_t zero = 0;
@@ -131,6 +146,9 @@ void guest_main(uint32_t vcpu, void *arg)
 		for (i = 0; i < hello_read_count; i++)
 			hello_read_values[i] = *(volatile uint64_t *)(uintptr_t)hello_read_gpas[i];
 		GUEST_SYNC(7, hello_read_count);
+		break;
+	case HELLO_TSC_SPIN:
+		hello_tsc_spin(vcpu);
 		break;
 	default:
 		GUEST_ASSERT_MSG(0, "unknown hello_mode %u", hello_mode);

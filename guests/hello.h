@@ -20,6 +20,10 @@ enum hello_mode {
 	HELLO_GP_FAULT = 8,	/* #GP: read a non-canonical address */
 	HELLO_FAULT_TOGETHER = 9, /* barrier, then vCPU v reads hello_fault_addr + v * 4096 */
 	HELLO_TRIPLE_FAULT_PF = 10, /* lidt a null IDT, read hello_fault_addr: shutdown */
+	HELLO_TSC_SPIN = 11,	/* vCPU v spins hello_spin_cycles[v] TSC cycles, no exit in
+				 * between; its first and last TSC reads go to
+				 * hello_spin_start_tsc[v] / hello_spin_end_tsc[v] (a guest of
+				 * known duration: the harness's run timing is checked on it) */
 };
 
 /* Mode 0: second SYNC value, sum of 1..100 computed at run time. */
@@ -37,5 +41,8 @@ extern uint64_t hello_result[KH_MAX_VCPUS];
 extern uint64_t hello_read_gpas[HELLO_MAX_READS];
 extern uint64_t hello_read_values[HELLO_MAX_READS];
 extern uint32_t hello_read_count;
+extern uint64_t hello_spin_cycles[KH_MAX_VCPUS];
+extern uint64_t hello_spin_start_tsc[KH_MAX_VCPUS];
+extern uint64_t hello_spin_end_tsc[KH_MAX_VCPUS];
 
 #endif /* HELLO_H */
