@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from kvmharness.cli import common
 from kvmharness.compare.build import Settings
-from kvmharness.compare.render import FORMATS
+from kvmharness.compare.render import FORMATS, format_report
 from kvmharness.results.store import DEFAULT_DIR
 from kvmharness.scenarios import registry
 from kvmharness.scenarios.base import ScenarioSpec
+
+if TYPE_CHECKING:  # the runner is imported when `ab` runs, not at every CLI start
+    from kvmharness.runner.ab import AbOutcome, Progress
 
 
 def add_parsers(sub: Any) -> None:
@@ -157,11 +160,71 @@ def cmd_ab(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: Text
         out_dir=args.out or DEFAULT_DIR / f"ab-{stamp}", accel=args.accel, cpus=args.cpus,
         memory=args.memory, timeout_s=args.timeout, fmt=args.format,
         settings=Settings(alpha=args.alpha, min_change=args.min_change),
-        dry_run=args.dry_run, quiet=args.quiet)
+        dry_run=args.dry_run)
     try:
-        return ab.execute(opts, argv, out, err)
+        outcome = ab.execute(opts, argv, progress(out, err, quiet=args.quiet))
     except OSError as e:
         # The out folder, a boot folder, ab.json or a table cannot be written (a boot's
         # QEMU is already gone: boot() cleans up before anything propagates).
         err.write(f"kvmharness ab: {e}\n")
         return common.EXIT_FAILED
+    return report_outcome(outcome, args.format, out, err)
+
+
+def progress(out: TextIO, err: TextIO, quiet: bool) -> Progress:
+    """Progress lines to stderr as they come; the guests' own output unless --quiet."""
+    from kvmharness.runner.ab import Progress
+
+    def to(stream: TextIO, enabled: bool = True) -> Callable[[str], None]:
+        def write(line: str) -> None:
+            if enabled:
+                stream.write(line + "\n")
+                stream.flush()
+        return write
+
+    return Progress(note=to(err), guest_out=to(out, not quiet), guest_err=to(err, not quiet))
+
+
+def report_outcome(outcome: AbOutcome, fmt: str, out: TextIO, err: TextIO) -> int:
+    """Print what ``ab`` did and choose the exit status: 1 when it could not run or a boot
+    or scenario failed, 128 + signal when a signal stopped it, else 0."""
+    if outcome.failure is not None:
+        err.writelines(f"kvmharness ab: {line}\n" for line in outcome.failure.splitlines())
+        return common.EXIT_FAILED
+    if outcome.dry_run:
+        print_dry_run(outcome, out)
+        return 0
+    if outcome.interrupted is not None:
+        err.write(f"interrupted: completed result files are kept in {outcome.out_dir}\n")
+        return 128 + outcome.interrupted
+    for name, report in outcome.reports:
+        title = ("Kernels compared" if name == "kernels"
+                 else f"Variants compared within {name.split('-', 1)[1]}")
+        out.write(f"\n== {title} (compare-{name}.txt / .md) ==\n")
+        out.write(format_report(report, fmt))
+    err.writelines(f"note: {n}\n" for n in outcome.notes)
+    print_boots(outcome, out)
+    return 0 if outcome.ok else common.EXIT_FAILED
+
+
+def print_dry_run(outcome: AbOutcome, out: TextIO) -> None:
+    from kvmharness.runner.boot import shq
+
+    for b in outcome.dry_run:
+        out.write(f"# round {b.round}, {b.kernel}\n{' '.join(shq(c) for c in b.command)}\n")
+        out.write(f"# guest.sh runs, after modprobe {b.modprobe}:\n")
+        out.writelines(f"#   {line}\n" for line in b.guest_lines)
+
+
+def print_boots(outcome: AbOutcome, out: TextIO) -> None:
+    out.write("\nboots:\n")
+    for r in outcome.boots:
+        state = r.result.summary() if r.result else (r.skipped or "not run")
+        bad = {s: rc for s, rc in r.scenario_status.items() if rc}
+        extra = f"; scenarios failed: {bad}" if bad else ""
+        out.write(f"  round {r.round} {r.kernel}: {state}{extra}\n")
+        if r.mmu:
+            out.write(f"    MMU: {r.mmu}\n")
+    if outcome.accel and outcome.accel.warning:
+        out.write(f"\nWARNING: {outcome.accel.warning}\n")
+    out.write(f"files: {outcome.out_dir}\n")

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from kvmharness.compare.build import CompareError, Comparison, Report, Settings, build_report
 from kvmharness.results.model import ResultFile, variant_text
@@ -52,7 +52,6 @@ SYSTEM_PYTHON = Path("/usr/bin/python3")
 # overlay inside, so vng can create the mount point.)
 GUEST_OUT = Path("/tmp/kvmharness-ab-out")
 GUEST_DEPS = ("psutil", "elftools", "tabulate")
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +86,6 @@ class AbOptions:
     fmt: str = "plain"
     settings: Settings = dataclasses.field(default_factory=Settings)
     dry_run: bool = False
-    quiet: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,12 +194,21 @@ def _collect(record: BootRecord) -> None:
         pass
 
 
-def _prefixed(stream: TextIO, prefix: str, quiet: bool) -> Callable[[str], None]:
-    def write(line: str) -> None:
-        if not quiet:
-            stream.write(f"{prefix}{line}\n")
-            stream.flush()
-    return write
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """Where ``execute`` reports while it runs (a boot takes minutes): the CLI prints these
+    lines, a test may collect them.  Nothing here decides what the user sees."""
+
+    note: Callable[[str], None]       # one line of progress: acceleration, boots, notes
+    guest_out: Callable[[str], None]  # a line a guest printed, prefixed [rN kernel]
+    guest_err: Callable[[str], None]
+
+    @staticmethod
+    def silent() -> Progress:
+        def drop(line: str) -> None:
+            pass
+
+        return Progress(drop, drop, drop)
 
 
 def boot_spec(plan: AbPlan, kernel: Kernel, target: Path, rwdir: Path) -> BootSpec:
@@ -224,62 +231,67 @@ def earlier_boot_folders(opts: AbOptions) -> list[Path]:
     return out
 
 
-def run_boots(plan: AbPlan, vng: str, out: TextIO, err: TextIO, staging: Path,
+def run_boots(plan: AbPlan, vng: str, progress: Progress, staging: Path,
               boot_fn: Callable[..., BootResult] | None = None
-              ) -> tuple[list[BootRecord], bool]:
-    """Every boot of the plan, A B C A B C.  Returns the records and whether Ctrl-C (or
-    SIGTERM/SIGHUP) stopped it; QEMU is never left running either way.  ``staging``: a
-    folder under /tmp (the guest sees it) for kernels that need a symlink tree."""
+              ) -> tuple[list[BootRecord], int | None]:
+    """Every boot of the plan, A B C A B C.  Returns the records and the signal (SIGINT,
+    SIGTERM or SIGHUP) that stopped them, if one did; QEMU is never left running either
+    way.  ``staging``: a folder under /tmp (the guest sees it) for kernels that need a
+    symlink tree."""
     boot_fn = boot_fn or boot  # looked up now, so tests can substitute ab.boot
     opts = plan.options
     records: list[BootRecord] = []
     dropped: dict[str, str] = {}
-    targets: dict[str, Path] = {}
-    for k in opts.kernels:
-        targets[k.name] = prepare_kernel(k, plan.accel.module, staging / k.name)
+    targets = {k.name: prepare_kernel(k, plan.accel.module, staging / k.name)
+               for k in opts.kernels}
     total = len(opts.kernels) * opts.rounds
     for i, (rnd, kernel) in enumerate(boot_order(opts.kernels, opts.rounds), 1):
-        rwdir = opts.out_dir / f"r{rnd}-{kernel.name}"
-        record = BootRecord(rnd, kernel.name, rwdir)
+        record = BootRecord(rnd, kernel.name, opts.out_dir / f"r{rnd}-{kernel.name}")
         records.append(record)
         if kernel.name in dropped:
             record.skipped = dropped[kernel.name]
-            err.write(f"[{i}/{total}] round {rnd}: {kernel.name} not booted: "
-                      f"{record.skipped}\n")
+            progress.note(f"[{i}/{total}] round {rnd}: {kernel.name} not booted: "
+                          f"{record.skipped}")
             continue
-        rwdir.mkdir(parents=True, exist_ok=True)
-        spec = boot_spec(plan, kernel, targets[kernel.name], rwdir.resolve())
         extra = f", + {kernel.append}" if kernel.append else ""
-        err.write(f"[{i}/{total}] round {rnd}: booting {kernel.name} ({kernel.version}, "
-                  f"{plan.accel.mode}{extra}) ...\n")
-        err.flush()
-        prefix = f"[r{rnd} {kernel.name}] "
+        progress.note(f"[{i}/{total}] round {rnd}: booting {kernel.name} ({kernel.version}, "
+                      f"{plan.accel.mode}{extra}) ...")
         try:
-            # Same script path and working folder in every round: see boot()'s script_dir.
-            result = boot_fn(vng, spec, name=kernel.name, version=kernel.version,
-                             body=guest_body(plan, kernel), cwd=opts.out_dir,
-                             env=guest_env(plan, kernel), modprobe=plan.accel.module,
-                             out=_prefixed(out, prefix, opts.quiet),
-                             err=_prefixed(err, prefix, opts.quiet),
-                             output_log=rwdir / "output.log",
-                             console_log=rwdir / "console.log", script_dir=staging)
-        except BootInterrupted:
+            _boot_one(plan, vng, kernel, record, targets[kernel.name], progress, staging,
+                      boot_fn)
+        except BootInterrupted as e:
             _collect(record)
-            err.write(f"interrupted during {kernel.name} round {rnd}: QEMU stopped\n")
-            return records, True
-        record.result = result
-        _collect(record)
+            progress.note(f"interrupted during {kernel.name} round {rnd}: QEMU stopped")
+            return records, e.signum
+        result = record.result
+        assert result is not None
         if result.ok:
             mmu = f"; MMU {record.mmu}" if record.mmu else ""
-            err.write(f"[{i}/{total}] {result.summary()}; {len(record.files)} result "
-                      f"file(s){mmu}\n")
-        else:
-            err.write(f"[{i}/{total}] {kernel.name} FAILED: {result.failure_report()}\n")
-            if result.status in ("timeout", "no-status"):
-                # Booting it again would most likely fail the same way and cost a timeout.
-                dropped[kernel.name] = f"dropped after round {rnd}: {result.summary()}"
-        err.flush()
-    return records, False
+            progress.note(f"[{i}/{total}] {result.summary()}; {len(record.files)} result "
+                          f"file(s){mmu}")
+            continue
+        progress.note(f"[{i}/{total}] {kernel.name} FAILED: {result.failure_report()}")
+        if result.status in ("timeout", "no-status"):
+            # Booting it again would most likely fail the same way and cost a timeout.
+            dropped[kernel.name] = f"dropped after round {rnd}: {result.summary()}"
+    return records, None
+
+
+def _boot_one(plan: AbPlan, vng: str, kernel: Kernel, record: BootRecord, target: Path,
+              progress: Progress, staging: Path, boot_fn: Callable[..., BootResult]) -> None:
+    """One boot into ``record``: its result and the files it left in its folder."""
+    record.rwdir.mkdir(parents=True, exist_ok=True)
+    spec = boot_spec(plan, kernel, target, record.rwdir.resolve())
+    prefix = f"[r{record.round} {kernel.name}] "
+    # Same script path and working folder in every round: see boot()'s script_dir.
+    record.result = boot_fn(vng, spec, name=kernel.name, version=kernel.version,
+                            body=guest_body(plan, kernel), cwd=plan.options.out_dir,
+                            env=guest_env(plan, kernel), modprobe=plan.accel.module,
+                            out=lambda line: progress.guest_out(prefix + line),
+                            err=lambda line: progress.guest_err(prefix + line),
+                            output_log=record.rwdir / "output.log",
+                            console_log=record.rwdir / "console.log", script_dir=staging)
+    _collect(record)
 
 
 def manifest(plan: AbPlan, records: Sequence[BootRecord], argv: Sequence[str],
@@ -315,12 +327,6 @@ def manifest(plan: AbPlan, records: Sequence[BootRecord], argv: Sequence[str],
             "files": [str(f.relative_to(opts.out_dir)) for f in r.files],
         } for r in records],
     }
-
-
-def all_ok(records: Sequence[BootRecord]) -> bool:
-    return bool(records) and all(
-        r.result is not None and r.result.ok and all(v == 0 for v in r.scenario_status.values())
-        for r in records)
 
 
 def _ordered(records: Sequence[BootRecord], kernels: Sequence[Kernel]) -> list[Path]:
@@ -392,7 +398,53 @@ def check_kernels(kernels: Sequence[Kernel], module: str) -> list[str]:
 # --- the whole command ---------------------------------------------------------------------
 
 
-def build_guests(err: TextIO) -> tuple[dict[str, str], list[Path]]:
+class AbError(Exception):
+    """What stops ``ab`` before or between its boots: prerequisites, kernels, the guest
+    build, a reused out folder, a kernel path or vng that cannot be used."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DryBoot:
+    """One boot as --dry-run shows it: the vng command and what the guest would run."""
+
+    round: int
+    kernel: str
+    command: tuple[str, ...]
+    modprobe: str
+    guest_lines: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class AbOutcome:
+    """How an ``ab`` run went: the CLI prints it and chooses the exit status."""
+
+    accel: Accel | None = None
+    failure: str | None = None              # what stopped it before its boots ended
+    dry_run: tuple[DryBoot, ...] = ()       # --dry-run: the boots it would make
+    out_dir: Path | None = None
+    boots: tuple[BootRecord, ...] = ()      # per round and kernel, in boot order
+    reports: tuple[tuple[str, Report], ...] = ()  # (name, report): compare-NAME.txt/.md
+    notes: tuple[str, ...] = ()             # what could not be compared, and why
+    written: tuple[Path, ...] = ()          # ab.json and the tables, in order
+    interrupted: int | None = None          # the signal that stopped the boots
+
+    @property
+    def failed_boots(self) -> list[BootRecord]:
+        """Boots that did not complete, or whose scenarios failed (skipped ones too)."""
+        return [r for r in self.boots if not _boot_ok(r)]
+
+    @property
+    def ok(self) -> bool:
+        return (self.failure is None and self.interrupted is None
+                and bool(self.boots) and not self.failed_boots)
+
+
+def _boot_ok(r: BootRecord) -> bool:
+    return (r.result is not None and r.result.ok
+            and all(v == 0 for v in r.scenario_status.values()))
+
+
+def build_guests(progress: Progress) -> tuple[dict[str, str], list[Path]]:
     """Build every guest ELF here, before booting: inside, the tree is read-only and the
     guest kernel would have to compile under TCG.  Returns the variables that point the
     harness inside at them, and the folders involved (for binds)."""
@@ -401,120 +453,130 @@ def build_guests(err: TextIO) -> tuple[dict[str, str], list[Path]]:
     source = guests_source_dir()
     built = [guest_path(name) for name in available_guests(source)]
     build_dir = built[0].parent if built else source / "build"
-    err.write(f"guests built in {build_dir}: {', '.join(p.stem for p in built)}\n")
+    progress.note(f"guests built in {build_dir}: {', '.join(p.stem for p in built)}")
     return ({"KVMHARNESS_GUESTS_DIR": str(source),
              "KVMHARNESS_GUESTS_BUILD_DIR": str(build_dir)}, [source, build_dir])
 
 
-def write_outputs(out_dir: Path, reports: Sequence[tuple[str, Report]], fmt: str,
-                  out: TextIO) -> None:
+def write_tables(out_dir: Path, reports: Sequence[tuple[str, Report]]) -> list[Path]:
+    """compare-NAME.txt (plain) and compare-NAME.md per report; returns the paths."""
     from kvmharness.compare.render import format_report
 
+    written = []
     for name, report in reports:
-        plain = format_report(report, "plain")
-        (out_dir / f"compare-{name}.txt").write_text(plain)
-        (out_dir / f"compare-{name}.md").write_text(format_report(report, "markdown"))
-        title = ("Kernels compared" if name == "kernels"
-                 else f"Variants compared within {name.split('-', 1)[1]}")
-        out.write(f"\n== {title} (compare-{name}.txt / .md) ==\n")
-        out.write(plain if fmt == "plain" else format_report(report, fmt))
+        for suffix, fmt in ((".txt", "plain"), (".md", "markdown")):
+            path = out_dir / f"compare-{name}{suffix}"
+            path.write_text(format_report(report, fmt))
+            written.append(path)
+    return written
 
 
-def execute(opts: AbOptions, argv: Sequence[str], out: TextIO, err: TextIO) -> int:
-    """Prerequisites, acceleration, guest builds, the boots, the comparison."""
-    import tempfile
-
+def plan_run(opts: AbOptions, progress: Progress) -> tuple[str, AbPlan]:
+    """Prerequisites, acceleration, kernels, guest interpreter and guest builds: (vng,
+    plan), or AbError naming what is missing."""
     from kvmharness.guest.errors import GuestBuildError
-    from kvmharness.results.store import atomic_write_json
-    from kvmharness.runner.boot import BootError, vng_command
     from kvmharness.runner.host import AccelError, check_prerequisites, decide_accel, find_vng
 
     vng = find_vng()
     missing = check_prerequisites(vng=vng)
     if missing:
-        err.write("kvmharness ab: missing prerequisites (Debian packages / pip):\n")
-        err.writelines(f"  - {m}\n" for m in missing)
-        return EXIT_FAILED
+        raise AbError("missing prerequisites (Debian packages / pip):\n"
+                      + "\n".join(f"  - {m}" for m in missing))
     assert vng is not None
     try:
         accel = decide_accel(opts.accel, opts.cpus)  # type: ignore[arg-type]
     except AccelError as e:
-        err.write(f"kvmharness ab: {e}\n")
-        return EXIT_FAILED
-    err.write(f"acceleration: {accel.reason}\n")
+        raise AbError(str(e)) from e
+    progress.note(f"acceleration: {accel.reason}")
     if accel.warning:
-        err.write(f"WARNING: {accel.warning}\n")
+        progress.note(f"WARNING: {accel.warning}")
     problems = check_kernels(opts.kernels, accel.module)
     if problems:
-        err.writelines(f"kvmharness ab: {p}\n" for p in problems)
-        return EXIT_FAILED
+        raise AbError("\n".join(problems))
     for k in opts.kernels:
-        err.write(f"kernel {k.describe()}\n")
+        progress.note(f"kernel {k.describe()}")
     python = pick_guest_python()
     if python.note:
-        err.write(f"note: {python.note}\n")
-    if opts.dry_run:
-        env: dict[str, str] = {}
-        binds: list[Path] = []
-    else:
+        progress.note(f"note: {python.note}")
+    env: dict[str, str] = {}
+    binds: list[Path] = []
+    if not opts.dry_run:
         try:
-            env, binds = build_guests(err)
+            env, binds = build_guests(progress)
         except GuestBuildError as e:
-            err.write(f"kvmharness ab: {e}\n")
-            return EXIT_FAILED
+            raise AbError(str(e)) from e
     opts = dataclasses.replace(opts, out_dir=opts.out_dir.resolve())
-    plan = AbPlan(opts, accel, python, env, tuple(binds))
-    if opts.dry_run:
-        for rnd, k in boot_order(opts.kernels, opts.rounds):
-            rwdir = opts.out_dir / f"r{rnd}-{k.name}"
-            spec = boot_spec(plan, k, k.vng_target, rwdir)
-            # As run_boots/boot() name them (the XXXXXX parts are made at boot time).
-            script = Path(f"/tmp/kvmharness-ab.XXXXXX/guest-{k.name}.sh")
-            cmd = vng_command(vng, spec, script, Path("/tmp/kvmharness-vng.XXXXXX/console.log"))
-            out.write(f"# round {rnd}, {k.name}\n{' '.join(shq(c) for c in cmd)}\n")
-            out.write("# guest.sh runs, after modprobe " + accel.module + ":\n")
-            out.writelines(f"#   {line}\n" for line in guest_body(plan, k).splitlines())
-        return EXIT_OK
+    return vng, AbPlan(opts, accel, python, env, tuple(binds))
+
+
+def dry_boots(plan: AbPlan, vng: str) -> tuple[DryBoot, ...]:
+    from kvmharness.runner.boot import vng_command
+
+    out = []
+    for rnd, k in boot_order(plan.options.kernels, plan.options.rounds):
+        rwdir = plan.options.out_dir / f"r{rnd}-{k.name}"
+        spec = boot_spec(plan, k, k.vng_target, rwdir)
+        # As run_boots/boot() name them (the XXXXXX parts are made at boot time).
+        script = Path(f"/tmp/kvmharness-ab.XXXXXX/guest-{k.name}.sh")
+        cmd = vng_command(vng, spec, script, Path("/tmp/kvmharness-vng.XXXXXX/console.log"))
+        out.append(DryBoot(rnd, k.name, tuple(cmd), plan.accel.module,
+                           tuple(guest_body(plan, k).splitlines())))
+    return tuple(out)
+
+
+def boot_all(plan: AbPlan, vng: str, progress: Progress
+             ) -> tuple[list[BootRecord], int | None]:
+    """run_boots in a fresh out folder, with a staging folder removed afterwards."""
+    import shutil
+    import tempfile
+
+    from kvmharness.runner.boot import BootError
+
+    opts = plan.options
     stale = earlier_boot_folders(opts)
     if stale:
         # Their result files, status lines and logs would be merged into this run's
         # (the boot folders are appended to and globbed), silently adding old runs.
-        err.write(f"kvmharness ab: {opts.out_dir} already holds boot folders of an earlier "
-                  f"run ({', '.join(p.name for p in stale)}): give another --out or remove "
-                  "them\n")
-        return EXIT_FAILED
+        raise AbError(f"{opts.out_dir} already holds boot folders of an earlier run "
+                      f"({', '.join(p.name for p in stale)}): give another --out or "
+                      "remove them")
     opts.out_dir.mkdir(parents=True, exist_ok=True)
-    err.write(f"results: {opts.out_dir}\n")
-    started = datetime.datetime.now(datetime.timezone.utc)
+    progress.note(f"results: {opts.out_dir}")
     staging = Path(tempfile.mkdtemp(prefix="kvmharness-ab.", dir="/tmp"))
     try:
-        records, interrupted = run_boots(plan, vng, out, err, staging)
+        return run_boots(plan, vng, progress, staging)
     except (KernelPathError, BootError) as e:
-        err.write(f"kvmharness ab: {e}\n")
-        return EXIT_FAILED
+        raise AbError(str(e)) from e
     finally:
-        import shutil
-
         shutil.rmtree(staging, ignore_errors=True)
-    atomic_write_json(opts.out_dir / "ab.json", manifest(plan, records, argv, started,
-                                                         interrupted))
-    if interrupted:
-        err.write(f"interrupted: completed result files are kept in {opts.out_dir}\n")
-        return EXIT_INTERRUPTED
+
+
+def execute(opts: AbOptions, argv: Sequence[str],
+            progress: Progress | None = None) -> AbOutcome:
+    """Prerequisites, acceleration, guest builds, the boots, the comparison.  Writes the
+    boot folders, ab.json and the tables under the out folder; prints nothing (progress
+    goes to ``progress``) and returns how it went.  OSError: a file cannot be written."""
+    from kvmharness.results.store import atomic_write_json
+
+    progress = progress or Progress.silent()
+    accel = None
+    try:
+        vng, plan = plan_run(opts, progress)
+        accel, out_dir = plan.accel, plan.options.out_dir
+        if opts.dry_run:
+            return AbOutcome(accel, dry_run=dry_boots(plan, vng), out_dir=out_dir)
+        started = datetime.datetime.now(datetime.timezone.utc)
+        records, signum = boot_all(plan, vng, progress)
+    except AbError as e:
+        return AbOutcome(accel, failure=str(e))
+    manifest_path = out_dir / "ab.json"
+    atomic_write_json(manifest_path, manifest(plan, records, argv, started, signum is not None))
+    done = AbOutcome(accel, out_dir=out_dir, boots=tuple(records), written=(manifest_path,),
+                     interrupted=signum)
+    if signum is not None:
+        return done
     reports, notes = build_comparisons(_ordered(records, opts.kernels), opts.kernels,
-                                       opts.settings, relative_to=opts.out_dir)
-    write_outputs(opts.out_dir, reports, opts.fmt, out)
-    for n in notes:
-        err.write(f"note: {n}\n")
-    out.write("\nboots:\n")
-    for r in records:
-        state = r.result.summary() if r.result else (r.skipped or "not run")
-        bad = {s: rc for s, rc in r.scenario_status.items() if rc}
-        extra = f"; scenarios failed: {bad}" if bad else ""
-        out.write(f"  round {r.round} {r.kernel}: {state}{extra}\n")
-        if r.mmu:
-            out.write(f"    MMU: {r.mmu}\n")
-    if accel.warning:
-        out.write(f"\nWARNING: {accel.warning}\n")
-    out.write(f"files: {opts.out_dir}\n")
-    return EXIT_OK if all_ok(records) else EXIT_FAILED
+                                       opts.settings, relative_to=out_dir)
+    written = write_tables(out_dir, reports)
+    return dataclasses.replace(done, reports=tuple(reports), notes=tuple(notes),
+                               written=(manifest_path, *written))

@@ -26,6 +26,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -338,7 +339,9 @@ def boot(vng: str, spec: BootSpec, *, name: str, version: str, body: str, cwd: P
             if leftover:
                 err(f"kvmharness: processes {leftover} of the boot survived SIGKILL")
         if isinstance(e, KeyboardInterrupt) and not isinstance(e, BootInterrupted):
-            raise BootInterrupted("Ctrl-C") from e
+            # Ctrl-C, or SIGTERM/SIGHUP raised by another handler that names its signal.
+            signum = getattr(e, "signum", signal.SIGINT)
+            raise BootInterrupted(signal.Signals(signum).name, signum) from e
         raise
     finally:
         for t in threads:

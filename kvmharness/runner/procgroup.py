@@ -20,7 +20,12 @@ from collections.abc import Iterator
 
 
 class BootInterrupted(KeyboardInterrupt):
-    """Ctrl-C / SIGTERM / SIGHUP during a boot; QEMU has already been killed."""
+    """Ctrl-C / SIGTERM / SIGHUP during a boot; QEMU has already been killed.  ``signum``
+    says which (the caller exits with 128 + it)."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 def group_members(pgid: int) -> list[int]:
@@ -79,7 +84,7 @@ def signals_as_interrupt() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: object) -> None:
-        raise BootInterrupted(f"signal {signal.Signals(signum).name}")
+        raise BootInterrupted(f"signal {signal.Signals(signum).name}", signum)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:

@@ -4,9 +4,11 @@ collection, comparison, failure reporting and the manifest are exercised)."""
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import re
+import signal
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -167,7 +169,7 @@ def test_missing_prerequisites_are_listed_with_packages(fakes: Any, kernels: lis
         host.Missing("qemu-system-x86_64 (QEMU)", "apt-get install qemu-system-x86"),
         host.Missing("vng (virtme-ng)", "pip install virtme-ng")])
     monkeypatch.setattr(ab, "boot", never_boot)
-    assert cli.main(["ab", "one", *kernels]) == ab.EXIT_FAILED
+    assert cli.main(["ab", "one", *kernels]) == cli.EXIT_FAILED
     err = capsys.readouterr().err
     assert "missing prerequisites" in err
     assert "apt-get install qemu-system-x86" in err and "pip install virtme-ng" in err
@@ -254,7 +256,7 @@ def test_a_kernel_that_panics_keeps_the_other_kernels_results(
     out_dir = tmp_path / "ab"
     rc = cli.main(["ab", "one", *kernels, "--quick", "--repeat", "4", "--out", str(out_dir)])
     out = capsys.readouterr()
-    assert rc == ab.EXIT_FAILED
+    assert rc == cli.EXIT_FAILED
     assert "old FAILED" in out.err and "Kernel panic - not syncing: x" in out.err
     assert "guest kernel console" in out.err
     doc = json.loads((out_dir / "ab.json").read_text())
@@ -284,24 +286,25 @@ def test_guest_body_records_each_status() -> None:
     assert ab.boot_order([k, k], 2) == [(1, k), (1, k), (2, k), (2, k)]
 
 
-def test_ctrl_c_during_a_boot_keeps_what_was_collected(fakes: Any, kernels: list[str],
-                                                       host_ok: None, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch,
-                                                       capsys: pytest.CaptureFixture[str]
-                                                       ) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_during_a_boot_keeps_what_was_collected(fakes: Any, kernels: list[str],
+                                                         host_ok: None, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         signum: int) -> None:
     from kvmharness.runner.boot import BootInterrupted
 
     ok_boot = fake_boot_factory(lambda name, n: None)
 
     def boot_then_interrupt(vng: str, spec: BootSpec, *, name: str, **kw: Any) -> BootResult:
-        if name == "new":
-            raise BootInterrupted("Ctrl-C")  # boot() has killed QEMU before raising this
+        if name == "new":  # boot() has killed QEMU before raising this
+            raise BootInterrupted(signal.Signals(signum).name, signum)
         return ok_boot(vng, spec, name=name, **kw)
 
     monkeypatch.setattr(ab, "boot", boot_then_interrupt)
     out_dir = tmp_path / "ab"
     rc = cli.main(["ab", "one", *kernels, "--quick", "--out", str(out_dir)])
-    assert rc == ab.EXIT_INTERRUPTED
+    assert rc == 128 + signum  # the shell's convention, as `run` exits
     assert "completed result files are kept" in capsys.readouterr().err
     doc = json.loads((out_dir / "ab.json").read_text())
     assert doc["interrupted"] is True
@@ -335,7 +338,7 @@ def test_a_reused_out_folder_is_refused(fakes: Any, kernels: list[str], host_ok:
     (out_dir / "r1-old" / "one-old-20240101T000000Z.json").write_text("{}")
     monkeypatch.setattr(ab, "boot", never_boot)
     rc = cli.main(["ab", "one", *kernels, "--quick", "--out", str(out_dir)])
-    assert rc == ab.EXIT_FAILED
+    assert rc == cli.EXIT_FAILED
     assert "already holds boot folders of an earlier run (r1-old)" in capsys.readouterr().err
 
 
@@ -418,3 +421,71 @@ def test_dry_run_shows_each_configurations_command_line(fakes: Any, tmp_path: Pa
     out = capsys.readouterr().out
     tdp, legacy = out.split("# round 1, legacy")
     assert "kvm.tdp_mmu=0" not in tdp and "kvm.tdp_mmu=0" in legacy.split("\n")[1]
+
+
+# --- the typed outcome: what execute() returns, before the CLI prints anything -------------
+
+
+def ab_options(tmp_path: Path, **kw: Any) -> ab.AbOptions:
+    from kvmharness.runner.kernels import resolve_kernel
+
+    kernels = (resolve_kernel("old", str(fake_kernel(tmp_path / "k61", "6.1.0-9-amd64"))),
+               resolve_kernel("new", str(fake_kernel(tmp_path / "k612", "6.12.1-amd64"))))
+    calls = (ab.ScenarioCall("one", ("--quick", "--repeat", "3")),)
+    return ab.AbOptions(kernels, calls, rounds=2, out_dir=tmp_path / "ab", **kw)
+
+
+def test_execute_returns_boots_files_and_reports_and_prints_nothing(
+        fakes: Any, host_ok: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(ab, "boot", fake_boot_factory(
+        lambda name, n: "timeout" if (name, n) == ("old", 2) else None))
+    notes: list[str] = []
+    outcome = ab.execute(ab_options(tmp_path), ["ab"], ab.Progress(
+        notes.append, notes.append, notes.append))
+    # ab's own lines went to the Progress sinks (the fake guest's `run` prints as usual).
+    printed = capsys.readouterr()
+    for line in ("booting old", "old FAILED", "== Kernels compared", "boots:", "files:"):
+        assert line not in printed.out + printed.err
+    assert [(b.round, b.kernel, b.result.status if b.result else None)
+            for b in outcome.boots] == [(1, "old", "ok"), (1, "new", "ok"),
+                                        (2, "old", "timeout"), (2, "new", "ok")]
+    assert [(b.round, b.kernel) for b in outcome.failed_boots] == [(2, "old")]
+    assert not outcome.ok and outcome.failure is None and outcome.interrupted is None
+    out_dir = (tmp_path / "ab").resolve()
+    assert [p.name for p in outcome.written] == [
+        "ab.json", "compare-kernels.txt", "compare-kernels.md",
+        "compare-variants-new.txt", "compare-variants-new.md"]
+    assert all(p.parent == out_dir and p.is_file() for p in outcome.written)
+    assert [name for name, _ in outcome.reports] == ["kernels", "variants-new"]
+    assert any("old FAILED" in n for n in notes)
+    # The CLI's exit status for that outcome: a boot failed.
+    assert cli_ab.report_outcome(outcome, "plain", *_streams()) == cli.EXIT_FAILED
+
+
+def test_execute_reports_the_signal_and_a_failure_without_exiting(
+        fakes: Any, host_ok: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvmharness.runner.boot import BootInterrupted
+
+    def interrupted(vng: str, spec: BootSpec, **kw: Any) -> BootResult:
+        kw["output_log"].write_text("[ 0.1] Linux version\n")  # as boot() logs
+        raise BootInterrupted("SIGTERM", signal.SIGTERM)
+
+    monkeypatch.setattr(ab, "boot", interrupted)
+    opts = ab_options(tmp_path)
+    outcome = ab.execute(opts, ["ab"])
+    assert outcome.interrupted == signal.SIGTERM and not outcome.reports
+    assert [p.name for p in outcome.written] == ["ab.json"]
+    assert cli_ab.report_outcome(outcome, "plain", *_streams()) == 128 + signal.SIGTERM
+    # The same folder again: refused before any boot, as a failure the CLI prints.
+    monkeypatch.setattr(ab, "boot", never_boot)
+    again = ab.execute(opts, ["ab"])
+    assert again.failure is not None and "already holds boot folders" in again.failure
+    assert not again.boots and not again.written
+    out, err = _streams()
+    assert cli_ab.report_outcome(again, "plain", out, err) == cli.EXIT_FAILED
+    assert err.getvalue().startswith("kvmharness ab: ") and out.getvalue() == ""
+
+
+def _streams() -> tuple[io.StringIO, io.StringIO]:
+    return io.StringIO(), io.StringIO()
