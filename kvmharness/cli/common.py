@@ -32,6 +32,13 @@ def collect_fingerprint() -> dict[str, Any]:
     return fingerprint.collect()
 
 
+def with_host(environment: dict[str, Any], host: str | None) -> dict[str, Any]:
+    """The fingerprint with the fleet host name (``--host``) recorded, when given."""
+    if host:
+        environment["fleet"] = {"host": host}
+    return environment
+
+
 # --- argument types --------------------------------------------------------------------
 
 
@@ -117,6 +124,9 @@ def scenario_options(*, per_boot: bool) -> argparse.ArgumentParser:
                    help=f"with --until-ci: start no round that would end after S seconds"
                    f"{' per scenario in each boot' if per_boot else ''} (default "
                    f"{until_ci.DEFAULT_MAX_TIME_S:g})")
+    g.add_argument("--host", metavar="NAME",
+                   help="the name of this host in a fleet (its inventory name), recorded in "
+                   "the result file: `compare --by host` names the host's side by it")
     return p
 
 
@@ -162,6 +172,8 @@ def per_boot_options(args: argparse.Namespace, scenarios: int = 1) -> list[str]:
         else:
             pinning.check_syntax(args.pin)
         options += ["--pin", args.pin]
+    if getattr(args, "host", None):
+        options += ["--host", args.host]
     rule = until_ci_rule(args)
     if rule is not None:
         options += ["--until-ci", f"{rule.target * 100:g}", "--max-time", f"{rule.max_time_s:g}"]

@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, TextIO
 
-from kvmharness.cli import common
+from kvmharness.cli import common, planfile
 from kvmharness.compare.render.summary import format_run_summary
 from kvmharness.observe import signals
 from kvmharness.observe.tracefs import remove_stale_instances
@@ -20,10 +20,14 @@ from kvmharness.session.until_ci import spread_line, spread_too_high
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("run", help="run a scenario and write a result file",
                        parents=[common.scenario_options(per_boot=False)])
-    p.add_argument("scenario")
+    p.add_argument("scenario", nargs="?")
+    p.add_argument("--plan", type=Path, metavar="FILE",
+                   help="run what a plan file (TOML) names instead of one SCENARIO: its "
+                   "scenarios, parameters, variants, repeat (docs/FLEET.md); only --out and "
+                   "--host may be given with it")
     p.add_argument("--label", help="name for this setup, e.g. the kernel under test "
                    "(default: the kernel release)")
-    p.add_argument("--out", type=Path, default=DEFAULT_DIR, metavar="DIR",
+    p.add_argument("--out", type=Path, metavar="DIR",
                    help=f"directory for the result file (default {DEFAULT_DIR}/)")
     p.set_defaults(handler=lambda args, argv, out, err: cmd_run(args, out, err))
 
@@ -43,6 +47,12 @@ def wrapped(text: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.plan is not None:
+        return run_plan(args, err)
+    if args.scenario is None:
+        err.write("kvmharness run: give a SCENARIO or --plan FILE\n")
+        return common.EXIT_USAGE
+    args.out = args.out or DEFAULT_DIR
     specs = registry.all_scenarios()
     spec = specs.get(args.scenario)
     if spec is None:
@@ -72,7 +82,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     with signals.interrupts_raise(ignore_once_interrupted=getattr(args, "as_program", False)):
         remove_stale_instances(err=err)  # a killed run's tracefs instance would skew ours
-        environment = common.collect_fingerprint()
+        environment = common.with_host(common.collect_fingerprint(), args.host)
         path = default_result_path(args.out, spec.name, plan.label)
         try:
             session = run_session(plan, path, environment, progress=progress)
@@ -104,3 +114,23 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if session.interrupted:
         return signals.exit_status()
     return common.EXIT_FAILED if session.failed_runs else 0
+
+
+# With --plan these come from the plan file; given on the command line too they would
+# make the run differ from the fleet's run of the same plan.
+PLAN_OWNS = ("scenario", "quick", "param", "variant", "repeat", "iterations", "warmup", "pin",
+             "until_ci", "max_time", "label")
+
+
+def run_plan(args: argparse.Namespace, err: TextIO) -> int:
+    given = [name for name in PLAN_OWNS if getattr(args, name) not in (None, False, [])]
+    if given:
+        err.write(wrapped(f"kvmharness run: --plan names the scenarios and their options; "
+                          f"drop {', '.join(given)} (only --out and --host go with it)"))
+        return common.EXIT_USAGE
+    try:
+        plan = planfile.load(args.plan)
+    except planfile.PlanError as e:
+        err.write(wrapped(f"kvmharness run: --plan {e}"))
+        return common.EXIT_USAGE
+    return planfile.run(plan, out_dir=args.out, host=args.host, err=err)

@@ -6,6 +6,8 @@ unless asked:
   - variant, when one label holds several variants (zap=all vs zap=slot), per label;
   - file, when neither differs but there are several files (two runs of one setup).
 ``label+variant`` makes each (label, variant) pair a side (6.1 zap=all vs 6.12 zap=slot);
+``host`` makes each fleet host a side (the name ``run --host`` recorded, per variant) and
+``host+variant`` each (host, variant) pair;
 ``build_sides_report`` takes the two sides as explicit file lists.  The first side seen is
 A (the baseline); every other one is a B.
 
@@ -31,9 +33,10 @@ from kvmharness.results.model import ResultFile, RunRecord, variant_text
 from kvmharness.scenarios.base import Direction
 from kvmharness.scenarios.metrics import expand, is_family
 
-Axis = Literal["label", "variant", "file", "label+variant", "sides"]
-AxisChoice = Literal["auto", "label", "variant", "file", "label+variant"]
-AXIS_CHOICES: tuple[str, ...] = ("auto", "label", "variant", "file", "label+variant")
+Axis = Literal["label", "variant", "file", "label+variant", "host", "host+variant", "sides"]
+AxisChoice = Literal["auto", "label", "variant", "file", "label+variant", "host", "host+variant"]
+AXIS_CHOICES: tuple[str, ...] = ("auto", "label", "variant", "file", "label+variant", "host",
+                                 "host+variant")
 CORRECTION = "Holm"
 EXPLORATORY_MARK = "?"  # after a metric's name: not a headline metric, not a verdict
 
@@ -478,6 +481,42 @@ def _pick_axis(files: Sequence[ResultFile], variants: Sequence[Mapping[str, str]
         "nothing to compare (give files with different labels, or a file with variants)")
 
 
+def host_of(f: ResultFile) -> str:
+    """The fleet host a file was written on (``kvmharness run --host``, which the fleet
+    playbook passes as the inventory name); CompareError when it was not recorded."""
+    fleet = f.environment.get("fleet")
+    host = fleet.get("host") if isinstance(fleet, Mapping) else None
+    if not isinstance(host, str) or not host:
+        raise CompareError(f"{f.source or f.scenario_name}: no host name recorded (written "
+                           "without `run --host NAME`, which `kvmharness fleet` passes): "
+                           "cannot compare by host")
+    return host
+
+
+def _host_comparisons(scenario: str, group: Sequence[ResultFile], axis: Axis,
+                      variants: Sequence[dict[str, str]], settings: Settings,
+                      notes: list[str], add: Any) -> None:
+    hosts = list(dict.fromkeys(host_of(f) for f in group))
+    by_host = {h: [f for f in group if host_of(f) == h] for h in hosts}
+    for h in hosts:
+        _check_pool("host", h, by_host[h], settings, notes)
+    if axis == "host":
+        if len(hosts) < 2:
+            raise CompareError(f"{scenario}: every file comes from host {hosts[0]!r}")
+        for v in variants:
+            a = _side(hosts[0], by_host[hosts[0]], v)
+            for h in hosts[1:]:
+                add(variant_text(v), a, _side(h, by_host[h], v))
+        return
+    pairs = [(h, v) for h in hosts for v in variants
+             if any(r.variant == v for f in by_host[h] for r in f.ok_runs())]
+    if len(pairs) < 2:
+        raise CompareError(f"{scenario}: only one host and variant: nothing to compare")
+    sides = [_side(f"{h} {variant_text(v)}", by_host[h], v) for h, v in pairs]
+    for b in sides[1:]:
+        add("host and variant", sides[0], b)
+
+
 def _file_names(files: Sequence[ResultFile]) -> list[str]:
     names = [f.source or f"file{i + 1}" for i, f in enumerate(files)]
     if len(set(names)) != len(names):
@@ -497,6 +536,9 @@ def _scenario_comparisons(scenario: str, group: Sequence[ResultFile], by: AxisCh
     def add(context: str, a: Side, b: Side) -> None:
         out.append(compare_sides(scenario, axis, context, a, b, metrics, settings, headline))
 
+    if axis in ("host", "host+variant"):
+        _host_comparisons(scenario, group, axis, variants, settings, notes, add)
+        return out
     labels = list(dict.fromkeys(f.label for f in group))
     by_label = {lb: [f for f in group if f.label == lb] for lb in labels}
     if axis in ("label", "variant", "label+variant"):

@@ -27,8 +27,13 @@ class Setup:
 
 
 def _setup_key(f: ResultFile) -> tuple[str, str, str]:
+    """A setup per label and kernel; per fleet host too when the file names one (its
+    name then names the setup)."""
     k = f.environment.get("kernel", {})
-    return (f.label, str(k.get("release", "")), str(k.get("version", "")))
+    fleet = f.environment.get("fleet")
+    host = fleet.get("host") if isinstance(fleet, dict) else None
+    name = f"{host}" if isinstance(host, str) and host else f.label
+    return (name, str(k.get("release", "")), str(k.get("version", "")))
 
 
 def setups(report: Report) -> list[Setup]:
@@ -42,7 +47,7 @@ def setups(report: Report) -> list[Setup]:
                 ids.add(id(f))
                 key = _setup_key(f)
                 if key not in seen:
-                    seen[key] = Setup(f.label, [])
+                    seen[key] = Setup(key[0], [])
                 seen[key].files.append(f)
     out = list(seen.values())
     names = [s.name for s in out]
