@@ -40,7 +40,7 @@ from kvmharness.compare import stats
 from kvmharness.observe import pinning
 from kvmharness.scenarios import registry
 from kvmharness.scenarios.base import RunRequest, ScenarioSpec
-from kvmharness.session import SessionPlan
+from kvmharness.session import SessionPlan, until_ci
 
 SCENARIO = "rom-toggle"
 METRIC = "total"
@@ -243,19 +243,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help=f"runs per side in each comparison (default {Settings.runs})")
     p.add_argument("--passes", type=int, default=Settings.passes, metavar="P",
                    help=f"side A's passes (default {Settings.passes})")
-    p.add_argument("--extra", type=float, default=Settings.extra * 100, metavar="PCT",
+    p.add_argument("--extra", type=_percent("--extra"), default=Settings.extra, metavar="PCT",
                    help="side A' does this much more work, in percent (default "
                         f"{Settings.extra * 100:g})")
     p.add_argument("--alpha", type=float, default=Settings.alpha)
-    p.add_argument("--min-change", type=float, default=Settings.min_change * 100,
+    p.add_argument("--min-change", type=_percent("--min-change"), default=Settings.min_change,
                    metavar="PCT", help="smallest change that counts (default "
                    f"{Settings.min_change * 100:g})")
     p.add_argument("--pin", metavar="SPEC", help="as `kvmharness run --pin`")
     args = p.parse_args(argv)
     if args.trials < 1 or args.runs < FIRST_CHECKPOINT or args.passes < 1:
         p.error(f"--trials must be >= 1, --runs >= {FIRST_CHECKPOINT}, --passes >= 1")
-    if not 0 < args.extra <= 100 or not 0 < args.alpha < 1 or not 0 <= args.min_change < 100:
-        p.error("--extra must be in (0, 100], --alpha in (0, 1), --min-change in [0, 100)")
+    if not 0 < args.extra <= 1 or not 0 < args.alpha < 1:
+        p.error("--extra must be in (0, 100] percent, --alpha in (0, 1)")
     try:
         args.pin = pinning.resolve(args.pin)
     except pinning.PinError as e:
@@ -263,12 +263,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _percent(option: str) -> Callable[[str], float]:
+    """'5' and '5%' are five percent, as in every kvmharness option (a bare 0.05 refused)."""
+    def parse(text: str) -> float:
+        try:
+            return until_ci.parse_percent(text, option, allow_zero=True, upper=1000)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
          err: TextIO = sys.stderr) -> int:
     args = parse_args(argv)
     settings = Settings(runs=args.runs, trials=args.trials, passes=args.passes,
-                        extra=args.extra / 100, alpha=args.alpha,
-                        min_change=args.min_change / 100, pin=args.pin)
+                        extra=args.extra, alpha=args.alpha,
+                        min_change=args.min_change, pin=args.pin)
     spec = registry.all_scenarios()[SCENARIO]
 
     def progress(message: str) -> None:

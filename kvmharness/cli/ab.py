@@ -51,7 +51,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--format", choices=FORMATS, default="plain",
                    help="table format printed (plain and Markdown files are always written)")
     p.add_argument("--alpha", type=common.alpha, default=0.05)
-    p.add_argument("--min-change", type=common.fraction, default=0.01, metavar="PCT")
+    p.add_argument("--min-change", type=common.percent("--min-change"), default=0.01,
+                   metavar="PCT", help="smallest |change| reported as significant, in "
+                   "percent: 1 or 1%% (default 1%%)")
     p.add_argument("--dry-run", action="store_true",
                    help="check prerequisites and print the vng commands; boot nothing")
     p.add_argument("-q", "--quiet", action="store_true",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,18 @@ def with_host(environment: dict[str, Any], host: str | None) -> dict[str, Any]:
 
 
 # --- argument types --------------------------------------------------------------------
+
+
+def percent(option: str, *, allow_zero: bool = True,
+            upper: float = 100) -> Callable[[str], float]:
+    """The argparse type of an option that takes a percentage: '5' and '5%' both mean five
+    percent (0.05); a bare value below 1 is refused with a hint."""
+    def parse(text: str) -> float:
+        try:
+            return until_ci.parse_percent(text, option, allow_zero=allow_zero, upper=upper)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
 
 
 def fraction(text: str) -> float:
@@ -130,11 +143,7 @@ def scenario_options(*, per_boot: bool) -> argparse.ArgumentParser:
     return p
 
 
-def until_ci_percent(text: str) -> float:
-    try:
-        return until_ci.parse_percent(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+until_ci_percent = percent("--until-ci", allow_zero=False)
 
 
 def seconds(text: str) -> float:

@@ -26,17 +26,6 @@ from kvmharness.results.validate import ResultFormatError
 EXIT_CANNOT_TELL = 125
 
 
-def percent(text: str) -> float:
-    """'5%' or '5' -> 0.05 (a regression limit; 0 flags any significant slowdown)."""
-    try:
-        value = float(text.rstrip("%")) / 100
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a percentage, got {text!r}") from None
-    if not 0 <= value < 100:
-        raise argparse.ArgumentTypeError(f"expected 0..10000%, got {text!r}")
-    return value
-
-
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("compare", help="compare result files (labels, variants, or explicit "
                        "sides --a/--b)")
@@ -47,8 +36,9 @@ def add_parsers(sub: Any) -> None:
                    help="the other side (with --a)")
     p.add_argument("--format", choices=FORMATS, default="plain")
     p.add_argument("--alpha", type=common.alpha, default=0.05)
-    p.add_argument("--min-change", type=common.fraction, default=0.01, metavar="PCT",
-                   help="smallest |change| reported as significant (default 1%%)")
+    p.add_argument("--min-change", type=common.percent("--min-change"), default=0.01,
+                   metavar="PCT", help="smallest |change| reported as significant, in "
+                   "percent: 1 or 1%% (default 1%%)")
     p.add_argument("--by", choices=AXIS_CHOICES, default="auto",
                    help="what differs between the sides (default: labels if the files have "
                    "several, else variants, else files; label+variant: each pair a side)")
@@ -61,7 +51,8 @@ def add_parsers(sub: Any) -> None:
                    help="per-side statistics, the CI of each change, every file name")
     p.add_argument("--show-setup", action="store_true",
                    help="list every setup difference instead of grouped counts")
-    p.add_argument("--fail-on-regression", type=percent, metavar="PCT",
+    p.add_argument("--fail-on-regression", type=common.percent("--fail-on-regression",
+                                                              upper=10000), metavar="PCT",
                    help="exit 1 when a headline metric of B is significantly worse than A "
                    "by more than PCT (e.g. 5%%), else 0; 125 when the files cannot be "
                    "compared (git bisect run: skip)")

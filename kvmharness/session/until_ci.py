@@ -183,15 +183,25 @@ def summary_text(stop: str, assessments: Sequence[MetricPrecision], rule: UntilC
             f"{tail}")
 
 
-def parse_percent(text: str) -> float:
-    """'5' / '5%' -> 0.05 (``--until-ci`` is always in percent)."""
+def parse_percent(text: str, option: str = "--until-ci", *, allow_zero: bool = False,
+                  upper: float = 100) -> float:
+    """'5' / '5%' -> 0.05: every option that takes a percentage reads it in percent.  A
+    bare value below 1 ('0.05') is refused rather than guessed: it is a fraction written
+    where a percentage was meant as often as it is a small percentage."""
+    stripped = text.strip()
+    explicit = stripped.endswith("%")
     try:
-        value = float(text.strip().removesuffix("%"))
+        value = float(stripped.removesuffix("%"))
     except ValueError:
-        raise ValueError(f"--until-ci expects a percentage like 5 or 2.5%, got {text!r}") from None
-    if not 0 < value < 100:
-        raise ValueError(f"--until-ci must be between 0 and 100 percent (exclusive), "
-                         f"got {text!r}")
+        raise ValueError(f"{option} expects a percentage like 5 or 2.5%, got {text!r}") from None
+    if not explicit and 0 < value < 1:
+        raise ValueError(f"{option} {text}: percentages are in percent ({value * 100:g} or "
+                         f"{value * 100:g}% for {value * 100:g} percent); write {text}% if "
+                         f"you mean {text} percent")
+    low_ok = value >= 0 if allow_zero else value > 0
+    if not (low_ok and value < upper):
+        bounds = "[0, " if allow_zero else "(0, "
+        raise ValueError(f"{option} must be in {bounds}{upper:g}) percent, got {text!r}")
     return value / 100
 
 

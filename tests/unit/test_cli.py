@@ -349,8 +349,24 @@ def test_argument_errors_return_2(argv: list[str], capsys: pytest.CaptureFixture
 
 
 def test_min_change_parsing() -> None:
-    assert cli_common.fraction("1%") == pytest.approx(0.01)
-    assert cli_common.fraction("0.02") == pytest.approx(0.02)
+    parse = cli_common.percent("--min-change")
+    assert parse("1%") == pytest.approx(0.01) == parse("1")
+    assert parse("0.5%") == pytest.approx(0.005)
+    assert parse("0") == 0
+
+
+@pytest.mark.parametrize("option", ["--min-change", "--fail-on-regression", "--until-ci"])
+def test_every_percentage_option_reads_percent(
+        option: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """'5' and '5%' are five percent in every option; a bare 0.05 is refused with a hint
+    (it used to mean 5% in --min-change and 0.05% in --fail-on-regression)."""
+    command = ["run", "rom-toggle"] if option == "--until-ci" else ["compare", "x.json"]
+    assert cli.main([*command, option, "0.05"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{option} 0.05: percentages are in percent (5 or 5% for 5 percent); write " \
+           "0.05% if you mean 0.05 percent" in err
+    for text in ("5", "5%"):
+        assert cli_common.percent(option)(text) == pytest.approx(0.05)
 
 
 def test_run_into_an_unwritable_folder_is_a_clear_error(

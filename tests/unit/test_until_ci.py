@@ -298,7 +298,7 @@ def test_run_prints_no_spread_line_for_steady_metrics(
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--max-time", "10"], "--max-time applies only with --until-ci"),
-    (["--until-ci", "0"], "--until-ci must be between 0 and 100 percent"),
+    (["--until-ci", "0"], "--until-ci must be in (0, 100) percent"),
     (["--until-ci", "5", "--max-time", "-1"], "expected seconds > 0"),
     (["--pin", "vcpus=99999"], "which this process may not use"),
     (["--pin", "cpu=1"], "unknown role 'cpu'"),
