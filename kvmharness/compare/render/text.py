@@ -8,6 +8,8 @@ import re
 import textwrap
 from collections.abc import Sequence
 
+from tabulate import DataRow, TableFormat, tabulate
+
 from kvmharness.compare.build import (
     EXPLORATORY_MARK,
     MetricRow,
@@ -154,21 +156,32 @@ def grid(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[
         if sum(widths) + len(gap) * (len(widths) - 1) > width:
             gap = " "
     offset = sum(widths[:shrink]) + len(gap) * shrink
-
-    def line(cells: Sequence[str]) -> str:
-        parts = [c.rjust(w) if r else c.ljust(w)
-                 for c, w, r in zip(cells, widths, right, strict=True)]
-        return gap.join(parts).rstrip()
-
-    out = [line(headers), line(["-" * w for w in widths])]
     room = max(width - offset, 1)
-    for r in rows:
+    above: dict[int, list[str]] = {}  # row index: the over-long cell, on lines of its own
+    kept = []
+    for i, r in enumerate(rows):
         if len(r[shrink]) > widths[shrink]:
             cell = r[shrink]
-            out += [" " * offset + cell[i:i + room] for i in range(0, len(cell), room)]
+            above[i] = [" " * offset + cell[j:j + room] for j in range(0, len(cell), room)]
             r = [*r[:shrink], "", *r[shrink + 1:]]
-        out.append(line(r))
+        kept.append(r)
+    lines = layout([headers, ["-" * w for w in widths], *kept], right, gap)
+    out = lines[:2]
+    for i, line in enumerate(lines[2:]):
+        out += above.get(i, []) + [line]
     return out
+
+
+def layout(rows: Sequence[Sequence[str]], right: Sequence[bool], gap: str = GAP) -> list[str]:
+    """``rows`` aligned in columns ``gap`` apart by tabulate, trailing blanks dropped.  The
+    header and its rule come in as rows: tabulate pads a header to its width + 2, which
+    would widen every narrow column past what the 75-column tables can spare."""
+    fmt = TableFormat(lineabove=None, linebelowheader=None, linebetweenrows=None,
+                      linebelow=None, headerrow=DataRow("", gap, ""),
+                      datarow=DataRow("", gap, ""), padding=0, with_header_hide=None)
+    text = tabulate([list(r) for r in rows], tablefmt=fmt, disable_numparse=True,
+                    colalign=["right" if r else "left" for r in right])
+    return [line.rstrip() for line in text.splitlines()]
 
 
 def wrapped(items: Sequence[str], width: int = WIDTH, indent: str = "  - ") -> list[str]:
