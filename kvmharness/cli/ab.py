@@ -35,6 +35,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--modules", action="append", type=common.key_value, default=[],
                    metavar="NAME=DIR", help="the lib/modules/VERSION tree of an image given "
                    "as PATH, when it is not beside the image")
+    p.add_argument("--kvm", action="append", type=common.key_value, default=[],
+                   metavar="NAME=OVERLAY", help="boot kernel NAME with the KVM modules of a "
+                   "kvmharness build-kvm --out folder (the stock modules tree with kvm*.ko "
+                   "rebuilt); NAME's PATH may be a package folder, an image or a build dir")
     p.add_argument("--rounds", type=common.positive, default=2, metavar="R",
                    help="boots per kernel, interleaved A B C A B C (default 2)")
     p.add_argument("--out", type=Path, metavar="DIR",
@@ -126,7 +130,7 @@ def cmd_ab(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: Text
     import datetime
 
     from kvmharness.runner import ab
-    from kvmharness.runner.kernels import KernelPathError, resolve_kernel
+    from kvmharness.runner.kernels import KernelPathError, resolve_kernel, with_kvm_overlay
 
     try:
         calls = scenario_calls(args, registry.all_scenarios())
@@ -138,19 +142,28 @@ def cmd_ab(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: Text
         err.write(f"kvmharness ab: kernel names must differ: {', '.join(names)}\n")
         return common.EXIT_USAGE
     modules = dict(args.modules)
+    overlays = dict(args.kvm)
     appends: dict[str, list[str]] = {}
     for n, text in args.append:
         appends.setdefault(n, []).append(text)
-    for option, given in (("--modules", modules), ("--append", appends)):
+    both = sorted(set(modules) & set(overlays))
+    if both:
+        err.write(f"kvmharness ab: --modules and --kvm both given for {', '.join(both)}: "
+                  "the overlay is a whole modules tree; give one\n")
+        return common.EXIT_USAGE
+    for option, given in (("--modules", modules), ("--append", appends),
+                          ("--kvm", overlays)):
         stray = set(given) - set(names)
         if stray:
             err.write(f"kvmharness ab: {option} for unknown kernel "
                       f"{', '.join(sorted(stray))}\n")
             return common.EXIT_USAGE
     try:
-        kernels = tuple(dataclasses.replace(resolve_kernel(n, p, modules.get(n)),
-                                            append=" ".join(appends.get(n, ())))
-                        for n, p in args.kernel)
+        resolved = [resolve_kernel(n, p, modules.get(n)) for n, p in args.kernel]
+        resolved = [with_kvm_overlay(k, overlays[k.name]) if k.name in overlays else k
+                    for k in resolved]
+        kernels = tuple(dataclasses.replace(k, append=" ".join(appends.get(k.name, ())))
+                        for k in resolved)
         for k in kernels:
             check_append(k.name, k.append)
     except KernelPathError as e:

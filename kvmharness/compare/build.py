@@ -400,6 +400,12 @@ def _identity_keys(f: ResultFile) -> dict[str, str]:
     }
     out = {k: json.dumps(v, sort_keys=True) for k, v in keys.items() if v is not None}
     out.update(warn.flatten(env.get("kvm_modules", {}), "kvm_modules"))
+    # Which KVM binaries ran: a rebuilt kvm.ko is another kernel as far as pooling goes.
+    builds = env.get("kvm_build", {}).get("modules") if isinstance(
+        env.get("kvm_build"), Mapping) else None
+    if isinstance(builds, Mapping):
+        out.update({f"kvm_build.{name}.build_id": json.dumps(m.get("build_id"))
+                    for name, m in builds.items() if isinstance(m, Mapping)})
     out.update(warn.flatten(f.parameters, "parameters"))
     out["quick"] = json.dumps(f.quick)
     return out

@@ -254,11 +254,16 @@ def cpufreq(root: Path) -> dict[str, str]:
     return {"governor": governor, "driver": driver, "turbo": turbo}
 
 
+# "COMMIT [dirty]" of the checkout, set by `kvmharness ab` for the boots it runs.
+HARNESS_COMMIT_ENV = "KVMHARNESS_HARNESS_COMMIT"
+
+
 def harness_identity(checkout: Path | None = None) -> dict[str, Any]:
     """Version, and the git commit when kvmharness runs from a checkout."""
     checkout = checkout or Path(kvmharness.__file__).resolve().parent.parent
     commit: str | None = None
     dirty: bool | None = None
+    passed = os.environ.get(HARNESS_COMMIT_ENV, "").split()
     if (checkout / ".git").exists():
         try:
             commit = subprocess.run(
@@ -272,12 +277,138 @@ def harness_identity(checkout: Path | None = None) -> dict[str, Any]:
             dirty = bool(status.strip())
         except (OSError, subprocess.SubprocessError):
             commit, dirty = None, None
+    if commit is None and passed:
+        # Inside a boot git may not read the checkout (a read-only share, another owner):
+        # `ab` passes the host's answer for the same files.
+        commit, dirty = passed[0], passed[1:] == ["dirty"]
     return {
         "version": kvmharness.__version__,
         "git_commit": commit,
         "git_dirty": dirty,
         "python": platform.python_version(),
     }
+
+
+# --- which KVM modules ran: stock, or rebuilt by build-kvm ------------------------------
+
+# The overlay's manifest, copied into lib/modules/RELEASE (runner/kvmbuild.py).
+OVERLAY_MANIFEST = "kvmharness-kvm.json"
+# /proc/sys/kernel/tainted bits (Documentation/admin-guide/tainted-kernels.rst).
+TAINT_BITS = {12: "O (out-of-tree module)", 13: "E (unsigned module)",
+              0: "P (proprietary module)", 15: "K (live patch)"}
+
+
+def _note_build_id(raw: bytes) -> str | None:
+    """The GNU build id in a module's /sys/module/NAME/notes/.note.gnu.build-id."""
+    import struct
+
+    offset = 0
+    while offset + 12 <= len(raw):
+        namesz, descsz, ntype = struct.unpack_from("<III", raw, offset)
+        name_end = offset + 12 + ((namesz + 3) & ~3)
+        desc = raw[name_end:name_end + descsz]
+        if ntype == 3 and raw[offset + 12:offset + 12 + namesz].rstrip(b"\0") == b"GNU":
+            return desc.hex()
+        offset = name_end + ((descsz + 3) & ~3)
+    return None
+
+
+def _module_file(root: Path, release: str, name: str) -> Path | None:
+    base = root / "lib/modules" / release
+    stem = name.replace("_", "-")
+    if root == Path("/"):
+        try:
+            found = subprocess.run(["modinfo", "-n", name], capture_output=True, text=True,
+                                   timeout=10, check=False).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            found = ""
+        if found.startswith("/") and Path(found).is_file():
+            return Path(found)
+    for path in sorted((base / "kernel/arch/x86/kvm").glob("*.ko*")):
+        if path.name.split(".ko")[0] in (stem, name):
+            return path
+    return None
+
+
+def kvm_build(root: Path, release: str) -> dict[str, Any]:
+    """Which KVM modules are loaded: per module the build id the kernel reports for it
+    (/sys/module/NAME/notes), its taint letters, the file it came from (sha256, signed,
+    in-tree), plus the kernel's taint mask and, when the modules tree came from
+    ``kvmharness build-kvm``, that build's manifest (source, version, patches)."""
+    from kvmharness.observe import kmod
+
+    tainted = _read_or_reason(root / "proc/sys/kernel/tainted")
+    modules: dict[str, Any] = {}
+    for name in KVM_MODULES:
+        sysdir = root / "sys/module" / name
+        if not sysdir.is_dir():
+            continue
+        if not (sysdir / "initstate").exists():
+            # Only loadable modules have initstate (and taint, notes): this one is built in.
+            modules[name] = {"built_in": True, "build_id": None}
+            continue
+        entry: dict[str, Any] = {"taint": _read_or_reason(sysdir / "taint")}
+        try:
+            entry["build_id"] = _note_build_id(
+                (sysdir / "notes/.note.gnu.build-id").read_bytes())
+        except OSError:
+            entry["build_id"] = None
+        path = _module_file(root, release, name)
+        if path is None:
+            entry["file"] = "unavailable: no module file found"
+        else:
+            ident = kmod.identity_or_reason(path)
+            entry["file"] = str(path)
+            for key in ("sha256", "intree", "signed", "status"):
+                if key in ident:
+                    entry[key] = ident[key]
+            if entry["build_id"] is None:
+                entry["build_id"] = ident.get("build_id")
+            elif ident.get("build_id") not in (None, entry["build_id"]):
+                entry["file_differs"] = (f"the file's build id {ident.get('build_id')} is not "
+                                         "the loaded module's")
+        modules[name] = entry
+    manifest: dict[str, Any] | None = None
+    try:
+        import json
+
+        loaded = json.loads((root / "lib/modules" / release / OVERLAY_MANIFEST).read_text())
+        manifest = {k: loaded.get(k) for k in ("source", "patches", "content_key", "vendors")}
+        manifest["built"] = loaded.get("created")
+    except (OSError, ValueError, AttributeError):
+        manifest = None
+    return {"tainted": tainted, "modules": modules, "build_kvm": manifest,
+            "summary": kvm_build_text(modules, manifest, tainted)}
+
+
+def kvm_build_text(modules: Mapping[str, Any], manifest: Mapping[str, Any] | None,
+                   tainted: str) -> str:
+    """One line: where the KVM modules came from and their build ids."""
+    ids = ", ".join(f"{n} {str(m.get('build_id') or '?')[:12]}" for n, m in modules.items()
+                    if not m.get("built_in"))
+    if not modules:
+        return "no KVM module loaded"
+    if manifest:
+        src = manifest.get("source") or {}
+        origin = f"build-kvm of {src.get('version', '?')}"
+        if src.get("git_commit"):
+            origin += f" (git {str(src['git_commit'])[:12]}{', dirty' if src.get('git_dirty') else ''})"
+        patches = manifest.get("patches") or []
+        origin += (" + " + ", ".join(str(p.get("name")) for p in patches)) if patches \
+            else ", no patches"
+    elif all(m.get("built_in") for m in modules.values()):
+        origin = "built into the kernel"
+    elif all(m.get("intree") and m.get("signed") for m in modules.values()):
+        origin = "stock (in-tree, signed)"
+    elif all(m.get("intree") for m in modules.values()):
+        origin = "in-tree"
+    else:
+        origin = "out-of-tree"
+    taint = ""
+    if tainted.isdigit() and int(tainted):
+        letters = [v.split(" ")[0] for bit, v in TAINT_BITS.items() if int(tainted) >> bit & 1]
+        taint = f"; kernel tainted {tainted}" + (f" ({''.join(letters)})" if letters else "")
+    return f"{origin}{': ' + ids if ids else ''}{taint}"
 
 
 def probe_kvm() -> dict[str, Any]:
@@ -363,6 +494,7 @@ def collect(
         "cpufreq": cpufreq(root),
         "kvm_modules": modules,
         "kvm_mmu": mmu_mode(modules),
+        "kvm_build": kvm_build(root, uname.release),
         "kvm": _kvm_section(kvm_probe),
         "backend": detect_backend(root, flags, modules),
         "tracefs": tracefs_status(root),

@@ -139,8 +139,20 @@ def guest_env(plan: AbPlan, kernel: Kernel) -> dict[str, str]:
         **passthrough_env(),  # KVMHARNESS_* and CI, as tools/vng-run passes them
         "PYTHONPATH": ":".join(str(p) for p in plan.python.pythonpath),
         "KVMHARNESS_VNG_KERNEL": kernel.version,
+        **host_commit(),
         **plan.guest_env,
     }
+
+
+def host_commit() -> dict[str, str]:
+    """The checkout's commit as the host's git sees it: git inside a boot may not read
+    the shared checkout, and the result files must still say which harness ran."""
+    from kvmharness.observe.fingerprint import HARNESS_COMMIT_ENV, harness_identity
+
+    ident = harness_identity()
+    if not ident["git_commit"]:
+        return {}
+    return {HARNESS_COMMIT_ENV: ident["git_commit"] + (" dirty" if ident["git_dirty"] else "")}
 
 
 def pick_guest_python(cache: Path | None = None,

@@ -235,6 +235,24 @@ def resolve_kernel(name: str, path: str | Path, modules: str | Path | None = Non
     return _image_kernel(name, p, Path(modules).expanduser() if modules else None)
 
 
+def with_kvm_overlay(kernel: Kernel, overlay: str | Path) -> Kernel:
+    """KERNEL booted with the modules tree of a ``kvmharness build-kvm`` overlay
+    (OVERLAY/lib/modules/VER: the stock tree with kvm*.ko rebuilt), whatever KERNEL's PATH
+    was: an unpacked package, an image or a build directory (its bzImage)."""
+    root = Path(os.path.abspath(Path(overlay).expanduser()))
+    mods = root / "lib/modules" / kernel.version
+    if not mods.is_dir():
+        found = sorted(p.name for p in (root / "lib/modules").glob("*")) \
+            if (root / "lib/modules").is_dir() else []
+        what = (f"it is for {', '.join(found)}" if found
+                else "it has no lib/modules (not a build-kvm --out folder?)")
+        raise KernelPathError(f"--kvm {kernel.name}={root}: kernel {kernel.name} is "
+                              f"{kernel.version} but {what}")
+    found = vng_rootfs(kernel.image) / "lib/modules" / kernel.version
+    staged = not found.exists() or found.resolve() != mods.resolve()
+    return dataclasses.replace(kernel, kind="image", modules=mods, staged=staged)
+
+
 def kernel_problems(kernel: Kernel, module: str) -> list[str]:
     """What keeps ``module`` (kvm_amd / kvm_intel) from loading in this kernel, if anything."""
     built_in = kvm_config(kernel, module) == "y"

@@ -54,6 +54,7 @@ def fingerprint_lines(env: dict[str, Any]) -> list[str]:
                 params.append(f"{module}.{k}={v}")
     if params:
         out.append("KVM:      " + " ".join(params))
+    out.append(f"Modules:  {_get(env, 'kvm_build', 'summary', default='not recorded')}")
     quirks = env.get("kvm", {}).get("quirks", {}) if isinstance(env.get("kvm"), dict) else {}
     if isinstance(quirks, dict) and "SLOT_ZAP_ALL" in quirks:
         out.append("Quirk:    KVM_X86_QUIRK_SLOT_ZAP_ALL "
