@@ -248,8 +248,8 @@ def with_kvm_overlay(kernel: Kernel, overlay: str | Path) -> Kernel:
                 else "it has no lib/modules (not a build-kvm --out folder?)")
         raise KernelPathError(f"--kvm {kernel.name}={root}: kernel {kernel.name} is "
                               f"{kernel.version} but {what}")
-    found = vng_rootfs(kernel.image) / "lib/modules" / kernel.version
-    staged = not found.exists() or found.resolve() != mods.resolve()
+    beside = vng_rootfs(kernel.image) / "lib/modules" / kernel.version
+    staged = not beside.exists() or beside.resolve() != mods.resolve()
     return dataclasses.replace(kernel, kind="image", modules=mods, staged=staged)
 
 
