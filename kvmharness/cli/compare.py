@@ -16,7 +16,7 @@ from kvmharness.compare.build import (
     build_report,
     build_sides_report,
 )
-from kvmharness.compare.gate import regressions
+from kvmharness.compare.gate import regressions, untestable
 from kvmharness.compare.render import FORMATS, View, format_report
 from kvmharness.results.store import load_result
 from kvmharness.results.validate import ResultFormatError
@@ -62,13 +62,19 @@ def add_parsers(sub: Any) -> None:
 
 
 def gate(report: Any, threshold: float | None, err: TextIO, prog: str) -> int:
-    """0, or 1 with one stderr line per regression (shared with ``kvmharness ab``)."""
+    """1 with one stderr line per regression; else 125 with one line per comparison that
+    could not have found one (too few runs); else 0."""
     if threshold is None:
         return 0
     found = regressions(report, threshold)
     for line in found:
         err.write(f"{prog}: regression: {line}\n")
-    return common.EXIT_FAILED if found else 0
+    if found:
+        return common.EXIT_FAILED
+    blind = untestable(report)
+    for line in blind:
+        err.write(f"{prog}: cannot judge: {line}\n")
+    return EXIT_CANNOT_TELL if blind else 0
 
 
 def cmd_compare(args: argparse.Namespace, argv: Sequence[str], out: TextIO,

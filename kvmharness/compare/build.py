@@ -85,6 +85,9 @@ class MetricRow:
     # Not a headline metric (--all-metrics): corrected in a family of its own and read as
     # exploratory, never as a verdict.
     exploratory: bool = False
+    # The runs per side cannot give p < alpha in this row's family, whatever the data:
+    # the change is shown as untested, never as "no change".
+    untestable: bool = False
 
     @property
     def p(self) -> float | None:
@@ -173,6 +176,16 @@ class Report:
     @property
     def tests(self) -> int:
         return sum(1 for c in self.comparisons for r in c.rows if r.test is not None)
+
+    def untestable(self) -> list[tuple[Comparison, int]]:
+        """Comparisons whose headline family cannot reach significance at their runs per
+        side, with the runs per side (equal sides) that could."""
+        out = []
+        for c in self.comparisons:
+            if any(r.untestable for r in c.rows if not r.exploratory and r.test is not None):
+                needed = stats.runs_needed(c.family, self.settings.alpha) or 0
+                out.append((c, needed))
+        return out
 
     def families(self) -> list[tuple[int, int, int]]:
         """(runs of A, runs of B, tests) of each comparison's headline family."""
@@ -302,8 +315,12 @@ def correct(rows: Sequence[MetricRow], settings: Settings) -> list[MetricRow]:
                   if r.test is not None and r.exploratory == exploratory]
         adjusted = stats.holm([rows[i].test.p for i in family])  # type: ignore[union-attr]
         for i, p in zip(family, adjusted, strict=True):
-            out[i] = dataclasses.replace(rows[i], p_adj=p, significant=stats.is_significant(
-                p, rows[i].change, alpha=settings.alpha, min_change=settings.min_change))
+            r = rows[i]
+            out[i] = dataclasses.replace(
+                r, p_adj=p,
+                significant=stats.is_significant(p, r.change, alpha=settings.alpha,
+                                                 min_change=settings.min_change),
+                untestable=stats.smallest_p(r.a.n, r.b.n) * len(family) >= settings.alpha)
     return out
 
 

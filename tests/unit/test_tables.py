@@ -580,8 +580,9 @@ def test_detectability_note_exactly_when_nothing_can_be_significant() -> None:
     assert flat.count("no change can reach p < 0.05") == 1
     assert ("n = 4/4 runs, 14 tests: no change can reach p < 0.05 after Holm's correction; "
             "need >= 6 runs per side or <= 1 test.") in flat
-    # The changes are still printed, unmarked.
-    assert re.search(r"^ +B +5\.015 -49\.9%  ", text, re.M)
+    # The changes are still printed, marked untested ('?'), never as no change.
+    assert re.search(r"^ +B +5\.015 -49\.9%\? ", text, re.M)
+    assert all(r.untestable for c in small.comparisons for r in c.rows)
     assert max(len(line) for line in text.splitlines()) <= 75
     assert "no change can reach" in " ".join(format_report(small, "cover-letter").split())
     # 8/8 over the same 14 tests can: no note, and the 2x changes are marked.
@@ -780,3 +781,34 @@ def test_a_rows_verdict_does_not_depend_on_what_else_is_compared() -> None:
     assert ("Holm's correction within a family of 2-3 tests: the headline metrics of one "
             "scenario's comparison of two sides; other metrics ('?' after the name) are "
             "exploratory, corrected as a family of their own") in flat
+
+
+def test_gate_cannot_judge_what_it_could_not_test(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """rom-toggle passes=5 vs passes=40 shape: total 102 -> 628 ms (+516%).  At 4/4 runs
+    and 3 headline tests the smallest adjusted p is 3 x 2/70 = 0.086: nothing can be
+    significant, so the gate must not pass it (125, runs needed named) and the table shows
+    the change as untested, not '~'.  At 8/8 the same change is a regression (1)."""
+    from kvmharness import cli
+
+    def data(total: float, n: int) -> dict[str, list[float]]:
+        return {"total": [total + 0.3 * i for i in range(n)],
+                "delete": [16.0 + 0.1 * i for i in range(n)],
+                "memslot_generation_wraps_per_second": [3.0 + 0.01 * i for i in range(n)]}
+
+    for n, expected in ((4, 125), (8, 1)):
+        five = _write(tmp_path, result_file("passes5", runs_from(data(102.0, n), {"zap": "all"}),
+                                            environment("6.12.0", True), ""), f"p5-{n}.json")
+        forty = _write(tmp_path, result_file("passes40", runs_from(data(628.4, n),
+                                                                    {"zap": "all"}),
+                                             environment("6.12.0", True), ""), f"p40-{n}.json")
+        assert cli.main(["compare", str(five), str(forty), "--fail-on-regression", "5"]) == expected
+        out, err = capsys.readouterr()
+        row = next(line for line in out.splitlines() if line.startswith("total [ms]"))
+        if n == 4:
+            assert "+513.8%  untested" in row and "~" not in row
+            assert ("cannot judge: rom-toggle (zap=all) passes5 vs passes40: n = 4/4 runs "
+                    "cannot reach p < 0.05 over its 3 headline tests; need >= 5 runs per "
+                    "side") in err
+        else:
+            assert "worse" in row and "regression: rom-toggle (zap=all) total" in err

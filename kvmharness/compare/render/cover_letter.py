@@ -38,7 +38,11 @@ def cover_lines(c: Comparison, width: int = COVER_WIDTH) -> list[str]:
     before_w = max(len(_value(r.a, r.unit)) for r in rows)
     after_w = max(len(_value(r.b, r.unit)) for r in rows)
     def change(r: MetricRow) -> str:
-        return "-" if r.test is None else (pct(r.change.ratio) if r.significant else "~")
+        if r.test is None:
+            return "-"
+        if r.untestable and not r.significant and r.change.ratio is not None:
+            return f"{pct(r.change.ratio)}, untested"
+        return pct(r.change.ratio) if r.significant else "~"
 
     out = [f"  {r.metric + ':':<{label_w}} Before: {_value(r.a, r.unit):>{before_w}}"
            f"  After: {_value(r.b, r.unit):>{after_w}}  ({change(r)})" for r in rows]

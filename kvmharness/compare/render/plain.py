@@ -281,6 +281,9 @@ def rule_text(report: Report) -> str:
                  for g in groups(report))
     marks = (" Grids and multi-side tables: every change against A, '*' better, '!' worse "
              "if significant, no mark: not significant." if marked else "")
+    if any(r.untestable for c in report.comparisons for r in c.rows):
+        marks += (" 'untested' ('?' in grids): too few runs per side for any p below "
+                  f"{s.alpha:g} in the family (see the note), not 'no change'.")
     two_side = any(len(g.comparisons) == 1 and any(pivot_key(g.scenario, r.metric) is None
                                                    for r in g.comparisons[0].rows)
                    for g in groups(report))

@@ -62,13 +62,20 @@ def p_text(p: float | None) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+UNTESTED = "untested"  # the verdict of a row whose runs per side cannot reach alpha
+
+
 def change_text(row: MetricRow) -> str:
     if row.test is None:
         return "-"  # a side without values: no verdict at all, not "no change"
+    if row.untestable and row.change.ratio is not None:
+        return pct(row.change.ratio)  # too few runs to test: the change, never "~"
     return pct(row.change.ratio) if row.significant else "~"
 
 
 def verdict(row: MetricRow) -> str:
+    if row.untestable and not row.significant and row.change.ratio is not None:
+        return UNTESTED
     if not row.significant or row.change.ratio is None:
         return ""
     worse = row.change.ratio > 0 if row.direction == "lower" else row.change.ratio < 0
@@ -138,7 +145,7 @@ def change_cell(row: MetricRow | None) -> str:
         return "-"
     if row.change.ratio is None:  # A's median is 0: no ratio, unless B's is 0 too
         return "+0.0%" if row.a.median == row.b.median == 0 else "-"
-    mark = {"worse": "!", "better": "*"}.get(verdict(row), "")
+    mark = {"worse": "!", "better": "*", UNTESTED: "?"}.get(verdict(row), "")
     return pct(row.change.ratio) + mark
 
 
