@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kvmharness.compare.build import (
-    Report,
-)
+from tabulate import tabulate
+
+from kvmharness.compare.build import Report
 from kvmharness.compare.render.model import (
     DEFAULT_VIEW,
+    Section,
     View,
-    groups,
-    metric_names,
-    pivot_key,
-    row_of,
     runs_text,
+    sections,
     why_no_runs,
 )
-from kvmharness.compare.render.plain import compact_warnings, pivot_tables, report_footer, zap_line
+from kvmharness.compare.render.plain import compact_warnings, pivot_lines, report_footer, zap_line
 from kvmharness.compare.render.setup import report_header
 from kvmharness.compare.render.text import (
     TAGS,
@@ -40,10 +38,57 @@ def _md_escape(text: str) -> str:
 
 def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]],
               right: Sequence[bool]) -> list[str]:
-    out = ["| " + " | ".join(_md_escape(h) for h in headers) + " |",
-           "|" + "|".join("---:" if r else ":---" for r in right) + "|"]
-    out += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
-    return out
+    text = tabulate([[_md_escape(c) for c in row] for row in rows],
+                    [_md_escape(h) for h in headers], tablefmt="pipe", disable_numparse=True,
+                    colalign=["right" if r else "left" for r in right])
+    return text.splitlines()
+
+
+def _flat_table(sec: Section, confidence: float) -> list[str]:
+    """A line per metric and other side: both medians with their CIs, the change, its CI,
+    the adjusted p and the run counts."""
+    rows = []
+    summaries: list[Summary] = []
+    multi = len(sec.shown.comparisons) > 1
+    for t in sec.rows:
+        for i, r in enumerate(t.per_side):
+            if r is None:
+                continue
+            summaries += [r.a, r.b]
+            cells = [metric_name(r) if i == 0 else "", r.unit, r.direction,
+                     median_with_ci(r.a), median_with_ci(r.b),
+                     change_cell(r) if multi else change_text(r),
+                     "-" if r.change.ci_low is None else f"[{change_ci_text(r, ', ')}]",
+                     p_text(r.p_adj), n_text(r)]
+            rows.append(cells + [TAGS[i + 1]] if multi else cells)
+    ci = ci_header(summaries, confidence)
+    headers = ["metric", "unit", "better", f"A median [{ci}]",
+               f"B median [{ci}]" if not multi else f"median [{ci}]", "change",
+               f"{confidence * 100:g}% CI of change", "p (adj.)", "n"]
+    right = [False, False, False, True, True, True, True, True, True]
+    if multi:
+        headers, right = headers + ["side"], right + [False]
+    out = _md_table(headers, rows, right)
+    note = ci_level_note(summaries, confidence)
+    return out + (["", f"{note}."] if note else []) + [""]
+
+
+def _section(sec: Section, view: View, confidence: float) -> list[str]:
+    g = sec.group
+    out = [f"### {_md_escape(g.title())}", "", runs_text(g).capitalize() + ".", ""]
+    if sec.empty:
+        return out + [f"No completed runs on {TAGS[i]}: {why_no_runs(g.sides[i])}"
+                      for i in sec.empty] + ["", ""]
+    if sec.rows:
+        out += _flat_table(sec, confidence)
+    if sec.grid_rows:
+        # The grid stays preformatted: its cells pair a value with its change, aligned.
+        out += ["```", *pivot_lines(sec, 100), "```", ""]
+    out += zap_line(g, 200)
+    warns = compact_warnings(sec, 200, view.detail)
+    if warns:
+        out += ["", "**Warnings**", ""] + [w.replace("  - ", "- ", 1) for w in warns]
+    return out + [""]
 
 
 def format_markdown(report: Report, view: View = DEFAULT_VIEW) -> str:
@@ -52,50 +97,7 @@ def format_markdown(report: Report, view: View = DEFAULT_VIEW) -> str:
     scenarios = ", ".join(dict.fromkeys(c.scenario for c in report.comparisons))
     out = [f"## kvmharness compare: {scenarios}", "", "```", *report_header(report, view),
            "```", ""]
-    for g in groups(report):
-        out += [f"### {_md_escape(g.title())}", "", runs_text(g).capitalize() + ".", ""]
-        if any(not s.ok_runs for s in g.sides):
-            out += [f"No completed runs on {TAGS[i]}: {why_no_runs(s)}"
-                    for i, s in enumerate(g.sides) if not s.ok_runs] + [""]
-            continue
-        names = metric_names(g)
-        flat = [m for m in names if pivot_key(g.scenario, m) is None]
-        pivot = [m for m in names if pivot_key(g.scenario, m) is not None]
-        if flat:
-            rows = []
-            summaries: list[Summary] = []
-            multi = len(g.comparisons) > 1
-            for m in flat:
-                for i, c in enumerate(g.comparisons):
-                    r = row_of(c, m)
-                    if r is None:
-                        continue
-                    summaries += [r.a, r.b]
-                    cells = [metric_name(r) if i == 0 else "", r.unit, r.direction,
-                             median_with_ci(r.a), median_with_ci(r.b),
-                             change_cell(r) if multi else change_text(r),
-                             "-" if r.change.ci_low is None
-                             else f"[{change_ci_text(r, ', ')}]",
-                             p_text(r.p_adj), n_text(r)]
-                    rows.append(cells + [TAGS[i + 1]] if multi else cells)
-            ci = ci_header(summaries, report.settings.confidence)
-            headers = ["metric", "unit", "better", f"A median [{ci}]",
-                       f"B median [{ci}]" if not multi else f"median [{ci}]", "change",
-                       f"{report.settings.confidence * 100:g}% CI of change", "p (adj.)",
-                       "n"]
-            right = [False, False, False, True, True, True, True, True, True]
-            if multi:
-                headers, right = headers + ["side"], right + [False]
-            out += _md_table(headers, rows, right)
-            note = ci_level_note(summaries, report.settings.confidence)
-            out += ["", f"{note}."] if note else []
-            out.append("")
-        if pivot:
-            out += ["```", *pivot_tables(g, pivot, 100), "```", ""]
-        out += zap_line(g, 200)
-        warns = compact_warnings(g, 200, view.detail)
-        if warns:
-            out += ["", "**Warnings**", ""] + [w.replace("  - ", "- ", 1) for w in warns]
-        out.append("")
+    for sec in sections(report):
+        out += _section(sec, view, report.settings.confidence)
     out += report_footer(report, 100)
     return "\n".join(out) + "\n"

@@ -6,26 +6,27 @@ side."""
 
 from __future__ import annotations
 
-import dataclasses
 import textwrap
 from collections.abc import Sequence
 
 from kvmharness.compare import warnings as warn
 from kvmharness.compare.build import (
     CORRECTION,
-    MetricRow,
     Report,
 )
+from kvmharness.compare.render.grids import grid_lines
 from kvmharness.compare.render.model import (
     DEFAULT_VIEW,
     Group,
+    Section,
+    TableRow,
     View,
     groups,
-    metric_names,
     outlier_values,
+    pivot_grid,
     pivot_key,
-    row_of,
     runs_text,
+    sections,
     why_no_runs,
 )
 from kvmharness.compare.render.setup import report_header, uncounted_line
@@ -52,48 +53,46 @@ from kvmharness.compare.render.text import (
 from kvmharness.compare.stats import Summary
 
 
-def plain_table(g: Group, names: Sequence[str], view: View, width: int) -> list[str]:
-    rows_by = [{m: row_of(c, m) for m in names} for c in g.comparisons]
-    units: dict[str, MetricRow] = {}
-    for rb in rows_by:
-        for m, r in rb.items():
-            if r is not None:
-                units.setdefault(m, r)
-    if len(g.comparisons) == 1:
-        rb = rows_by[0]
-        body = []
-        for m in names:
-            r = rb[m]
-            if r is None:
-                continue
-            cells = [metric_label(r), num(r.a.median), num(r.b.median), change_text(r),
-                     verdict(r), p_text(r.p_adj), n_text(r)]
-            if view.detail:
-                cells.insert(5, change_ci_text(r))
-            body.append(cells)
-        headers = ["metric [unit]", "A", "B", "change", "", "p", "n"]
-        right = [False, True, True, True, False, True, True]
+def plain_table(sec: Section, view: View, width: int) -> list[str]:
+    if len(sec.shown.comparisons) == 1:
+        return _two_side_table(sec.rows, view, width)
+    return _multi_side_table(sec.rows, len(sec.shown.comparisons), width)
+
+
+def _two_side_table(rows: Sequence[TableRow], view: View, width: int) -> list[str]:
+    body = []
+    for t in rows:
+        r = t.base
+        cells = [metric_label(r), num(r.a.median), num(r.b.median), change_text(r),
+                 verdict(r), p_text(r.p_adj), n_text(r)]
         if view.detail:
-            headers.insert(5, "95% CI")
-            right.insert(5, False)
-        if not any(cells[4] for cells in body):  # nothing significant: no verdict column
-            body = [cells[:4] + cells[5:] for cells in body]
-            headers, right = headers[:4] + headers[5:], right[:4] + right[5:]
-        return grid(headers, body, right, width)
-    # Three or more sides: A's value, then per other side its value and change.
+            cells.insert(5, change_ci_text(r))
+        body.append(cells)
+    headers = ["metric [unit]", "A", "B", "change", "", "p", "n"]
+    right = [False, True, True, True, False, True, True]
+    if view.detail:
+        headers.insert(5, "95% CI")
+        right.insert(5, False)
+    if not any(cells[4] for cells in body):  # nothing significant: no verdict column
+        body = [cells[:4] + cells[5:] for cells in body]
+        headers, right = headers[:4] + headers[5:], right[:4] + right[5:]
+    return grid(headers, body, right, width)
+
+
+def _multi_side_table(rows: Sequence[TableRow], sides: int, width: int) -> list[str]:
+    """Three or more sides: A's value, then per other side its value and change."""
     out: list[str] = []
     per_chunk = max(1, (width - 30) // 20)
-    for start in range(0, len(g.comparisons), per_chunk):
-        chunk = list(range(start, min(start + per_chunk, len(g.comparisons))))
+    for start in range(0, sides, per_chunk):
+        chunk = range(start, min(start + per_chunk, sides))
         headers = ["metric [unit]", "A"]
         for i in chunk:
             headers += [TAGS[i + 1], "change"]
         body = []
-        for m in names:
-            base = units[m]
-            cells = [metric_label(base), num(base.a.median)]
+        for t in rows:
+            cells = [metric_label(t.base), num(t.base.a.median)]
             for i in chunk:
-                r = rows_by[i][m]
+                r = t.per_side[i]
                 cells += [num(r.b.median) if r else "-", change_cell(r)]
             body.append(cells)
         if out:
@@ -102,71 +101,9 @@ def plain_table(g: Group, names: Sequence[str], view: View, width: int) -> list[
     return out
 
 
-def pivot_tables(g: Group, names: Sequence[str], width: int) -> list[str]:
-    """Rows = family (operation, kind), columns = size; each family a line per side:
-    A's median, then every other side's median with its change."""
-    keys = {m: pivot_key(g.scenario, m) for m in names}
-    families = list(dict.fromkeys(k[0] for k in keys.values() if k))
-    columns = list(dict.fromkeys(k[1] for k in keys.values() if k))
-    cell_of: dict[tuple[str, str], str] = {k: m for m, k in keys.items() if k}
-    labels: dict[str, str] = {}
-    for fam in families:
-        unit = next((r.unit for c in g.comparisons for r in c.rows
-                     if (keys.get(r.metric) or ("", ""))[0] == fam and r.unit), "")
-        # A grid whose columns are units (mmio: cycles, ns) names no unit per row.
-        by_unit = not any("@" in m for m in keys)
-        labels[fam] = f"{fam} [{unit}]" if unit and not by_unit else fam
-
-    def raw(fam: str, col: str) -> list[tuple[str, str]]:
-        """(value, change) per side; A has no change."""
-        metric = cell_of.get((fam, col))
-        rows = [row_of(c, metric) if metric else None for c in g.comparisons]
-        first = next((r for r in rows if r is not None), None)
-        out = [(num(first.a.median) if first else "-", "")]
-        out += [("-", "") if r is None else (num(r.b.median), change_cell(r)) for r in rows]
-        return out
-
-    change_w = {col: max(len(ch) for fam in families for _, ch in raw(fam, col))
-                for col in columns}
-
-    def cells(fam: str, col: str) -> list[str]:
-        w = change_w[col]
-        return [f"{v} {ch:<{w}}" if w else v for v, ch in raw(fam, col)]
-
-    label_w = max(len(v) for v in labels.values()) if labels else 6
-    # Column width: the widest cell of that column over every family and side.
-    col_w = {col: max([len(col), *(len(x) for fam in families for x in cells(fam, col))])
-             for col in columns}
-    out: list[str] = []
-    # Two spaces between columns, one if that keeps every size in one grid.
-    def total(sep: int) -> int:
-        return label_w + 3 + sum(sep + col_w[c] for c in columns) - sep
-
-    gap = " " if total(2) > width >= total(1) else "  "
-    chunk: list[str] = []
-    chunks: list[list[str]] = []
-    used = label_w + 3 - len(gap)
-    for col in columns:
-        if chunk and used + len(gap) + col_w[col] > width:
-            chunks.append(chunk)
-            chunk, used = [], label_w + 3 - len(gap)
-        chunk.append(col)
-        used += len(gap) + col_w[col]
-    if chunk:
-        chunks.append(chunk)
-    for cols in chunks:
-        if out:
-            out.append("")
-        head = " " * (label_w + 3) + gap.join(c.rjust(col_w[c]) for c in cols)
-        out += [head.rstrip(), "-" * len(head.rstrip())]
-        for fam in families:
-            per_col = {c: cells(fam, c) for c in cols}
-            for i, _side in enumerate(g.sides):
-                name = labels[fam] if i == 0 else ""
-                line = (f"{name:<{label_w}} {TAGS[i]} "
-                        + gap.join(per_col[c][i].rjust(col_w[c]) for c in cols))
-                out.append(line.rstrip())
-    return out
+def pivot_lines(sec: Section, width: int) -> list[str]:
+    return grid_lines(pivot_grid(sec.group.scenario, sec.grid_rows,
+                                 len(sec.shown.comparisons) + 1), width)
 
 
 def zap_line(g: Group, width: int) -> list[str]:
@@ -177,64 +114,69 @@ def zap_line(g: Group, width: int) -> list[str]:
     return fit("zap path: " + ", ".join(parts), width, "  ")
 
 
-def compact_warnings(g: Group, width: int, detail: bool = False) -> list[str]:
+def compact_warnings(sec: Section, width: int, detail: bool = False) -> list[str]:
     """Run problems and noise, each kind on one line rather than one line per metric."""
+    g = sec.shown
     out: list[str] = []
-    seen: set[str] = set()
     for i, side in enumerate(g.sides):
-        tag = TAGS[i]
-        for w in (*warn.file_status_warnings(tag, side.files),
-                  *warn.run_record_warnings(tag, side.runs)):
-            if w not in seen:
-                seen.add(w)
-                out.append(w)
-    noisy: list[str] = []
-    outliers: list[str] = []
-    names = metric_names(g)
-    for i, side in enumerate(g.sides):
-        covs: list[tuple[float, str]] = []
-        flagged: list[str] = []
-        for m in names:
-            rows = [r for c in g.comparisons if (r := row_of(c, m))]
-            if not rows:
-                continue
-            s = rows[0].a if i == 0 else (row_of(g.comparisons[i - 1], m) or rows[0]).b
-            if s.cov is not None and s.cov >= warn.COV_LIMIT:
-                covs.append((s.cov, m))
-            values = [v for r in side.ok_runs if (v := r.value(m)) is not None]
-            if outlier_values(values):
-                flagged.append(m)
-        if covs:
-            worst = max(covs)
-            noisy.append(f"{TAGS[i]} {', '.join(m for _, m in covs)}" if len(covs) <= 3 else
-                         f"{TAGS[i]} {len(covs)} of {len(names)} metrics (max "
-                         f"{worst[0] * 100:.0f}%, {worst[1]})")
-        if flagged:
-            outliers.append(f"{TAGS[i]} {', '.join(flagged)}" if len(flagged) <= 3 else
-                            f"{TAGS[i]} in {len(flagged)} metrics")
-    if noisy:
-        out.append(f"noisy (CoV >= {warn.COV_LIMIT * 100:.0f}%): " + "; ".join(noisy))
-    if outliers:
-        hint = "" if detail else " (--detail shows the spread)"
-        out.append(f"outlier runs{hint}: " + "; ".join(outliers))
+        out += [w for w in (*warn.file_status_warnings(TAGS[i], side.files),
+                            *warn.run_record_warnings(TAGS[i], side.runs)) if w not in out]
+    out += _noise_warnings(sec, detail)
     for c in g.comparisons:
         out.extend(warn.frequency_between_sides(c.a.ok_runs, c.b.ok_runs))
     return [x for w in out for x in wrapped([w], width, "  - ")]
 
 
-def detail_lines(g: Group, names: Sequence[str], width: int,
+def _noise_warnings(sec: Section, detail: bool) -> list[str]:
+    """Per side: the metrics with CoV >= COV_LIMIT and those with outlier runs."""
+    rows = sec.all_rows
+    noisy: list[str] = []
+    outliers: list[str] = []
+    for i, side in enumerate(sec.shown.sides):
+        covs = _high_covs(rows, i)
+        flagged = [t.metric for t in rows if outlier_values(
+            [v for r in side.ok_runs if (v := r.value(t.metric)) is not None])]
+        noisy += [_noisy_text(TAGS[i], covs, len(rows))] if covs else []
+        outliers += [f"{TAGS[i]} {', '.join(flagged)}" if len(flagged) <= 3 else
+                     f"{TAGS[i]} in {len(flagged)} metrics"] if flagged else []
+    out = []
+    if noisy:
+        out.append(f"noisy (CoV >= {warn.COV_LIMIT * 100:.0f}%): " + "; ".join(noisy))
+    if outliers:
+        hint = "" if detail else " (--detail shows the spread)"
+        out.append(f"outlier runs{hint}: " + "; ".join(outliers))
+    return out
+
+
+def _high_covs(rows: Sequence[TableRow], side: int) -> list[tuple[float, str]]:
+    """(CoV, metric) of the metrics whose CoV on ``side`` reaches COV_LIMIT."""
+    out = []
+    for t in rows:
+        s = t.summaries()[side]
+        if s is not None and s.cov is not None and s.cov >= warn.COV_LIMIT:
+            out.append((s.cov, t.metric))
+    return out
+
+
+def _noisy_text(tag: str, covs: Sequence[tuple[float, str]], of: int) -> str:
+    if len(covs) <= 3:
+        return f"{tag} {', '.join(m for _, m in covs)}"
+    worst = max(covs)
+    return f"{tag} {len(covs)} of {of} metrics (max {worst[0] * 100:.0f}%, {worst[1]})"
+
+
+def detail_lines(rows: Sequence[TableRow], width: int,
                  confidence: float = 0.95) -> list[str]:
     detail = []
     summaries: list[Summary] = []
-    for m in names:
-        rows = [r for c in g.comparisons if (r := row_of(c, m))]
-        if not rows:
-            continue
-        sums = [rows[0].a, *((row_of(c, m) or rows[0]).b for c in g.comparisons)]
-        summaries += sums
-        for i, s in enumerate(sums):
-            detail.append([m if i == 0 else "", TAGS[i], num(s.median), median_ci_text(s),
-                           num(s.mean), num(s.stdev), pct(s.cov, signed=False), str(s.n)])
+    for t in rows:
+        for i, s in enumerate(t.summaries()):
+            if s is None:
+                continue
+            summaries.append(s)
+            detail.append([t.metric if i == 0 else "", TAGS[i], num(s.median),
+                           median_ci_text(s), num(s.mean), num(s.stdev),
+                           pct(s.cov, signed=False), str(s.n)])
     out = grid(["per side", "", "median", ci_header(summaries, confidence, "CI of median"),
                 "mean", "stdev", "CoV", "n"],
                detail, [False, False, True, False, True, True, True, True], width)
@@ -242,33 +184,26 @@ def detail_lines(g: Group, names: Sequence[str], width: int,
     return out + (fit(note, width, "  ") if note else [])
 
 
-def group_lines(g: Group, view: View, width: int = WIDTH,
+def group_lines(sec: Section, view: View, width: int = WIDTH,
                 confidence: float = 0.95) -> list[str]:
+    g = sec.group
     out = fit(f"{g.title()}; {runs_text(g)}", width, "  ")
-    empty = [i for i, s in enumerate(g.sides) if not s.ok_runs]
-    for i in empty:
+    for i in sec.empty:
         out += fit(f"  {TAGS[i]} has no completed runs ({why_no_runs(g.sides[i])}): "
-                    "not compared", width, "    ")
-    if 0 in empty or len(empty) == len(g.sides) - 1:
+                   "not compared", width, "    ")
+    if not sec.compared:
         return out
-    if empty:  # the other sides are still compared with A
-        g = dataclasses.replace(g, comparisons=tuple(c for c in g.comparisons if c.b.ok_runs))
-    names = metric_names(g)
-    flat = [m for m in names if pivot_key(g.scenario, m) is None]
-    pivot = [m for m in names if pivot_key(g.scenario, m) is not None]
     out.append("")
-    if flat:
-        out += plain_table(g, flat, view, width)
-    if pivot:
-        if flat:
-            out.append("")
-        out += pivot_tables(g, pivot, width)
-    if not names:
+    if sec.rows:
+        out += plain_table(sec, view, width)
+    if sec.grid_rows:
+        out += [""] * bool(sec.rows) + pivot_lines(sec, width)
+    if not sec.all_rows:
         out.append("(no metric has values on both sides)")
-    out += zap_line(g, width)
-    if view.detail and names:
-        out += [""] + detail_lines(g, names, width, confidence)
-    warns = compact_warnings(g, width, view.detail)
+    out += zap_line(sec.shown, width)
+    if view.detail and sec.all_rows:
+        out += [""] + detail_lines(sec.all_rows, width, confidence)
+    warns = compact_warnings(sec, width, view.detail)
     if warns:
         out += ["Warnings:"] + warns
     return out
@@ -311,12 +246,12 @@ def report_footer(report: Report, width: int = WIDTH) -> list[str]:
 def format_plain(report: Report, view: View = DEFAULT_VIEW) -> str:
     out = report_header(report, view)
     scenario = None
-    for g in groups(report):
+    for sec in sections(report):
         out.append("")
-        if g.scenario != scenario and len({c.scenario for c in report.comparisons}) > 1:
-            out += [f"== {g.scenario} ==", ""]
-        scenario = g.scenario
-        out += group_lines(g, view, confidence=report.settings.confidence)
+        if sec.group.scenario != scenario and len({c.scenario for c in report.comparisons}) > 1:
+            out += [f"== {sec.group.scenario} ==", ""]
+        scenario = sec.group.scenario
+        out += group_lines(sec, view, confidence=report.settings.confidence)
     out.append("")
     out += report_footer(report)
     return ascii_text("\n".join(out)) + "\n"
