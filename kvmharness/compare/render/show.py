@@ -3,28 +3,26 @@ not), the zap path each variant took, the headline metrics, the fingerprint in b
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kvmharness.compare.build import (
     expand_headline,
     headline_names,
-    not_counted,
     zap_summary,
 )
 from kvmharness.compare.render.model import pivot_key
 from kvmharness.compare.render.setup import MMU_NAMES, backend_text, mmu_mode, uncounted_text
+from kvmharness.compare.render.summary import uncounted_metrics, variant_table
 from kvmharness.compare.render.text import (
     WIDTH,
     ascii_text,
-    ci_header,
-    ci_level_note,
     fit,
     grid,
-    median_ci_text,
     num,
-    pct,
 )
-from kvmharness.compare.stats import DEFAULT_CONFIDENCE, Summary, summarize
+from kvmharness.compare.stats import DEFAULT_CONFIDENCE, summarize
 from kvmharness.results.model import ResultFile, variant_text
 
 KEY_PARAMETERS = {"kvm": ("tdp_mmu", "mmio_caching", "nx_huge_pages", "eager_page_split"),
@@ -67,75 +65,13 @@ def fingerprint_lines(env: dict[str, Any]) -> list[str]:
     return out
 
 
+INDENT = " " * 10  # under the values of "Scenario: ", "Plan:     ", ...
+
+
 def format_show(f: ResultFile, width: int = WIDTH) -> str:
-    params = " ".join(f"{k}={v}" for k, v in f.parameters.items())
-    out = [f"{f.source or 'result'}"]
-    out += fit(f"Scenario: {f.scenario_name}, label {f.label!r}, {f.status}, created "
-                f"{f.created}", width, "          ")
-    out += fit(f"Plan:     {f.repeat} runs per variant x ({f.warmup} warmup + "
-                f"{f.iterations} iterations){', quick' if f.quick else ''}", width, "          ")
-    out += fit(f"Params:   {params or '-'}", width, "          ")
-    out += [x for line in fingerprint_lines(f.environment) for x in fit(line, width,
-                                                                          "          ")]
-    out.append("")
     variants = f.variants or [{}]
-    for v in variants:
-        runs = [r for r in f.runs if r.variant == dict(v)]
-        ok = [r for r in runs if r.status == "ok"]
-        counts = {s: sum(1 for r in runs if r.status == s) for s in ("ok", "failed",
-                                                                      "skipped")}
-        line = f"{variant_text(v)}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-        zap = zap_summary(ok)
-        if zap:
-            line += f"; zap path {zap.text()}"
-        out += fit(line or "-", width, "    ")
-        why: dict[str, int] = {}
-        for r in runs:
-            if r.status != "ok":
-                key = f"{r.status}: {r.reason}"
-                why[key] = why.get(key, 0) + 1
-        for reason, n in why.items():
-            out += fit(f"  {reason}" + (f" ({n} runs)" if n > 1 else ""), width, "    ")
-    out.append("")
-    metrics: dict[str, str] = {}
-    for r in f.runs:
-        for name, s in r.samples.items():
-            metrics.setdefault(name, s.unit)
-    names = expand_headline(headline_names([f]), [(m, u, "lower") for m, u in metrics.items()])
-    uncounted = [m for m in names
-                 if not_counted([f], [x for r in f.runs if r.status == "ok"
-                                      and (x := r.value(m)) is not None])]
-    names = [m for m in names if m not in uncounted]
-    flat = [m for m in names if pivot_key(f.scenario_name, m) is None]
-    sized = [m for m in names if pivot_key(f.scenario_name, m) is not None]
-    rows = []
-    summaries: list[Summary] = []
-    for v in variants:
-        runs = f.ok_runs(v)
-        first = True
-        for name in flat:
-            summary = summarize([x for r in runs if (x := r.value(name)) is not None])
-            if summary.n == 0:
-                continue
-            unit = metrics[name]
-            summaries.append(summary)
-            rows.append([variant_text(v) if first else "",
-                         f"{name} [{unit}]" if unit else name, num(summary.median),
-                         median_ci_text(summary), pct(summary.cov, signed=False),
-                         str(summary.n)])
-            first = False
-    if rows:
-        out += grid(["variant", "headline metric", "median",
-                     ci_header(summaries, DEFAULT_CONFIDENCE, "CI of median"), "CoV", "n"],
-                    rows, [False, False, True, False, True, True], width, shrink=1)
-        note = ci_level_note(summaries, DEFAULT_CONFIDENCE)
-        out += fit(note, width, "  ") if note else []
-    if sized:
-        out += ([""] if rows else []) + _sized_grid(f, variants, sized, metrics, width)
-    if not rows and not sized and not uncounted:
-        out.append("(no completed runs)")
-    if uncounted:
-        out += fit(uncounted_text(uncounted), width, "  ")
+    out = [*_header_lines(f, width), "", *_variant_lines(f, variants, width), ""]
+    out += _metric_lines(f, variants, width)
     reasons = {f"{variant_text(r.variant)}: {r.status}: {r.reason}" for r in f.runs}
     warnings = [w for w in dict.fromkeys([*f.warnings, *(w for r in f.runs for w in r.warnings)])
                 if w not in reasons]
@@ -145,7 +81,59 @@ def format_show(f: ResultFile, width: int = WIDTH) -> str:
     return ascii_text("\n".join(out)) + "\n"
 
 
-def _sized_grid(f: ResultFile, variants: list[dict[str, str]], names: list[str],
+def _header_lines(f: ResultFile, width: int) -> list[str]:
+    params = " ".join(f"{k}={v}" for k, v in f.parameters.items())
+    lines = [f"Scenario: {f.scenario_name}, label {f.label!r}, {f.status}, created "
+             f"{f.created}",
+             f"Plan:     {f.repeat} runs per variant x ({f.warmup} warmup + "
+             f"{f.iterations} iterations){', quick' if f.quick else ''}",
+             f"Params:   {params or '-'}", *fingerprint_lines(f.environment)]
+    return [f.source or "result", *(x for line in lines for x in fit(line, width, INDENT))]
+
+
+def _variant_lines(f: ResultFile, variants: Sequence[Mapping[str, str]],
+                   width: int) -> list[str]:
+    """Per variant: its runs by status, the zap path the completed ones took, and why the
+    others did not complete (each reason once, with its count)."""
+    out: list[str] = []
+    for v in variants:
+        runs = [r for r in f.runs if r.variant == dict(v)]
+        counts = Counter(r.status for r in runs)
+        line = f"{variant_text(v)}: " + ", ".join(f"{counts[s]} {s}" for s in
+                                                  ("ok", "failed", "skipped") if counts[s])
+        zap = zap_summary([r for r in runs if r.status == "ok"])
+        if zap:
+            line += f"; zap path {zap.text()}"
+        out += fit(line or "-", width, "    ")
+        why = Counter(f"{r.status}: {r.reason}" for r in runs if r.status != "ok")
+        for reason, n in why.items():
+            out += fit(f"  {reason}" + (f" ({n} runs)" if n > 1 else ""), width, "    ")
+    return out
+
+
+def _metric_lines(f: ResultFile, variants: Sequence[Mapping[str, str]],
+                  width: int) -> list[str]:
+    """The headline metrics per variant; parametrized ones in a grid of medians."""
+    units: dict[str, str] = {}
+    for r in f.runs:
+        for name, s in r.samples.items():
+            units.setdefault(name, s.unit)
+    names = expand_headline(headline_names([f]), [(m, u, "lower") for m, u in units.items()])
+    uncounted = uncounted_metrics(f, names)
+    names = [m for m in names if m not in uncounted]
+    flat = {m: units[m] for m in names if pivot_key(f.scenario_name, m) is None}
+    sized = [m for m in names if pivot_key(f.scenario_name, m) is not None]
+    out = variant_table(f, variants, flat, "headline metric", width, DEFAULT_CONFIDENCE)
+    if sized:
+        out += [""] * bool(out) + _sized_grid(f, variants, sized, units, width)
+    if not out and not uncounted:
+        out.append("(no completed runs)")
+    if uncounted:
+        out += fit(uncounted_text(uncounted), width, "  ")
+    return out
+
+
+def _sized_grid(f: ResultFile, variants: Sequence[Mapping[str, str]], names: list[str],
                 metrics: dict[str, str], width: int) -> list[str]:
     """Medians of ``op@size`` metrics: a row per operation and variant, a column per size."""
     keys = {m: pivot_key(f.scenario_name, m) for m in names}
