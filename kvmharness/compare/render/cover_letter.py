@@ -29,35 +29,28 @@ def _value(s: Summary, unit: str) -> str:
     return "no runs" if s.median is None else f"{num(s.median, 5)}{' ' + unit if unit else ''}"
 
 
+def _change(r: MetricRow) -> str:
+    if r.test is None:
+        return "-"
+    if r.untestable and not r.significant and r.change.ratio is not None:
+        return f"{pct(r.change.ratio)}, untested"
+    return pct(r.change.ratio) if r.significant else "~"
+
+
 def cover_lines(c: Comparison, width: int = COVER_WIDTH) -> list[str]:
-    """``  metric: Before: 89.117 ms  After: 84.768 ms  (-4.9%)``, aligned."""
+    """``  metric: Before: 89.117 ms  After: 84.768 ms  (-4.9%)``, aligned.  Laid out by
+    hand, not by tabulate: the words Before:/After: sit inside every line, as cover
+    letters quote numbers, which is no table layout tabulate has."""
     rows = list(c.rows)
     if not rows:
         return ["  (no metric has values on both sides)"]
     label_w = max(len(r.metric) for r in rows) + 1
     before_w = max(len(_value(r.a, r.unit)) for r in rows)
     after_w = max(len(_value(r.b, r.unit)) for r in rows)
-    def change(r: MetricRow) -> str:
-        if r.test is None:
-            return "-"
-        if r.untestable and not r.significant and r.change.ratio is not None:
-            return f"{pct(r.change.ratio)}, untested"
-        return pct(r.change.ratio) if r.significant else "~"
-
     out = [f"  {r.metric + ':':<{label_w}} Before: {_value(r.a, r.unit):>{before_w}}"
-           f"  After: {_value(r.b, r.unit):>{after_w}}  ({change(r)})" for r in rows]
+           f"  After: {_value(r.b, r.unit):>{after_w}}  ({_change(r)})" for r in rows]
     if max(len(line) for line in out) > width:
-        # Too wide for the words: two value columns under a header instead.
-        head_a, head_b = f"Before ({c.a.name})", f"After ({c.b.name})"
-        wa, wb = max(before_w, len(head_a)), max(after_w, len(head_b))
-        label_w = max(1, min(label_w, width - wa - wb - 16))
-        out = [f"  {'':<{label_w}} {head_a:>{wa}}  {head_b:>{wb}}"]
-        for r in rows:
-            if len(r.metric) > label_w:  # a long name on a line of its own
-                out.append(f"  {r.metric}")
-            name = r.metric if len(r.metric) <= label_w else ""
-            out.append(f"  {name:<{label_w}} {_value(r.a, r.unit):>{wa}}  "
-                       f"{_value(r.b, r.unit):>{wb}}  ({change(r)})")
+        label_w, out = _two_columns(c, rows, label_w, before_w, after_w, width)
     za, zb = c.zap
     if za or zb:
         out.append(f"  {'zap path:':<{label_w}} Before: {za.text() if za else '-'}")
@@ -65,9 +58,25 @@ def cover_lines(c: Comparison, width: int = COVER_WIDTH) -> list[str]:
     return out
 
 
-def cover_caveats(report: Report, width: int = COVER_WIDTH) -> list[str]:
-    """One line for the noise a '~' may hide: the metrics with CoV >= COV_LIMIT on
-    either side (largest CoV first), and those with outlier runs."""
+def _two_columns(c: Comparison, rows: list[MetricRow], label_w: int, before_w: int,
+                 after_w: int, width: int) -> tuple[int, list[str]]:
+    """Too wide for the words: two value columns under a header instead (a long name on
+    a line of its own).  Returns the label width used and the lines."""
+    head_a, head_b = f"Before ({c.a.name})", f"After ({c.b.name})"
+    wa, wb = max(before_w, len(head_a)), max(after_w, len(head_b))
+    label_w = max(1, min(label_w, width - wa - wb - 16))
+    out = [f"  {'':<{label_w}} {head_a:>{wa}}  {head_b:>{wb}}"]
+    for r in rows:
+        if len(r.metric) > label_w:
+            out.append(f"  {r.metric}")
+        name = r.metric if len(r.metric) <= label_w else ""
+        out.append(f"  {name:<{label_w}} {_value(r.a, r.unit):>{wa}}  "
+                   f"{_value(r.b, r.unit):>{wb}}  ({_change(r)})")
+    return label_w, out
+
+
+def _noise_by_metric(report: Report) -> tuple[dict[str, float], dict[str, None]]:
+    """({metric: its largest CoV >= COV_LIMIT on any side}, {metrics with outlier runs})."""
     noisy: dict[str, float] = {}
     flagged: dict[str, None] = {}
     for c in report.comparisons:
@@ -76,8 +85,15 @@ def cover_caveats(report: Report, width: int = COVER_WIDTH) -> list[str]:
                 if s.cov is not None and s.cov >= warn.COV_LIMIT:
                     noisy[r.metric] = max(noisy.get(r.metric, 0.0), s.cov)
                 if outlier_values([v for run in side.ok_runs
-                              if (v := run.value(r.metric)) is not None]):
+                                   if (v := run.value(r.metric)) is not None]):
                     flagged.setdefault(r.metric)
+    return noisy, flagged
+
+
+def cover_caveats(report: Report, width: int = COVER_WIDTH) -> list[str]:
+    """One line for the noise a '~' may hide: the metrics with CoV >= COV_LIMIT on
+    either side (largest CoV first), and those with outlier runs."""
+    noisy, flagged = _noise_by_metric(report)
     parts = []
     if noisy:
         worst = sorted(noisy.items(), key=lambda kv: -kv[1])

@@ -209,22 +209,28 @@ def group_lines(sec: Section, view: View, width: int = WIDTH,
     return out
 
 
+def _table_kinds(report: Report) -> tuple[bool, bool, bool]:
+    """(any grid or multi-side table, any two-side flat table, any multi-side table)."""
+    gs = groups(report)
+    pivoted = [any(pivot_key(g.scenario, r.metric) for c in g.comparisons for r in c.rows)
+               for g in gs]
+    multi = any(len(g.comparisons) > 1 for g in gs)
+    two_side = any(len(g.comparisons) == 1 and any(pivot_key(g.scenario, r.metric) is None
+                                                   for r in g.comparisons[0].rows)
+                   for g in gs)
+    return multi or any(pivoted), two_side, multi
+
+
 def rule_text(report: Report) -> str:
     s = report.settings
-    marked = any(len(g.comparisons) > 1 or any(pivot_key(g.scenario, r.metric)
-                                               for c in g.comparisons for r in c.rows)
-                 for g in groups(report))
+    marked, two_side, multi = _table_kinds(report)
     marks = (" Grids and multi-side tables: every change against A, '*' better, '!' worse "
              "if significant, no mark: not significant." if marked else "")
     if any(r.untestable for c in report.comparisons for r in c.rows):
         marks += (" 'untested' ('?' in grids): too few runs per side for any p below "
                   f"{s.alpha:g} in the family (see the note), not 'no change'.")
-    two_side = any(len(g.comparisons) == 1 and any(pivot_key(g.scenario, r.metric) is None
-                                                   for r in g.comparisons[0].rows)
-                   for g in groups(report))
     shown = ((" ('~' in two-side tables: not significant)" if marked
               else " ('~': not significant)") if two_side else "")
-    multi = any(len(g.comparisons) > 1 for g in groups(report))
     change = "X/A - 1 for each side X" if multi else "B/A - 1"
     return (
         f"Values: medians of per-run medians; change = {change}{shown}. Significant: "

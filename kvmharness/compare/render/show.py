@@ -23,7 +23,7 @@ from kvmharness.compare.render.text import (
     num,
 )
 from kvmharness.compare.stats import DEFAULT_CONFIDENCE, summarize
-from kvmharness.results.model import ResultFile, variant_text
+from kvmharness.results.model import ResultFile, RunRecord, variant_text
 
 KEY_PARAMETERS = {"kvm": ("tdp_mmu", "mmio_caching", "nx_huge_pages", "eager_page_split"),
                   "kvm_intel": ("ept", "nested"), "kvm_amd": ("npt", "nested")}
@@ -136,20 +136,22 @@ def _metric_lines(f: ResultFile, variants: Sequence[Mapping[str, str]],
 def _sized_grid(f: ResultFile, variants: Sequence[Mapping[str, str]], names: list[str],
                 metrics: dict[str, str], width: int) -> list[str]:
     """Medians of ``op@size`` metrics: a row per operation and variant, a column per size."""
-    keys = {m: pivot_key(f.scenario_name, m) for m in names}
-    families = list(dict.fromkeys(k[0] for k in keys.values() if k))
-    columns = list(dict.fromkeys(k[1] for k in keys.values() if k))
-    by_key = {k: m for m, k in keys.items() if k}
+    keys = {m: k for m in names if (k := pivot_key(f.scenario_name, m))}
+    families = list(dict.fromkeys(k[0] for k in keys.values()))
+    columns = list(dict.fromkeys(k[1] for k in keys.values()))
+    by_key = {k: m for m, k in keys.items()}
     rows = []
     for fam in families:
-        unit = next((metrics[m] for m, k in keys.items() if k and k[0] == fam), "")
+        unit = next((metrics[m] for m, k in keys.items() if k[0] == fam), "")
         for i, v in enumerate(variants):
             runs = f.ok_runs(v)
-            cells = []
-            for col in columns:
-                m = by_key.get((fam, col))
-                vals = [x for r in runs if m and (x := r.value(m)) is not None]
-                cells.append(num(summarize(vals).median))
+            cells = [num(_median(runs, by_key.get((fam, col)))) for col in columns]
             rows.append([f"{fam} [{unit}]" if i == 0 else "", variant_text(v), *cells])
     return grid(["median", "variant", *columns], rows,
                 [False, False, *([True] * len(columns))], width)
+
+
+def _median(runs: Sequence[RunRecord], metric: str | None) -> float | None:
+    if metric is None:
+        return None
+    return summarize([x for r in runs if (x := r.value(metric)) is not None]).median
