@@ -7,6 +7,9 @@ on a regression, 0 when every gated comparison could have found one and did not,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from kvmharness.compare import stats
 from kvmharness.compare.build import Report
 
 
@@ -41,3 +44,58 @@ def untestable(report: Report) -> list[str]:
                    f"{report.settings.alpha:g} over its {c.family} headline test"
                    f"{'s' if c.family != 1 else ''}; need {runs}")
     return out
+
+
+# --- git bisect run: good, bad, or cannot tell ----------------------------------------------
+
+GOOD, BAD, SKIP = 0, 1, 125  # git bisect run's exit statuses (125: skip this commit)
+
+
+def bisect_verdict(report: Report, threshold: float,
+                   metrics: Sequence[str] = ()) -> tuple[int, list[str]]:
+    """GOOD, BAD or SKIP for a commit B against the known-good A, with the reasons.
+
+    BAD: a headline row (or one of ``metrics``) is significantly worse than ``threshold``
+    (the same rule as ``regressions``).  GOOD only on evidence: every such row could
+    have reached significance with these runs (the smallest possible p after the row's
+    correction is below alpha) and the whole bootstrap CI of its change stays on the
+    good side of ``threshold``.  Anything else is SKIP: a commit is never called good
+    because the comparison could not see a regression."""
+    reasons: list[str] = []
+    bad = regressions(report, threshold)
+    if metrics:
+        wanted = set(metrics)
+        bad = [line for line in bad if line.split(": ", 1)[0].rsplit(" ", 1)[-1] in wanted]
+    if bad:
+        return BAD, bad
+    judged = 0
+    alpha = report.settings.alpha
+    for c in report.comparisons:
+        chosen = [r for r in c.rows if (r.metric in metrics if metrics
+                                        else r.metric in c.headline and not r.exploratory)]
+        for r in chosen:
+            where = f"{c.scenario} ({c.context}) {r.metric}"
+            n_a, n_b = r.a.n, r.b.n
+            floor = stats.smallest_p(n_a, n_b) * max(c.family, 1)
+            lo, hi = r.change.ci_low, r.change.ci_high
+            if r.test is None or lo is None or hi is None:
+                reasons.append(f"{where}: no test (n={n_a}/{n_b}): cannot judge")
+                continue
+            if floor >= alpha:
+                reasons.append(f"{where}: with n={n_a}/{n_b} and {c.family} test(s) no p can "
+                               f"be below {alpha:g} (smallest {floor:.3g}): cannot judge")
+                continue
+            edge = hi if r.direction == "lower" else -lo
+            if edge >= threshold:
+                ratio = r.change.ratio if r.change.ratio is not None else 0.0
+                reasons.append(f"{where}: change {ratio * 100:+.1f}%, its CI "
+                               f"[{lo * 100:+.1f}%, {hi * 100:+.1f}%] reaches the "
+                               f"{threshold * 100:g}% limit ({r.direction} is better): "
+                               "cannot call it good")
+                continue
+            judged += 1
+    if reasons:
+        return SKIP, reasons
+    if not judged:
+        return SKIP, ["no comparable row (no runs, or the metric is not in the results)"]
+    return GOOD, [f"{judged} row(s) within {threshold * 100:g}% with their whole CI"]
