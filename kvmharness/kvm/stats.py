@@ -33,6 +33,27 @@ class StatType(enum.IntEnum):
     LOG_HIST = 4
 
 
+# How a scalar stat is kept over an interval (KVM_GET_STATS_FD's type field): a counter
+# by how much it grew, a level by where it ended, a high-water mark by its highest value.
+CUMULATIVE, INSTANT, PEAK = "cumulative", "instant", "peak"
+StatKind = str  # one of CUMULATIVE, INSTANT, PEAK
+
+
+def kind_of(stat_type: StatType) -> StatKind:
+    """CUMULATIVE for counters (and histograms, whose buckets count), INSTANT, PEAK."""
+    return {StatType.INSTANT: INSTANT, StatType.PEAK: PEAK}.get(stat_type, CUMULATIVE)
+
+
+def combine(kind: StatKind, earlier: int, later: int) -> int:
+    """Two consecutive intervals' values of one stat as one interval's: counters add up,
+    a level is the later one (its value at the end), a peak the larger."""
+    if kind == INSTANT:
+        return later
+    if kind == PEAK:
+        return max(earlier, later)
+    return earlier + later
+
+
 class StatUnit(enum.IntEnum):
     NONE = 0
     BYTES = 1
@@ -207,11 +228,15 @@ class StatsSnapshot:
         return out
 
 
-def sum_deltas(deltas: Iterable[Mapping[str, int | tuple[int, ...]]]) -> dict[str, int]:
-    """Add up scalar deltas across vCPUs (histograms are skipped)."""
+def sum_deltas(deltas: Iterable[Mapping[str, int | tuple[int, ...]]],
+               kinds: Mapping[str, StatKind] | None = None) -> dict[str, int]:
+    """Scalar deltas across vCPUs as one VM-wide value (histograms are skipped): counters
+    and levels add up (each vCPU's share), peaks take the highest vCPU's."""
     total: dict[str, int] = {}
     for delta in deltas:
         for name, value in delta.items():
             if isinstance(value, int):
-                total[name] = total.get(name, 0) + value
+                peak = kinds is not None and kinds.get(name) == PEAK
+                total[name] = (max(total[name], value) if peak and name in total
+                               else total.get(name, 0) + value)
     return total

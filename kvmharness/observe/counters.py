@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from kvmharness.kvm import StatsSnapshot, Vcpu, Vm
-from kvmharness.kvm.stats import sum_deltas
+from kvmharness.kvm.stats import StatKind, kind_of, sum_deltas
 from kvmharness.observe.tracefs import TraceCounter
 
 Snapshot = tuple[StatsSnapshot, list[StatsSnapshot]]
@@ -16,7 +16,9 @@ class KvmCounters:
     """``with KvmCounters(vm, vcpus, events=ZAP_EVENTS) as c: ...`` then ``c.stats`` (VM
     stats as ``vm.NAME``, vCPU stats summed as ``vcpu.NAME``; cumulative ones as deltas)
     and ``c.tracepoints`` (short event name → count; empty when ``events`` is empty).
-    ``vm_stats``/``vcpu_stats`` restrict which stats are read (None: all scalars)."""
+    ``vm_stats``/``vcpu_stats`` restrict which stats are read (None: all scalars).
+    ``c.kinds`` says how each was kept (kvm.stats.CUMULATIVE, INSTANT, PEAK): an instant
+    stat (a level such as ``vm.pages_4k``) is its value at the end, a peak its maximum."""
 
     def __init__(self, vm: Vm, vcpus: Sequence[Vcpu] = (), *, events: Iterable[str] = (),
                  vm_stats: Iterable[str] | None = None,
@@ -28,6 +30,7 @@ class KvmCounters:
         self.vcpu_stats = list(vcpu_stats) if vcpu_stats is not None else None
         self.stats: dict[str, int] = {}
         self.tracepoints: dict[str, int] = {}
+        self.kinds: dict[str, StatKind] = {}
         self.lost_events = 0
         self._before: Snapshot | None = None
         self._tracer: TraceCounter | None = None
@@ -37,10 +40,21 @@ class KvmCounters:
                 [v.stats().snapshot(self.vcpu_stats) for v in self.vcpus])
 
     @staticmethod
+    def kinds_of(snapshot: Snapshot) -> dict[str, StatKind]:
+        """``vm.NAME``/``vcpu.NAME`` -> how the stat's descriptor says it is kept."""
+        out = {f"vm.{k}": kind_of(d.type) for k, d in snapshot[0].descriptors.items()}
+        for vcpu in snapshot[1]:
+            out.update({f"vcpu.{k}": kind_of(d.type) for k, d in vcpu.descriptors.items()})
+        return out
+
+    @staticmethod
     def delta(before: Snapshot, after: Snapshot) -> dict[str, int]:
+        """Counters as deltas, levels and peaks as their value at ``after``; vCPU stats
+        as one value (peaks: the highest vCPU's; others summed)."""
         out = {f"vm.{k}": v for k, v in after[0].delta(before[0]).items() if isinstance(v, int)}
         per_vcpu = [a.delta(b) for a, b in zip(after[1], before[1])]
-        out.update({f"vcpu.{k}": v for k, v in sum_deltas(per_vcpu).items()})
+        kinds = {k: kind_of(d.type) for v in after[1] for k, d in v.descriptors.items()}
+        out.update({f"vcpu.{k}": v for k, v in sum_deltas(per_vcpu, kinds).items()})
         return out
 
     def __enter__(self) -> KvmCounters:
@@ -64,7 +78,9 @@ class KvmCounters:
     def __exit__(self, *exc: object) -> None:
         try:
             if self._before is not None:
-                self.stats = self.delta(self._before, self.snapshot())
+                after = self.snapshot()
+                self.stats = self.delta(self._before, after)
+                self.kinds = self.kinds_of(after)
         finally:
             try:
                 if self._tracer is not None:

@@ -16,7 +16,8 @@ from typing import Any, Literal
 from kvmharness.scenarios.base import Direction, RunOutcome, ScenarioSpec
 
 FORMAT = "kvmharness-result"
-SCHEMA_VERSION = 1
+# 2: runs carry kvm_stat_types, and instant/peak KVM stats are levels, not summed deltas.
+SCHEMA_VERSION = 2
 
 RunStatus = Literal["ok", "skipped", "failed"]
 FileStatus = Literal["running", "complete", "interrupted"]
@@ -50,6 +51,9 @@ class RunRecord:
     noise: dict[str, Any] = dataclasses.field(default_factory=dict)
     effective: dict[str, Any] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    # kvm_stats key -> "cumulative" | "instant" | "peak" (empty in schema-1 files, whose
+    # stats were all summed over a phase's intervals, levels included).
+    kvm_stat_types: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def value(self, metric: str) -> float | None:
         """The run's value: median of its measured iterations (warmups already apart)."""
@@ -98,6 +102,7 @@ class RunRecord:
             warmups={k: [float(v) for v in vs if math.isfinite(v)]
                      for k, vs in outcome.warmups.items()},
             kvm_stats={k: dict(v) for k, v in outcome.kvm_stats.items()},
+            kvm_stat_types=dict(outcome.kvm_stat_types),
             tracepoints={k: dict(v) for k, v in outcome.tracepoints.items()},
             noise=noise,
             effective=dict(outcome.effective),

@@ -21,6 +21,8 @@ from kvmharness.results.model import (
 )
 from kvmharness.scenarios.metrics import point_of
 
+STAT_TYPES = ("cumulative", "instant", "peak")
+
 
 class ResultFormatError(ValueError):
     """A result file that cannot be used; the message says which file and where."""
@@ -129,6 +131,9 @@ def _run(c: _Checker, raw: Any, path: str) -> RunRecord:
         noise=c.obj(f("noise"), f"{path}.noise"),
         effective=c.obj(f("effective"), f"{path}.effective"),
         warnings=c.list_(f("warnings"), f"{path}.warnings", c.str_),
+        kvm_stat_types=(c.map_(d["kvm_stat_types"], f"{path}.kvm_stat_types",
+                               lambda v, p: c.choice(v, p, STAT_TYPES))
+                        if "kvm_stat_types" in d else {}),
     )
 
 

@@ -180,6 +180,9 @@ class RunOutcome:
     samples: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     warmups: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     kvm_stats: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    # How each kvm_stats key was kept over its phase: cumulative (summed deltas), instant
+    # (the value at the phase's end), peak (the maximum).
+    kvm_stat_types: dict[str, str] = dataclasses.field(default_factory=dict)
     tracepoints: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     noise: dict[str, Any] = dataclasses.field(default_factory=dict)
     effective: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 
 from kvmharness.guest.machine import Machine
 from kvmharness.guest.ucall import KH_MAX_VCPUS as KH_MAX_VCPUS
+from kvmharness.kvm.stats import CUMULATIVE, StatKind, combine
 from kvmharness.observe.counters import KvmCounters
 from kvmharness.observe.tracefs import MMIO_EVENTS, ZAP_EVENTS, tracefs_status
 from kvmharness.scenarios.abi import GuestAbi
@@ -57,9 +58,22 @@ VM_STATS = ("mmu_shadow_zapped", "remote_tlb_flush", "remote_tlb_flush_requests"
             "pages_4k", "pages_2m", "pages_1g", "mmu_recycled", "mmu_cache_miss")
 
 
+def record_stats(outcome: RunOutcome, phase: str, values: Mapping[str, int],
+                 kinds: Mapping[str, StatKind]) -> None:
+    """Adds one interval's stats to ``outcome.kvm_stats[phase]`` by their type, so a phase
+    entered many times (one per toggle, one per size) is one value: counters summed, a
+    level (``vm.pages_4k``) its value when the phase last ended, a peak the maximum.  The
+    types go to ``outcome.kvm_stat_types`` for the result file."""
+    bucket = outcome.kvm_stats.setdefault(phase, {})
+    for k, v in values.items():
+        kind = kinds.get(k, CUMULATIVE)
+        bucket[k] = combine(kind, bucket[k], v) if k in bucket else v
+        outcome.kvm_stat_types[k] = kind
+
+
 class PhaseRecorder:
-    """Records, per named phase, KVM stats deltas (VM stats as ``vm.*``, vCPU stats summed
-    as ``vcpu.*``) and kvmmmu tracepoint counts into a RunOutcome."""
+    """Records, per named phase, KVM stats by type (``record_stats``; VM stats as ``vm.*``,
+    vCPU stats as ``vcpu.*``) and kvmmmu tracepoint counts into a RunOutcome."""
 
     def __init__(self, machine: Machine, outcome: RunOutcome, *, trace: bool = True,
                  events: tuple[str, ...] = ZAP_EVENTS + MMIO_EVENTS) -> None:
@@ -88,7 +102,7 @@ class PhaseRecorder:
         with counters:
             yield result
         result.update(counters.stats)
-        self._accumulate(self.outcome.kvm_stats, name, counters.stats)
+        record_stats(self.outcome, name, counters.stats, counters.kinds)
         if self.trace_events:
             if counters.lost_events:
                 self.outcome.warnings.append(f"phase {name}: tracefs buffer overran, "

@@ -55,6 +55,7 @@ from kvmharness.scenarios.common import (
     SizeList,
     hammer_max_gap_ns,
     hammer_pass_ns,
+    record_stats,
 )
 from kvmharness.scenarios.metrics import SIZE, MetricFamily, size_label
 from kvmharness.scenarios.preflight import Work, host_check
@@ -167,6 +168,7 @@ class SlotOpsDriver:
         self.last: tuple[Step | None, Snapshot] | None = None
         self.medians: list[str] = []
         self.groups: dict[str, dict[str, list[float]]] = {}  # size label -> op -> us
+        self.kinds: dict[str, str] = {}  # stat -> how it is kept (KvmCounters.kinds_of)
 
     def perform(self, step: Step) -> None:
         if step.op == STEADY:
@@ -191,6 +193,7 @@ class SlotOpsDriver:
         ``first_pass_phase`` (``populate`` when it maps guest RAM; None: not kept)."""
         self.steps, self.first_pass_phase, self.medians = steps, first_pass_phase, []
         self.last = (None, self.counters.snapshot())
+        self.kinds = KvmCounters.kinds_of(self.last[1])
 
     def on_sync(self, m: Machine, vcpu: int, values: tuple[int, ...]) -> None:
         done_pass = values[0]
@@ -210,9 +213,7 @@ class SlotOpsDriver:
                                  if previous.op != STEADY else "steady_pf_fixed",
                                  delta.get("vcpu.pf_fixed", 0), warmup=previous.warm)
             if phase is not None:
-                bucket = self.outcome.kvm_stats.setdefault(phase, {})
-                for k, v in delta.items():
-                    bucket[k] = bucket.get(k, 0) + v
+                record_stats(self.outcome, phase, delta, self.kinds)
             if previous is not None:
                 self.report(previous)
         self.last = (step, now) if step is not None else None

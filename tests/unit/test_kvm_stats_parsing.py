@@ -183,3 +183,42 @@ def test_memslot_pack_fills_the_fields_both_region_layouts_share(kind):
                                        0x20_0000, 0x7F00_1234_5000)
     if kind is k.kvm_userspace_memory_region2:
         assert region.guest_memfd == 0 and region.guest_memfd_offset == 0
+
+
+def _snap(values: dict[str, int]) -> StatsSnapshot:
+    """A VM-or-vCPU snapshot of exits (cumulative), pages_4k (instant), max_rmap (peak)."""
+    stats = [("exits", k.KVM_STATS_TYPE_CUMULATIVE, 0, 0, [values["exits"]]),
+             ("pages_4k", k.KVM_STATS_TYPE_INSTANT, 0, 0, [values["pages_4k"]]),
+             ("max_rmap", k.KVM_STATS_TYPE_PEAK, 0, 0, [values["max_rmap"]])]
+    blob = build_stats_blob(stats)
+    layout = layout_of(blob)
+    return StatsSnapshot.from_bytes(layout, blob[layout.data_offset:])
+
+
+def test_a_phase_keeps_each_stat_by_its_type():
+    """slot-ops enters cycles@4K 24 times with about 1033 pages mapped: pages_4k is that
+    level, not 24 x 1033; exits add up; a peak is the highest seen (vCPU peaks: the highest
+    vCPU's, not their sum)."""
+    from kvmharness.observe.counters import KvmCounters
+    from kvmharness.scenarios.base import RunOutcome
+    from kvmharness.scenarios.common import record_stats
+
+    outcome = RunOutcome()
+    exits = 0
+    level_before = {"exits": 0, "pages_4k": 1033, "max_rmap": 2}
+    for i in range(24):
+        level_after = {"exits": exits + 10, "pages_4k": 1033 + (i == 23), "max_rmap": 2 + i % 5}
+        before = (_snap(level_before), [_snap(level_before), _snap(level_before)])
+        after = (_snap(level_after), [_snap(level_after), _snap(level_after)])
+        record_stats(outcome, "cycles@4K", KvmCounters.delta(before, after),
+                     KvmCounters.kinds_of(after))
+        exits, level_before = exits + 10, level_after
+    stats = outcome.kvm_stats["cycles@4K"]
+    assert stats["vm.pages_4k"] == 1034          # the level when the phase last ended
+    assert stats["vm.exits"] == 240               # 24 intervals of 10
+    assert stats["vm.max_rmap"] == 6              # the highest peak
+    assert stats["vcpu.exits"] == 480             # two vCPUs' counters add up
+    assert stats["vcpu.max_rmap"] == 6            # the highest vCPU's peak
+    assert outcome.kvm_stat_types == {
+        "vm.exits": "cumulative", "vm.pages_4k": "instant", "vm.max_rmap": "peak",
+        "vcpu.exits": "cumulative", "vcpu.pages_4k": "instant", "vcpu.max_rmap": "peak"}

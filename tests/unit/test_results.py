@@ -411,3 +411,19 @@ def test_values_a_run_cannot_have_are_named(sample_document: Document, tmp_path:
 def test_files_declare_their_headline(sample_document: Document, tmp_path: Path) -> None:
     _, doc = sample_document(tmp_path)
     assert doc["scenario"]["headline"] == [m["name"] for m in doc["scenario"]["metrics"]]
+
+
+def test_schema_1_files_still_load_and_new_files_carry_stat_types() -> None:
+    from kvmharness.results.store import load_result
+
+    old = Path(__file__).parents[2] / "results/examples/ab-6.1-vs-6.12/r1-6.12"
+    (path,) = old.glob("slot-ops-*.json")
+    f = load_result(path)
+    assert f.schema_version == 1 and f.runs[0].kvm_stat_types == {}
+    doc = f.to_json()
+    doc["schema_version"] = model.SCHEMA_VERSION
+    doc["runs"][0]["kvm_stat_types"] = {"vm.pages_4k": "instant"}
+    assert parse_result(doc, "x.json").runs[0].kvm_stat_types == {"vm.pages_4k": "instant"}
+    doc["runs"][0]["kvm_stat_types"] = {"vm.pages_4k": "gauge"}
+    with pytest.raises(ResultFormatError, match="kvm_stat_types"):
+        parse_result(doc, "x.json")
