@@ -13,9 +13,9 @@ from kvmharness.results.validate import ResultFormatError
 
 
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("plot", help="draw result files: slot-ops latency vs slot size, "
-                       "rom-toggle pass times, teardown time vs RAM (needs "
-                       "'kvmharness[plot]')")
+    p = sub.add_parser("plot", help="draw result files: the figure their scenario "
+                       "declares, e.g. latency versus slot size or memslot count, pass "
+                       "times over a run (needs 'kvmharness[plot]')")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--out", type=Path, required=True, metavar="F.png|F.svg",
                    help="the figure to write (format from the suffix)")

@@ -20,16 +20,16 @@ The same run given twice (the same file twice, or a copy) counts once.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 from kvmharness.compare import stats
 from kvmharness.compare import warnings as warn
 from kvmharness.results.model import ResultFile, RunRecord, variant_text
+from kvmharness.scenarios import registry
 from kvmharness.scenarios.base import Direction
 from kvmharness.scenarios.metrics import expand, is_family
 
@@ -208,21 +208,12 @@ class Report:
 # --- metrics -----------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1)
-def _registry() -> dict[str, Any]:
-    try:
-        from kvmharness.scenarios.registry import all_scenarios
-        return dict(all_scenarios())
-    except Exception:  # a broken scenario module must not stop a comparison of files
-        return {}
-
-
 def _current_direction(scenario: str, metric: str) -> Direction | None:
-    spec = _registry().get(scenario)
+    spec = registry.find(scenario)
     if spec is None:
         return None
     try:
-        return spec.metric(metric).direction  # type: ignore[no-any-return]
+        return spec.metric(metric).direction
     except KeyError:
         return None
 
@@ -252,7 +243,7 @@ def headline_names(files: Sequence[ResultFile]) -> tuple[str, ...] | None:
         declared = f.scenario.get("headline")
         if declared:
             return tuple(declared)
-    spec = _registry().get(files[0].scenario_name) if files else None
+    spec = registry.find(files[0].scenario_name) if files else None
     if spec is not None and spec.headline:
         return tuple(spec.headline)
     return None

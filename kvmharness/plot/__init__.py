@@ -1,10 +1,14 @@
 """Figures from result files (``kvmharness plot``); needs the optional matplotlib extra.
 
-- slot-ops: latency of each memslot operation versus slot size, one line per side (label
-  and variant) with the CI of the median as a band (95%, or what n allows), log-log axes;
-- rom-toggle: the hammer's pass times over a run, one line per side, with the ROM deletes
-  marked (from a per-run timeline when the run recorded one, else per iteration);
-- teardown: VM destroy time (and the probe's worst delay) versus populated RAM.
+Each scenario declares its figure (``ScenarioSpec.figure``, scenarios/presentation.py); this
+package draws the kinds there are:
+
+- ``Curves``: each metric family's median versus its key (slot size, memslot count,
+  populated RAM), one line per side (label and variant) with the CI of the median as a
+  band (95%, or what n allows), log-log axes;
+- ``PassTimeline``: a guest's pass times over a run, one line per side, with the events
+  that disturbed them marked (from a per-run timeline when the run recorded one, else per
+  iteration).
 """
 
 from __future__ import annotations

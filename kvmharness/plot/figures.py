@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import os
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from kvmharness.compare.stats import summarize
 from kvmharness.results.model import ResultFile, RunRecord, variant_text
-from kvmharness.scenarios.metrics import SIZE, keys_present
+from kvmharness.scenarios import registry
+from kvmharness.scenarios.metrics import keys_present
+from kvmharness.scenarios.presentation import Curves, Figure, PassTimeline
 
 INSTALL_HINT = "kvmharness plot needs matplotlib: pip install 'kvmharness[plot]'"
 FORMATS = (".png", ".svg")
-SLOT_OPS = ("create", "dirty_on", "dirty_off", "move", "delete")
-TEARDOWN = ("destroy", "probe_max_delay")
 
 
 class PlotError(ValueError):
@@ -28,7 +28,9 @@ class PlotUnavailable(PlotError):
 
 
 def plot_kinds() -> tuple[str, ...]:
-    return tuple(DRAWERS)
+    """The scenarios that declare a figure."""
+    return tuple(name for name, spec in registry.all_scenarios().items()
+                 if spec.figure is not None)
 
 
 Side = tuple[str, list[RunRecord]]
@@ -44,20 +46,21 @@ def sides(files: Sequence[ResultFile]) -> list[Side]:
     return [(" ".join(x for x in k if x) or "runs", runs) for k, runs in groups.items()]
 
 
-def timeline_run(runs: Sequence[RunRecord]) -> tuple[RunRecord, str] | None:
+def timeline_run(runs: Sequence[RunRecord], total_metric: str = "total"
+                 ) -> tuple[RunRecord, str] | None:
     """The run whose timeline stands for a side: of the runs that kept one, the one whose
     median ``total`` is closest to the median over those runs, and how to say so."""
     kept = [(i, r) for i, r in enumerate(runs, 1)
             if isinstance(r.effective.get("timeline"), dict)]
     if not kept:
         return None
-    known = [(i, r, total) for i, r in kept if (total := r.value("total")) is not None]
+    known = [(i, r, total) for i, r in kept if (total := r.value(total_metric)) is not None]
     if not known:
         i, r = kept[0]
         return r, f"run {i} of {len(runs)}, last iteration"
     middle = statistics.median(t[2] for t in known)
     i, r, total = min(known, key=lambda t: (abs(t[2] - middle), t[0]))
-    unit = r.samples["total"].unit
+    unit = r.samples[total_metric].unit
     where = (f"the median over {len(known)} runs" if f"{total:.1f}" == f"{middle:.1f}" else
              f"closest to the median {middle:.1f} {unit} over {len(known)} runs")
     return r, f"run {i} of {len(runs)}, last iteration; its total {total:.1f} {unit} is {where}"
@@ -87,10 +90,10 @@ def _unit(runs: Sequence[RunRecord], prefix: str) -> str:
     return ""
 
 
-def draw_sized(plt: Any, all_sides: Sequence[Side], families: Sequence[str], title: str,
-               xlabel: str) -> Any:
+def draw_curves(plt: Any, files: Sequence[ResultFile], figure: Curves) -> Any:
     """One panel per declared family (``create@<size>``): median per key with its CI as a
     band (95%, or the level the number of runs allows, said in the title), log-log."""
+    all_sides, families = sides(files), figure.families
     present = [f for f in families
                if any(_sized(runs, f) for _, runs in all_sides)]
     if not present:
@@ -127,7 +130,7 @@ def draw_sized(plt: Any, all_sides: Sequence[Side], families: Sequence[str], tit
         stem = family.partition("@")[0]
         unit = _unit([r for _, runs in all_sides for r in runs], f"{stem}@")
         ax.set_title(stem)
-        ax.set_xlabel(xlabel)
+        ax.set_xlabel(figure.xlabel)
         ax.set_ylabel(f"median [{unit}]" if unit else "median")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small")
@@ -137,34 +140,26 @@ def draw_sized(plt: Any, all_sides: Sequence[Side], families: Sequence[str], tit
     lowest = min(levels, default=0.95)
     band = ("95% CI of the median" if lowest >= 0.95 else
             f"CI of the median, {lowest * 100:.4g}% at the fewest runs")
-    fig.suptitle(f"{title} (bands: {band})")
+    fig.suptitle(f"{figure.title} (bands: {band})")
     fig.tight_layout()
     return fig
 
 
-def draw_slot_ops(plt: Any, files: Sequence[ResultFile]) -> Any:
-    return draw_sized(plt, sides(files), [f"{op}@{SIZE.slot}" for op in SLOT_OPS],
-                      "slot-ops: memslot operation latency", "slot size")
-
-
-def draw_teardown(plt: Any, files: Sequence[ResultFile]) -> Any:
-    return draw_sized(plt, sides(files), [f"{op}@{SIZE.slot}" for op in TEARDOWN],
-                      "teardown: VM destroy vs populated RAM", "populated RAM")
-
-
-def draw_rom_toggle(plt: Any, files: Sequence[ResultFile]) -> Any:
+def draw_pass_timeline(plt: Any, files: Sequence[ResultFile], figure: PassTimeline) -> Any:
     """Pass times over a run.  With a per-run timeline (``effective["timeline"]``: lists
     ``pass_end_s``/``pass_ms`` and ``delete_s``, optionally ``pass_vcpu``) one run of each
     side (``timeline_run``: the one closest to the median total, named in the legend) is
-    drawn over time, one line per vCPU, with every ROM delete marked; without one, the
-    passes of every run in order (median over runs) with each iteration's ROM deletes
-    marked at its start."""
+    drawn over time, one line per vCPU, with every event marked; without one, the passes
+    of every run in order (median over runs) with each iteration's events marked at its
+    start."""
     all_sides = sides(files)
-    if not any("pass" in r.samples for _, runs in all_sides for r in runs):
-        raise PlotError("no per-pass samples ('pass') in these files")
+    passes, events, what = figure.passes, figure.events, figure.event_name
+    if not any(passes in r.samples for _, runs in all_sides for r in runs):
+        raise PlotError(f"no per-pass samples ({passes!r}) in these files")
     fig, ax = plt.subplots(figsize=(9, 4))
     timeline = [(f"{name}: {why}", run.effective["timeline"]) for name, runs in all_sides
-                if (chosen := timeline_run(runs)) is not None for run, why in [chosen]]
+                if (chosen := timeline_run(runs, figure.total)) is not None
+                for run, why in [chosen]]
     if timeline:
         for name, t in timeline:
             ends, lengths = t.get("pass_end_s", []), t.get("pass_ms", [])
@@ -182,10 +177,10 @@ def draw_rom_toggle(plt: Any, files: Sequence[ResultFile]) -> Any:
             for x in t.get("delete_s", []):
                 ax.axvline(x, color=color, alpha=0.25, linewidth=0.8)
         ax.set_xlabel("time in run [s] (bars: each pass from start to end; vertical "
-                      "lines: ROM deletes)")
+                      f"lines: {what})")
     else:
         for name, runs in all_sides:
-            per_run = [r.samples["pass"].values for r in runs if "pass" in r.samples]
+            per_run = [r.samples[passes].values for r in runs if passes in r.samples]
             if not per_run:
                 continue
             length = min(len(v) for v in per_run)
@@ -195,23 +190,22 @@ def draw_rom_toggle(plt: Any, files: Sequence[ResultFile]) -> Any:
                               "runs)")
             for v in per_run:
                 ax.plot(xs, v[:length], color=line.get_color(), alpha=0.15, linewidth=0.8)
-            iterations = len(runs[0].samples.get("toggles", _Empty()).values) or 1
+            iterations = len(runs[0].samples.get(events, _Empty()).values) or 1
             step = max(1, length // iterations)
-            deletes = [r.samples["toggles"].values for r in runs if "toggles" in r.samples]
+            deletes = [r.samples[events].values for r in runs if events in r.samples]
             for it in range(iterations):
                 x = it * step + 0.5
                 ax.axvline(x, color=line.get_color(), alpha=0.3, linestyle=":")
                 if deletes:
                     n = summarize([d[it] for d in deletes if len(d) > it]).median
-                    ax.annotate(f"{n:.0f} deletes", (x, 1), xycoords=("data", "axes fraction"),
+                    ax.annotate(f"{n:.0f} {what}", (x, 1), xycoords=("data", "axes fraction"),
                                 fontsize="x-small", color=line.get_color(), rotation=90,
                                 va="top", ha="right")
-        ax.set_xlabel("pass in run, in order (dotted: iteration starts, with the ROM "
-                      "deletes made during it)")
-    ax.set_ylabel(f"pass time [{_unit([r for _, rs in all_sides for r in rs], 'pass')}]")
-    ax.set_title("rom-toggle: hammer pass times while the ROM slot is deleted and re-created"
-                 + ("\n(the last iteration of one run per side: see the legend)"
-                    if timeline else ""))
+        ax.set_xlabel(f"pass in run, in order (dotted: iteration starts, with the {what} "
+                      "made during it)")
+    ax.set_ylabel(f"pass time [{_unit([r for _, rs in all_sides for r in rs], passes)}]")
+    ax.set_title(figure.title + ("\n(the last iteration of one run per side: see the legend)"
+                                 if timeline else ""))
     ax.grid(True, alpha=0.3)
     if timeline:  # long names: under the axes, clear of the passes
         ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(0, -0.2))
@@ -225,11 +219,13 @@ class _Empty:
     values: ClassVar[list[float]] = []
 
 
-DRAWERS: dict[str, Callable[[Any, Sequence[ResultFile]], Any]] = {
-    "slot-ops": draw_slot_ops,
-    "rom-toggle": draw_rom_toggle,
-    "teardown": draw_teardown,
-}
+def draw(plt: Any, files: Sequence[ResultFile], figure: Figure) -> Any:
+    """The figure a scenario declares, drawn by the drawer of its kind."""
+    if isinstance(figure, Curves):
+        return draw_curves(plt, files, figure)
+    if isinstance(figure, PassTimeline):
+        return draw_pass_timeline(plt, files, figure)
+    raise PlotError(f"no drawer for a {type(figure).__name__} figure")
 
 
 def plot_files(files: Sequence[ResultFile], out: Path) -> Path:
@@ -239,14 +235,15 @@ def plot_files(files: Sequence[ResultFile], out: Path) -> Path:
     scenarios = list(dict.fromkeys(f.scenario_name for f in files))
     if len(scenarios) != 1:
         raise PlotError(f"one scenario per figure, got {', '.join(scenarios) or 'none'}")
-    drawer = DRAWERS.get(scenarios[0])
-    if drawer is None:
+    spec = registry.find(scenarios[0])
+    figure = spec.figure if spec is not None else None
+    if figure is None:
         raise PlotError(f"no figure for scenario {scenarios[0]!r} (figures: "
-                        f"{', '.join(DRAWERS)})")
+                        f"{', '.join(plot_kinds())})")
     if not any(f.ok_runs() for f in files):
         raise PlotError("no completed runs in these files")
     plt = _pyplot()
-    fig = drawer(plt, files)
+    fig = draw(plt, files, figure)
     # Drawn beside the target and renamed over it: never a half-written figure.
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from kvmharness.scenarios.metrics import Direction as Direction
 from kvmharness.scenarios.metrics import Metric as Metric
 from kvmharness.scenarios.metrics import concrete_names, resolve
+from kvmharness.scenarios.presentation import FAMILY_GRID, Figure, Pivot
 from kvmharness.uapi.caps import KvmCap
 from kvmharness.uapi.x86 import KVM_X86_QUIRK_SLOT_ZAP_ALL
 
@@ -226,6 +227,10 @@ class ScenarioSpec:
     # room, work a watchdog bounds): one message per problem, each naming the parameter to
     # change.  ``kvmharness run`` calls it before the first run; None: nothing to check.
     check_host: Callable[[Mapping[str, Any]], list[str]] | None = None
+    # How compare's tables lay the metrics out, and what `kvmharness plot` draws (None:
+    # no figure).  Declared here so that no code above scenarios/ names a scenario.
+    pivot: Pivot = FAMILY_GRID
+    figure: Figure | None = None
 
     def preflight(self, params: Mapping[str, Any]) -> list[str]:
         """What stops ``params`` from running on this host (empty: nothing known)."""

@@ -38,6 +38,7 @@ from kvmharness.kvm.vm import IoEventFd
 from kvmharness.scenarios.abi import GuestAbi
 from kvmharness.scenarios.base import Metric, Parameter, RunOutcome, RunRequest, ScenarioSpec
 from kvmharness.scenarios.common import PhaseRecorder, u32, u64
+from kvmharness.scenarios.presentation import Pivot
 from kvmharness.scenarios.skeleton import Context, GuestScenario, Handlers
 from kvmharness.uapi.caps import KvmCap
 from kvmharness.uapi.kvm import KVM_COALESCED_MMIO_MAX
@@ -445,6 +446,7 @@ SPEC = ScenarioSpec(
     variant_axes=MmioScenario.variant_axes,
     run=MmioScenario.run,
     headline=tuple(f"{kind}_cycles" for kind in KINDS),
+    pivot=Pivot(suffixes=("cycles", "ns")),
     default_iterations=10,
     default_warmup=2,
 )

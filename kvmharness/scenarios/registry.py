@@ -26,3 +26,13 @@ def all_scenarios() -> dict[str, ScenarioSpec]:
               slot_scale.SPEC]
     # ------------------------------------------------------------------------------------
     return {s.name: s for s in specs}
+
+
+def find(name: str) -> ScenarioSpec | None:
+    """The registered scenario called ``name``, or None: a file from a scenario since
+    removed, or a scenario module that fails to import (reading files must not depend on
+    every scenario module importing)."""
+    try:
+        return all_scenarios().get(name)
+    except Exception:  # noqa: BLE001 - any import failure means: not known here
+        return None

@@ -36,6 +36,7 @@ from kvmharness.scenarios.common import (
     u64,
 )
 from kvmharness.scenarios.preflight import Work, host_check
+from kvmharness.scenarios.presentation import PassTimeline
 from kvmharness.scenarios.skeleton import Context, GuestScenario, Handlers, HostToggler
 
 HAMMER_GPA = 4 * GiB
@@ -277,6 +278,9 @@ SPEC = ScenarioSpec(
                           lambda s: s.nvcpus * s.mem + s.rom_size, RomToggle.work),
     extremes=("max_stall",),
     headline=("total", "pass", "max_stall", "slot_delete", "pf_fixed"),
+    figure=PassTimeline("rom-toggle: hammer pass times while the ROM slot is deleted and "
+                        "re-created", passes="pass", events="toggles",
+                        event_name="ROM deletes"),
     default_iterations=3,
     default_warmup=1,
 )

@@ -59,6 +59,7 @@ from kvmharness.scenarios.common import (
 )
 from kvmharness.scenarios.metrics import SIZE, MetricFamily, size_label
 from kvmharness.scenarios.preflight import Work, host_check
+from kvmharness.scenarios.presentation import Curves
 from kvmharness.scenarios.skeleton import Context, GuestScenario, Handlers
 from kvmharness.uapi.kvm import KVM_MEM_LOG_DIRTY_PAGES
 
@@ -382,6 +383,8 @@ SPEC = ScenarioSpec(
                                                          "max_stall"),
     default_iterations=3,
     default_warmup=1,
+    figure=Curves("slot-ops: memslot operation latency", xlabel="slot size",
+                  families=tuple(f"{op}@{SIZE.slot}" for op in OPS)),
 )
 
 # Produced only with populated=true.

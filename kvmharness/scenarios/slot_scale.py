@@ -26,6 +26,7 @@ from kvmharness.scenarios.common import (
     PhaseRecorder,
 )
 from kvmharness.scenarios.metrics import COUNT, MetricFamily
+from kvmharness.scenarios.presentation import Curves
 from kvmharness.scenarios.skeleton import Context, GuestScenario, Handlers
 from kvmharness.scenarios.slot_ops import (
     SETUP,
@@ -225,4 +226,7 @@ SPEC = ScenarioSpec(
     headline=tuple(f"{op}@{COUNT.slot}" for op in OPS) + (f"delete_pf_fixed@{COUNT.slot}",),
     default_iterations=3,
     default_warmup=1,
+    figure=Curves("slot-scale: memslot operation latency vs memslots present",
+                  xlabel="memslots present",
+                  families=tuple(f"{op}@{COUNT.slot}" for op in OPS)),
 )

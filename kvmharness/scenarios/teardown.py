@@ -30,6 +30,7 @@ from kvmharness.scenarios.common import (
 )
 from kvmharness.scenarios.metrics import SIZE, MetricFamily, size_label
 from kvmharness.scenarios.preflight import host_check
+from kvmharness.scenarios.presentation import Curves
 from kvmharness.scenarios.skeleton import BareScenario, Context
 
 HAMMER_GPA = 4 * GiB
@@ -200,4 +201,6 @@ SPEC = ScenarioSpec(
     headline=(f"destroy@{SIZE.slot}", f"probe_max_delay@{SIZE.slot}"),
     default_iterations=3,
     default_warmup=1,
+    figure=Curves("teardown: VM destroy vs populated RAM", xlabel="populated RAM",
+                  families=(f"destroy@{SIZE.slot}", f"probe_max_delay@{SIZE.slot}")),
 )

@@ -16,6 +16,8 @@ from kvmharness.compare.build import (
 )
 from kvmharness.compare.render.text import TAGS, change_cell, num
 from kvmharness.compare.stats import Summary
+from kvmharness.scenarios import registry
+from kvmharness.scenarios.presentation import FAMILY_GRID
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,16 +92,10 @@ def why_no_runs(side: Side) -> str:
 
 
 def pivot_key(scenario: str, metric: str) -> tuple[str, str] | None:
-    """(row, column) for metrics that form a grid: ``op@size`` (slot-ops, teardown) and
-    ``kind_cycles``/``kind_ns`` (mmio)."""
-    family, sep, size = metric.partition("@")
-    if sep:
-        return family, size
-    if scenario == "mmio":
-        kind, _, unit = metric.rpartition("_")
-        if kind and unit in ("cycles", "ns"):
-            return kind, unit
-    return None
+    """(row, column) of ``metric`` in the grid the scenario declares (``ScenarioSpec.pivot``;
+    a scenario not registered here: family points only), None for a plain row."""
+    spec = registry.find(scenario)
+    return (spec.pivot if spec is not None else FAMILY_GRID).cell(metric)
 
 
 def outlier_values(values: Sequence[float]) -> list[float]:
