@@ -108,7 +108,7 @@ def test_run_compare_show(kh: Callable[..., str], tmp_path: Path) -> None:
     # the counts, then fast and slow; spin's changes significant, marked '*' (better).
     plain = kh("compare", str(path))
     lines = plain.splitlines()
-    assert "over the report's 5 tests" in " ".join(plain.split()), plain
+    assert "family of 5 tests" in " ".join(plain.split()), plain  # 3 spin + 2 poke
     for fmt_text in (plain, kh("compare", str(path), "--format", "markdown")):
         header = next(line.split() for line in fmt_text.splitlines()
                       if line.split()[:3] == ["1", "4", "16"])
