@@ -453,6 +453,23 @@ def test_three_sides_baseline_and_change_columns() -> None:
     assert text.count("k2.json") == 1 and "Files: k1: k1.json; k2: k2.json" in text
 
 
+def test_a_side_without_a_metric_shows_dashes_not_another_sides_numbers() -> None:
+    no_delete = {m: v for m, v in DATA_A.items() if m != "delete"}
+    files = [result_file(lb, runs_from(data, {"zap": "all"}, start=i * 20),
+                         environment(lb, True), f"{lb}.json")
+             for i, (lb, data) in enumerate((("k1", DATA_A), ("k2", DATA_B),
+                                             ("k3", no_delete)))]
+    report = build_report(files, settings=Settings(seed=1))
+    text = format_report(report, "plain", View(detail=True))
+    assert re.search(r"^delete \[us\] +16\.30 +16\.35 +\+0\.3% +- +-$", text, re.M)
+    # Per side: A and B have delete's statistics, C none (not B's in its place).
+    detail = text.split("per side", 1)[1]
+    delete = detail.split("\ndelete", 1)[1].split("\nmemslot", 1)[0].splitlines()
+    assert [line.split()[0] for line in delete] == ["A", "B", "C"]
+    assert delete[2].split()[1:] == ["-", "-", "-", "-", "-", "0"]
+    assert max(len(line) for line in text.splitlines()) <= 75
+
+
 def _write(tmp_path: Path, f: ResultFile, name: str) -> Path:
     import json
 

@@ -11,7 +11,7 @@ from kvmharness.compare.build import (
     MetricRow,
     Report,
 )
-from kvmharness.compare.render.model import DEFAULT_VIEW, View, outlier_values, why_no_runs
+from kvmharness.compare.render.model import DEFAULT_VIEW, View, why_no_runs
 from kvmharness.compare.render.setup import (
     MMU_NAMES,
     backend_text,
@@ -22,7 +22,7 @@ from kvmharness.compare.render.setup import (
     uncounted_line,
 )
 from kvmharness.compare.render.text import COVER_WIDTH, ascii_text, fit, num, pct
-from kvmharness.compare.stats import Summary
+from kvmharness.compare.stats import Summary, robust_outliers
 
 
 def _value(s: Summary, unit: str) -> str:
@@ -84,7 +84,7 @@ def _noise_by_metric(report: Report) -> tuple[dict[str, float], dict[str, None]]
             for s, side in ((r.a, c.a), (r.b, c.b)):
                 if s.cov is not None and s.cov >= warn.COV_LIMIT:
                     noisy[r.metric] = max(noisy.get(r.metric, 0.0), s.cov)
-                if outlier_values([v for run in side.ok_runs
+                if robust_outliers([v for run in side.ok_runs
                                    if (v := run.value(r.metric)) is not None]):
                     flagged.setdefault(r.metric)
     return noisy, flagged

@@ -1,13 +1,12 @@
-"""CSV: one line per comparison and metric, every statistic unrounded."""
+"""CSV: one line per comparison and metric, every statistic unrounded.  Written by the
+csv module, not tabulate: a CSV reader needs RFC 4180 quoting, not aligned columns."""
 
 from __future__ import annotations
 
 import csv
 import io
 
-from kvmharness.compare.build import (
-    Report,
-)
+from kvmharness.compare.build import Report
 from kvmharness.compare.render.model import DEFAULT_VIEW, View
 from kvmharness.compare.stats import Summary
 

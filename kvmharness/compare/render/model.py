@@ -31,10 +31,6 @@ class View:
 DEFAULT_VIEW = View()
 
 
-def title(c: Comparison) -> str:
-    return f"{c.scenario} ({c.context}): A = {c.a.name}, B = {c.b.name}"
-
-
 @dataclasses.dataclass(frozen=True)
 class Group:
     """Comparisons sharing scenario, context and A: one table, one column per B."""
@@ -96,11 +92,6 @@ def pivot_key(scenario: str, metric: str) -> tuple[str, str] | None:
     a scenario not registered here: family points only), None for a plain row."""
     spec = registry.find(scenario)
     return (spec.pivot if spec is not None else FAMILY_GRID).cell(metric)
-
-
-def outlier_values(values: Sequence[float]) -> list[float]:
-    from kvmharness.compare.stats import robust_outliers
-    return robust_outliers(values)
 
 
 @dataclasses.dataclass(frozen=True)

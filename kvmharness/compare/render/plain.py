@@ -22,7 +22,6 @@ from kvmharness.compare.render.model import (
     TableRow,
     View,
     groups,
-    outlier_values,
     pivot_grid,
     pivot_key,
     runs_text,
@@ -50,7 +49,7 @@ from kvmharness.compare.render.text import (
     verdict,
     wrapped,
 )
-from kvmharness.compare.stats import Summary
+from kvmharness.compare.stats import Summary, robust_outliers
 
 
 def plain_table(sec: Section, view: View, width: int) -> list[str]:
@@ -134,7 +133,7 @@ def _noise_warnings(sec: Section, detail: bool) -> list[str]:
     outliers: list[str] = []
     for i, side in enumerate(sec.shown.sides):
         covs = _high_covs(rows, i)
-        flagged = [t.metric for t in rows if outlier_values(
+        flagged = [t.metric for t in rows if robust_outliers(
             [v for r in side.ok_runs if (v := r.value(t.metric)) is not None])]
         noisy += [_noisy_text(TAGS[i], covs, len(rows))] if covs else []
         outliers += [f"{TAGS[i]} {', '.join(flagged)}" if len(flagged) <= 3 else
