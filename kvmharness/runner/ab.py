@@ -23,7 +23,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from kvmharness.compare.build import CompareError, Comparison, Report, Settings, build_report
 from kvmharness.results.model import ResultFile, variant_text
@@ -356,6 +356,43 @@ def build_comparisons(files: Sequence[Path], kernels: Sequence[Kernel],
     (variants compared within one kernel); plus notes on what could not be compared.
     ``relative_to``: the tables name files relative to this folder (where they are
     written), not by absolute paths that do not fit a 78-column table."""
+    loaded, notes = _load(files, relative_to)
+    scenarios = list(dict.fromkeys(f.scenario_name for f in loaded))
+    out: list[tuple[str, Report]] = []
+    by_kernel: list[Comparison] = []
+    for sc in scenarios:
+        group = [f for f in loaded if f.scenario_name == sc]
+        labels = list(dict.fromkeys(f.label for f in group))
+        if len(labels) >= 2:
+            by_kernel += _compare(group, "label", settings, notes,
+                                  f"{sc}: kernels not compared")
+        elif len(kernels) > 1:
+            notes.append(f"{sc}: only {', '.join(labels)} produced results: no kernel "
+                         "comparison")
+    if by_kernel:
+        out.append(("kernels", Report(tuple(by_kernel), settings)))
+    for k in kernels:
+        mine = _variants_within(k.name, loaded, scenarios, settings, notes)
+        if mine:
+            out.append((f"variants-{k.name}", Report(tuple(mine), settings)))
+    return out, notes
+
+
+def _variants_within(label: str, loaded: Sequence[ResultFile], scenarios: Sequence[str],
+                     settings: Settings, notes: list[str]) -> list[Comparison]:
+    """Per scenario, the variants one kernel ran compared with each other."""
+    mine: list[Comparison] = []
+    for sc in scenarios:
+        group = [f for f in loaded if f.scenario_name == sc and f.label == label]
+        if len({variant_text(r.variant) for f in group for r in f.ok_runs()}) >= 2:
+            mine += _compare(group, "variant", settings, notes,
+                             f"{sc} in {label}: variants not compared")
+    return mine
+
+
+def _load(files: Sequence[Path], relative_to: Path | None
+          ) -> tuple[list[ResultFile], list[str]]:
+    """The result files that load, and a note for each that does not."""
     loaded: list[ResultFile] = []
     notes: list[str] = []
     for f in files:
@@ -367,37 +404,17 @@ def build_comparisons(files: Sequence[Path], kernels: Sequence[Kernel],
         if relative_to is not None and Path(f).is_relative_to(relative_to):
             result.source = str(Path(f).relative_to(relative_to))
         loaded.append(result)
-    scenarios = list(dict.fromkeys(f.scenario_name for f in loaded))
-    out: list[tuple[str, Report]] = []
-    by_kernel: list[Comparison] = []
-    for sc in scenarios:
-        group = [f for f in loaded if f.scenario_name == sc]
-        labels = list(dict.fromkeys(f.label for f in group))
-        if len(labels) < 2:
-            if len(kernels) > 1:
-                notes.append(f"{sc}: only {', '.join(labels)} produced results: no kernel "
-                             "comparison")
-            continue
-        try:
-            by_kernel += build_report(group, by="label", settings=settings).comparisons
-        except CompareError as e:
-            notes.append(f"{sc}: kernels not compared: {e}")
-    if by_kernel:
-        out.append(("kernels", Report(tuple(by_kernel), settings)))
-    for k in kernels:
-        mine: list[Comparison] = []
-        for sc in scenarios:
-            group = [f for f in loaded if f.scenario_name == sc and f.label == k.name]
-            variants = {variant_text(r.variant) for f in group for r in f.ok_runs()}
-            if len(variants) < 2:
-                continue
-            try:
-                mine += build_report(group, by="variant", settings=settings).comparisons
-            except CompareError as e:
-                notes.append(f"{sc} in {k.name}: variants not compared: {e}")
-        if mine:
-            out.append((f"variants-{k.name}", Report(tuple(mine), settings)))
-    return out, notes
+    return loaded, notes
+
+
+def _compare(group: list[ResultFile], by: Literal["label", "variant"], settings: Settings, notes: list[str],
+             refused: str) -> tuple[Comparison, ...]:
+    """The comparisons of ``group``, or none and a note when compare refuses them."""
+    try:
+        return build_report(group, by=by, settings=settings).comparisons
+    except CompareError as e:
+        notes.append(f"{refused}: {e}")
+        return ()
 
 
 def check_kernels(kernels: Sequence[Kernel], module: str) -> list[str]:
