@@ -62,6 +62,15 @@ def teardown() -> ResultFile:
     return result("teardown", runs)
 
 
+def slot_scale() -> ResultFile:
+    """Families over memslot counts (``create@<count>``): slot-scale's declared figure."""
+    runs = [run(i, "all" if i % 2 == 0 else "slot",
+                {f"{op}@{count}": ("us", [count * (1.0 if i % 2 == 0 else 0.5) + i])
+                 for op in ("create", "move", "delete") for count in (1, 64, 1024)})
+            for i in range(4)]
+    return result("slot-scale", runs)
+
+
 def need_matplotlib() -> None:
     """CI (KVMHARNESS_REQUIRE_KVM=1) installs the [plot] extra: there a missing matplotlib
     fails; elsewhere, and inside a tools/vng-run boot (whose Python has the runtime
@@ -91,8 +100,8 @@ def check_figure(path: Path) -> None:
         assert root.tag == "{http://www.w3.org/2000/svg}svg"
 
 
-@pytest.mark.parametrize("make", [slot_ops, rom_toggle, teardown],
-                         ids=["slot-ops", "rom-toggle", "teardown"])
+@pytest.mark.parametrize("make", [slot_ops, rom_toggle, teardown, slot_scale],
+                         ids=["slot-ops", "rom-toggle", "teardown", "slot-scale"])
 @pytest.mark.parametrize("suffix", [".png", ".svg"])
 def test_each_kind_renders(tmp_path: Path, make: Any, suffix: str,
                            capsys: pytest.CaptureFixture[str]) -> None:
