@@ -97,22 +97,28 @@ def scenario_calls(args: argparse.Namespace, specs: dict[str, ScenarioSpec]) -> 
         common.plan_from_args(spec, argparse.Namespace(
             param=params, variant=variants, quick=args.quick, repeat=repeat,
             iterations=args.iterations, warmup=args.warmup), label="ab")
-        options = ["--quick"] if args.quick else []
-        options += [x for k, v in params for x in ("--param", f"{k}={v}")]
-        options += [x for k, v in variants for x in ("--variant", f"{k}={v}")]
-        options += ["--repeat", str(repeat)]
-        if args.iterations:
-            options += ["--iterations", str(args.iterations)]
-        if args.warmup is not None:
-            options += ["--warmup", str(args.warmup)]
-        options += common.per_boot_options(args, len(dict.fromkeys(args.scenarios)))
-        calls.append(ScenarioCall(name, tuple(options)))
+        calls.append(ScenarioCall(name, call_options(args, params, variants, repeat)))
     stray = [k for k, _ in args.param if k not in used_params]
     stray += [k for k, _ in args.variant if k not in used_axes]
     if stray:
         raise ValueError(f"{', '.join(map(repr, stray))}: not a parameter or variant axis of "
                          f"{', '.join(args.scenarios)}")
     return calls
+
+
+def call_options(args: argparse.Namespace, params: list[tuple[str, str]],
+                 variants: list[tuple[str, str]], repeat: int) -> tuple[str, ...]:
+    """The `kvmharness run` options of one scenario's call inside each boot."""
+    options = ["--quick"] if args.quick else []
+    options += [x for k, v in params for x in ("--param", f"{k}={v}")]
+    options += [x for k, v in variants for x in ("--variant", f"{k}={v}")]
+    options += ["--repeat", str(repeat)]
+    if args.iterations:
+        options += ["--iterations", str(args.iterations)]
+    if args.warmup is not None:
+        options += ["--warmup", str(args.warmup)]
+    options += common.per_boot_options(args, len(dict.fromkeys(args.scenarios)))
+    return tuple(options)
 
 
 def check_append(name: str, text: str) -> None:
