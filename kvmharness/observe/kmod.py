@@ -81,6 +81,25 @@ def modinfo(data: bytes, where: str = "module") -> dict[str, str]:
     return fields
 
 
+def index_facts(data: bytes, where: str = "module") -> list[str]:
+    """What depmod reads from a module besides its path: its dependencies, aliases and
+    soft dependencies (every .modinfo value of those keys) and the symbols it exports
+    (__ksymtab_strings).  Two modules with equal facts give depmod equal indexes."""
+    elf = _elf(data, where)
+    facts: list[str] = []
+    section = elf.get_section_by_name(".modinfo")
+    if section is not None:
+        for raw in section.data().split(b"\0"):
+            key, sep, value = raw.decode("utf-8", "replace").partition("=")
+            if sep and key in ("depends", "alias", "softdep", "name"):
+                facts.append(f"{key}={value}")
+    strings = elf.get_section_by_name("__ksymtab_strings")
+    if strings is not None:
+        facts += [f"export={name.decode('ascii', 'replace')}"
+                  for name in strings.data().split(b"\0") if name]
+    return sorted(facts)
+
+
 def modversions(data: bytes, where: str = "module") -> dict[str, int]:
     """The CRC the module expects of each symbol it imports (its __versions section)."""
     elf = _elf(data, where)

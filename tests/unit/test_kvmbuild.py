@@ -377,3 +377,20 @@ def test_build_kvm_refuses_sources_of_another_version(tmp_path: Path,
     assert "the sources are version 6.12.118 but kernel 6.12.117+deb12-amd64 is 6.12.117" in err
     assert "apt-get download linux-source-6.12=6.12.117-1~deb12u1" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_index_facts_decide_whether_depmod_must_run(module_elf: Path, tmp_path: Path) -> None:
+    """depmod reads dependencies, aliases and exports: equal facts, equal indexes."""
+    source = (tmp_path / "m.c").read_text()
+    with_alias = source.replace('srcversion=ABC\\0"', 'srcversion=ABC\\0alias=cpu:type:x86\\0"')
+    assert with_alias != source
+    (tmp_path / "a.c").write_text(with_alias)
+    other = tmp_path / "a.ko"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-nostdlib", "-o", str(other),
+                    str(tmp_path / "a.c")], check=True)
+    base = kmod.index_facts(module_elf.read_bytes())
+    assert kmod.index_facts(other.read_bytes()) == sorted([*base, "alias=cpu:type:x86"])
+    # The build id differs between the two, the facts depmod reads do not (same sources).
+    subprocess.run(["gcc", "-shared", "-fPIC", "-nostdlib", "-Wl,--build-id=md5", "-o",
+                    str(tmp_path / "b.ko"), str(tmp_path / "m.c")], check=True)
+    assert kmod.index_facts((tmp_path / "b.ko").read_bytes()) == base
