@@ -179,7 +179,7 @@ def cmd_ab(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: Text
     opts = ab.AbOptions(
         kernels=kernels, calls=tuple(calls), rounds=args.rounds,
         out_dir=args.out or DEFAULT_DIR / f"ab-{stamp}", accel=args.accel, cpus=args.cpus,
-        memory=args.memory, timeout_s=args.timeout, fmt=args.format,
+        memory=args.memory, timeout_s=args.timeout,
         settings=Settings(alpha=args.alpha, min_change=args.min_change),
         dry_run=args.dry_run)
     try:

@@ -83,7 +83,6 @@ class AbOptions:
     cpus: int | None = None
     memory: str = "4G"
     timeout_s: float = 1800.0
-    fmt: str = "plain"
     settings: Settings = dataclasses.field(default_factory=Settings)
     dry_run: bool = False
 
