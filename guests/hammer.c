@@ -11,6 +11,8 @@ uint64_t hammer_page_size = 4096;
 uint32_t hammer_passes;
 uint32_t hammer_write;
 uint32_t hammer_sync_each_pass;
+uint32_t hammer_park_each_pass;
+uint32_t hammer_released;
 
 uint64_t hammer_pass_tsc[KH_MAX_VCPUS][HAMMER_MAX_PASSES];
 uint64_t hammer_pass_max_gap[KH_MAX_VCPUS][HAMMER_MAX_PASSES];
@@ -141,5 +143,8 @@ void guest_main(uint32_t vcpu, void *arg)
 			hammer_read_rom(vcpu);
 		if (hammer_sync_each_pass)
 			GUEST_SYNC(pass);
+		if (hammer_park_each_pass)
+			while (kh_load_acquire(&hammer_released) < pass + 1 && !kh_stop)
+				kh_pause();
 	}
 }

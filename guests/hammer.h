@@ -24,6 +24,13 @@ extern uint64_t hammer_page_size;	/* step in bytes, default 4096, multiple of 8 
 extern uint32_t hammer_passes;		/* 1 .. HAMMER_MAX_PASSES */
 extern uint32_t hammer_write;		/* 0: read, 1: write HAMMER_WRITE_VALUE */
 extern uint32_t hammer_sync_each_pass;	/* non-zero: GUEST_SYNC(pass) after each pass */
+/*
+ * Non-zero: after pass p (its hammer_passes_done already stored) spin in the guest,
+ * without an exit, until the host stores hammer_released >= p + 1 (or kh_stop): the
+ * vCPU stays parked inside KVM_RUN while another host thread works on the VM.
+ */
+extern uint32_t hammer_park_each_pass;
+extern uint32_t hammer_released;
 
 /*
  * Optional ROM reader: after each pass, read one word per page of

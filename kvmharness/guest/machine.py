@@ -325,6 +325,11 @@ class Machine:
         """Kick every vCPU out of KVM_RUN and wait for its thread to finish."""
         self.threads.stop(join_timeout_s)
 
+    def note_guest_progress(self) -> None:
+        """The host saw the guest make progress without an exit (a counter it stores in
+        guest memory moved): restart the watchdog's clock for every vCPU in the guest."""
+        self.threads.note_progress()
+
     def request_guest_stop(self) -> None:
         """Ask the guest to finish at its next check of ``kh_stop`` (cooperative)."""
         self.write_var("kh_stop", 1)

@@ -109,6 +109,12 @@ class VcpuThreads:
                                              name=f"kvmharness-vcpu{runner.index}", daemon=True)
             runner.thread.start()
 
+    def note_progress(self) -> None:
+        now = time.monotonic()
+        for r in self.runners:
+            if r.running:
+                r.last_activity = now
+
     def span_ns(self) -> tuple[int, int]:
         """(first vCPU's entry, last vCPU's finish) of the last run, perf_counter_ns, each
         stamped on the vCPU's own thread; raises if a vCPU has not both begun and ended."""

@@ -48,6 +48,7 @@ HAMMER_ABI = GuestAbi(
              "hammer_rom_present": u64 * KH_MAX_VCPUS,
              "hammer_rom_absent": u64 * KH_MAX_VCPUS,
              "hammer_passes": u32, "hammer_write": u32, "hammer_sync_each_pass": u32,
+             "hammer_park_each_pass": u32, "hammer_released": u32,
              "hammer_base": u64, "hammer_pages": u64, "hammer_page_size": u64,
              "hammer_stride_per_vcpu": u64, "hammer_rom_base": u64, "hammer_rom_bytes": u64},
 )
@@ -130,6 +131,7 @@ class HammerConfig:
     page_size: int = 4096
     write: bool = True
     sync_each_pass: bool = False
+    park_each_pass: bool = False  # spin in the guest after each pass until released
 
     def apply(self, machine: Machine) -> None:
         if not 1 <= self.passes <= HAMMER_MAX_PASSES:
@@ -142,6 +144,8 @@ class HammerConfig:
         machine.write_var("hammer_passes", self.passes, u32)
         machine.write_var("hammer_write", int(self.write), u32)
         machine.write_var("hammer_sync_each_pass", int(self.sync_each_pass), u32)
+        machine.write_var("hammer_park_each_pass", int(self.park_each_pass), u32)
+        machine.write_var("hammer_released", 0, u32)
 
 
 def hammer_pass_ns(machine: Machine, nvcpus: int) -> list[list[float]]:

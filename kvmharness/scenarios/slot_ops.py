@@ -4,8 +4,13 @@ For every slot size (4 KiB .. GiBs) one memslot, separate from the guest's RAM, 
 create -> dirty logging on -> off -> move -> delete, each timed inside the
 KVM_SET_USER_MEMORY_REGION(2) syscall (Vm.set_user_memory_region's own clock).
 With ``populated`` a hammer vCPU keeps the rest of guest RAM mapped (one write per 4 KiB
-page per pass) and stops at a GUEST_SYNC after every pass; the op runs in that sync
-handler, so the guest's next pass is exactly the refault cost of the op (zap=all throws
+page per pass) and waits after every pass, in the state ``op_state`` declares (OP_STATES,
+recorded in ``effective["op_state"]``): ``parked`` spinning in the guest while the main
+thread does the op (the ops' own metrics), or ``exited`` at a GUEST_SYNC with the op the
+first ioctl after the exit, done in the sync handler (metrics ``<op>_after_exit@<size>``:
+on the PVM /dev/kvm here that first ioctl was measured at 50 us - 30 ms against 20-30 us
+back to back, a cost of its own).  Either way the guest's next pass is exactly the refault
+cost of the op (zap=all throws
 every SPTE away on delete/move; zap=slot only the slot's).  Each iteration is one run of
 the guest: a pass per op and per steady step, after a first pass that maps guest RAM (the
 first iteration's) or finds it mapped (the others', not recorded).  Without ``populated``
@@ -28,13 +33,15 @@ be able to OOM a shared CI host.  With the defaults (4G slot, 1 GiB populated) t
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import statistics
+import time
 from collections.abc import Callable, Sequence
 
 from kvmharness.guest.layout import GiB, Layout, LayoutError, MiB, Region
 from kvmharness.guest.longmode import max_phys_addr
-from kvmharness.guest.machine import Machine
+from kvmharness.guest.machine import Machine, VcpuState
 from kvmharness.guest.memory import check_host_memory
 from kvmharness.kvm import HostMemory, Vm
 from kvmharness.observe.counters import KvmCounters, Snapshot
@@ -71,6 +78,20 @@ ZAPPING_OPS = ("move", "delete")  # the ops that take the zap-all or zap-slot pa
 STEADY = "steady"  # a pass with no op before it: the baseline a refault pass compares to
 SETUP = "setup"  # untimed host work before a group (slot-scale: reach the slot count)
 RUN_PHASE = "slot_ops"  # the whole run, warmups included: its tracepoints prove the zap path
+# The state of the VM while an op is timed (parameter op_state, recorded in effective):
+PARKED = "parked"  # the vCPU spins inside KVM_RUN (no exit); the op runs on the main thread
+EXITED = "exited"  # the vCPU exited (GUEST_SYNC) and the op is the first ioctl after it
+OP_STATES = {
+    PARKED: "vCPU parked in the guest (spinning inside KVM_RUN, no exit since its pass); "
+            "the op runs on the main thread, as memslot_perf_test's ops run beside its "
+            "vCPU thread",
+    EXITED: "vCPU exited to the host at a GUEST_SYNC after its pass; the op is the first "
+            "ioctl after KVM_RUN returned, issued by the vCPU thread in the sync handler",
+}
+AFTER_EXIT = "_after_exit"  # the suffix of ops timed in the EXITED state: their own metrics
+# How often the main thread looks at a parked guest's pass counter: the wait sits before
+# an op, never inside one, so it delays the op without entering its time.
+PARK_POLL_S = 0.0002
 
 
 def kvm_slot_metadata_bytes(size: int) -> int:
@@ -134,6 +155,25 @@ class SlotUnderTest:
             self.mem.close()
 
 
+def measured_in(name: str, op_state: str) -> bool:
+    """Whether metric ``name`` has samples in a run with ``op_state``: each op's metric in
+    one state only (``<op>@...`` parked, ``<op>_after_exit@...`` exited), the rest in both."""
+    base = name.split("@")[0]
+    if base.removesuffix(AFTER_EXIT) not in OPS:
+        return True
+    return base.endswith(AFTER_EXIT) == (op_state == EXITED)
+
+
+def _await_pass(m: Machine, done: ctypes.c_uint32, count: int) -> bool:
+    """Wait until the parked hammer has finished ``count`` passes; False if its vCPU stopped
+    running first."""
+    while done.value < count:
+        if m.states()[0] is not VcpuState.RUNNING:
+            return False
+        time.sleep(PARK_POLL_S)
+    return True
+
+
 def build_steps(sizes: Sequence[int], ops_per_size: int, iteration: int, warm: bool,
                 populated: bool) -> list[Step]:
     """One iteration's script."""
@@ -159,7 +199,12 @@ class SlotOpsDriver:
     the rest is kept per size (``cycles@<size>``)."""
 
     def __init__(self, outcome: RunOutcome, slot: SlotUnderTest, counters: KvmCounters,
-                 on_setup: Callable[[Step], None] | None = None) -> None:
+                 on_setup: Callable[[Step], None] | None = None,
+                 op_state: str = PARKED) -> None:
+        if op_state not in OP_STATES:
+            raise ValueError(f"op_state={op_state!r}: one of {', '.join(OP_STATES)}")
+        self.op_suffix = AFTER_EXIT if op_state == EXITED else ""
+        self.op_state = op_state
         self.outcome = outcome
         self.slot = slot
         self.on_setup = on_setup
@@ -179,7 +224,7 @@ class SlotOpsDriver:
                 self.on_setup(step)
             return
         ns = self.slot.perform(step.op, step.size)
-        self.outcome.add(f"{step.op}@{step.label}", ns / 1e3, warmup=step.warm)
+        self.outcome.add(f"{step.op}{self.op_suffix}@{step.label}", ns / 1e3, warmup=step.warm)
         self.groups.setdefault(step.label, {}).setdefault(step.op, []).append(ns / 1e3)
 
     def report(self, step: Step) -> None:
@@ -196,8 +241,34 @@ class SlotOpsDriver:
         self.last = (None, self.counters.snapshot())
         self.kinds = KvmCounters.kinds_of(self.last[1])
 
+    def run(self, m: Machine) -> None:
+        """Run the guest through ``self.steps``: each step's op in the sync handler
+        (EXITED: the hammer must sync after each pass) or, PARKED (the hammer must park
+        after each pass), on this thread while the vCPU spins in the guest."""
+        if self.op_state == EXITED:
+            m.run()
+            return
+        done = ctypes.c_uint32.from_address(
+            m.memory.host_address(m.image.symbol("hammer_passes_done").address, 4))
+        m.start()
+        try:
+            for k in range(len(self.steps) + 1):
+                if not _await_pass(m, done, k + 1):
+                    break  # the guest ended or failed: wait() says which
+                m.note_guest_progress()
+                self.on_pass_end(k)
+                m.write_var("hammer_released", k + 1, ctypes.c_uint32)
+            m.wait()
+        except BaseException:
+            m.stop()
+            raise
+
     def on_sync(self, m: Machine, vcpu: int, values: tuple[int, ...]) -> None:
-        done_pass = values[0]
+        self.on_pass_end(values[0])
+
+    def on_pass_end(self, done_pass: int) -> None:
+        """Pass ``done_pass`` is over and the vCPU waits (exited or parked): do the step
+        that follows it, then account the pass's stats."""
         step = self.steps[done_pass] if done_pass < len(self.steps) else None
         if step is not None:
             self.perform(step)
@@ -291,15 +362,18 @@ class SlotOps(GuestScenario):
             raise LayoutError(f"slot-ops: a {size_label(self.max_size)} slot moved to "
                               f"{self.gpa_b:#x} ends above the guest physical address limit "
                               f"{limit:#x}")
+        op_state = str(self.params["op_state"])
         ctx.outcome.effective.update(
             populated=self.populated, thp=bool(self.params["thp"]),
             slot_gpas=[self.gpa_a, self.gpa_b],
-            timed="KVM_SET_USER_MEMORY_REGION: time inside the syscall")
+            timed="KVM_SET_USER_MEMORY_REGION: time inside the syscall",
+            op_state=OP_STATES[op_state] if self.populated else
+            "no vCPU has run (populated=false): the VM holds no guest mapping")
         slot = SlotUnderTest(m.vm, self.max_size, self.gpa_a, self.gpa_b)
         ctx.cleanups.callback(slot.close)
         self.driver = SlotOpsDriver(ctx.outcome, slot, KvmCounters(
             m.vm, m.vcpus, vm_stats=recorder.vm_stats,
-            vcpu_stats=recorder.vcpu_stats))
+            vcpu_stats=recorder.vcpu_stats), op_state=op_state if self.populated else PARKED)
 
     def iteration(self, ctx: Context, m: Machine, recorder: PhaseRecorder, i: int,
                   warm: bool) -> str:
@@ -311,9 +385,10 @@ class SlotOps(GuestScenario):
             if self.populated:
                 HammerConfig(base=HAMMER_GPA, pages=self.populated_bytes // 4096,
                              passes=len(steps) + 1, stride_per_vcpu=0,
-                             sync_each_pass=True).apply(m)
+                             sync_each_pass=driver.op_state == EXITED,
+                             park_each_pass=driver.op_state == PARKED).apply(m)
                 driver.begin(steps, "populate" if i == 0 else None)
-                m.run()
+                driver.run(m)
             else:
                 driver.steps, driver.medians = steps, []
                 for step in steps:
@@ -321,6 +396,8 @@ class SlotOps(GuestScenario):
                     driver.report(step)
         if self.populated:
             driver.record_passes(m, warm)
+            # GUEST_SYNC exits so far: the witness of op_state (one per pass when exited).
+            ctx.outcome.effective["guest_syncs"] = len(m.syncs)
         return "; ".join(driver.medians)
 
 
@@ -335,6 +412,12 @@ _OP_HELP = {
     "move": "moving the slot to another GPA (zaps: all or the slot's SPTEs)",
     "delete": "deleting the slot (zaps: all or the slot's SPTEs)",
 }
+
+OP_STATE_PARAMETER = Parameter(
+    "op_state", "state", PARKED, PARKED,
+    f"the VM's state while an op is timed: {PARKED} (the ops' metrics: {OP_STATES[PARKED]}) "
+    f"or {EXITED} (metrics named <op>{AFTER_EXIT}: {OP_STATES[EXITED]})",
+    choices=tuple(OP_STATES), type=str)
 
 # The hammer's baseline pass and its worst stall, shared with slot-scale.
 STEADY_METRICS = (
@@ -363,9 +446,13 @@ SPEC = ScenarioSpec(
                   maximum=10_000),
         Parameter("thp", "bool", False, False, "back guest RAM with transparent huge pages",
                   type=bool),
+        OP_STATE_PARAMETER,
     ),
     metrics=tuple(
         _sized(op, "us", "lower", _OP_HELP[op]) for op in OPS
+    ) + tuple(
+        _sized(f"{op}{AFTER_EXIT}", "us", "lower", f"{_OP_HELP[op]}; op_state=exited: the "
+               "first ioctl after the vCPU's exit") for op in OPS
     ) + tuple(
         _sized(f"{op}_pass", "ms", "lower", f"the hammer's next pass after {op} (guest TSC; "
                "the refault cost)") for op in OPS

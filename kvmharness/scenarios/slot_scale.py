@@ -5,8 +5,10 @@ op costs a running guest.
 For each count N the VM holds N filler memslots of 4 KiB beside the guest's own (one
 untouched MAP_NORESERVE mapping backs them all); then one more 4 KiB slot is created,
 moved and deleted ``ops_per_count`` times, each op timed inside the
-KVM_SET_USER_MEMORY_REGION syscall.  A hammer vCPU keeps its RAM mapped and stops at a
-GUEST_SYNC after every pass; the ops run in that handler, so the next pass is the op's
+KVM_SET_USER_MEMORY_REGION syscall.  A hammer vCPU keeps its RAM mapped and waits after
+every pass in the state ``op_state`` names (slot_ops.OP_STATES: parked in the guest while
+the main thread does the op, or exited with the op the first ioctl after the exit, under
+metrics of their own, ``<op>_after_exit@<count>``), so the next pass is the op's
 refault cost (zap=all throws every SPTE away on move/delete, zap=slot the slot's only),
 with its pf_fixed where the kernel counts it.  Reaching a count (adding or deleting
 fillers) is untimed setup followed by a pass that is not recorded."""
@@ -29,6 +31,11 @@ from kvmharness.scenarios.metrics import COUNT, MetricFamily
 from kvmharness.scenarios.presentation import Curves
 from kvmharness.scenarios.skeleton import Context, GuestScenario, Handlers
 from kvmharness.scenarios.slot_ops import (
+    AFTER_EXIT,
+    EXITED,
+    OP_STATE_PARAMETER,
+    OP_STATES,
+    PARKED,
     SETUP,
     STEADY,
     STEADY_METRICS,
@@ -167,13 +174,15 @@ class SlotScale(GuestScenario):
             guest_slots=len(m.vm.memslots), max_memslots=m.vm.max_memslots,
             thp=bool(self.params["thp"]), filler_gpa=self.filler_gpa,
             slot_gpas=[self.gpa_a, self.gpa_b],
-            timed="KVM_SET_USER_MEMORY_REGION: time inside the syscall")
+            timed="KVM_SET_USER_MEMORY_REGION: time inside the syscall",
+            op_state=OP_STATES[str(self.params["op_state"])])
         self.driver = SlotOpsDriver(ctx.outcome, slot, KvmCounters(
             m.vm, m.vcpus, vm_stats=recorder.vm_stats, vcpu_stats=recorder.vcpu_stats),
-            on_setup=self.setup)
+            on_setup=self.setup, op_state=str(self.params["op_state"]))
         HammerConfig(base=HAMMER_GPA, pages=self.ram // 4096,
                      passes=len(self.steps(0, False)) + 1, stride_per_vcpu=0,
-                     sync_each_pass=True).apply(m)
+                     sync_each_pass=self.driver.op_state == EXITED,
+                     park_each_pass=self.driver.op_state == PARKED).apply(m)
 
     def setup(self, step: Step) -> None:
         self.setup_deletes += self.fillers.resize(int(step.key))
@@ -186,9 +195,11 @@ class SlotScale(GuestScenario):
         self.setup_deletes = 0
         with recorder.phase(RUN_PHASE):
             self.driver.begin(steps, "populate" if i == 0 else None)
-            m.run()
+            self.driver.run(m)
         ctx.deletes += self.setup_deletes + sum(1 for s in steps if s.op in ZAPPING_OPS)
         self.driver.record_passes(m, warm)
+        # GUEST_SYNC exits so far: the witness of op_state (one per pass when exited).
+        ctx.outcome.effective["guest_syncs"] = len(m.syncs)
         return "memslots " + "; ".join(self.driver.medians)
 
 
@@ -210,10 +221,14 @@ SPEC = ScenarioSpec(
                   "pages (what a zap-all throws away)", minimum=1, maximum=1 << 20),
         Parameter("thp", "bool", False, False, "back guest RAM with transparent huge pages",
                   type=bool),
+        OP_STATE_PARAMETER,
     ),
     metrics=tuple(
         _family(op, "us", f"KVM_SET_USER_MEMORY_REGION {op} of a 4 KiB slot (time inside "
                 "the syscall)") for op in OPS
+    ) + tuple(
+        _family(f"{op}{AFTER_EXIT}", "us", f"{op} of a 4 KiB slot, op_state=exited: the "
+                "first ioctl after the vCPU's exit") for op in OPS
     ) + tuple(
         _family(f"{op}_pass", "ms", f"the hammer's next pass after {op} (guest TSC; the "
                 "refault cost)") for op in OPS

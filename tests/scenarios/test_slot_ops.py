@@ -20,13 +20,13 @@ ITERATIONS, WARMUP = 1, 1
 @pytest.fixture(scope="module")
 def quick_run(kvm_session: object, run_quick) -> Callable[..., Any]:
     """One quick run per (zap, populated), shared by the tests that inspect it."""
-    cache: dict[tuple[str, str], Any] = {}
+    cache: dict[tuple[str, str, str], Any] = {}
 
-    def get(zap: str, populated: str = "true") -> Any:
-        key = (zap, populated)
+    def get(zap: str, populated: str = "true", op_state: str = slot_ops.PARKED) -> Any:
+        key = (zap, populated, op_state)
         if key not in cache:
             cache[key] = run_quick(SPEC, {"zap": zap}, iterations=ITERATIONS, warmup=WARMUP,
-                                   populated=populated)
+                                   populated=populated, op_state=op_state)
         run = cache[key]
         run.ok()  # skips with the reason if the variant is unsupported
         return run
@@ -38,12 +38,15 @@ def sizes_of(run: Any) -> list[int]:
     return SizeList(run.params["sizes"]).sizes  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("zap", ["all", "slot"])
-def test_every_declared_metric_has_samples_and_a_unit(quick_run, zap):
-    run = quick_run(zap)
+@pytest.mark.parametrize("zap,op_state", [("all", slot_ops.PARKED), ("slot", slot_ops.PARKED),
+                                          ("all", slot_ops.EXITED)])
+def test_every_declared_metric_has_samples_and_a_unit(quick_run, zap, op_state):
+    run = quick_run(zap, op_state=op_state)
     outcome = run.outcome
+    assert outcome.effective["op_state"] == slot_ops.OP_STATES[op_state]
     sizes, cycles = sizes_of(run), int(run.params["ops_per_size"])  # type: ignore[arg-type]
-    expected = SPEC.metric_names([size_label(s) for s in sizes])
+    expected = [n for n in SPEC.metric_names([size_label(s) for s in sizes])
+                if slot_ops.measured_in(n, op_state)]
     assert set(expected) == set(outcome.samples), (
         f"missing {set(expected) - set(outcome.samples)}, "
         f"undeclared {set(outcome.samples) - set(expected)}")
@@ -60,9 +63,13 @@ def test_every_declared_metric_has_samples_and_a_unit(quick_run, zap):
         assert len(outcome.warmups[name]) == WARMUP * cycles * (1 if per_size else len(sizes))
         assert all(v >= 0 for v in outcome.samples[name])
     # The guest ran: its first pass and each size's cycles have stats of their own.
-    for phase in ["populate", "warmup", slot_ops.RUN_PHASE] + [
-            f"cycles@{size_label(s)}" for s in sizes]:
+    for phase in ["populate", "warmup", slot_ops.RUN_PHASE]:
         assert outcome.kvm_stats[phase]["vcpu.exits"] > 0, phase
+    # The declared state: exited, one GUEST_SYNC exit after every pass of every iteration
+    # (the Machine's ucall log); parked, none (PVM's stats count no PIO exits, so the
+    # ucall log is the witness).
+    passes = (ITERATIONS + WARMUP) * (len(sizes) * cycles * (len(slot_ops.OPS) + 1) + 1)
+    assert outcome.effective["guest_syncs"] == (passes if op_state == slot_ops.EXITED else 0)
     assert outcome.effective["populate_pass_ms"] > 0
 
 
@@ -70,7 +77,7 @@ def test_idle_run_times_the_ops_without_a_guest(quick_run):
     run = quick_run("all", "false")
     outcome = run.outcome
     ops = {n for n in SPEC.metric_names([size_label(s) for s in sizes_of(run)])
-           if n.split("@")[0] in slot_ops.OPS}
+           if n.split("@")[0] in slot_ops.OPS}  # the plain names: no vCPU exits at all
     assert set(outcome.samples) == ops
     assert outcome.effective["populated"] is False
     assert "populate_pass_ms" not in outcome.effective

@@ -11,6 +11,7 @@ import pytest
 
 from kvmharness.scenarios import slot_scale
 from kvmharness.scenarios.base import RunRequest
+from kvmharness.scenarios.slot_ops import EXITED, OP_STATES, PARKED, measured_in
 
 SPEC = slot_scale.SPEC
 ITERATIONS, WARMUP = 1, 1
@@ -18,13 +19,15 @@ ITERATIONS, WARMUP = 1, 1
 
 @pytest.fixture(scope="module")
 def quick_run(kvm_session: object, run_quick) -> Callable[[str], Any]:
-    cache: dict[str, Any] = {}
+    cache: dict[tuple[str, str], Any] = {}
 
-    def get(zap: str) -> Any:
-        if zap not in cache:
-            cache[zap] = run_quick(SPEC, {"zap": zap}, iterations=ITERATIONS, warmup=WARMUP)
-        cache[zap].ok()
-        return cache[zap]
+    def get(zap: str, op_state: str = PARKED) -> Any:
+        key = (zap, op_state)
+        if key not in cache:
+            cache[key] = run_quick(SPEC, {"zap": zap}, iterations=ITERATIONS, warmup=WARMUP,
+                                   op_state=op_state)
+        cache[key].ok()
+        return cache[key]
 
     return get
 
@@ -40,13 +43,19 @@ def test_ops_ran_beside_each_count_of_memslots(quick_run, zap):
     run.check_leaks()
 
 
-def test_every_declared_metric_has_its_samples(quick_run):
-    run = quick_run("all")
+@pytest.mark.parametrize("op_state", [PARKED, EXITED])
+def test_every_declared_metric_has_its_samples(quick_run, op_state):
+    run = quick_run("all", op_state)
     outcome = run.outcome
+    assert outcome.effective["op_state"] == OP_STATES[op_state]
     counts = slot_scale.CountList(run.params["counts"]).counts
     cycles = int(run.params["ops_per_count"])
-    expected = SPEC.metric_names([str(c) for c in counts])
+    expected = [n for n in SPEC.metric_names([str(c) for c in counts])
+                if measured_in(n, op_state)]
     assert set(expected) == set(outcome.samples)
+    # The declared state's witness: a GUEST_SYNC exit after every pass, or none at all.
+    passes = (ITERATIONS + WARMUP) * (len(counts) * (1 + cycles * (len(slot_scale.OPS) + 1)) + 1)
+    assert outcome.effective["guest_syncs"] == (passes if op_state == EXITED else 0)
     for name in expected:
         assert SPEC.metric(name).unit
         per_iteration = {"max_stall": 1, "steady_pass": cycles * len(counts),
