@@ -250,6 +250,10 @@ class SlotOpsDriver:
             return
         done = ctypes.c_uint32.from_address(
             m.memory.host_address(m.image.symbol("hammer_passes_done").address, 4))
+        # A run after reset() starts with the last run's counters: clear both, or the
+        # first waits would pass at once and the ops would run beside unparked passes.
+        done.value = 0
+        m.write_var("hammer_released", 0, ctypes.c_uint32)
         m.start()
         try:
             for k in range(len(self.steps) + 1):

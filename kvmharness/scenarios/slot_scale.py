@@ -3,7 +3,8 @@ already exist (the axis of the KVM selftests' memslot_perf_test, 1 to 32k), and 
 op costs a running guest.
 
 For each count N the VM holds N filler memslots of 4 KiB beside the guest's own (one
-untouched MAP_NORESERVE mapping backs them all); then one more 4 KiB slot is created,
+untouched MAP_NORESERVE mapping backs them all); then one more slot (``slot_kib``, 4 KiB
+by default, never touched either) is created,
 moved and deleted ``ops_per_count`` times, each op timed inside the
 KVM_SET_USER_MEMORY_REGION syscall.  A hammer vCPU keeps its RAM mapped and waits after
 every pass in the state ``op_state`` names (slot_ops.OP_STATES: parked in the guest while
@@ -15,7 +16,7 @@ fillers) is untimed setup followed by a pass that is not recorded."""
 
 from __future__ import annotations
 
-from kvmharness.guest.layout import GiB, Layout, LayoutError, MiB, Region
+from kvmharness.guest.layout import GiB, KiB, Layout, LayoutError, MiB, Region
 from kvmharness.guest.longmode import max_phys_addr
 from kvmharness.guest.machine import Machine
 from kvmharness.guest.memory import check_host_memory
@@ -124,6 +125,7 @@ class SlotScale(GuestScenario):
         self.counts = CountList(p["counts"]).counts
         self.cycles = int(p["ops_per_count"])
         self.ram = int(p["populated_mib"]) * MiB
+        self.slot_size = int(p["slot_kib"]) * KiB
         if self.cycles < 1 or self.ram < FILLER:
             raise ValueError("slot-scale: ops_per_count and populated_mib must be positive")
         passes = len(self.steps(0, False)) + 1
@@ -136,7 +138,7 @@ class SlotScale(GuestScenario):
                           f"{self.ram // MiB} MiB of guest RAM")
         self.filler_gpa = align_up(HAMMER_GPA + self.ram, GiB)
         self.gpa_a = align_up(self.filler_gpa + max(self.counts) * FILLER, GiB)
-        self.gpa_b = self.gpa_a + GiB
+        self.gpa_b = self.gpa_a + align_up(self.slot_size, GiB)
         self.setup_deletes = 0
 
     def steps(self, i: int, warm: bool) -> list[Step]:
@@ -145,8 +147,9 @@ class SlotScale(GuestScenario):
             key = str(count)
             steps.append(Step(SETUP, FILLER, i, warm, key=key))
             for _ in range(self.cycles):
-                steps += [Step(op, FILLER, i, warm, key=key) for op in (*OPS, STEADY)]
-            steps[-1] = Step(STEADY, FILLER, i, warm, group_end=True, key=key)
+                steps += [Step(op, self.slot_size, i, warm, key=key)
+                          for op in (*OPS, STEADY)]
+            steps[-1] = Step(STEADY, self.slot_size, i, warm, group_end=True, key=key)
         return steps
 
     def vcpus(self) -> int:
@@ -161,10 +164,10 @@ class SlotScale(GuestScenario):
 
     def prepare(self, ctx: Context, m: Machine, recorder: PhaseRecorder) -> None:
         limit = max_phys_addr(ctx.kvm.supported_cpuid())
-        if self.gpa_b + FILLER > limit:
+        if self.gpa_b + self.slot_size > limit:
             raise LayoutError(f"slot-scale: the slot under test at {self.gpa_b:#x} is above "
                               f"the guest physical address limit {limit:#x}")
-        slot = SlotUnderTest(m.vm, FILLER, self.gpa_a, self.gpa_b)
+        slot = SlotUnderTest(m.vm, self.slot_size, self.gpa_a, self.gpa_b)
         ctx.cleanups.callback(slot.close)
         self.fillers = Fillers(m.vm, self.filler_gpa, max(self.counts), {slot.slot})
         ctx.cleanups.callback(self.fillers.close)
@@ -219,16 +222,19 @@ SPEC = ScenarioSpec(
                   "per iteration", minimum=1, maximum=1000),
         Parameter("populated_mib", "MiB", 1024, 4, "guest RAM the hammer maps with 4 KiB "
                   "pages (what a zap-all throws away)", minimum=1, maximum=1 << 20),
+        Parameter("slot_kib", "KiB", 4, 4, "size of the slot under test, never touched (the "
+                  "fillers stay 4 KiB); the kernel's memslot_perf_test uses 512 MiB / count",
+                  minimum=4, maximum=1 << 20, multiple_of=4),
         Parameter("thp", "bool", False, False, "back guest RAM with transparent huge pages",
                   type=bool),
         OP_STATE_PARAMETER,
     ),
     metrics=tuple(
-        _family(op, "us", f"KVM_SET_USER_MEMORY_REGION {op} of a 4 KiB slot (time inside "
-                "the syscall)") for op in OPS
+        _family(op, "us", f"KVM_SET_USER_MEMORY_REGION {op} of the slot under test (time "
+                "inside the syscall)") for op in OPS
     ) + tuple(
-        _family(f"{op}{AFTER_EXIT}", "us", f"{op} of a 4 KiB slot, op_state=exited: the "
-                "first ioctl after the vCPU's exit") for op in OPS
+        _family(f"{op}{AFTER_EXIT}", "us", f"{op} of the slot under test, op_state=exited: "
+                "the first ioctl after the vCPU's exit") for op in OPS
     ) + tuple(
         _family(f"{op}_pass", "ms", f"the hammer's next pass after {op} (guest TSC; the "
                 "refault cost)") for op in OPS

@@ -1,0 +1,70 @@
+"""The memslot ioctl shim's log parser and its classification of each ioctl by the slot's
+state before it (create, delete, move, flags change), without the kernel build."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvmharness.bench.selftest_shim import (
+    LoggedIoctl,
+    ShimError,
+    classify,
+    parse_log,
+    shim_source,
+)
+from kvmharness.uapi import ioctls
+
+LOG = """\
+slot 5 v2 0 0 0 1048576 9000 0
+slot 5 v2 1 0 1073741824 4096 3000 0
+slot 5 v2 2 0 1073745920 8192 3100 0
+slot 5 v2 2 0 2147483648 8192 5000 0
+slot 5 v2 2 1 2147483648 8192 4000 0
+slot 5 v2 2 1 2147483648 8192 4100 0
+slot 5 v2 1 0 1073741824 0 7000 0
+slot 5 v2 9 0 0 0 100 -1
+slot 7 v1 0 0 0 4096 2000 0
+slot 5 v2 2 0 0 0 6000 0
+slot 5 v2 0 0 0 0 6500 0
+slot 5 v2 0 0 0 65536 8000 0
+"""
+
+
+def test_parse_reads_every_field():
+    first, second = parse_log(LOG)[:2]
+    assert first == LoggedIoctl(fd=5, version="v2", slot=0, flags=0, gpa=0, size=1 << 20,
+                                ns=9000, ret=0)
+    assert second.slot == 1 and second.gpa == 1 << 30 and second.ns == 3000
+
+
+@pytest.mark.parametrize("line", ["slot 5 v3 0 0 0 4096 1 0", "slot 5 v2 0 0 0 4096 1",
+                                  "slot x v2 0 0 0 4096 1 0", "noise"])
+def test_parse_refuses_a_line_the_shim_never_writes(line):
+    with pytest.raises(ShimError, match="shim log line 1"):
+        parse_log(line)
+
+
+def test_classify_replays_each_vms_slots():
+    ops = classify(parse_log(LOG))
+    assert [(o.kind, o.others, o.size) for o in ops] == [
+        ("create", 0, 1 << 20),      # slot 0 into an empty VM
+        ("create", 1, 4096),
+        ("create", 2, 8192),
+        ("move", 2, 8192),           # slot 2 to a new GPA: two other slots present
+        ("flags", 2, 8192),          # same GPA, new flags
+        ("same", 2, 8192),           # nothing changed
+        ("delete", 2, 4096),         # slot 1 deleted: the size it had
+        ("failed", 2, 0),            # a failed ioctl changes nothing
+        ("create", 0, 4096),         # fd 7 is another VM
+        ("delete", 1, 8192),
+        ("delete", 0, 1 << 20),
+        ("create", 0, 65536),        # a deleted slot id is created afresh
+    ]
+    assert [o.ns for o in ops][:3] == [9000, 3000, 3100]
+    assert [o.seq for o in ops] == list(range(len(ops)))
+
+
+def test_shim_source_names_both_memslot_requests():
+    source = shim_source()
+    assert f"{int(ioctls.KVM_SET_USER_MEMORY_REGION):#x}UL" in source
+    assert f"{int(ioctls.KVM_SET_USER_MEMORY_REGION2):#x}UL" in source
