@@ -58,10 +58,14 @@ def test_rom_toggle_total_ends_at_the_last_pass(run_quick):
     ROM delete (toggle_ms longer than the run): an absent ROM makes the reads after the
     last pass MMIO exits, guest work that ``total`` rightly counts but the pass ends do
     not show."""
-    outcome = run_quick(registry.all_scenarios()["rom-toggle"], iterations=REPEATS, warmup=1,
-                        passes="3", toggle_ms="60000").ok()
-    timeline = outcome.effective["timeline"]  # the last iteration's
-    last_pass_end_ms = max(timeline["pass_end_s"]) * 1e3
-    total_ms = outcome.samples["total"][-1]
-    assert total_ms == pytest.approx(timeline["end_s"] * 1e3, abs=1e-3)
-    assert -0.05 < total_ms - last_pass_end_ms < TOLERANCE_MS, timeline
+    gaps = []
+    for _ in range(REPEATS):  # the timeline keeps the last iteration: one run per gap
+        outcome = run_quick(registry.all_scenarios()["rom-toggle"], iterations=1, warmup=1,
+                            passes="3", toggle_ms="60000").ok()
+        timeline = outcome.effective["timeline"]
+        total_ms = outcome.samples["total"][-1]
+        assert total_ms == pytest.approx(timeline["end_s"] * 1e3, abs=1e-3)
+        gaps.append(total_ms - max(timeline["pass_end_s"]) * 1e3)
+    # A loaded host may hold one vCPU off the CPU between its last pass and its DONE exit
+    # (real time the guest took): the median of the runs is the claim.
+    assert min(gaps) > -0.05 and statistics.median(gaps) < TOLERANCE_MS, gaps
