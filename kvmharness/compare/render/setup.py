@@ -1,5 +1,6 @@
 """The report's header: what was compared (per setup: kernel, backend, MMU mode, CPU,
-runs, host noise), the result files, and how the setups differ, grouped and counted."""
+runs, host noise), the result files, and how the setups differ, grouped and counted.
+Sentences wrapped to the width (text.fit, text.pack), not table cells: no tabulate here."""
 
 from __future__ import annotations
 
