@@ -365,23 +365,40 @@ def run_identity(run: RunRecord) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+class _SeenRun:
+    """A run ``dedupe`` has kept, with its identity hashed on first need."""
+
+    def __init__(self, run: RunRecord, source: str, identity: str | None) -> None:
+        self.run, self.source, self._identity = run, source, identity
+
+    def identity(self) -> str:
+        if self._identity is None:
+            self._identity = run_identity(self.run)
+        return self._identity
+
+
 def dedupe(files: Sequence[ResultFile]) -> tuple[list[ResultFile | None], list[str]]:
     """Each run counted once: a file whose runs were all seen is dropped (None in its
     place), repeated runs of a partly overlapping file are left out; one warning each."""
-    seen: dict[str, str] = {}
+    # Runs seen so far, bucketed by a cheap key that equal records share (scenario, run
+    # number, start and end time); the full identity, a hash of the whole record, is taken
+    # only within a bucket of two or more, so distinct runs cost no serialisation.
+    seen: dict[tuple[object, ...], list[_SeenRun]] = {}
     out: list[ResultFile | None] = []
     notes: list[str] = []
     for i, f in enumerate(files):
         name = f.source or f"file {i + 1}"
-        key_prefix = f"{f.scenario_name}|"
         keep: list[RunRecord] = []
         repeated_from: list[str] = []
         for r in f.runs:
-            key = key_prefix + run_identity(r)
-            if key in seen:
-                repeated_from.append(seen[key])
+            bucket = seen.setdefault(
+                (f.scenario_name, r.index, r.repeat, r.start_time, r.end_time), [])
+            identity = run_identity(r) if bucket else None
+            first = next((s for s in bucket if s.identity() == identity), None)
+            if first is not None:
+                repeated_from.append(first.source)
             else:
-                seen[key] = name
+                bucket.append(_SeenRun(r, name, identity))
                 keep.append(r)
         if not repeated_from:
             out.append(f)

@@ -13,7 +13,7 @@ import functools
 import math
 import random
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 DEFAULT_ALPHA = 0.05
@@ -121,9 +121,14 @@ def binomial_cdf_half(k: int, n: int) -> float:
         return 0.0
     if k >= n:
         return 1.0
-    return sum(math.comb(n, i) for i in range(k + 1)) / (1 << n)
+    term, total = 1, 1  # C(n, 0); each next term from the last, not a fresh math.comb
+    for i in range(k):
+        term = term * (n - i) // (i + 1)
+        total += term
+    return total / (1 << n)
 
 
+@functools.lru_cache(maxsize=1024)
 def median_ci_ranks(n: int, confidence: float = DEFAULT_CONFIDENCE) -> tuple[int, int, float]:
     """1-based ranks (lo, hi) of the order statistics bounding the median, and the coverage.
 
@@ -131,18 +136,26 @@ def median_ci_ranks(n: int, confidence: float = DEFAULT_CONFIDENCE) -> tuple[int
     1 - 2 P(Binomial(n, 1/2) <= k-1); take the narrowest one that still reaches
     ``confidence``.  When n is too small for that, return the full range and its (lower)
     coverage so the caller can say so instead of silently over-claiming.
+
+    Exact for every n: one pass that adds C(n, k-1) to the running tail sum, each term
+    from the previous one (the tail stays exact integers; a float only for the
+    comparison), and cached per (n, confidence), so a report over thousands of runs
+    pays it once per distinct n.  The old per-k sum of fresh binomials was quadratic in
+    n: 15 of 20 s of ``show`` on 2000 runs.
     """
     if n < 1:
         raise ValueError("median CI needs at least one value")
-    best_k = 1
-    for k in range(1, (n + 1) // 2 + 1):
-        coverage = 1.0 - 2.0 * binomial_cdf_half(k - 1, n)
-        if coverage >= confidence:
-            best_k = k
-        else:
+    denominator = 1 << n
+    best_k, best_coverage = 1, 1.0 - 2.0 * (1 / denominator)
+    term, tail = 1, 1  # C(n, k-1) and P(X <= k-1) * 2^n, for k = 1
+    for k in range(2, (n + 1) // 2 + 1):
+        term = term * (n - k + 2) // (k - 1)
+        tail += term
+        coverage = 1.0 - 2.0 * (tail / denominator)
+        if coverage < confidence:
             break
-    coverage = 1.0 - 2.0 * binomial_cdf_half(best_k - 1, n)
-    return best_k, n + 1 - best_k, coverage
+        best_k, best_coverage = k, coverage
+    return best_k, n + 1 - best_k, best_coverage
 
 
 def median_ci(values: Sequence[float], confidence: float = DEFAULT_CONFIDENCE
@@ -335,10 +348,10 @@ def bootstrap_change(
         return Change(None, None, None)
     rng = random.Random(seed)
     stats: list[float] = []
-    la, lb = list(a), list(b)
+    draw_a, draw_b = _median_resampler(a), _median_resampler(b)
     for _ in range(resamples):
-        ra = safe_median(rng.choices(la, k=len(la)))
-        rb = safe_median(rng.choices(lb, k=len(lb)))
+        ra = draw_a(rng)
+        rb = draw_b(rng)
         if ra != 0 and (r := _ratio(rb, ra)) is not None:
             stats.append(r)
     if not stats:
@@ -348,6 +361,40 @@ def bootstrap_change(
     lo = stats[max(0, math.floor(tail * len(stats)))]
     hi = stats[min(len(stats) - 1, math.ceil((1 - tail) * len(stats)) - 1)]
     return Change(ratio, lo, hi)
+
+
+# From this many values a side's bootstrap median is drawn from its order statistics
+# (O(1) per resample) instead of resampling all values (O(n log n)): the same
+# distribution, another random stream, so smaller sides keep their exact earlier CIs.
+BOOTSTRAP_DIRECT_FROM = 200
+
+
+def _median_resampler(values: Sequence[float]) -> Callable[[random.Random], float]:
+    """A function drawing the median of one bootstrap resample of ``values``.
+
+    Resampling n values with replacement is ``ordered[floor(n * U_i)]`` for n uniforms,
+    a monotone map, so the resample's k-th smallest is ``ordered[floor(n * U_(k))]``
+    with U_(k) ~ Beta(k, n + 1 - k); given U_(k) = u, the next one is
+    u + (1 - u) * Beta(1, n - k) (the other n - k uniforms lie above u).
+    """
+    n = len(values)
+    if n < BOOTSTRAP_DIRECT_FROM:
+        as_given = list(values)
+        return lambda rng: safe_median(rng.choices(as_given, k=n))
+    ordered = sorted(values)
+
+    def pick(u: float) -> float:
+        return ordered[min(n - 1, int(u * n))]
+
+    def draw(rng: random.Random) -> float:
+        k = (n + 1) // 2
+        u = rng.betavariate(k, n + 1 - k)
+        if n % 2:
+            return float(pick(u))
+        above = u + (1 - u) * rng.betavariate(1, n - k)
+        return safe_median([pick(u), pick(above)])
+
+    return draw
 
 
 def _ratio(b: float, a: float) -> float | None:

@@ -307,3 +307,48 @@ def test_robust_outliers() -> None:
     values = [10.0, 10.1, 9.9, 10.05, 9.95, 10.02, 50.0]
     assert stats.robust_outliers(values) == [50.0]
     assert stats.robust_outliers([1.0, 1.0, 1.0, 5.0]) == []  # MAD 0: no scale to judge
+
+
+def _reference_ranks(n: int, confidence: float) -> tuple[int, int, float]:
+    """The definition, with a fresh exact binomial sum per candidate k (quadratic)."""
+    def coverage(k: int) -> float:
+        return 1.0 - 2.0 * (sum(math.comb(n, i) for i in range(k)) / (1 << n))
+
+    best = 1
+    for k in range(1, (n + 1) // 2 + 1):
+        if coverage(k) < confidence:
+            break
+        best = k
+    return best, n + 1 - best, coverage(best)
+
+
+@pytest.mark.parametrize("confidence", [0.5, 0.9, 0.95, 0.99])
+def test_median_ci_ranks_match_the_definition(confidence: float) -> None:
+    for n in [*range(1, 120), 257, 500, 1001]:
+        assert stats.median_ci_ranks(n, confidence) == _reference_ranks(n, confidence), n
+
+
+def test_median_ci_ranks_at_twenty_thousand_runs() -> None:
+    # Against the normal approximation of the binomial: rank n/2 - z sqrt(n)/2 (+-1).
+    lo, hi, coverage = stats.median_ci_ranks(20000, 0.95)
+    assert abs(lo - (10000 - 1.959964 * math.sqrt(20000) / 2)) <= 1.5
+    assert hi == 20001 - lo and 0.95 <= coverage < 0.952
+
+
+def test_bootstrap_median_from_order_statistics_has_the_resampling_distribution() -> None:
+    # A side of >= BOOTSTRAP_DIRECT_FROM values draws each resample's median from its
+    # order statistics; the quantiles of those medians must match brute-force resampling.
+    for n in (stats.BOOTSTRAP_DIRECT_FROM, stats.BOOTSTRAP_DIRECT_FROM + 1):
+        data_rng = random.Random(n)
+        values = [data_rng.lognormvariate(0, 1) for _ in range(n)]
+        brute_rng, direct_rng = random.Random(1), random.Random(2)
+        brute = sorted(stats.safe_median(brute_rng.choices(values, k=n)) for _ in range(4000))
+        draw = stats._median_resampler(values)
+        direct = sorted(draw(direct_rng) for _ in range(4000))
+        ordered = sorted(values)
+        for q in (0.025, 0.25, 0.5, 0.75, 0.975):
+            # Compare positions in the data, not values: within 2% of n ranks.
+            i, j = (int(q * 4000) for _ in range(2))
+            rank_brute = sum(v <= brute[i] for v in ordered)
+            rank_direct = sum(v <= direct[j] for v in ordered)
+            assert abs(rank_brute - rank_direct) <= 0.02 * n, (n, q)
