@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from kvmharness.cli import common
+from kvmharness.compare import stats
 from kvmharness.compare.build import Settings
 from kvmharness.compare.render import FORMATS, format_report
 from kvmharness.results.store import DEFAULT_DIR
@@ -235,6 +236,29 @@ def print_dry_run(outcome: AbOutcome, out: TextIO) -> None:
         out.write(f"# round {b.round}, {b.kernel}\n{' '.join(shq(c) for c in b.command)}\n")
         out.write(f"# guest.sh runs, after modprobe {b.modprobe}:\n")
         out.writelines(f"#   {line}\n" for line in b.guest_lines)
+    rounds = max((b.round for b in outcome.dry_run), default=0)
+    if rounds:
+        out.writelines(f"# {line}\n" for line in rounds_verdict(rounds))
+
+
+def rounds_verdict(rounds: int, alpha: float = 0.05) -> list[str]:
+    """Whether ``rounds`` can reach significance in a kernel comparison, which tests
+    per-boot medians (one boot per kernel per round): the exact test's smallest p at
+    rounds/rounds boots, and the rounds a family of 1, 3 or 10 headline tests needs."""
+    floor = stats.smallest_p(rounds, rounds)
+    needs = ", ".join(f"{stats.runs_needed(t, alpha)} for {t}" for t in (1, 3, 10))
+    if rounds < 2:
+        head = ("1 round: one boot per kernel, so no kernel-level claim is possible "
+                "(boot-to-boot variance unknown)")
+    else:
+        can = [t for t in (1, 3, 10) if floor * t < alpha]
+        verdict = (f"can reach p < {alpha:g} with up to {int((alpha - 1e-12) / floor)} "
+                   "headline tests" if can else f"cannot reach p < {alpha:g}: no kernel "
+                   "difference can be significant")
+        head = (f"{rounds} rounds = {rounds} boots per kernel; kernels are compared on "
+                f"per-boot medians, smallest p {floor:.3g}: {verdict}")
+    return [head, f"rounds needed for a family of headline tests: {needs} tests "
+            "(--rounds)"]
 
 
 def print_boots(outcome: AbOutcome, out: TextIO) -> None:

@@ -64,10 +64,49 @@ class Side:
     name: str
     files: tuple[ResultFile, ...]
     runs: tuple[RunRecord, ...]  # every record of this side, whatever its status
+    boots: tuple[str, ...] = ()  # the boot each of ``runs`` ran in (``boot_of``)
 
     @property
     def ok_runs(self) -> list[RunRecord]:
         return [r for r in self.runs if r.status == "ok"]
+
+    def boot_values(self, metric: str) -> dict[str, list[float]]:
+        """The metric's run values grouped by boot (boots without a value left out)."""
+        out: dict[str, list[float]] = {}
+        for run, boot in zip(self.runs, self.boots or ("",) * len(self.runs), strict=True):
+            if run.status == "ok" and (v := run.value(metric)) is not None:
+                out.setdefault(boot, []).append(v)
+        return out
+
+    def boot_values_any(self) -> list[str]:
+        """The boot of every completed run."""
+        boots = self.boots or ("",) * len(self.runs)
+        return [b for r, b in zip(self.runs, boots, strict=True) if r.status == "ok"]
+
+    @property
+    def boot_count(self) -> int:
+        return len(set(self.boot_values_any()))
+
+
+def boot_of(f: ResultFile) -> str:
+    """The boot a file's runs ran in: the kernel's boot id where the file records it; a
+    file without one (written before boot ids were recorded) counts as a boot of its own,
+    which is what a file of ``ab`` is (one ``run`` per boot)."""
+    boot_id = f.environment.get("kernel", {}).get("boot_id")
+    if isinstance(boot_id, str) and boot_id and not boot_id.startswith("unavailable"):
+        return boot_id
+    return f"file {f.source or f.created}"
+
+
+@dataclasses.dataclass(frozen=True)
+class BootSpread:
+    """One side's spread of a metric at each level (Kalibera and Jones, ISMM 2013):
+    between boots, the CoV of the per-boot medians; within a boot, the median over boots
+    of the CoV of that boot's runs."""
+
+    boots: int
+    between: float | None
+    within: float | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +127,15 @@ class MetricRow:
     # The runs per side cannot give p < alpha in this row's family, whatever the data:
     # the change is shown as untested, never as "no change".
     untestable: bool = False
+    # Boots per side when the test ran on per-boot medians (a kernel comparison with two
+    # or more boots per side), and each side's spread between and within boots.
+    boots: tuple[int, int] | None = None
+    spread: tuple[BootSpread, BootSpread] | None = None
+
+    @property
+    def tested_n(self) -> tuple[int, int]:
+        """What the test's n counts: boots at the boot level, else runs."""
+        return self.boots if self.boots is not None else (self.a.n, self.b.n)
 
     @property
     def p(self) -> float | None:
@@ -153,6 +201,14 @@ class Comparison:
     uncounted: tuple[str, ...] = ()
 
     @property
+    def tested_n(self) -> tuple[int, int, str]:
+        """What the headline tests' n counts: (A, B, "boots") at the boot level, else runs."""
+        boots = next((r.boots for r in self.rows if r.boots is not None), None)
+        if boots is not None:
+            return boots[0], boots[1], "boots"
+        return len(self.a.ok_runs), len(self.b.ok_runs), "runs"
+
+    @property
     def family(self) -> int:
         """Tests in this comparison's correction family: its tested headline rows."""
         return sum(1 for r in self.rows if r.test is not None and not r.exploratory)
@@ -187,10 +243,15 @@ class Report:
                 out.append((c, needed))
         return out
 
-    def families(self) -> list[tuple[int, int, int]]:
-        """(runs of A, runs of B, tests) of each comparison's headline family."""
-        return [(len(c.a.ok_runs), len(c.b.ok_runs), c.family) for c in self.comparisons
-                if c.family]
+    def families(self) -> list[tuple[int, int, int, str]]:
+        """(n of A, n of B, tests, what n counts: "runs" or "boots") of each comparison's
+        headline family."""
+        out = []
+        for c in self.comparisons:
+            if c.family:
+                na, nb, unit = c.tested_n
+                out.append((na, nb, c.family, unit))
+        return out
 
     def family_text(self) -> str:
         """What a correction family is in this report, for a footnote."""
@@ -261,15 +322,36 @@ def expand_headline(names: Sequence[str] | None,
 
 
 def _row(metric: str, unit: str, direction: Direction, a: Side, b: Side,
-         settings: Settings) -> MetricRow:
+         settings: Settings, boot_level: bool = False) -> MetricRow:
     va, vb = _values(a, metric), _values(b, metric)
-    test = stats.mann_whitney(va, vb) if va and vb else None
-    change = stats.bootstrap_change(va, vb, confidence=settings.confidence,
+    # At the boot level the unit of the experiment is a boot: the test and the change's
+    # CI see one value per boot (its runs' median), so runs of one boot never pose as
+    # independent kernels' worth of evidence.
+    ta, tb = (_boot_medians(a, metric), _boot_medians(b, metric)) if boot_level else (va, vb)
+    test = stats.mann_whitney(ta, tb) if ta and tb else None
+    change = stats.bootstrap_change(ta, tb, confidence=settings.confidence,
                                     resamples=settings.resamples, seed=settings.seed)
     significant = stats.is_significant(test.p if test else None, change,
                                        alpha=settings.alpha, min_change=settings.min_change)
-    return MetricRow(metric, unit, direction, stats.summarize(va, settings.confidence),
-                     stats.summarize(vb, settings.confidence), test, change, significant)
+    row = MetricRow(metric, unit, direction, stats.summarize(va, settings.confidence),
+                    stats.summarize(vb, settings.confidence), test, change, significant)
+    if not boot_level:
+        return row
+    return dataclasses.replace(row, boots=(len(ta), len(tb)),
+                               spread=(boot_spread(a, metric), boot_spread(b, metric)))
+
+
+def _boot_medians(side: Side, metric: str) -> list[float]:
+    return [stats.safe_median(v) for v in side.boot_values(metric).values()]
+
+
+def boot_spread(side: Side, metric: str) -> BootSpread:
+    groups = side.boot_values(metric)
+    medians = [stats.safe_median(v) for v in groups.values()]
+    between = stats.summarize(medians).cov if len(medians) > 1 else None
+    within = [c for v in groups.values() if len(v) > 1
+              and (c := stats.summarize(v).cov) is not None]
+    return BootSpread(len(groups), between, stats.safe_median(within) if within else None)
 
 
 def _values(side: Side, metric: str) -> list[float]:
@@ -311,8 +393,27 @@ def correct(rows: Sequence[MetricRow], settings: Settings) -> list[MetricRow]:
                 r, p_adj=p,
                 significant=stats.is_significant(p, r.change, alpha=settings.alpha,
                                                  min_change=settings.min_change),
-                untestable=stats.smallest_p(r.a.n, r.b.n) * len(family) >= settings.alpha)
+                untestable=stats.smallest_p(*r.tested_n) * len(family) >= settings.alpha)
     return out
+
+
+def boot_level(a: Side, b: Side) -> Literal["boots", "one boot", "runs"]:
+    """How a comparison's evidence is counted.  Sides from different boots of different
+    kernels compare kernels, so the boot is the unit: "boots" with two or more boots per
+    side (the test runs on per-boot medians), "one boot" when a side has only one (no
+    kernel-level claim is possible).  Sides that share boots (variants within the same
+    boots) or run one kernel: "runs"."""
+    boots_a, boots_b = set(a.boot_values_any()), set(b.boot_values_any())
+    if not boots_a or not boots_b or boots_a & boots_b:
+        return "runs"
+    if len(boots_a) >= 2 and len(boots_b) >= 2:
+        return "boots"
+    return "one boot" if _kernel_of(a) != _kernel_of(b) else "runs"
+
+
+def _kernel_of(side: Side) -> set[str]:
+    return {json.dumps(f.environment.get("kernel", {}).get(k), sort_keys=True)
+            for f in side.files for k in ("release", "version", "cmdline")}
 
 
 def compare_sides(scenario: str, axis: Axis, context: str, a: Side, b: Side,
@@ -323,6 +424,7 @@ def compare_sides(scenario: str, axis: Axis, context: str, a: Side, b: Side,
     by_name = {m: (u, d) for m, u, d in metrics}
     rows: list[MetricRow] = []
     uncounted: list[str] = []
+    level = boot_level(a, b)
     for m in names:
         unit, direction = by_name[m]
         if not _values(a, m) and not _values(b, m):
@@ -330,7 +432,7 @@ def compare_sides(scenario: str, axis: Axis, context: str, a: Side, b: Side,
         if _uncounted(m, a, b):
             uncounted.append(m)
             continue
-        row = _row(m, unit, direction, a, b, settings)
+        row = _row(m, unit, direction, a, b, settings, level == "boots")
         rows.append(dataclasses.replace(row, exploratory=m not in shown_names))
     rows = correct(rows, settings)
     diffs: list[str] = []
@@ -348,7 +450,13 @@ def compare_sides(scenario: str, axis: Axis, context: str, a: Side, b: Side,
         notes += warn.side_warnings(label, values, summaries)
         notes += warn.noise_warnings(label, side.ok_runs)
     notes += warn.frequency_between_sides(a.ok_runs, b.ok_runs)
-    notes += warn.power_warning(len(a.ok_runs), len(b.ok_runs), settings.alpha)
+    if level == "one boot":
+        notes.append(f"one boot per side ({a.boot_count}/{b.boot_count}): the runs show this "
+                     "pair of boots, not the kernels: no kernel-level claim is possible "
+                     "(boot-to-boot variance is unknown; run ab with >= 2 rounds, "
+                     "enough to reach significance: see ab --dry-run)")
+    if level != "boots":
+        notes += warn.power_warning(len(a.ok_runs), len(b.ok_runs), settings.alpha)
     return Comparison(scenario, axis, context, a, b, tuple(rows), tuple(diffs), tuple(notes),
                       headline=tuple(shown_names),
                       zap=(zap_summary(a.ok_runs), zap_summary(b.ok_runs)),
@@ -495,9 +603,9 @@ def _variants_in(files: Sequence[ResultFile]) -> list[dict[str, str]]:
 
 def _side(name: str, files: Sequence[ResultFile],
           variant: Mapping[str, str] | None) -> Side:
-    runs = tuple(r for f in files for r in f.runs
-                 if variant is None or r.variant == dict(variant))
-    return Side(name, tuple(files), runs)
+    chosen = [(r, boot_of(f)) for f in files for r in f.runs
+              if variant is None or r.variant == dict(variant)]
+    return Side(name, tuple(files), tuple(r for r, _ in chosen), tuple(b for _, b in chosen))
 
 
 def _pick_axis(files: Sequence[ResultFile], variants: Sequence[Mapping[str, str]]) -> Axis:

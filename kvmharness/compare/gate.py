@@ -38,9 +38,10 @@ def untestable(report: Report) -> list[str]:
     runs per side: passing it would call a regression nobody could test "no regression"."""
     out: list[str] = []
     for c, needed in report.untestable():
-        runs = f">= {needed} runs per side" if needed else "more runs per side"
+        na, nb, unit = c.tested_n
+        runs = f">= {needed} {unit} per side" if needed else f"more {unit} per side"
         out.append(f"{c.scenario} ({c.context}) {c.a.name} vs {c.b.name}: n = "
-                   f"{len(c.a.ok_runs)}/{len(c.b.ok_runs)} runs cannot reach p < "
+                   f"{na}/{nb} {unit} cannot reach p < "
                    f"{report.settings.alpha:g} over its {c.family} headline test"
                    f"{'s' if c.family != 1 else ''}; need {runs}")
     return out

@@ -79,7 +79,14 @@ def setup_differences(a: ResultFile, b: ResultFile) -> list[str]:
         return {"parameters": f.parameters, "quick": f.quick, "iterations": f.iterations,
                 "warmup": f.warmup}
 
-    return differences(settings(a), settings(b)) + differences(a.environment, b.environment)
+    def environment(f: ResultFile) -> dict[str, Any]:
+        kernel = {k: v for k, v in f.environment.get("kernel", {}).items() if k != "boot_id"}
+        return {**f.environment, "kernel": kernel} if "kernel" in f.environment else dict(
+            f.environment)
+
+    # The boot id differs between any two boots: the boot is a level of the comparison
+    # (build.boot_level), not a setup difference.
+    return differences(settings(a), settings(b)) + differences(environment(a), environment(b))
 
 
 def side_warnings(side: str, metrics: Mapping[str, Sequence[float]],
@@ -109,7 +116,7 @@ def power_warning(n_a: int, n_b: int, alpha: float) -> list[str]:
 
 
 def detectability(pairs: Iterable[tuple[int, int]], tests: int, alpha: float,
-                  correction: str = "Holm") -> list[str]:
+                  correction: str = "Holm", unit: str = "runs") -> list[str]:
     """benchstat's "need >= 4 samples to detect a difference": when the runs per side
     (n_a, n_b) cannot give a p below ``alpha`` after the correction over ``tests`` tests,
     one note saying so and what would: the runs per side (equal sides) or at most how
@@ -124,32 +131,33 @@ def detectability(pairs: Iterable[tuple[int, int]], tests: int, alpha: float,
 
     def needed(t: int) -> str:
         runs = stats.runs_needed(t, alpha)
-        return "more runs per side" if runs is None else f">= {runs} runs per side"
+        return f"more {unit} per side" if runs is None else f">= {runs} {unit} per side"
 
     ns = ", ".join(f"{a}/{b}" for a, b in raw)
     if raw:
-        out.append(f"n = {ns} runs: no change can reach p < {alpha:g} even without "
+        out.append(f"n = {ns} {unit}: no change can reach p < {alpha:g} even without "
                    f"correction; need {needed(1)}.")
     if corrected:
         ns = ", ".join(f"{a}/{b}" for a, b in corrected)
         floor = min(stats.min_attainable_p(*p) for p in corrected)
         most = math.ceil(alpha / floor) - 1
         fewer = f" or <= {most} test{'s' if most > 1 else ''}" if most >= 1 else ""
-        out.append(f"n = {ns} runs, {tests} tests: no change can reach p < {alpha:g} "
+        out.append(f"n = {ns} {unit}, {tests} tests: no change can reach p < {alpha:g} "
                    f"after {correction}'s correction; need {needed(tests)}{fewer}.")
     return out
 
 
-def family_detectability(families: Iterable[tuple[int, int, int]], alpha: float,
+def family_detectability(families: Iterable[tuple[int, int, int, str]], alpha: float,
                          correction: str = "Holm") -> list[str]:
     """``detectability`` for comparisons corrected in families of their own: (n_a, n_b,
-    tests in the family) each; one note per distinct text."""
-    by_tests: dict[int, set[tuple[int, int]]] = {}
-    for n_a, n_b, tests in families:
-        by_tests.setdefault(tests, set()).add((n_a, n_b))
+    tests in the family, what n counts) each; one note per distinct text."""
+    by_tests: dict[tuple[int, str], set[tuple[int, int]]] = {}
+    for n_a, n_b, tests, unit in families:
+        by_tests.setdefault((tests, unit), set()).add((n_a, n_b))
     out: list[str] = []
-    for tests, pairs in sorted(by_tests.items()):
-        out += [n for n in detectability(pairs, tests, alpha, correction) if n not in out]
+    for (tests, unit), pairs in sorted(by_tests.items()):
+        out += [n for n in detectability(pairs, tests, alpha, correction, unit)
+                if n not in out]
     return out
 
 

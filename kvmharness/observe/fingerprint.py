@@ -475,6 +475,9 @@ def collect(
             "version": uname.version,
             "machine": uname.machine,
             "cmdline": _read_or_reason(root / "proc/cmdline"),
+            # Which boot ran the file's runs: compare treats the boot as a level of the
+            # experiment (runs of one boot are not independent kernels' worth of evidence).
+            "boot_id": _read_or_reason(root / "proc/sys/kernel/random/boot_id"),
         },
         "cpu": {
             "vendor": info.get("vendor_id", "unavailable: not in /proc/cpuinfo"),

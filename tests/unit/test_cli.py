@@ -144,7 +144,8 @@ def test_run_writes_a_file_and_compare_reads_it(register: Callable[[ScenarioSpec
     assert cli.main(["compare", str(path)]) == 0
     out = capsys.readouterr().out
     assert "A = zap=all, B = zap=slot" in out
-    assert re.search(r"^total \[ms\] +[\d.]+ +[\d.]+ +-(9|10)\.\d% +better", out, re.M)
+    assert re.search(r"^total \[ms\] +[\d.]+ +\+-[\d.]+% +[\d.]+ +\+-[\d.]+% +-(9|10)\.\d% "
+                     r"+better", out, re.M)
     assert cli.main(["compare", str(path), "--format", "cover-letter", "--min-change",
                      "50%"]) == 0
     assert re.search(r"total: Before: [\d.]+ ms  After: [\d.]+ ms  \(~\)",
@@ -557,3 +558,14 @@ def test_version_names_the_git_commit_in_a_checkout(monkeypatch: pytest.MonkeyPa
     identity["git_commit"] = None  # an installed copy: no checkout
     assert cli.main(["--version"]) == 0
     assert capsys.readouterr().out == "kvmharness 0.1.0\n"
+
+
+def test_ab_dry_run_says_whether_its_rounds_can_reach_significance() -> None:
+    from kvmharness.cli.ab import rounds_verdict
+
+    two = " ".join(rounds_verdict(2))
+    # 2 boots per kernel: the exact test's floor at 2/2 is 2/C(4,2) = 1/3.
+    assert "smallest p 0.333: cannot reach p < 0.05" in two
+    assert "4 for 1, 5 for 3, 6 for 10 tests" in two
+    assert "can reach p < 0.05 with up to 6 headline tests" in " ".join(rounds_verdict(5))
+    assert "no kernel-level claim is possible" in " ".join(rounds_verdict(1))

@@ -125,9 +125,10 @@ def test_verdicts() -> None:
         84.75 / 89.15 - 1)
     assert not rows["delete"].significant
     plain = format_report(report, "plain")
-    assert re.search(r"^total \[ms\] +89\.15 +84\.75 +-4\.9% +better +<0\.001 +10/10$",
+    assert re.search(r"^total \[ms\] +89\.15 +\+-0\.7% +84\.75 +\+-0\.4% +-4\.9% +better "
+                     r"+<0\.001 +10/10$",
                      plain, re.M)
-    assert re.search(r"^delete \[us\] +16\.30 +16\.35 +~ +1\.000 +10/10$", plain, re.M)
+    assert re.search(r"^delete \[us\] +16\.30 +\+-1% +16\.35 +\+-0\.9% +~ +1\.000 +10/10$", plain, re.M)
     assert ("(p: adjusted, Holm's correction within a family of 3 tests: the headline "
             "metrics") in " ".join(plain.split())
 
@@ -831,3 +832,48 @@ def test_gate_cannot_judge_what_it_could_not_test(tmp_path: Path,
                     "side") in err
         else:
             assert "worse" in row and "regression: rom-toggle (zap=all) total" in err
+
+
+def _boot_files(boots: int, runs: int) -> list[ResultFile]:
+    """Two kernels, ``boots`` boots each (one file per boot, as ab writes), ``runs`` runs
+    per boot; each boot shifted a little (boot-to-boot variance)."""
+    files = []
+    for label, data in (("6.1.0", DATA_A), ("6.12.0", DATA_B)):
+        for boot in range(boots):
+            shifted = {k: [x * (1 + 0.01 * boot) for x in v[:runs]] for k, v in data.items()}
+            env = environment(label, label == "6.12.0")
+            env["kernel"]["boot_id"] = f"{label}-boot-{boot}"
+            files.append(result_file(label, runs_from(shifted, {"zap": "all"}, start=boot * 100),
+                                     env, f"r{boot + 1}-{label}.json"))
+    return files
+
+
+def test_a_kernel_comparison_tests_boots_not_runs() -> None:
+    from kvmharness.compare.build import boot_of
+    from kvmharness.compare.stats import mann_whitney, safe_median
+
+    files = _boot_files(boots=5, runs=3)
+    (c,) = build_report(files, settings=Settings(seed=1)).comparisons
+    total = next(r for r in c.rows if r.metric == "total")
+    assert total.boots == (5, 5) and (total.a.n, total.b.n) == (15, 15)
+    medians = {lb: [safe_median([r.value("total") for r in f.runs])  # type: ignore[misc]
+                    for f in files if f.label == lb] for lb in ("6.1.0", "6.12.0")}
+    assert total.p == mann_whitney(medians["6.1.0"], medians["6.12.0"]).p == 2 / 252
+    assert total.significant  # 3 tests x 2/252 = 0.024
+    assert total.spread is not None and total.spread[0].boots == 5
+    a_between = total.spread[0].between
+    assert a_between is not None and 0.01 < a_between < 0.03  # boots 1% apart
+    text = format_report(build_report(files, settings=Settings(seed=1)))
+    assert re.search(r"^total \[ms\] .* 15/5 15/5$", text, re.M)
+    assert "Tested on per-boot medians; spread (CoV) between boots / within a boot:" in text
+    # Two boots per side: at the boot level nothing can be significant, and it says so.
+    two = build_report(_boot_files(boots=2, runs=6), settings=Settings(seed=1))
+    assert all(r.untestable and r.boots == (2, 2) for r in two.comparisons[0].rows)
+    assert "n = 2/2 boots: no change can reach p < 0.05 even without correction; need >= " \
+           "4 boots per side." in " ".join(format_report(two).split())
+    # One boot per side: the runs are tested, with the warning that no kernel-level claim
+    # is possible.
+    (one,) = build_report(_boot_files(boots=1, runs=6), settings=Settings(seed=1)).comparisons
+    assert all(r.boots is None for r in one.rows)
+    assert any("no kernel-level claim is possible" in w for w in one.warnings)
+    assert boot_of(files[0]) == "6.1.0-boot-0"

@@ -33,6 +33,7 @@ from kvmharness.compare.render.text import (
     TAGS,
     WIDTH,
     ascii_text,
+    boot_spread_lines,
     change_cell,
     change_ci_text,
     change_text,
@@ -42,10 +43,12 @@ from kvmharness.compare.render.text import (
     grid,
     median_ci_text,
     metric_label,
+    n_header,
     n_text,
     num,
     p_text,
     pct,
+    spread_text,
     verdict,
     wrapped,
 )
@@ -62,20 +65,26 @@ def _two_side_table(rows: Sequence[TableRow], view: View, width: int) -> list[st
     body = []
     for t in rows:
         r = t.base
-        cells = [metric_label(r), num(r.a.median), num(r.b.median), change_text(r),
-                 verdict(r), p_text(r.p_adj), n_text(r)]
+        cells = [metric_label(r), num(r.a.median), spread_text(r.a), num(r.b.median),
+                 spread_text(r.b), change_text(r), verdict(r), p_text(r.p_adj), n_text(r)]
         if view.detail:
-            cells.insert(5, change_ci_text(r))
+            cells.insert(7, change_ci_text(r))
         body.append(cells)
-    headers = ["metric [unit]", "A", "B", "change", "", "p", "n"]
-    right = [False, True, True, True, False, True, True]
+    headers = ["metric [unit]", "A", "", "B", "", "change", "", "p",
+               n_header([t.base for t in rows])]
+    right = [False, True, False, True, False, True, False, True, True]
     if view.detail:
-        headers.insert(5, "95% CI")
-        right.insert(5, False)
-    if not any(cells[4] for cells in body):  # nothing significant: no verdict column
-        body = [cells[:4] + cells[5:] for cells in body]
-        headers, right = headers[:4] + headers[5:], right[:4] + right[5:]
-    return grid(headers, body, right, width)
+        headers.insert(7, "95% CI")
+        right.insert(7, False)
+    if not any(cells[6] for cells in body):  # nothing significant: no verdict column
+        body = [cells[:6] + cells[7:] for cells in body]
+        headers, right = headers[:6] + headers[7:], right[:6] + right[7:]
+    if view.detail:  # each side's CI is in the per-side table below instead
+        keep = [i for i in range(len(headers)) if i not in (2, 4)]
+        body = [[cells[i] for i in keep] for cells in body]
+        headers, right = [headers[i] for i in keep], [right[i] for i in keep]
+    return grid(headers, body, right, width) + boot_spread_lines([t.base for t in rows],
+                                                                  width)
 
 
 def _multi_side_table(rows: Sequence[TableRow], sides: int, width: int) -> list[str]:

@@ -12,6 +12,7 @@ from tabulate import DataRow, TableFormat, tabulate
 
 from kvmharness.compare.build import (
     EXPLORATORY_MARK,
+    BootSpread,
     MetricRow,
 )
 from kvmharness.compare.stats import Summary, median_ci_ranks
@@ -126,7 +127,41 @@ def ci_level_note(summaries: Sequence[Summary], confidence: float) -> str | None
 
 
 def n_text(row: MetricRow) -> str:
+    """Runs per side; at the boot level runs/boots of each side (``6/2 6/2``)."""
+    if row.boots is not None:
+        return f"{row.a.n}/{row.boots[0]} {row.b.n}/{row.boots[1]}"
     return f"{row.a.n}/{row.b.n}"
+
+
+def n_header(rows: Sequence[MetricRow]) -> str:
+    return "runs/boots" if any(r.boots is not None for r in rows) else "n"
+
+
+def spread_text(s: Summary) -> str:
+    """The side's spread as benchstat prints it: the median's CI as +-% of the median
+    (the larger half), '' when it cannot be said."""
+    if s.median is None or s.ci_low is None or s.ci_high is None or s.median == 0:
+        return ""
+    half = max(s.ci_high - s.median, s.median - s.ci_low) / abs(s.median)
+    return f"+-{half * 100:.0f}%" if half >= 0.01 else f"+-{half * 100:.1f}%"
+
+
+def boot_spread_lines(rows: Sequence[MetricRow], width: int) -> list[str]:
+    """Between- and within-boot spread of each boot-level row (Kalibera and Jones)."""
+    boot_rows = [r for r in rows if r.spread is not None]
+    if not boot_rows:
+        return []
+
+    def side(tag: str, s: BootSpread) -> str:
+        b = "-" if s.between is None else f"{s.between * 100:.1f}%"
+        w = "-" if s.within is None else f"{s.within * 100:.1f}%"
+        return f"{tag} {b}/{w}"
+
+    out = ["Tested on per-boot medians; spread (CoV) between boots / within a boot:"]
+    for r in boot_rows:
+        a, b = r.spread or (BootSpread(0, None, None),) * 2
+        out += fit(f"  {r.metric}: {side('A', a)}, {side('B', b)}", width, "    ")
+    return out
 
 
 def metric_name(row: MetricRow) -> str:
