@@ -62,6 +62,7 @@ class Trial:
     # Run-to-run spread of each side (stdev / mean of its per-run values): the noise a
     # change has to stand out from.
     cov: tuple[float, float] = (math.nan, math.nan)
+    stopped: str = "runs"  # why the trial ended: runs (the cap), precise or time (--until-ci)
 
     @property
     def final(self) -> Checkpoint:
@@ -88,6 +89,11 @@ class Settings:
     min_change: float = 0.01
     resamples: int = 1000
     pin: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    # --until-ci: add pairs until both sides' median CI of METRIC is within +-until_ci of
+    # the median (at least until_ci.MIN_RUNS per side, as `run --until-ci`), or until another pair
+    # would end after max_time_s; ``runs`` is then only a cap.
+    until_ci: float | None = None
+    max_time_s: float = 300.0
 
     @property
     def passes_b(self) -> int:
@@ -114,7 +120,9 @@ def run_trial(run_a: Callable[[], float], run_b: Callable[[], float], settings: 
     b: list[float] = []
     start = clock()
     checkpoints: list[Checkpoint] = []
+    stopped = "runs"
     for i in range(settings.runs):
+        pair_start = clock()
         order = ((a, run_a), (b, run_b)) if i % 2 == 0 else ((b, run_b), (a, run_a))
         for side, fn in order:
             side.append(fn())
@@ -124,7 +132,21 @@ def run_trial(run_a: Callable[[], float], run_b: Callable[[], float], settings: 
                                          min_change=settings.min_change,
                                          resamples=settings.resamples, direction=direction)
             checkpoints.append(Checkpoint(n, clock() - start, p, change, flagged))
-    return Trial(tuple(checkpoints), (_cov(a), _cov(b)))
+        if settings.until_ci is not None and n >= until_ci.MIN_RUNS:
+            if precise(a, settings.until_ci) and precise(b, settings.until_ci):
+                stopped = "precise"
+                break
+            if clock() + (clock() - pair_start) - start > settings.max_time_s:
+                stopped = "time"
+                break
+    return Trial(tuple(checkpoints), (_cov(a), _cov(b)), stopped)
+
+
+def precise(values: Sequence[float], target: float) -> bool:
+    """The 95% CI of the median within +-target of it (the --until-ci rule)."""
+    median, low, high, coverage = stats.median_ci(values)
+    return (coverage >= stats.DEFAULT_CONFIDENCE and median != 0
+            and max(median - low, high - median) / abs(median) <= target)
 
 
 def _cov(values: Sequence[float]) -> float:
@@ -181,6 +203,19 @@ def summary_table(rows: Sequence[Row], settings: Settings) -> str:
                                     "time to detection"], tablefmt="simple")
 
 
+def stops_table(rows: Sequence[Row]) -> str:
+    """With --until-ci: how many runs per side each trial took, and why it stopped."""
+    table = []
+    for row in rows:
+        ns = sorted(t.final.n for t in row.trials)
+        times = sorted(t.final.elapsed_s for t in row.trials)
+        table.append([row.name, f"{ns[0]}-{ns[-1]}", f"{times[0]:.0f}-{times[-1]:.0f} s",
+                      *(sum(t.stopped == k for t in row.trials)
+                        for k in ("precise", "time", "runs"))])
+    return tabulate(table, headers=["stopped", "n per side", "after", "CI reached",
+                                    "time up", "--runs cap"], tablefmt="simple")
+
+
 def checkpoint_table(rows: Sequence[Row]) -> str:
     """Flagged trials at each n per side: how the rates build up with more runs."""
     ns = sorted({c.n for r in rows for t in r.trials for c in t.checkpoints})
@@ -217,7 +252,12 @@ def report(rows: Sequence[Row], settings: Settings, elapsed_s: float) -> str:
     lines = [
         f"{SCENARIO} (quick), metric {METRIC!r}: passes {settings.passes} vs "
         f"{settings.passes} (A/A), {settings.passes} vs {settings.passes_b} (A/A')",
-        f"{settings.runs} runs per side, alternated, {settings.trials} "
+        *([f"runs per side: until the median's 95% CI is within "
+           f"+-{settings.until_ci * 100:g}% on both sides",
+           f"({until_ci.MIN_RUNS} to {settings.runs} runs, at most "
+           f"{settings.max_time_s:g} s per trial)"] if settings.until_ci is not None else []),
+        (f"{settings.runs} runs per side, " if settings.until_ci is None else "") +
+        f"alternated, {settings.trials} "
         f"trial{'' if settings.trials == 1 else 's'} of each; "
         f"pinning: {pinning.describe(settings.pin)}",
         f"flagged as `kvmharness compare` would: p < {settings.alpha:g}, CI excludes 0, "
@@ -225,6 +265,7 @@ def report(rows: Sequence[Row], settings: Settings, elapsed_s: float) -> str:
         "",
         summary_table(rows, settings),
         "",
+        *([stops_table(rows), ""] if settings.until_ci is not None else []),
         checkpoint_table(rows),
         "",
         f"total time {elapsed_s:.0f} s",
@@ -251,11 +292,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    metavar="PCT", help="smallest change that counts (default "
                    f"{Settings.min_change * 100:g})")
     p.add_argument("--pin", metavar="SPEC", help="as `kvmharness run --pin`")
+    p.add_argument("--until-ci", type=_percent("--until-ci"), default=None, metavar="PCT",
+                   help=f"each trial adds pairs until both sides' 95%% CI of the median of "
+                        f"{METRIC!r} is within +-PCT of it (at least {until_ci.MIN_RUNS} runs per side, "
+                        "as `run --until-ci`), or --max-time is up; --runs caps it")
+    p.add_argument("--max-time", type=float, default=Settings.max_time_s, metavar="S",
+                   help="with --until-ci: start no pair that would end after S seconds of "
+                        f"the trial (default {Settings.max_time_s:g})")
     args = p.parse_args(argv)
     if args.trials < 1 or args.runs < FIRST_CHECKPOINT or args.passes < 1:
         p.error(f"--trials must be >= 1, --runs >= {FIRST_CHECKPOINT}, --passes >= 1")
     if not 0 < args.extra <= 1 or not 0 < args.alpha < 1:
         p.error("--extra must be in (0, 100] percent, --alpha in (0, 1)")
+    if args.until_ci is not None and not (0 < args.until_ci < 1 and args.max_time > 0):
+        p.error("--until-ci must be in (0, 100) percent and --max-time > 0")
     try:
         args.pin = pinning.resolve(args.pin)
     except pinning.PinError as e:
@@ -278,7 +328,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
     args = parse_args(argv)
     settings = Settings(runs=args.runs, trials=args.trials, passes=args.passes,
                         extra=args.extra, alpha=args.alpha,
-                        min_change=args.min_change, pin=args.pin)
+                        min_change=args.min_change, pin=args.pin, until_ci=args.until_ci,
+                        max_time_s=args.max_time)
     spec = registry.all_scenarios()[SCENARIO]
 
     def progress(message: str) -> None:

@@ -127,3 +127,25 @@ def test_one_real_run_gives_the_total(kvm: object) -> None:
     spec = registry.all_scenarios()[power.SCENARIO]
     run = power.scenario_runner(spec, Settings())
     assert run(2) > 0.0
+
+
+def test_until_ci_stops_when_both_medians_are_precise_or_time_is_up() -> None:
+    rng, clock = random.Random(4), Clock()
+    # +-0.5% noise: both medians' 95% CI are within 2% as soon as the rule may stop (6).
+    s = Settings(runs=40, until_ci=0.02, max_time_s=1000.0)
+    tight = power.run_trial(noisy(rng, 100.0, clock), noisy(rng, 105.0, clock), s,
+                            direction=1, clock=clock)
+    assert tight.stopped == "precise" and tight.final.n == 6 and tight.final.flagged
+    # +-50% noise never gets there: the pair that would end after max_time is not started.
+    wide = Settings(runs=40, until_ci=0.001, max_time_s=40.0)
+    clock.now = 0.0
+
+    def wild() -> float:
+        clock.now += 2.0
+        return 100.0 * (1 + rng.uniform(-0.5, 0.5))
+
+    slow = power.run_trial(wild, wild, wide, direction=0, clock=clock)
+    assert slow.stopped == "time" and slow.final.n == 10  # 10 pairs = 40 s; an 11th ends at 44
+    assert slow.final.elapsed_s <= 40.0
+    capped = power.run_trial(wild, wild, Settings(runs=7, until_ci=0.001), direction=0)
+    assert capped.stopped == "runs" and capped.final.n == 7
