@@ -10,6 +10,7 @@ import shutil
 import struct
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -394,3 +395,27 @@ def test_index_facts_decide_whether_depmod_must_run(module_elf: Path, tmp_path: 
     subprocess.run(["gcc", "-shared", "-fPIC", "-nostdlib", "-Wl,--build-id=md5", "-o",
                     str(tmp_path / "b.ko"), str(tmp_path / "m.c")], check=True)
     assert kmod.index_facts((tmp_path / "b.ko").read_bytes()) == base
+
+
+def test_show_and_setup_differences_name_the_kvm_build() -> None:
+    from kvmharness.compare.render.show import fingerprint_lines
+    from kvmharness.compare.warnings import setup_differences
+    from kvmharness.results.model import ResultFile
+
+    def env(summary: str, build_id: str) -> dict[str, Any]:
+        return {"kvm_build": {"summary": summary,
+                              "modules": {"kvm": {"build_id": build_id}}}}
+
+    stock = env("stock (in-tree, signed): kvm 8498c5cf3501", "8498c5cf3501")
+    patched = env("build-kvm of 6.12.117 + zap.patch: kvm 45e849764abf", "45e849764abf")
+    assert "Modules:  build-kvm of 6.12.117 + zap.patch: kvm 45e849764abf" in \
+        fingerprint_lines(patched)
+    assert "Modules:  not recorded" in fingerprint_lines({})
+
+    def result(e: dict[str, Any]) -> ResultFile:
+        return ResultFile(scenario={"name": "s"}, parameters={}, quick=True, label="x",
+                          variants=[], repeat=1, iterations=1, warmup=0, environment=e)
+
+    diffs = setup_differences(result(stock), result(patched))
+    assert "kvm_build.modules.kvm.build_id: 8498c5cf3501 -> 45e849764abf" in diffs
+    assert any(d.startswith("kvm_build.summary: stock") for d in diffs)
