@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 # Looked up through this module at call time, so tests can substitute them.
+from kvmharness import numbers
 from kvmharness.kvm.access import (  # noqa: F401
     KVM_DEVICE,
     kvm_access_advice,
@@ -22,6 +23,7 @@ from kvmharness.scenarios.base import ScenarioSpec
 from kvmharness.session import DEFAULT_REPEAT as DEFAULT_REPEAT
 from kvmharness.session import QUICK_REPEAT as QUICK_REPEAT
 from kvmharness.session import SessionPlan, until_ci
+from kvmharness.session.plan import check_count
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -58,7 +60,8 @@ def percent(option: str, *, allow_zero: bool = True,
 def fraction(text: str) -> float:
     """'1%' -> 0.01; '0.01' -> 0.01."""
     try:
-        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        value = (numbers.parse_decimal(text[:-1], "") / 100 if text.endswith("%")
+                 else numbers.parse_decimal(text, ""))
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected a number or a percentage, got {text!r}") from None
@@ -81,11 +84,18 @@ def key_value(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def _integer_at_least(text: str, minimum: int) -> int:
+def _integer_at_least(text: str, minimum: int, knob: str | None = None) -> int:
+    """An ASCII decimal integer >= ``minimum`` (and within ``knob``'s ceiling)."""
     try:
-        value = int(text)
+        value = numbers.parse_int(text, "")
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected an integer, got {text!r} (ASCII digits 0-9 only)") from None
+    try:
+        if knob is not None:
+            check_count(knob, value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     if value < minimum:
         raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
     return value
@@ -97,6 +107,14 @@ def positive(text: str) -> int:
 
 def non_negative(text: str) -> int:
     return _integer_at_least(text, 0)
+
+
+def count_of(knob: str, minimum: int) -> Callable[[str], int]:
+    """The argparse type of ``--repeat``/``--iterations``/``--warmup``: an integer from
+    ``minimum`` up to the knob's ceiling (session.plan.COUNT_CEILINGS)."""
+    def parse(text: str) -> int:
+        return _integer_at_least(text, minimum, knob)
+    return parse
 
 
 def scenario_options(*, per_boot: bool) -> argparse.ArgumentParser:
@@ -112,13 +130,13 @@ def scenario_options(*, per_boot: bool) -> argparse.ArgumentParser:
     g.add_argument("--variant", action="append", type=key_value, default=[],
                    metavar="AXIS=V1,V2", help="variant values to run, e.g. zap=all,slot "
                    "(default: every value of every axis)")
-    g.add_argument("--repeat", type=positive, metavar="N",
+    g.add_argument("--repeat", type=count_of("repeat", 1), metavar="N",
                    help=(f"runs per variant in each boot (default: {QUICK_REPEAT} with "
                          f"--quick, else {DEFAULT_REPEAT}, split over the rounds)") if per_boot
                    else f"runs (fresh VMs) per variant (default {DEFAULT_REPEAT})")
-    g.add_argument("--iterations", type=positive, metavar="I",
+    g.add_argument("--iterations", type=count_of("iterations", 1), metavar="I",
                    help="measured iterations per run (default: the scenario's)")
-    g.add_argument("--warmup", type=non_negative, metavar="W",
+    g.add_argument("--warmup", type=count_of("warmup", 0), metavar="W",
                    help="discarded iterations per run (default: the scenario's)")
     where = " inside each boot" if per_boot else ""
     g.add_argument("--pin", metavar="SPEC",
@@ -146,13 +164,18 @@ def scenario_options(*, per_boot: bool) -> argparse.ArgumentParser:
 until_ci_percent = percent("--until-ci", allow_zero=False)
 
 
+# --until-ci's bound: its rounds stop at --max-time, so the ceiling is on that.
+MAX_TIME_CEILING_S = 7 * 86400
+
+
 def seconds(text: str) -> float:
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+        value = numbers.parse_decimal(text, "expected seconds")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not 0 < value <= MAX_TIME_CEILING_S:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds > 0 and at most {MAX_TIME_CEILING_S} (a week), got {text!r}")
     return value
 
 
@@ -205,7 +228,13 @@ def plan_from_args(spec: ScenarioSpec, args: argparse.Namespace, *,
             raise ValueError(f"--variant {axis}={values}: an empty value "
                              f"(values: {', '.join(known)})")
         selected.setdefault(axis, []).extend(chosen)
-    return SessionPlan.resolve(spec, params=dict(args.param), variants=selected,
+    params: dict[str, str] = {}
+    for key, value in args.param:
+        if key in params:
+            raise ValueError(f"--param {key} given twice ({key}={params[key]} and "
+                             f"{key}={value}): give it once")
+        params[key] = value
+    return SessionPlan.resolve(spec, params=params, variants=selected,
                                quick=args.quick, repeat=args.repeat,
                                iterations=args.iterations, warmup=args.warmup,
                                label=label, pinning=getattr(args, "pin", None),

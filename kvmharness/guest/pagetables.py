@@ -32,13 +32,25 @@ def _span(r: Region, unit: int) -> range:
     return range(r.gpa // unit, (r.end - 1) // unit + 1)
 
 
+def _union_length(spans: Iterable[range]) -> int:
+    """How many distinct integers the ranges cover, by merging them: arithmetic, so a
+    typo of 100 TiB is sized in microseconds instead of materialising its table set."""
+    total, reached = 0, None
+    for span in sorted((s for s in spans if s), key=lambda s: s.start):
+        start = span.start if reached is None else max(span.start, reached)
+        if span.stop > start:
+            total += span.stop - start
+        reached = span.stop if reached is None else max(reached, span.stop)
+    return total
+
+
 def plan_size(regions: Iterable[Region]) -> int:
     """Bytes of table memory ``build`` will need for ``regions``."""
     regions = list(regions)
-    pts = {b for r in regions if r.page_size == PAGE_4K for b in _span(r, PAGE_2M)}
-    pds = {g for r in regions if r.page_size <= PAGE_2M for g in _span(r, PAGE_1G)}
-    pdpts = {t for r in regions for t in _span(r, 512 * PAGE_1G)}
-    return (1 + len(pdpts) + len(pds) + len(pts)) * PAGE_4K
+    pts = _union_length(_span(r, PAGE_2M) for r in regions if r.page_size == PAGE_4K)
+    pds = _union_length(_span(r, PAGE_1G) for r in regions if r.page_size <= PAGE_2M)
+    pdpts = _union_length(_span(r, 512 * PAGE_1G) for r in regions)
+    return (1 + pdpts + pds + pts) * PAGE_4K
 
 
 def build(regions: Iterable[Region], base_gpa: int,

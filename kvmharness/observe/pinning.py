@@ -29,6 +29,8 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 ROLES = ("vcpus", "togglers", "main")
+# The largest CONFIG_NR_CPUS x86-64 Linux allows: no CPU number can be at or above it.
+MAX_CPUS = 8192
 Pinning = Mapping[str, tuple[int, ...]]
 
 
@@ -56,17 +58,28 @@ def cpu_list_text(cpus: Iterable[int]) -> str:
     return ",".join(parts)
 
 
+def _cpu_number(text: str) -> int | None:
+    """A CPU number in ASCII digits (no sign, no ``1_0``), else None."""
+    t = text.strip()
+    return int(t) if t.isascii() and t.isdigit() and len(t) <= 10 else None
+
+
 def _cpu_item(token: str, spec: str) -> list[int]:
     lo, dash, hi = token.partition("-")
-    try:
-        first = int(lo)
-        last = int(hi) if dash else first
-    except ValueError:
+    first = _cpu_number(lo)
+    last = _cpu_number(hi) if dash else first
+    if first is None or last is None:
         raise PinError(f"--pin {spec!r}: {token!r} is not a CPU number or range "
-                       "like 3 or 0-3") from None
-    if first < 0 or last < first:
+                       "like 3 or 0-3")
+    if last < first:
         raise PinError(f"--pin {spec!r}: {token!r} is not a CPU range (low-high, "
                        "low <= high)")
+    # Checked before the range is made: 0-1000000000 would otherwise be a list of a
+    # billion ints (23 GB) before any CPU was checked.
+    if last >= MAX_CPUS:
+        raise PinError(f"--pin {spec!r}: CPU {last} is beyond the {MAX_CPUS} CPUs Linux "
+                       "supports (CONFIG_NR_CPUS); the CPUs here: "
+                       f"{cpu_list_text(allowed_cpus()) or 'none'}")
     return list(range(first, last + 1))
 
 
@@ -233,9 +246,11 @@ def thread_affinity() -> frozenset[int]:
 
 def resolve(spec: str | Mapping[str, Collection[int]] | None) -> dict[str, tuple[int, ...]]:
     """A ``--pin`` string or a role -> CPUs mapping (the Python API), checked against the
-    CPUs this process may use; None or empty: no pinning."""
-    if not spec:
+    CPUs this process may use; None or an empty mapping: no pinning."""
+    if spec is None:
         return {}
     if isinstance(spec, str):
-        return parse(spec)
+        return parse(spec)  # "" is an error there: an empty --pin is a typo, not "none"
+    if not spec:
+        return {}
     return check({role: tuple(cpus) for role, cpus in spec.items()}, allowed_cpus())

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from kvmharness import numbers
 from kvmharness.scenarios.metrics import Direction as Direction
 from kvmharness.scenarios.metrics import Metric as Metric
 from kvmharness.scenarios.metrics import concrete_names, resolve
@@ -79,6 +80,10 @@ class Parameter:
     def parse(self, text: str) -> Any:
         """Convert and check a ``--param name=value`` string; raises ValueError naming the
         parameter and its valid range."""
+        if not text.strip():
+            # ``kinds=`` must not quietly mean every kind (or zero, or the default).
+            raise ValueError(f"parameter {self.name!r} has an empty value "
+                             f"(expects {self.valid_range()})")
         try:
             if self.type is bool:
                 if text.lower() in ("1", "true", "yes", "on"):
@@ -86,7 +91,12 @@ class Parameter:
                 if text.lower() in ("0", "false", "no", "off"):
                     return False
                 raise ValueError(text)
-            value = self.type(text)
+            if self.type is int:
+                value: Any = numbers.parse_int(text, self.name)
+            elif self.type is float:
+                value = numbers.parse_decimal(text, self.name)
+            else:
+                value = self.type(text)
         except ValueError as e:
             detail = f": {e}" if self.type not in (int, float, bool) and str(e) else ""
             raise ValueError(

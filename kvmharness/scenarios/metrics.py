@@ -47,7 +47,9 @@ def parse_size(text: str, default_unit: int = 1) -> int:
     unit = default_unit
     if t and t[-1] in _SIZE_UNITS:
         t, unit = t[:-1], _SIZE_UNITS[t[-1]]
-    if not t.isdigit() or int(t) <= 0:
+    # ASCII digits only (str.isdigit takes fullwidth and Arabic-Indic digits too), and
+    # few enough of them that the size is a size, not a typo.
+    if not (t.isascii() and t.isdigit()) or len(t) > 20 or int(t) <= 0:
         raise ValueError(f"{text!r} is not a positive size like 4K, 16M or 1G")
     return int(t) * unit
 
@@ -61,7 +63,8 @@ def _size_value(label: str) -> int | None:
 
 
 def _count_value(label: str) -> int | None:
-    return int(label) if label.isdigit() and str(int(label)) == label else None
+    return (int(label) if label.isascii() and label.isdigit() and str(int(label)) == label
+            else None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -62,7 +62,7 @@ class CountList(str):
 
     def __new__(cls, text: str) -> CountList:
         items = [s.strip() for s in str(text).split(",") if s.strip()]
-        if not items or not all(s.isdigit() for s in items):
+        if not items or not all(s.isascii() and s.isdigit() and len(s) <= 20 for s in items):
             raise ValueError(f"{text!r}: expected counts like 1,16,64")
         counts = [int(s) for s in items]
         if not all(1 <= c <= MAX_COUNT for c in counts):

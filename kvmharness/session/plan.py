@@ -15,6 +15,19 @@ from kvmharness.session.until_ci import UntilCi
 
 DEFAULT_REPEAT = 10
 QUICK_REPEAT = 5  # the smallest n per side whose exact test can still reach p < 0.01
+# Ceilings on the counts, checked before anything runs: a typo of 100000000000 would
+# otherwise run until killed (one run is a fresh VM; an iteration, seconds of guest work).
+# Far above any real session (defaults: 10 runs, 3-10 iterations).
+COUNT_CEILINGS = {"repeat": 100_000, "iterations": 100_000, "warmup": 100_000}
+
+
+def check_count(knob: str, value: int) -> int:
+    """``value`` if within ``knob``'s ceiling, else ValueError naming the knob."""
+    ceiling = COUNT_CEILINGS[knob]
+    if value > ceiling:
+        raise ValueError(f"--{knob} {value} is more than the {ceiling} a session "
+                         f"allows: lower --{knob}")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +56,10 @@ class SessionPlan:
         becomes a plan: defaults or quick values, overridden by ``params`` given as values
         or as the strings ``--param`` takes.  Raises ValueError/KeyError naming what is
         wrong."""
+        for knob, count in (("repeat", repeat), ("iterations", iterations),
+                            ("warmup", warmup)):
+            if count is not None:
+                check_count(knob, count)
         values = spec.resolve_params({}, quick=quick)
         for key, value in (params or {}).items():
             parameter = spec.parameter(key)

@@ -282,7 +282,7 @@ MALFORMED = [
     (["run", "fake-toggle", "--param", "pages=-1"], "'pages' must be 1..4096"),
     (["run", "fake-toggle", "--param", "pages=10^12"], "'pages' expects 1..4096"),
     (["run", "fake-toggle", "--param", "pages=1000000000000"], "'pages' must be 1..4096"),
-    (["run", "fake-toggle", "--param", "pages="], "'pages' expects 1..4096"),
+    (["run", "fake-toggle", "--param", "pages="], "'pages' has an empty value (expects 1..4096"),
     (["run", "fake-toggle", "--param", "toggle_ms=0"], "'toggle_ms' must be 1..60000 ms"),
     (["run", "fake-toggle", "--param", "toggle_ms=-1"], "'toggle_ms' must be 1..60000 ms"),
     (["run", "fake-toggle", "--param", "toggle_ms=1.5"], "'toggle_ms' expects 1..60000"),
@@ -569,3 +569,29 @@ def test_ab_dry_run_says_whether_its_rounds_can_reach_significance() -> None:
     assert "4 for 1, 5 for 3, 6 for 10 tests" in two
     assert "can reach p < 0.05 with up to 6 headline tests" in " ".join(rounds_verdict(5))
     assert "no kernel-level claim is possible" in " ".join(rounds_verdict(1))
+
+
+# Accepted-but-wrong numbers and lists (issue: red team): each refused when parsed.
+STRICT = [
+    (["--param", "pages=1_0"], "'pages' expects 1..4096"),
+    (["--param", "pages=\uff11"], "'pages' expects 1..4096"),  # fullwidth 1
+    (["--param", "pages=\u0663"], "'pages' expects 1..4096"),  # Arabic-Indic 3
+    (["--param", "pages=2", "--param", "pages=3"], "--param pages given twice"),
+    (["--pin", ""], "--pin: empty spec"),
+    (["--pin", "0-1000000000"], "CPU 1000000000 is beyond the 8192 CPUs"),
+    (["--iterations", "100000000000"], "--iterations 100000000000 is more than the 100000"),
+    (["--warmup", "1e11"], "expected an integer, got '1e11'"),
+    (["--repeat", "1000001"], "--repeat 1000001 is more than the 100000"),
+    (["--iterations", "\uff13"], "expected an integer, got"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), STRICT)
+def test_run_refuses_loose_numbers(register: Callable[[ScenarioSpec], None], tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str], argv: list[str],
+                                   message: str, fake_spec: SpecFactory) -> None:
+    register(ranged_spec(fake_spec))
+    out = tmp_path / "out"
+    assert cli.main(["run", "fake-toggle", *argv, "--out", str(out)]) == 2
+    assert message in unwrapped(capsys.readouterr().err)
+    assert not out.exists()

@@ -81,3 +81,27 @@ def test_too_high_addresses_are_refused():
     with pytest.raises(Exception, match="5-level"):
         pagetables.build([Region(f"r{i}", i * 512 * GiB, 2 * MiB) for i in range(513)],
                          BASE, lambda gpa, data: None)
+
+
+def test_plan_size_is_arithmetic_and_matches_the_table_sets() -> None:
+    import random
+
+    from kvmharness.guest import pagetables as pt
+    from kvmharness.guest.layout import PAGE_1G, PAGE_2M, PAGE_4K, Region
+
+    def by_sets(regions: list[Region]) -> int:
+        pts = {b for r in regions if r.page_size == PAGE_4K for b in pt._span(r, PAGE_2M)}
+        pds = {g for r in regions if r.page_size <= PAGE_2M for g in pt._span(r, PAGE_1G)}
+        pdpts = {t for r in regions for t in pt._span(r, 512 * PAGE_1G)}
+        return (1 + len(pdpts) + len(pds) + len(pts)) * PAGE_4K
+
+    rng = random.Random(3)
+    for _ in range(200):
+        regions = [Region(f"r{i}", rng.randrange(0, 1 << 36) // 4096 * 4096,
+                          rng.randrange(1, 1 << 33) // 4096 * 4096 + 4096, "ram",
+                          hugepages=rng.random() < 0.3) for i in range(rng.randrange(1, 5))]
+        assert pt.plan_size(regions) == by_sets(regions)
+    # 100 TiB of 4 KiB pages: sized without a set of 50 million table pages.
+    huge = Region("ram", 1 << 32, 100 << 40, "ram")
+    # A PML4, 201 PDPTs (GiB 4..102404 over 512 GiB each), a PD per GiB, a PT per 2 MiB.
+    assert pt.plan_size([huge]) == (1 + 201 + 100 * 1024 + 100 * 1024 * 512) * PAGE_4K
