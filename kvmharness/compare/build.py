@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -142,12 +141,9 @@ class MetricRow:
         return self.test.p if self.test else None
 
 
-_EVIDENCE = re.compile(r"(\d+) kvm_mmu_zap_all_fast events over (\d+) memslot")
-
-
 @dataclasses.dataclass(frozen=True)
 class ZapSummary:
-    """Which zap path a side's runs took (``effective.zap_path``) and the evidence summed
+    """Which zap path a side's runs took (``RunRecord.zap``) and the evidence summed
     over them: zap-all events against memslot deletes/moves."""
 
     paths: tuple[tuple[str, int], ...]  # (path, runs) most frequent first
@@ -171,14 +167,13 @@ def zap_summary(runs: Sequence[RunRecord]) -> ZapSummary | None:
     counts: dict[str, int] = {}
     fast = deletes = 0
     for r in runs:
-        path = r.effective.get("zap_path")
-        if not isinstance(path, str):
+        zap = r.zap
+        if zap is None:
             continue
-        counts[path] = counts.get(path, 0) + 1
-        m = _EVIDENCE.search(str(r.effective.get("zap_evidence", "")))
-        if m:
-            fast += int(m.group(1))
-            deletes += int(m.group(2))
+        counts[zap.path] = counts.get(zap.path, 0) + 1
+        if zap.zap_all_events is not None and zap.deletes is not None:
+            fast += zap.zap_all_events
+            deletes += zap.deletes
     if not counts:
         return None
     paths = tuple(sorted(counts.items(), key=lambda kv: -kv[1]))

@@ -13,7 +13,7 @@ import statistics
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from kvmharness.scenarios.base import Direction, RunOutcome, ScenarioSpec
+from kvmharness.scenarios.base import Direction, RunEvidence, RunOutcome, ScenarioSpec
 
 FORMAT = "kvmharness-result"
 # 2: runs carry kvm_stat_types, and instant/peak KVM stats are levels, not summed deltas.
@@ -35,25 +35,23 @@ class MetricSamples:
     values: list[float]
 
 
-@dataclasses.dataclass
-class RunRecord:
+# The order of a run's keys in a file (results/README.md).
+RUN_KEYS = ("index", "repeat", "variant", "status", "reason", "start_time", "end_time",
+            "samples", "warmups", "kvm_stats", "tracepoints", "noise", "effective",
+            "warnings", "kvm_stat_types")
+
+
+@dataclasses.dataclass(kw_only=True)
+class RunRecord(RunEvidence):
+    """One run as the file keeps it: the evidence a ``RunOutcome`` carried, its samples
+    with their declared units, and where the run stood in the session."""
+
     index: int
     repeat: int
     variant: dict[str, str]
     status: RunStatus
     reason: str | None
-    start_time: float
-    end_time: float | None
     samples: dict[str, MetricSamples] = dataclasses.field(default_factory=dict)
-    warmups: dict[str, list[float]] = dataclasses.field(default_factory=dict)
-    kvm_stats: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
-    tracepoints: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
-    noise: dict[str, Any] = dataclasses.field(default_factory=dict)
-    effective: dict[str, Any] = dataclasses.field(default_factory=dict)
-    warnings: list[str] = dataclasses.field(default_factory=list)
-    # kvm_stats key -> "cumulative" | "instant" | "peak" (empty in schema-1 files, whose
-    # stats were all summed over a phase's intervals, levels included).
-    kvm_stat_types: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def value(self, metric: str) -> float | None:
         """The run's value: median of its measured iterations (warmups already apart)."""
@@ -110,10 +108,11 @@ class RunRecord:
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The record as JSON data.  Shares the record's lists and dicts (serialise it, do
-        not edit it): ``dataclasses.asdict`` deep-copied every value, 2 ms a run, and
-        ``compare`` hashes every run of every file."""
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """The record as JSON data, keys in ``RUN_KEYS`` order.  Shares the record's lists
+        and dicts (serialise it, do not edit it): ``dataclasses.asdict`` deep-copied every
+        value, 2 ms a run, and ``compare`` hashes every run of every file."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data = {**{k: fields[k] for k in RUN_KEYS}, **fields}
         data["samples"] = {name: {"unit": s.unit, "direction": s.direction, "values": s.values}
                            for name, s in self.samples.items()}
         return data

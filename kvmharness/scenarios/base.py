@@ -9,9 +9,10 @@ prints has a unit and a direction here.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from kvmharness import numbers
 from kvmharness.scenarios.metrics import Direction as Direction
@@ -152,28 +153,68 @@ class ZapAxis(VariantAxis):
         trace buffer lost nothing; otherwise the path is ``unverified``."""
         requested = self.value(variant)
         eff = outcome.effective
-        eff["zap_requested"] = requested
         counts = outcome.tracepoints.get(phase)
         if counts is None or "kvm_mmu_zap_all_fast" not in counts:
-            eff["zap_path"] = "unverified"
-            eff["zap_evidence"] = ("tracefs unavailable: the zap path is the requested one, "
-                                   "not observed")
+            ZapEvidence(requested, "unverified", "tracefs unavailable: the zap path is the "
+                        "requested one, not observed").store(eff)
             return
         fast = counts["kvm_mmu_zap_all_fast"]
         lost = eff.get(LOST_EVENTS_KEY, {}).get(phase, 0)
-        evidence = f"{fast} kvm_mmu_zap_all_fast events over {deletes} memslot deletes/moves"
+        evidence = ZapEvidence.counted(requested, fast, deletes)
         if fast == 0 and (deletes == 0 or lost):
-            eff["zap_path"] = "unverified"
-            eff["zap_evidence"] = evidence + (
+            dataclasses.replace(evidence, path="unverified", text=evidence.text + (
                 f", but the trace buffer lost {lost} events" if lost else
-                ": nothing was deleted or moved, so nothing shows the path")
+                ": nothing was deleted or moved, so nothing shows the path")).store(eff)
             return
-        path = "all" if fast > 0 else "slot"
-        eff["zap_path"] = path
-        eff["zap_evidence"] = evidence
-        if deletes and path != requested:
+        evidence.store(eff)
+        if deletes and evidence.path != requested:
             outcome.warnings.append(f"requested zap={requested} but the kernel took "
-                                    f"zap={path} ({evidence})")
+                                    f"zap={evidence.path} ({evidence.text})")
+
+
+ZapPath = Literal["all", "slot", "unverified"]
+_COUNTED = re.compile(r"(\d+) kvm_mmu_zap_all_fast events over (\d+) memslot")
+
+
+@dataclasses.dataclass(frozen=True)
+class ZapEvidence:
+    """Which zap path the kernel took in one run and why the harness says so, kept in the
+    run's ``effective`` as ``zap_requested``, ``zap_path``, ``zap_evidence`` (the words)
+    and, where a trace was read, ``zap_all_events`` and ``zap_deletes`` (the counts)."""
+
+    requested: str | None
+    path: ZapPath
+    text: str
+    zap_all_events: int | None = None  # kvm_mmu_zap_all_fast events in the phase
+    deletes: int | None = None  # memslot deletes/moves in the phase
+
+    @classmethod
+    def counted(cls, requested: str, zap_all_events: int, deletes: int) -> ZapEvidence:
+        return cls(requested, "all" if zap_all_events > 0 else "slot",
+                   f"{zap_all_events} kvm_mmu_zap_all_fast events over {deletes} memslot "
+                   "deletes/moves", zap_all_events, deletes)
+
+    def store(self, effective: dict[str, Any]) -> None:
+        effective.update(zap_requested=self.requested, zap_path=self.path,
+                         zap_evidence=self.text)
+        if self.zap_all_events is not None and self.deletes is not None:
+            effective.update(zap_all_events=self.zap_all_events, zap_deletes=self.deletes)
+
+    @classmethod
+    def of(cls, effective: Mapping[str, Any]) -> ZapEvidence | None:
+        """The evidence a run recorded, or None if it recorded none.  Files written before
+        the counts were kept have them only in the words; they are read from there."""
+        path = effective.get("zap_path")
+        if path not in ("all", "slot", "unverified"):
+            return None
+        text = str(effective.get("zap_evidence", ""))
+        events, deletes = effective.get("zap_all_events"), effective.get("zap_deletes")
+        if not (isinstance(events, int) and isinstance(deletes, int)):
+            m = _COUNTED.search(text)
+            events, deletes = (int(m.group(1)), int(m.group(2))) if m else (None, None)
+        requested = effective.get("zap_requested")
+        return cls(requested if isinstance(requested, str) else None, path, text,
+                   events, deletes)
 
 
 ZAP_AXIS = ZapAxis(
@@ -184,15 +225,16 @@ ZAP_AXIS = ZapAxis(
 )
 
 
-@dataclasses.dataclass
-class RunOutcome:
-    """Everything one run produced.  Samples are raw (per iteration), never summaries."""
+@dataclasses.dataclass(kw_only=True)
+class RunEvidence:
+    """What one run saw besides its samples: the same fields in a scenario's ``RunOutcome``
+    and in the result file's ``RunRecord`` (results/model.py), which adds the samples'
+    units and the run's place in the session."""
 
-    samples: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     warmups: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     kvm_stats: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     # How each kvm_stats key was kept over its phase: cumulative (summed deltas), instant
-    # (the value at the phase's end), peak (the maximum).
+    # (the value at the phase's end), peak (the maximum).  Empty in schema-1 files.
     kvm_stat_types: dict[str, str] = dataclasses.field(default_factory=dict)
     tracepoints: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     noise: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -200,6 +242,17 @@ class RunOutcome:
     warnings: list[str] = dataclasses.field(default_factory=list)
     start_time: float = dataclasses.field(default_factory=time.time)
     end_time: float | None = None
+
+    @property
+    def zap(self) -> ZapEvidence | None:
+        return ZapEvidence.of(self.effective)
+
+
+@dataclasses.dataclass
+class RunOutcome(RunEvidence):
+    """Everything one run produced.  Samples are raw (per iteration), never summaries."""
+
+    samples: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
     def add(self, metric: str, value: float, *, warmup: bool = False) -> None:
         target = self.warmups if warmup else self.samples
