@@ -42,6 +42,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--by", choices=AXIS_CHOICES, default="auto",
                    help="what differs between the sides (default: labels if the files have "
                    "several, else variants, else files; label+variant: each pair a side)")
+    p.add_argument("--baseline", metavar="NAME",
+                   help="the side A every other is compared with: a label, a variant "
+                   "(zap=all) or a file (default: the first given)")
     p.add_argument("--pool", action="store_true",
                    help="pool files into one side even when they differ in kernel, command "
                    "line, module parameters, MMU mode or scenario parameters")
@@ -82,6 +85,10 @@ def cmd_compare(args: argparse.Namespace, argv: Sequence[str], out: TextIO,
     if bool(args.a) != bool(args.b) or (args.a and args.files):
         err.write("kvmharness compare: give FILE... or both --a FILE... and --b FILE...\n")
         return common.EXIT_USAGE
+    if args.baseline is not None and args.a:
+        err.write("kvmharness compare: --baseline applies to FILE...; with --a/--b, --a is "
+                  "the baseline\n")
+        return common.EXIT_USAGE
     if not args.a and not args.files:
         err.write("kvmharness compare: no result files given\n")
         return common.EXIT_USAGE
@@ -95,7 +102,8 @@ def cmd_compare(args: argparse.Namespace, argv: Sequence[str], out: TextIO,
                                         settings=settings, command=command)
         else:
             report = build_report([load_result(p) for p in args.files], by=args.by,
-                                  settings=settings, command=command)
+                                  settings=settings, command=command,
+                                  baseline=args.baseline)
     except (ResultFormatError, CompareError, OSError) as e:
         err.write(f"kvmharness compare: {e}\n")
         return EXIT_CANNOT_TELL if args.fail_on_regression is not None else common.EXIT_FAILED

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -29,7 +31,7 @@ def add_parsers(sub: Any) -> None:
                    "(default: the kernel release)")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help=f"directory for the result file (default {DEFAULT_DIR}/)")
-    p.set_defaults(handler=lambda args, argv, out, err: cmd_run(args, out, err))
+    p.set_defaults(handler=lambda args, argv, out, err: cmd_run(args, out, err, argv))
 
 
 # Human output fits a 75-column mail or terminal (the result file has everything).
@@ -46,7 +48,8 @@ def wrapped(text: str) -> str:
     return "\n".join(lines).replace("\0", " ") + "\n"
 
 
-def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO,
+            argv: Sequence[str] = ()) -> int:
     if args.plan is not None:
         return run_plan(args, err)
     if args.scenario is None:
@@ -85,7 +88,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         environment = common.with_host(common.collect_fingerprint(), args.host)
         path = default_result_path(args.out, spec.name, plan.label)
         try:
-            session = run_session(plan, path, environment, progress=progress)
+            session = run_session(plan, path, environment, progress=progress,
+                                  command=shlex.join(["kvmharness", *argv]) if argv else "")
         except OSError as e:
             # Scenario errors are recorded as failed runs; what escapes is (almost always)
             # writing the result file: its folder or the disk.

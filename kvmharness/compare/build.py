@@ -659,9 +659,10 @@ def _file_names(files: Sequence[ResultFile]) -> list[str]:
 
 
 def _scenario_comparisons(scenario: str, group: Sequence[ResultFile], by: AxisChoice,
-                          settings: Settings, notes: list[str]) -> list[Comparison]:
+                          settings: Settings, notes: list[str],
+                          variants: list[dict[str, str]] | None = None) -> list[Comparison]:
     _check_units(scenario, group)
-    variants = _variants_in(group) or [{}]
+    variants = variants or _variants_in(group) or [{}]
     axis: Axis = _pick_axis(group, variants) if by == "auto" else by
     metrics = _metric_order(group)
     headline = headline_names(group)
@@ -719,14 +720,44 @@ def _by_scenario(files: Sequence[ResultFile]) -> dict[str, list[ResultFile]]:
     return scenarios
 
 
+def _baseline_first(name: str, group: list[ResultFile],
+                    variants: list[dict[str, str]]) -> bool:
+    """Puts the files or the variant called ``name`` (a label, a variant such as
+    ``zap=all``, a file's path or base name) first, so that it is side A; in place.
+    Whether anything matched."""
+    def is_named(f: ResultFile) -> bool:
+        return name in (f.label, f.source, f.source.rsplit("/", 1)[-1])
+
+    matched = False
+    if any(is_named(f) for f in group):
+        group.sort(key=lambda f: not is_named(f))  # stable: the rest keep their order
+        matched = True
+    if any(variant_text(v) == name for v in variants):
+        variants.sort(key=lambda v: variant_text(v) != name)
+        matched = True
+    return matched
+
+
 def build_report(files: Sequence[ResultFile], *, by: AxisChoice = "auto",
-                 settings: Settings = Settings(), command: str = "") -> Report:
+                 settings: Settings = Settings(), command: str = "",
+                 baseline: str | None = None) -> Report:
+    """``baseline``: the label, variant or file that is side A (default: the first)."""
     if not files:
         raise CompareError("no result files given")
     kept, notes = dedupe(files)
     comparisons: list[Comparison] = []
+    found = baseline is None
     for scenario, group in _by_scenario([f for f in kept if f is not None]).items():
-        comparisons += _scenario_comparisons(scenario, group, by, settings, notes)
+        order = list(group)
+        variants = _variants_in(order) or [{}]
+        if baseline is not None:
+            found = _baseline_first(baseline, order, variants) or found
+        comparisons += _scenario_comparisons(scenario, order, by, settings, notes,
+                                             variants)
+    if not found:
+        names = sorted({f.label for f in kept if f is not None})
+        raise CompareError(f"--baseline {baseline}: no label, variant or file of that name "
+                           f"(labels: {', '.join(names)})")
     return Report(tuple(comparisons), settings, tuple(notes), command)
 
 

@@ -161,6 +161,8 @@ class ResultFile:
     runs: list[RunRecord] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
+    # The command line that wrote the file ("" in files written before it was recorded).
+    command: str = ""
     # Where the file was loaded from; not part of the document.
     source: str = dataclasses.field(default="", compare=False)
 
@@ -189,4 +191,5 @@ class ResultFile:
             "runs": [r.to_json() for r in self.runs],
             "warnings": self.warnings,
             "environment": self.environment,
+            "command": self.command,
         }

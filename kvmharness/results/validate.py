@@ -271,6 +271,7 @@ def parse_result(raw: Any, source: str = "<result>") -> ResultFile:
         runs=c.list_(f("runs"), "runs", lambda v, p: _run(c, v, p)),
         warnings=c.list_(f("warnings"), "warnings", c.str_),
         environment=c.obj(f("environment"), "environment"),
+        command=c.str_(d["command"], "command") if "command" in d else "",
         source=source,
     )
     check_values(result)

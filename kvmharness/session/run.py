@@ -45,8 +45,10 @@ class SessionOutcome:
     failed_runs: int
 
 
-def new_result(plan: SessionPlan, environment: Mapping[str, Any]) -> ResultFile:
+def new_result(plan: SessionPlan, environment: Mapping[str, Any],
+               command: str = "") -> ResultFile:
     return ResultFile(
+        command=command,
         scenario=spec_metadata(plan.spec),
         parameters=dict(plan.params),
         quick=plan.quick,
@@ -72,13 +74,14 @@ def run_session(
     *,
     progress: Progress = lambda message: None,
     snapshot: Callable[[], noise.NoiseSnapshot] = noise.snapshot,
+    command: str = "",
 ) -> SessionOutcome:
     """Run the plan, writing the result file after every run.  The file is created
     (exclusively: ``path``, or ``path`` with ``-2``, ``-3``... if that name is taken) once
     a run has completed; a session in which none did writes nothing (``outcome.path`` is
     None).  Ctrl-C (or SIGTERM/SIGHUP, see observe.signals) ends the session cleanly: the
     file keeps every completed run and says ``"status": "interrupted"``."""
-    result = new_result(plan, environment)
+    result = new_result(plan, environment, command)
     written: Path | None = None
 
     def save() -> None:

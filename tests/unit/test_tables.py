@@ -877,3 +877,59 @@ def test_a_kernel_comparison_tests_boots_not_runs() -> None:
     assert all(r.boots is None for r in one.rows)
     assert any("no kernel-level claim is possible" in w for w in one.warnings)
     assert boot_of(files[0]) == "6.1.0-boot-0"
+
+
+def test_cover_letter_carries_the_commands_within_72_columns_at_any_path_length(
+        tmp_path: Path) -> None:
+    import shlex
+    import subprocess
+
+    folder = "/srv/" + "kernel-bisect-results/" * 3
+    path = folder + "rom-toggle-6.12.json"
+    path = folder + "x" * (100 - len(path)) + "rom-toggle-6.12.json"
+    assert len(path) == 100
+    a = result_file("6.1.0", runs_from(DATA_A, {"zap": "all"}), environment("6.1.0", False),
+                    path.replace("6.12", "6.1"))
+    b = result_file("6.12.0", runs_from(DATA_B, {"zap": "all"}), environment("6.12.0", True),
+                    path)
+    for f, label in ((a, "6.1.0"), (b, "6.12.0")):
+        f.command = shlex.join(["kvmharness", "run", "rom-toggle", "--label", label,
+                                "--out", folder + "x" * 30])
+    command = shlex.join(["kvmharness", "compare", a.source, b.source,
+                          "--format", "cover-letter"])
+    text = format_report(build_report([a, b], settings=Settings(seed=1), command=command),
+                         "cover-letter")
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 72
+    produced = lines.index("Produced by:")
+    compared = lines.index("Compared by:")
+    assert produced < compared
+    # Pasted into a shell, the lines are the same commands, word for word.
+    for start, end, original in ((compared + 1, len(lines), command),
+                                 (produced + 1, produced + 1 + (compared - produced - 1) // 2,
+                                  a.command)):
+        pasted = "\n".join(lines[start:end]).replace("  $ kvmharness", "printf '%s\\n'", 1)
+        words = subprocess.run(["bash", "-c", pasted], capture_output=True, text=True,
+                               check=True).stdout.splitlines()
+        assert words == shlex.split(original)[1:]
+
+
+def test_baseline_parameters_and_timing_caveat() -> None:
+    a = result_file("6.1.0", runs_from(DATA_A, {"zap": "all"}), environment("6.1.0", False),
+                    "a.json")
+    b = result_file("6.12.0", runs_from(DATA_B, {"zap": "all"}), environment("6.12.0", True),
+                    "b.json")
+    b.parameters = {"pages": 4000}
+    (c,) = build_report([a, b], settings=Settings(seed=1), baseline="6.12.0",
+                        ).comparisons
+    assert (c.a.name, c.b.name) == ("6.12.0", "6.1.0")
+    with pytest.raises(CompareError, match="--baseline 6.2: no label, variant or file"):
+        build_report([a, b], baseline="6.2")
+    text = " ".join(format_report(build_report([a, b])).split())
+    assert "Parameters (rom-toggle): (none) differ: pages=2000/4000" in text
+    assert "Timings not representative" not in text
+    b.environment["backend"] = {"kind": "pvm", "emulated": True}
+    for fmt in ("plain", "cover-letter"):
+        text = " ".join(format_report(build_report([a, b]), fmt).split())
+        assert ("Timings not representative: measured on PVM (instruction emulation)"
+                in text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import textwrap
 
 from kvmharness.compare import warnings as warn
@@ -19,6 +20,7 @@ from kvmharness.compare.render.setup import (
     mmu_mode,
     setup_short,
     setups,
+    timing_caveat,
     uncounted_line,
 )
 from kvmharness.compare.render.text import COVER_WIDTH, ascii_text, fit, num, pct
@@ -118,6 +120,9 @@ def format_cover_letter(report: Report, view: View = DEFAULT_VIEW) -> str:
         f"{backend_text(s.env)}, {MMU_NAMES.get(mmu_mode(s.env), mmu_mode(s.env))}, "
         f"{cpu_model(s.env)}" for s in sets))
     out += fit("Host:   " + "; ".join(hosts), width, "        ")
+    caveat = timing_caveat(report)
+    if caveat:
+        out += textwrap.wrap(caveat, width, break_on_hyphens=False)
     out.append("")
     for c in report.comparisons:
         if not c.a.ok_runs or not c.b.ok_runs:
@@ -142,20 +147,57 @@ def format_cover_letter(report: Report, view: View = DEFAULT_VIEW) -> str:
     out += textwrap.wrap(foot, width)
     for note in warn.family_detectability(report.families(), s.alpha, CORRECTION):
         out += textwrap.wrap(note, width)
-    if report.command:
-        out += _command_lines(report.command, width)
+    out += command_lines(report, width)
     return ascii_text("\n".join(out)) + "\n"
 
 
-def _command_lines(command: str, width: int) -> list[str]:
-    """The command under the table, continued with backslashes within ``width``."""
-    words = command.split()
+MAX_COMMANDS = 4
+
+
+def command_lines(report: Report, width: int = COVER_WIDTH) -> list[str]:
+    """The commands that produced the compared files (as each file records it), then the
+    comparison's own, each a shell command that pastes back as it was."""
+    files = [f for c in report.comparisons for f in (*c.a.files, *c.b.files)]
+    made = list(dict.fromkeys(f.command for f in files if f.command))
+    out: list[str] = []
+    if made:
+        out.append("Produced by:")
+        for command in made[:MAX_COMMANDS]:
+            out += shell_lines(command, width)
+        if len(made) > MAX_COMMANDS:
+            out.append(f"  (and {len(made) - MAX_COMMANDS} more commands: kvmharness show FILE)")
+    elif files:
+        out.append("Produced by: not recorded (files written before kvmharness kept it)")
+    if report.command:
+        out.append("Compared by:")
+        out += shell_lines(report.command, width)
+    return out
+
+
+def shell_lines(command: str, width: int = COVER_WIDTH) -> list[str]:
+    """``command`` as ``  $ ...`` lines of at most ``width`` columns, continued with
+    backslash-newline.  A word longer than a line (a 100-character path) is cut and its
+    rest goes on at column 0: the shell removes a backslash-newline inside a word too, so
+    the pasted lines are the same command."""
     lines: list[str] = []
     current = "  $"
-    for w in words:
-        if len(current) + 1 + len(w) > width - 2 and current.strip() != "$":
+    for word in (shlex.quote(w) for w in shlex.split(command)):
+        if len(current) + 1 + len(word) <= width - 2 or current == "  $":
+            if len(current) + 1 + len(word) <= width - 2:
+                current += " " + word
+                continue
+        else:
             lines.append(current + " \\")
-            current = "     "
-        current += " " + w
+            current = "    "
+            if len(current) + 1 + len(word) <= width - 2:
+                current += " " + word
+                continue
+        # Too long for any line: as much as fits here, the rest from column 0.
+        room = width - 1 - len(current) - 1
+        current += " " + word[:room]
+        rest = word[room:]
+        while rest:
+            lines.append(current + "\\")
+            current, rest = rest[:width - 1], rest[width - 1:]
     lines.append(current)
     return lines

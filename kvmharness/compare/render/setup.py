@@ -226,11 +226,63 @@ def file_lines(sets: Sequence[Setup], width: int, detail: bool = False) -> list[
     return [f"Files: {count} (named with --detail)"]
 
 
+def timing_caveat(report: Report) -> str | None:
+    """One line when a side's times come from an emulating backend (PVM) or a software
+    CPU (QEMU TCG): its timings say little about hardware KVM; its counts still hold."""
+    kinds: dict[str, None] = {}
+    for c in report.comparisons:
+        for f in (*c.a.files, *c.b.files):
+            backend = f.environment.get("backend", {})
+            cpu = f.environment.get("cpu", {})
+            if isinstance(backend, dict) and (backend.get("emulated")
+                                              or str(backend.get("kind")).lower() == "pvm"):
+                kinds.setdefault("PVM (instruction emulation)")
+            if isinstance(cpu, dict) and "TCG" in str(cpu.get("model", "")):
+                kinds.setdefault("QEMU TCG (a software CPU)")
+    if not kinds:
+        return None
+    return (f"Timings not representative: measured on {' and '.join(kinds)}; times and "
+            "their ratios are not what hardware KVM would show (counts of faults, exits and "
+            "zaps still are).")
+
+
+def parameter_lines(report: Report, width: int = WIDTH) -> list[str]:
+    """Per scenario, its parameters as run; those that differ between files named with
+    every value (a comparison across parameters compares more than the kernel)."""
+    out: list[str] = []
+    by_scenario: dict[str, list[ResultFile]] = {}
+    for c in report.comparisons:
+        for f in (*c.a.files, *c.b.files):
+            if all(f is not g for g in by_scenario.setdefault(c.scenario, [])):
+                by_scenario[c.scenario].append(f)
+    for scenario, files in by_scenario.items():
+        keys = list(dict.fromkeys(k for f in files for k in f.parameters))
+        same, differ = [], []
+        for k in keys:
+            values = list(dict.fromkeys(str(f.parameters.get(k, "-")) for f in files))
+            if len(values) == 1:
+                same.append(f"{k}={values[0]}")
+            else:
+                differ.append(f"{k}={'/'.join(values)}")
+        quick = {f.quick for f in files}
+        text = ", ".join(same) or "(none)"
+        if quick == {True}:
+            text += " (--quick)"
+        out += fit(f"Parameters ({scenario}): {text}", width, "    ")
+        if differ:
+            out += fit(f"  differ: {', '.join(differ)}", width, "    ")
+    return out
+
+
 def report_header(report: Report, view: View, width: int = WIDTH) -> list[str]:
     sets = setups(report)
     out = ["Setups compared:" if len(sets) > 1 else "Setup:"]
     for s in sets:
         out += setup_lines(s, width)
+    caveat = timing_caveat(report)
+    if caveat:
+        out += fit(caveat, width, "  ")
+    out += parameter_lines(report, width)
     out += file_lines(sets, width, view.detail)
     out += difference_lines(report, sets, view, width)
     for n in report.notes:
