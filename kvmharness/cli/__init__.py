@@ -14,13 +14,13 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from kvmharness.cli import ab, bisect_step, build_kvm, compare, info, plot, run, show
+from kvmharness.cli import ab, bisect_step, build_kvm, compare, fleet, info, plot, run, show
 from kvmharness.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from kvmharness.observe import fingerprint, signals
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_USAGE", "build_parser", "main"]
 
-SUBCOMMANDS = (info, run, compare, show, plot, ab, build_kvm, bisect_step)
+SUBCOMMANDS = (info, run, compare, show, plot, ab, build_kvm, bisect_step, fleet)
 
 
 class _Parser(argparse.ArgumentParser):
