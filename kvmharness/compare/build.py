@@ -326,6 +326,11 @@ def _row(metric: str, unit: str, direction: Direction, a: Side, b: Side,
     test = stats.mann_whitney(ta, tb) if ta and tb else None
     change = stats.bootstrap_change(ta, tb, confidence=settings.confidence,
                                     resamples=settings.resamples, seed=settings.seed)
+    if boot_level and va and vb:
+        # The change printed is that of the medians printed (all runs); its CI, which the
+        # verdict uses, resamples boots.
+        runs_change = stats.bootstrap_change(va, vb, resamples=0)
+        change = dataclasses.replace(change, ratio=runs_change.ratio)
     significant = stats.is_significant(test.p if test else None, change,
                                        alpha=settings.alpha, min_change=settings.min_change)
     row = MetricRow(metric, unit, direction, stats.summarize(va, settings.confidence),
