@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from tabulate import tabulate
 
-from kvmharness.compare.build import Report
+from kvmharness.compare.build import MetricRow, Report
 from kvmharness.compare.render.model import (
     DEFAULT_VIEW,
     Section,
@@ -19,6 +19,8 @@ from kvmharness.compare.render.plain import compact_warnings, pivot_lines, repor
 from kvmharness.compare.render.setup import report_header
 from kvmharness.compare.render.text import (
     TAGS,
+    UNTESTED,
+    boot_spread_lines,
     change_cell,
     change_ci_text,
     change_text,
@@ -26,8 +28,10 @@ from kvmharness.compare.render.text import (
     ci_level_note,
     median_with_ci,
     metric_name,
+    n_header,
     n_text,
     p_text,
+    verdict,
 )
 from kvmharness.compare.stats import Summary
 
@@ -57,20 +61,31 @@ def _flat_table(sec: Section, confidence: float) -> list[str]:
             summaries += [r.a, r.b]
             cells = [metric_name(r) if i == 0 else "", r.unit, r.direction,
                      median_with_ci(r.a), median_with_ci(r.b),
-                     change_cell(r) if multi else change_text(r),
+                     change_cell(r) if multi else _flat_change(r),
                      "-" if r.change.ci_low is None else f"[{change_ci_text(r, ', ')}]",
                      p_text(r.p_adj), n_text(r)]
             rows.append(cells + [TAGS[i + 1]] if multi else cells)
     ci = ci_header(summaries, confidence)
     headers = ["metric", "unit", "better", f"A median [{ci}]",
                f"B median [{ci}]" if not multi else f"median [{ci}]", "change",
-               f"{confidence * 100:g}% CI of change", "p (adj.)", "n"]
+               f"{confidence * 100:g}% CI of change", "p (adj.)",
+               n_header([r for t in sec.rows for r in t.per_side if r is not None])]
     right = [False, False, False, True, True, True, True, True, True]
     if multi:
         headers, right = headers + ["side"], right + [False]
     out = _md_table(headers, rows, right)
+    spread = boot_spread_lines([r for t in sec.rows for r in t.per_side if r is not None],
+                               10_000)
+    out += [""] + [line.strip() + "  " for line in spread] if spread else []
     note = ci_level_note(summaries, confidence)
     return out + (["", f"{note}."] if note else []) + [""]
+
+
+def _flat_change(r: MetricRow) -> str:
+    """The two-side change, or the change and 'untested' when the runs could not test it
+    (no verdict column here to say so)."""
+    text = change_text(r)
+    return f"{text} untested" if verdict(r) == UNTESTED else text
 
 
 def _section(sec: Section, view: View, confidence: float) -> list[str]:
