@@ -872,7 +872,7 @@ def test_a_kernel_comparison_tests_boots_not_runs() -> None:
     assert "n = 2/2 boots: no change can reach p < 0.05 even without correction; need >= " \
            "4 boots per side." in " ".join(format_report(two).split())
     md = format_report(two, "markdown")
-    assert "untested |" in md and "runs/boots |" in md and "6/2 6/2 |" in md
+    assert "untested |" in md and "runs/boots |" in md and "12/2 12/2 |" in md
     # One boot per side: the runs are tested, with the warning that no kernel-level claim
     # is possible.
     (one,) = build_report(_boot_files(boots=1, runs=6), settings=Settings(seed=1)).comparisons
