@@ -42,10 +42,14 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="baseline, overlays, results and bisect-steps.log (default "
                    "CACHE/bisect)")
+    p.add_argument("--boots", type=common.positive, default=1, metavar="N",
+                   help="boots per side (default 1: the runs of one boot are compared, "
+                   "boot-to-boot variance unseen; from 2 on, per-boot medians are, as in "
+                   "compare: 4 per side reach p < 0.05)")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     p.add_argument("--memory", default="4G")
     p.add_argument("--timeout", type=common.positive, default=1800, metavar="S")
-    p.set_defaults(handler=cmd_bisect_step, rounds=1)
+    p.set_defaults(handler=cmd_bisect_step)
 
 
 def cmd_bisect_step(args: argparse.Namespace, argv: Sequence[str], out: TextIO,
@@ -53,6 +57,7 @@ def cmd_bisect_step(args: argparse.Namespace, argv: Sequence[str], out: TextIO,
     from kvmharness.cli.ab import scenario_calls
     from kvmharness.runner import bisect, kvmbuild
 
+    args.rounds = args.boots  # scenario_calls splits --quick's runs over the boots
     try:
         calls = scenario_calls(args, registry.all_scenarios())
     except (ValueError, KeyError) as e:
@@ -65,7 +70,7 @@ def cmd_bisect_step(args: argparse.Namespace, argv: Sequence[str], out: TextIO,
         metrics=tuple(args.metric), patches=tuple(p.resolve() for p in args.patch),
         vendors=tuple(dict.fromkeys(args.vendor or ["amd"])),
         settings=Settings(alpha=args.alpha), accel=args.accel, memory=args.memory,
-        timeout_s=args.timeout)
+        timeout_s=args.timeout, boots=args.boots)
 
     def log(line: str) -> None:
         err.write(f"bisect-step: {line}\n")

@@ -76,13 +76,13 @@ def bisect_verdict(report: Report, threshold: float,
                                         else r.metric in c.headline and not r.exploratory)]
         for r in chosen:
             where = f"{c.scenario} ({c.context}) {r.metric}"
-            n_a, n_b = r.a.n, r.b.n
+            n_a, n_b = r.tested_n  # boots when the test ran on per-boot medians
             floor = stats.smallest_p(n_a, n_b) * max(c.family, 1)
             lo, hi = r.change.ci_low, r.change.ci_high
             if r.test is None or lo is None or hi is None:
                 reasons.append(f"{where}: no test (n={n_a}/{n_b}): cannot judge")
                 continue
-            if floor >= alpha:
+            if floor >= alpha or r.untestable:
                 reasons.append(f"{where}: with n={n_a}/{n_b} and {c.family} test(s) no p can "
                                f"be below {alpha:g} (smallest {floor:.3g}): cannot judge")
                 continue

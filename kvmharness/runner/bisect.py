@@ -47,6 +47,7 @@ class StepRequest:
     accel: str = "auto"
     memory: str = "4G"
     timeout_s: float = 1800.0
+    boots: int = 1                       # boots per side (2+: tested on per-boot medians)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +91,7 @@ def _measure(req: StepRequest, name: str, overlay: Path, out_dir: Path,
     except KernelPathError as e:
         return [], str(e), time.monotonic() - t0
     shutil.rmtree(out_dir, ignore_errors=True)
-    opts = ab.AbOptions(kernels=(kernel,), calls=req.calls, rounds=1, out_dir=out_dir,
+    opts = ab.AbOptions(kernels=(kernel,), calls=req.calls, rounds=req.boots, out_dir=out_dir,
                         accel=req.accel, memory=req.memory, timeout_s=req.timeout_s,
                         settings=req.settings)
     outcome = ab.execute(opts, ["bisect-step"], ab.Progress(log, lambda _: None,

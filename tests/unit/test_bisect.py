@@ -169,3 +169,19 @@ def test_the_good_commit_is_exported_with_git_archive(repo: tuple[Path, str, str
     bisect.export_commit(src, good, tmp_path / "exp")
     assert (tmp_path / "exp/arch/x86/kvm/x86.c").read_text() == "int x;\n"
     assert (tmp_path / "exp/Makefile").is_file() and (tmp_path / "exp/virt/kvm").is_dir()
+
+
+def test_two_boots_per_side_are_too_few_at_the_boot_level() -> None:
+    """With two boots per side the test runs on per-boot medians (n = 2/2): even a
+    20-fold slowdown cannot be called, so the step skips (bisect-step --boots 4 can)."""
+    def booted(label: str, totals: list[float], boot: str) -> Any:
+        f = side(label, totals, f"{label}-{boot}.json")
+        f.environment["kernel"]["boot_id"] = boot
+        return f
+
+    a = [booted("good", FAST[:5], "g1"), booted("good", FAST[5:], "g2")]
+    b = [booted("step", [v * 20 for v in FAST[:5]], "s1"),
+         booted("step", [v * 20 for v in FAST[5:]], "s2")]
+    report = build_sides_report(a, b, settings=Settings(seed=1))
+    status, reasons = bisect_verdict(report, 0.10, ["total"])
+    assert status == SKIP and "n=2/2" in reasons[0], reasons

@@ -135,7 +135,8 @@ def setup_lines(s: Setup, width: int) -> list[str]:
 _GROUPS = (("kvm.capabilities.", "capabilities"), ("kvm_modules.", "module parameters"),
            ("cpu.", "CPU"), ("memory.", "memory"), ("harness.", "harness"),
            ("tracefs.", "tracefs"), ("thp.", "THP"), ("cpufreq.", "cpufreq"),
-           ("kvm.disable_quirks2_mask", "capabilities"), ("kernel.", "kernel"))
+           ("kvm.disable_quirks2_mask", "capabilities"), ("kernel.", "kernel"),
+           ("kvm_build.", "KVM modules"))
 
 
 def group_differences(diffs: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
@@ -173,7 +174,13 @@ def difference_lines(report: Report, sets: Sequence[Setup], view: View,
         out += wrapped(single, width)
         parts = []
         for name, keys in counted.items():
-            if name == "kernel":
+            if name == "KVM modules":
+                # Which kvm*.ko ran, in full: the one-line summaries carry the build ids.
+                before, after = (str(f.environment.get("kvm_build", {}).get("summary"))
+                                 for f in (sets[0].files[0], other.files[0]))
+                out += fit(f"  - KVM modules: {before} -> {after} ({len(keys)} fields "
+                           "differ)", width, "    ")
+            elif name == "kernel":
                 parts.append("kernel " + ", ".join(keys))
             elif len(keys) <= 2:
                 parts.append(f"{name} " + ", ".join(keys))
