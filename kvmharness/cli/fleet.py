@@ -90,6 +90,8 @@ def add_parsers(sub: Any) -> None:
                      "dependencies; default: built here from this checkout with pip wheel)")
     run.add_argument("--by", choices=("host", "host+variant"), default="host",
                      help="the comparison printed at the end (default host)")
+    run.add_argument("--baseline", metavar="HOST",
+                     help="the host compared against (default: the inventory's first)")
     run.add_argument("--ansible-arg", action="append", default=[], metavar="ARG",
                      help="passed on to ansible-playbook (repeatable), e.g. --limit=amd-*")
     run.set_defaults(handler=lambda args, argv, out, err: cmd_run(args, out, err))
@@ -214,5 +216,6 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return common.EXIT_FAILED
     from kvmharness.cli import main  # the package imports this module
 
-    compared = main(["compare", "--by", args.by, *map(str, with_files)])
+    baseline = ["--baseline", args.baseline] if args.baseline else []
+    compared = main(["compare", "--by", args.by, *baseline, *map(str, with_files)])
     return common.EXIT_FAILED if status != 0 or errors else compared

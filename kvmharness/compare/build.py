@@ -620,12 +620,18 @@ def _pick_axis(files: Sequence[ResultFile], variants: Sequence[Mapping[str, str]
         "nothing to compare (give files with different labels, or a file with variants)")
 
 
+def recorded_host(f: ResultFile) -> str | None:
+    """The fleet host name ``run --host`` recorded in the file, if any."""
+    fleet = f.environment.get("fleet")
+    host = fleet.get("host") if isinstance(fleet, Mapping) else None
+    return host if isinstance(host, str) and host else None
+
+
 def host_of(f: ResultFile) -> str:
     """The fleet host a file was written on (``kvmharness run --host``, which the fleet
     playbook passes as the inventory name); CompareError when it was not recorded."""
-    fleet = f.environment.get("fleet")
-    host = fleet.get("host") if isinstance(fleet, Mapping) else None
-    if not isinstance(host, str) or not host:
+    host = recorded_host(f)
+    if host is None:
         raise CompareError(f"{f.source or f.scenario_name}: no host name recorded (written "
                            "without `run --host NAME`, which `kvmharness fleet` passes): "
                            "cannot compare by host")
@@ -731,7 +737,7 @@ def _baseline_first(name: str, group: list[ResultFile],
     ``zap=all``, a file's path or base name) first, so that it is side A; in place.
     Whether anything matched."""
     def is_named(f: ResultFile) -> bool:
-        return name in (f.label, f.source, f.source.rsplit("/", 1)[-1])
+        return name in (f.label, f.source, f.source.rsplit("/", 1)[-1], recorded_host(f))
 
     matched = False
     if any(is_named(f) for f in group):

@@ -96,3 +96,10 @@ def test_one_host_two_kernels_is_not_pooled_silently() -> None:
     other.source = "amd1/other.json"
     with pytest.raises(CompareError, match=r"side host \(amd1\) pools files that differ in kernel.release"):
         build_report([*files, other], by="host")
+
+
+def test_baseline_names_a_host() -> None:
+    report = build_report(fleet_files(), by="host", settings=Settings(seed=1),
+                          baseline="intel1")
+    assert [(c.a.name, c.b.name) for c in report.comparisons][:2] == [
+        ("intel1", "amd1"), ("intel1", "amd2")]
