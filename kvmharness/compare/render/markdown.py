@@ -33,7 +33,6 @@ from kvmharness.compare.render.text import (
     p_text,
     verdict,
 )
-from kvmharness.compare.stats import Summary
 
 
 def _md_escape(text: str) -> str:
@@ -51,34 +50,37 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]],
 def _flat_table(sec: Section, confidence: float) -> list[str]:
     """A line per metric and other side: both medians with their CIs, the change, its CI,
     the adjusted p and the run counts."""
-    rows = []
-    summaries: list[Summary] = []
     multi = len(sec.shown.comparisons) > 1
+    rows = _flat_rows(sec, multi)
+    shown = [r for t in sec.rows for r in t.per_side if r is not None]
+    summaries = [s for r in shown for s in (r.a, r.b)]
+    ci = ci_header(summaries, confidence)
+    headers = ["metric", "unit", "better", f"A median [{ci}]",
+               f"B median [{ci}]" if not multi else f"median [{ci}]", "change",
+               f"{confidence * 100:g}% CI of change", "p (adj.)", n_header(shown)]
+    right = [False, False, False, True, True, True, True, True, True]
+    if multi:
+        headers, right = headers + ["side"], right + [False]
+    out = _md_table(headers, rows, right)
+    spread = boot_spread_lines(shown, 10_000)
+    out += [""] + [line.strip() + "  " for line in spread] if spread else []
+    note = ci_level_note(summaries, confidence)
+    return out + (["", f"{note}."] if note else []) + [""]
+
+
+def _flat_rows(sec: Section, multi: bool) -> list[list[str]]:
+    rows = []
     for t in sec.rows:
         for i, r in enumerate(t.per_side):
             if r is None:
                 continue
-            summaries += [r.a, r.b]
             cells = [metric_name(r) if i == 0 else "", r.unit, r.direction,
                      median_with_ci(r.a), median_with_ci(r.b),
                      change_cell(r) if multi else _flat_change(r),
                      "-" if r.change.ci_low is None else f"[{change_ci_text(r, ', ')}]",
                      p_text(r.p_adj), n_text(r)]
             rows.append(cells + [TAGS[i + 1]] if multi else cells)
-    ci = ci_header(summaries, confidence)
-    headers = ["metric", "unit", "better", f"A median [{ci}]",
-               f"B median [{ci}]" if not multi else f"median [{ci}]", "change",
-               f"{confidence * 100:g}% CI of change", "p (adj.)",
-               n_header([r for t in sec.rows for r in t.per_side if r is not None])]
-    right = [False, False, False, True, True, True, True, True, True]
-    if multi:
-        headers, right = headers + ["side"], right + [False]
-    out = _md_table(headers, rows, right)
-    spread = boot_spread_lines([r for t in sec.rows for r in t.per_side if r is not None],
-                               10_000)
-    out += [""] + [line.strip() + "  " for line in spread] if spread else []
-    note = ci_level_note(summaries, confidence)
-    return out + (["", f"{note}."] if note else []) + [""]
+    return rows
 
 
 def _flat_change(r: MetricRow) -> str:

@@ -76,15 +76,15 @@ def _two_side_table(rows: Sequence[TableRow], view: View, width: int) -> list[st
     if view.detail:
         headers.insert(7, "95% CI")
         right.insert(7, False)
+    drop = set()
     if not any(cells[6] for cells in body):  # nothing significant: no verdict column
-        body = [cells[:6] + cells[7:] for cells in body]
-        headers, right = headers[:6] + headers[7:], right[:6] + right[7:]
+        drop.add(6)
     if view.detail:  # each side's CI is in the per-side table below instead
-        keep = [i for i in range(len(headers)) if i not in (2, 4)]
-        body = [[cells[i] for i in keep] for cells in body]
-        headers, right = [headers[i] for i in keep], [right[i] for i in keep]
-    return grid(headers, body, right, width) + boot_spread_lines([t.base for t in rows],
-                                                                  width)
+        drop |= {2, 4}
+    keep = [i for i in range(len(headers)) if i not in drop]
+    return grid([headers[i] for i in keep], [[cells[i] for i in keep] for cells in body],
+                [right[i] for i in keep], width) + boot_spread_lines([t.base for t in rows],
+                                                                     width)
 
 
 def _multi_side_table(rows: Sequence[TableRow], sides: int, width: int) -> list[str]:
