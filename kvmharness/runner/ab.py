@@ -18,40 +18,30 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
 
-from kvmharness.compare.build import CompareError, Comparison, Report, Settings, build_report
-from kvmharness.results.model import ResultFile, variant_text
-from kvmharness.results.store import load_result
-from kvmharness.results.validate import ResultFormatError
+from kvmharness.compare.build import Report, Settings
+from kvmharness.runner.ab_guest import (
+    GUEST_OUT,
+    GuestPython,
+    guest_body,
+    guest_env,
+    pick_guest_python,
+    recorded_mmu,
+)
+from kvmharness.runner.ab_report import build_comparisons, manifest, ordered_files, write_tables
 from kvmharness.runner.boot import (
     BootInterrupted,
     BootResult,
     BootSpec,
     binds_for,
     boot,
-    cache_dir,
     kernel_binds,
-    package_root,
-    passthrough_env,
     prepare_kernel,
-    shq,
 )
 from kvmharness.runner.host import Accel
 from kvmharness.runner.kernels import Kernel, KernelPathError
-
-SYSTEM_PYTHON = Path("/usr/bin/python3")
-# Where each boot's result folder appears inside the guest.  One fixed path for every
-# boot: it is on the guest kernel command line, which result files record, and boots of
-# one kernel should not look like different setups to `compare`.  (/tmp is a writable
-# overlay inside, so vng can create the mount point.)
-GUEST_OUT = Path("/tmp/kvmharness-ab-out")
-GUEST_DEPS = ("psutil", "elftools", "tabulate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,13 +51,6 @@ class ScenarioCall:
 
     scenario: str
     options: tuple[str, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class GuestPython:
-    interpreter: str
-    pythonpath: tuple[Path, ...]
-    note: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,84 +96,6 @@ class BootRecord:
 def boot_order(kernels: Sequence[Kernel], rounds: int) -> list[tuple[int, Kernel]]:
     """A B C A B C ...: every round boots each configuration once, in the order given."""
     return [(r, k) for r in range(1, rounds + 1) for k in kernels]
-
-
-def guest_body(plan: AbPlan, kernel: Kernel, rwdir: Path = GUEST_OUT) -> str:
-    """The shell lines the guest runs: check KVM is there, then each scenario, recording
-    each exit status in RWDIR/status (the boot's own status is the worst of them).
-    ``rwdir`` is the guest's view of the boot's result folder."""
-    py = shq(plan.python.interpreter)
-    no_kvm = shq(f"kvmharness ab: no /dev/kvm in {kernel.name} after modprobe "
-                 f"{plan.accel.module}")
-    lines = ["rc=0", f"[ -c /dev/kvm ] || {{ echo {no_kvm} >&2; exit 3; }}"]
-    for call in plan.options.calls:
-        argv = [*call.options, "--label", kernel.name, "--out", str(rwdir)]
-        lines.append(f"{py} -m kvmharness run {shq(call.scenario)} "
-                     + " ".join(shq(a) for a in argv))
-        lines.append(f"s=$?; echo {shq(call.scenario)} $s >> {shq(str(rwdir / 'status'))}; "
-                     "[ $s -eq 0 ] || rc=$s")
-    lines.append("exit $rc")
-    return "\n".join(lines)
-
-
-def guest_env(plan: AbPlan, kernel: Kernel) -> dict[str, str]:
-    return {
-        **passthrough_env(),  # KVMHARNESS_* and CI, as tools/vng-run passes them
-        "PYTHONPATH": ":".join(str(p) for p in plan.python.pythonpath),
-        "KVMHARNESS_VNG_KERNEL": kernel.version,
-        **host_commit(),
-        **plan.guest_env,
-    }
-
-
-def host_commit() -> dict[str, str]:
-    """The checkout's commit as the host's git sees it: git inside a boot may not read
-    the shared checkout, and the result files must still say which harness ran."""
-    from kvmharness.observe.fingerprint import HARNESS_COMMIT_ENV, harness_identity
-
-    ident = harness_identity()
-    if not ident["git_commit"]:
-        return {}
-    return {HARNESS_COMMIT_ENV: ident["git_commit"] + (" dirty" if ident["git_dirty"] else "")}
-
-
-def pick_guest_python(cache: Path | None = None,
-                      run: Callable[..., subprocess.CompletedProcess[bytes]] = subprocess.run
-                      ) -> GuestPython:
-    """Debian's /usr/bin/python3 with the pip --target folder of tools/vng-run --setup
-    when it has the dependencies: it starts in ~1 s under TCG, where a pyenv or venv
-    interpreter over 9p takes 6-17 s (tools/README.md).  Otherwise this very interpreter,
-    which has them (it is running kvmharness)."""
-    pydeps = (cache or cache_dir()) / "pydeps"
-    root = package_root()
-    if SYSTEM_PYTHON.exists() and pydeps.is_dir():
-        probe = ("import sys; assert sys.version_info >= (3, 10); import "
-                 + ", ".join(GUEST_DEPS))
-        env = {**os.environ, "PYTHONPATH": str(pydeps)}
-        try:
-            ok = run([str(SYSTEM_PYTHON), "-c", probe], env=env, capture_output=True,
-                     timeout=60, check=False).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            ok = False
-        if ok:
-            return GuestPython(str(SYSTEM_PYTHON), (pydeps, root))
-    note = (f"inside the guest kvmharness runs under {sys.executable}; under TCG a "
-            f"non-system interpreter can take 10+ s to start. Faster: {SYSTEM_PYTHON} -m pip "
-            f"install --target {pydeps} psutil pyelftools tabulate (or tools/vng-run --setup)")
-    return GuestPython(sys.executable, (root,), note)
-
-
-def recorded_mmu(path: Path) -> str | None:
-    """The MMU mode line of a result file's fingerprint; None when it cannot be read."""
-    import json
-
-    from kvmharness.observe.fingerprint import mmu_of, mmu_text
-
-    try:
-        env = json.loads(path.read_text()).get("environment")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return mmu_text(mmu_of(env)) if isinstance(env, dict) else None
 
 
 def _collect(record: BootRecord) -> None:
@@ -305,122 +210,10 @@ def _boot_one(plan: AbPlan, vng: str, kernel: Kernel, record: BootRecord, target
     _collect(record)
 
 
-def manifest(plan: AbPlan, records: Sequence[BootRecord], argv: Sequence[str],
-             started: datetime.datetime, interrupted: bool) -> dict[str, Any]:
-    """What ab.json records: enough to know how the files in the folder were produced."""
-    opts = plan.options
-    return {
-        "command": ["kvmharness", *argv],
-        "started": started.isoformat(timespec="seconds"),
-        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "interrupted": interrupted,
-        "accel": {"mode": plan.accel.mode, "cpus": plan.accel.cpus, "module": plan.accel.module,
-                  "reason": plan.accel.reason, "warning": plan.accel.warning},
-        "memory": opts.memory,
-        "guest_python": plan.python.interpreter,
-        "kernels": [{"name": k.name, "version": k.version, "kind": k.kind,
-                     "source": str(k.source), "image": str(k.image),
-                     "modules": str(k.modules) if k.modules else None,
-                     "append": k.append}
-                    for k in opts.kernels],
-        "scenarios": [{"scenario": c.scenario, "options": list(c.options)} for c in opts.calls],
-        "rounds": opts.rounds,
-        "boots": [{
-            "round": r.round, "kernel": r.kernel,
-            "status": r.result.status if r.result else ("skipped" if r.skipped else
-                                                        "interrupted"),
-            "rc": r.result.rc if r.result else None,
-            "elapsed_s": round(r.result.elapsed_s, 1) if r.result else None,
-            "reason": r.skipped or (r.result.summary() if r.result and not r.result.ok
-                                    else None),
-            "scenario_status": r.scenario_status,
-            "mmu": r.mmu,
-            "files": [str(f.relative_to(opts.out_dir)) for f in r.files],
-        } for r in records],
-    }
-
-
-def _ordered(records: Sequence[BootRecord], kernels: Sequence[Kernel]) -> list[Path]:
-    # Kernel order first, so that the first --kernel is A (compare takes the first label
-    # seen as the baseline).
-    order = {k.name: i for i, k in enumerate(kernels)}
-    recs = sorted(records, key=lambda r: (order.get(r.kernel, 99), r.round))
-    return [f for r in recs for f in r.files]
-
-
-def build_comparisons(files: Sequence[Path], kernels: Sequence[Kernel],
-                      settings: Settings, relative_to: Path | None = None
-                      ) -> tuple[list[tuple[str, Report]], list[str]]:
-    """(name, report) pairs: "kernels" (labels compared, per variant) and "variants-NAME"
-    (variants compared within one kernel); plus notes on what could not be compared.
-    ``relative_to``: the tables name files relative to this folder (where they are
-    written), not by absolute paths that do not fit a 78-column table."""
-    loaded, notes = _load(files, relative_to)
-    scenarios = list(dict.fromkeys(f.scenario_name for f in loaded))
-    out: list[tuple[str, Report]] = []
-    by_kernel: list[Comparison] = []
-    for sc in scenarios:
-        group = [f for f in loaded if f.scenario_name == sc]
-        labels = list(dict.fromkeys(f.label for f in group))
-        if len(labels) >= 2:
-            by_kernel += _compare(group, "label", settings, notes,
-                                  f"{sc}: kernels not compared")
-        elif len(kernels) > 1:
-            notes.append(f"{sc}: only {', '.join(labels)} produced results: no kernel "
-                         "comparison")
-    if by_kernel:
-        out.append(("kernels", Report(tuple(by_kernel), settings)))
-    for k in kernels:
-        mine = _variants_within(k.name, loaded, scenarios, settings, notes)
-        if mine:
-            out.append((f"variants-{k.name}", Report(tuple(mine), settings)))
-    return out, notes
-
-
-def _variants_within(label: str, loaded: Sequence[ResultFile], scenarios: Sequence[str],
-                     settings: Settings, notes: list[str]) -> list[Comparison]:
-    """Per scenario, the variants one kernel ran compared with each other."""
-    mine: list[Comparison] = []
-    for sc in scenarios:
-        group = [f for f in loaded if f.scenario_name == sc and f.label == label]
-        if len({variant_text(r.variant) for f in group for r in f.ok_runs()}) >= 2:
-            mine += _compare(group, "variant", settings, notes,
-                             f"{sc} in {label}: variants not compared")
-    return mine
-
-
-def _load(files: Sequence[Path], relative_to: Path | None
-          ) -> tuple[list[ResultFile], list[str]]:
-    """The result files that load, and a note for each that does not."""
-    loaded: list[ResultFile] = []
-    notes: list[str] = []
-    for f in files:
-        try:
-            result = load_result(f)
-        except ResultFormatError as e:
-            notes.append(f"not used: {e}")
-            continue
-        if relative_to is not None and Path(f).is_relative_to(relative_to):
-            result.source = str(Path(f).relative_to(relative_to))
-        loaded.append(result)
-    return loaded, notes
-
-
-def _compare(group: list[ResultFile], by: Literal["label", "variant"], settings: Settings, notes: list[str],
-             refused: str) -> tuple[Comparison, ...]:
-    """The comparisons of ``group``, or none and a note when compare refuses them."""
-    try:
-        return build_report(group, by=by, settings=settings).comparisons
-    except CompareError as e:
-        notes.append(f"{refused}: {e}")
-        return ()
-
-
 def check_kernels(kernels: Sequence[Kernel], module: str) -> list[str]:
     from kvmharness.runner.kernels import kernel_problems
 
     return [p for k in kernels for p in kernel_problems(k, module)]
-
 
 
 # --- the whole command ---------------------------------------------------------------------
@@ -484,19 +277,6 @@ def build_guests(progress: Progress) -> tuple[dict[str, str], list[Path]]:
     progress.note(f"guests built in {build_dir}: {', '.join(p.stem for p in built)}")
     return ({"KVMHARNESS_GUESTS_DIR": str(source),
              "KVMHARNESS_GUESTS_BUILD_DIR": str(build_dir)}, [source, build_dir])
-
-
-def write_tables(out_dir: Path, reports: Sequence[tuple[str, Report]]) -> list[Path]:
-    """compare-NAME.txt (plain) and compare-NAME.md per report; returns the paths."""
-    from kvmharness.compare.render import format_report
-
-    written = []
-    for name, report in reports:
-        for suffix, fmt in ((".txt", "plain"), (".md", "markdown")):
-            path = out_dir / f"compare-{name}{suffix}"
-            path.write_text(format_report(report, fmt))
-            written.append(path)
-    return written
 
 
 def plan_run(opts: AbOptions, progress: Progress) -> tuple[str, AbPlan]:
@@ -603,7 +383,7 @@ def execute(opts: AbOptions, argv: Sequence[str],
                      interrupted=signum)
     if signum is not None:
         return done
-    reports, notes = build_comparisons(_ordered(records, opts.kernels), opts.kernels,
+    reports, notes = build_comparisons(ordered_files(records, opts.kernels), opts.kernels,
                                        opts.settings, relative_to=out_dir)
     written = write_tables(out_dir, reports)
     return dataclasses.replace(done, reports=tuple(reports), notes=tuple(notes),
