@@ -89,7 +89,7 @@ def synthetic_result(runs: int, seed: int = 1) -> dict[str, Any]:
 
 
 # The files here are bigger than the default loading limit.
-SIZE_OPTION: tuple[str, ...] = ()
+SIZE_OPTION = ("--max-size", "0")
 
 
 def _timed(argv: Sequence[str]) -> tuple[float, float, float, int]:

@@ -14,12 +14,26 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from kvmharness.cli import ab, bisect_step, build_kvm, compare, fleet, info, plot, run, show
+from kvmharness.cli import (
+    ab,
+    bisect_step,
+    build_kvm,
+    common,
+    compare,
+    fleet,
+    info,
+    plot,
+    run,
+    show,
+)
 from kvmharness.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from kvmharness.observe import fingerprint, signals
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_USAGE", "build_parser", "main"]
 
+# Commands that print what result files hold: their output passes a control-character
+# guard (strings are escaped when loaded; this catches any that reach a report otherwise).
+READS_FILES = ("show", "compare", "plot")
 SUBCOMMANDS = (info, run, compare, show, plot, ab, build_kvm, bisect_step, fleet)
 
 
@@ -58,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help or a usage error: return the status, don't exit
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     out, err = sys.stdout, sys.stderr
+    if args.command in READS_FILES:
+        out, err = common.EscapingStream(out), common.EscapingStream(err)
     full_argv = sys.argv[1:] if argv is None else list(argv)
     args.as_program = argv is None  # the process ends with this command
     try:

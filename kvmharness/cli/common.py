@@ -7,7 +7,7 @@ import argparse
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 # Looked up through this module at call time, so tests can substitute them.
 from kvmharness import numbers
@@ -19,7 +19,10 @@ from kvmharness.kvm.access import (
     kvm_access_problem as kvm_access_problem,
 )
 from kvmharness.observe import fingerprint, pinning
+from kvmharness.results.store import DEFAULT_MAX_BYTES
+from kvmharness.results.validate import printable_report
 from kvmharness.scenarios.base import ScenarioSpec
+from kvmharness.scenarios.metrics import parse_size
 from kvmharness.session import DEFAULT_REPEAT as DEFAULT_REPEAT
 from kvmharness.session import QUICK_REPEAT as QUICK_REPEAT
 from kvmharness.session import SessionPlan, until_ci
@@ -28,6 +31,20 @@ from kvmharness.session.plan import check_count
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+
+class EscapingStream:
+    """A text stream whose writes have their control characters escaped except tabs and
+    newlines (``results.validate.printable_report``); everything else is the stream's."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(printable_report(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def collect_fingerprint() -> dict[str, Any]:
@@ -115,6 +132,24 @@ def count_of(knob: str, minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         return _integer_at_least(text, minimum, knob)
     return parse
+
+
+def byte_size(text: str) -> int:
+    """``--max-size``: a size like 512M or 2G (bare: bytes); 0 for no limit."""
+    if text.strip() == "0":
+        return 0
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e} (or 0 for no limit)") from None
+
+
+def add_max_size(p: argparse.ArgumentParser) -> None:
+    """The result-file size limit of the commands that read files (show, compare, plot)."""
+    p.add_argument("--max-size", type=byte_size, default=DEFAULT_MAX_BYTES, metavar="SIZE",
+                   help="refuse result files larger than SIZE, like 512M or 2G; 0: no limit "
+                   f"(default {DEFAULT_MAX_BYTES >> 20}M; loading takes about 5x the "
+                   "file's size in memory)")
 
 
 def scenario_options(*, per_boot: bool) -> argparse.ArgumentParser:

@@ -61,6 +61,7 @@ def add_parsers(sub: Any) -> None:
                    "compared (git bisect run: skip)")
     p.add_argument("--seed", type=int, default=Settings().seed,
                    help="bootstrap seed (same files + seed = same output)")
+    common.add_max_size(p)
     p.set_defaults(handler=cmd_compare)
 
 
@@ -97,11 +98,11 @@ def cmd_compare(args: argparse.Namespace, argv: Sequence[str], out: TextIO,
     command = shlex.join(["kvmharness", *argv])
     try:
         if args.a:
-            report = build_sides_report([load_result(p) for p in args.a],
-                                        [load_result(p) for p in args.b],
+            report = build_sides_report([load_result(p, args.max_size) for p in args.a],
+                                        [load_result(p, args.max_size) for p in args.b],
                                         settings=settings, command=command)
         else:
-            report = build_report([load_result(p) for p in args.files], by=args.by,
+            report = build_report([load_result(p, args.max_size) for p in args.files], by=args.by,
                                   settings=settings, command=command,
                                   baseline=args.baseline)
     except (ResultFormatError, CompareError, OSError) as e:

@@ -19,6 +19,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--out", type=Path, required=True, metavar="F.png|F.svg",
                    help="the figure to write (format from the suffix)")
+    common.add_max_size(p)
     p.set_defaults(handler=cmd_plot)
 
 
@@ -26,7 +27,7 @@ def cmd_plot(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: Te
     from kvmharness.plot import PlotError, plot_files
 
     try:
-        files = [load_result(p) for p in args.files]
+        files = [load_result(p, args.max_size) for p in args.files]
         written = plot_files(files, args.out)
     except (ResultFormatError, PlotError, OSError) as e:
         err.write(f"kvmharness plot: {e}\n" if not str(e).startswith("kvmharness plot")

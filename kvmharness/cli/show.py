@@ -17,6 +17,7 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("show", help="what a result file holds: setup, runs, zap path, "
                        "headline metrics")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    common.add_max_size(p)
     p.set_defaults(handler=cmd_show)
 
 
@@ -24,7 +25,7 @@ def cmd_show(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: Te
     status = 0
     for i, path in enumerate(args.files):
         try:
-            text = format_show(load_result(path))
+            text = format_show(load_result(path, args.max_size))
         except (ResultFormatError, OSError) as e:
             err.write(f"kvmharness show: {e}\n")
             status = common.EXIT_FAILED

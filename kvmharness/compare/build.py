@@ -28,6 +28,7 @@ from typing import Any, Literal
 from kvmharness.compare import stats
 from kvmharness.compare import warnings as warn
 from kvmharness.results.model import ResultFile, RunRecord, variant_text
+from kvmharness.results.validate import TIME_UNITS
 from kvmharness.scenarios import registry
 from kvmharness.scenarios.base import Direction
 from kvmharness.scenarios.metrics import expand, is_family
@@ -367,14 +368,16 @@ def on_pvm(files: Sequence[ResultFile]) -> bool:
                for f in files)
 
 
-def not_counted(files: Sequence[ResultFile], values: Sequence[float]) -> bool:
+def not_counted(files: Sequence[ResultFile], values: Sequence[float], unit: str) -> bool:
     """A counter the backend does not count: every run reads 0, and a file comes from
-    PVM (which counts no pf_fixed); elsewhere a 0 is data (zap=slot refaults)."""
-    return on_pvm(files) and bool(values) and all(v == 0 for v in values)
+    PVM (which counts no pf_fixed); elsewhere a 0 is data (zap=slot refaults).  A time
+    is never "not counted": all-zero times are a broken clock or file, shown as data."""
+    return (unit not in TIME_UNITS and on_pvm(files) and bool(values)
+            and all(v == 0 for v in values))
 
 
-def _uncounted(metric: str, a: Side, b: Side) -> bool:
-    return not_counted([*a.files, *b.files], _values(a, metric) + _values(b, metric))
+def _uncounted(metric: str, unit: str, a: Side, b: Side) -> bool:
+    return not_counted([*a.files, *b.files], _values(a, metric) + _values(b, metric), unit)
 
 
 def correct(rows: Sequence[MetricRow], settings: Settings) -> list[MetricRow]:
@@ -429,7 +432,7 @@ def compare_sides(scenario: str, axis: Axis, context: str, a: Side, b: Side,
         unit, direction = by_name[m]
         if not _values(a, m) and not _values(b, m):
             continue  # no runs on either side: never a row
-        if _uncounted(m, a, b):
+        if _uncounted(m, unit, a, b):
             uncounted.append(m)
             continue
         row = _row(m, unit, direction, a, b, settings, level == "boots")

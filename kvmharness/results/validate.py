@@ -8,6 +8,7 @@ one look.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,6 +27,31 @@ STAT_TYPES = ("cumulative", "instant", "peak")
 # Exact types (bool is an int subclass, and not a number here).
 _NUMBER_TYPES = frozenset({int, float})
 _INT_TYPE = frozenset({int})
+
+
+# C0 and C1 control characters and DEL: an ESC in a label is a terminal escape sequence
+# on the screen of whoever runs compare; a CR or newline forges a line of the report.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# The same less tab and newline: what may pass in a whole report (its own line breaks).
+_TERMINAL_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    return repr(match.group())[1:-1]  # '\x1b', '\r', '\n'
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character written as its Python escape (ESC as
+    ``\x1b``, CR as ``\r``): what a string read from a file becomes before any report
+    prints it."""
+    return _CONTROL.sub(_escape, text) if _CONTROL.search(text) else text
+
+
+def printable_report(text: str) -> str:
+    """A whole report with control characters escaped except its tabs and newlines: the
+    last guard at the output, for a string that reached a report unescaped."""
+    return (_TERMINAL_CONTROL.sub(_escape, text) if _TERMINAL_CONTROL.search(text)
+            else text)
 
 
 class ResultFormatError(ValueError):
@@ -54,11 +80,12 @@ class _Checker:
         return parent[key]
 
     def str_(self, value: Any, path: str, *, nullable: bool = False) -> Any:
+        """A string, with its control characters escaped (``printable``)."""
         if value is None and nullable:
             return None
         if not isinstance(value, str):
             raise self.fail(path, f"expected a string, got {_type_name(value)}")
-        return value
+        return printable(value)
 
     def int_(self, value: Any, path: str, *, minimum: int = 0) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -114,7 +141,7 @@ class _Checker:
         return [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
 
     def map_(self, value: Any, path: str, item: Callable[[Any, str], Any]) -> dict[str, Any]:
-        return {k: item(v, f"{path}.{k}") for k, v in self.obj(value, path).items()}
+        return {printable(k): item(v, f"{path}.{k}") for k, v in self.obj(value, path).items()}
 
     def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> Any:
         if value not in choices:
@@ -158,7 +185,7 @@ def _run(c: _Checker, raw: Any, path: str) -> RunRecord:
         kvm_stats=_counters(c, f("kvm_stats"), f"{path}.kvm_stats", minimum=-2**63),
         tracepoints=_counters(c, f("tracepoints"), f"{path}.tracepoints", minimum=0),
         noise=c.obj(f("noise"), f"{path}.noise"),
-        effective=c.obj(f("effective"), f"{path}.effective"),
+        effective=_effective(c, f("effective"), f"{path}.effective"),
         warnings=c.list_(f("warnings"), f"{path}.warnings", c.str_),
         kvm_stat_types=(c.map_(d["kvm_stat_types"], f"{path}.kvm_stat_types",
                                lambda v, p: c.choice(v, p, STAT_TYPES))
@@ -166,14 +193,60 @@ def _run(c: _Checker, raw: Any, path: str) -> RunRecord:
     )
 
 
+# effective["timeline"] (the plot's pass timeline): each list, when present.
+_TIMELINE_LISTS = ("pass_end_s", "pass_ms", "delete_s", "pass_vcpu")
+
+
+def _effective(c: _Checker, raw: Any, path: str) -> dict[str, Any]:
+    """The run's effective settings: free-form, except the keys compare and plot read."""
+    d = c.obj(raw, path)
+    for key in ("zap_path", "zap_evidence", "zap_requested"):
+        if key in d:
+            d[key] = c.str_(d[key], f"{path}.{key}", nullable=True)
+    if "timeline" in d:
+        t = c.obj(d["timeline"], f"{path}.timeline")
+        for key in _TIMELINE_LISTS:
+            if key in t:
+                c.nums(t[key], f"{path}.timeline.{key}")
+    return d
+
+
+# Environment sections compare and show read: each, when present, an object whose
+# fields are scalars (strings, numbers, booleans or null) unless named in _NESTED.
+ENVIRONMENT_SECTIONS = ("kernel", "cpu", "memory", "thp", "cpufreq", "backend", "kvm_mmu",
+                        "kvm_modules", "kvm_build", "kvm", "tracefs", "harness", "fleet")
+_TEXT_FIELDS = {"kernel": ("release", "version", "machine", "cmdline", "boot_id"),
+                "backend": ("kind",), "kvm_mmu": ("mode",), "fleet": ("host",),
+                "kvm_build": ("summary",), "tracefs": ("status",),
+                "harness": ("version", "git_commit")}
+
+
+def _environment(c: _Checker, raw: Any) -> dict[str, Any]:
+    d = c.obj(raw, "environment")
+    for section in ENVIRONMENT_SECTIONS:
+        if section not in d:
+            continue
+        body = c.obj(d[section], f"environment.{section}")
+        for key in _TEXT_FIELDS.get(section, ()):
+            if key in body:
+                body[key] = c.str_(body[key], f"environment.{section}.{key}", nullable=True)
+    for name, module in d.get("kvm_modules", {}).items():
+        c.obj(module, f"environment.kvm_modules.{name}")
+    for key in ("modules", "quirks"):
+        for section in ("kvm_build", "kvm"):
+            if key in d.get(section, {}):
+                c.obj(d[section][key], f"environment.{section}.{key}")
+    return d
+
+
 def _scenario(c: _Checker, raw: Any) -> dict[str, Any]:
     d = c.obj(raw, "scenario")
-    c.str_(c.field(d, "name", "scenario"), "scenario.name")
+    d["name"] = c.str_(c.field(d, "name", "scenario"), "scenario.name")
 
     def metric(v: Any, p: str) -> Any:
         m = c.obj(v, p)
-        c.str_(c.field(m, "name", p), f"{p}.name")
-        c.str_(c.field(m, "unit", p), f"{p}.unit")
+        m["name"] = c.str_(c.field(m, "name", p), f"{p}.name")
+        m["unit"] = c.str_(c.field(m, "unit", p), f"{p}.unit")
         c.choice(c.field(m, "direction", p), f"{p}.direction", ("lower", "higher"))
         return m
 
@@ -181,7 +254,7 @@ def _scenario(c: _Checker, raw: Any) -> dict[str, Any]:
     c.list_(c.field(d, "parameters", "scenario"), "scenario.parameters", c.obj)
     c.list_(c.field(d, "variant_axes", "scenario"), "scenario.variant_axes", c.obj)
     if "headline" in d:
-        c.list_(d["headline"], "scenario.headline", c.str_)
+        d["headline"] = c.list_(d["headline"], "scenario.headline", c.str_)
     return d
 
 
@@ -270,7 +343,7 @@ def parse_result(raw: Any, source: str = "<result>") -> ResultFile:
         warmup=c.int_(f("warmup"), "warmup"),
         runs=c.list_(f("runs"), "runs", lambda v, p: _run(c, v, p)),
         warnings=c.list_(f("warnings"), "warnings", c.str_),
-        environment=c.obj(f("environment"), "environment"),
+        environment=_environment(c, f("environment")),
         command=c.str_(d["command"], "command") if "command" in d else "",
         source=source,
     )

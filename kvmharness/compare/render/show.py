@@ -83,7 +83,7 @@ def format_show(f: ResultFile, width: int = WIDTH) -> str:
 
 def _header_lines(f: ResultFile, width: int) -> list[str]:
     params = " ".join(f"{k}={v}" for k, v in f.parameters.items())
-    lines = [f"Scenario: {f.scenario_name}, label {f.label!r}, {f.status}, created "
+    lines = [f"Scenario: {f.scenario_name}, label '{f.label}', {f.status}, created "
              f"{f.created}",
              f"Plan:     {f.repeat} runs per variant x ({f.warmup} warmup + "
              f"{f.iterations} iterations){', quick' if f.quick else ''}",

@@ -39,9 +39,10 @@ def format_run_summary(result: ResultFile, confidence: float = 0.95) -> str:
 
 def uncounted_metrics(result: ResultFile, names: Iterable[str]) -> list[str]:
     """The metrics this file's backend does not count (all zero where it cannot)."""
+    units = {m: s.unit for r in result.runs for m, s in r.samples.items()}
     return [m for m in names
             if not_counted([result], [x for r in result.runs if r.status == "ok"
-                                      and (x := r.value(m)) is not None])]
+                                      and (x := r.value(m)) is not None], units.get(m, ""))]
 
 
 def variant_table(result: ResultFile, variants: Sequence[Mapping[str, str]],

@@ -1,0 +1,200 @@
+"""Red-team cases: what a hostile or careless user tried, each replayed so it stays fixed.
+
+The cases that once took the host down (a CPU range materialised, a 100 TiB RAM typo, a
+FIFO or /dev/zero read) run ``kvmharness`` in a child process under ``setrlimit``
+(address space and CPU time) and a wall-clock timeout: should one regress, it fails
+here with a MemoryError or a kill, not by exhausting the machine.  Each asserts the exit
+status, that the error is one line naming what was wrong, and that nothing was written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvmharness import cli
+from kvmharness.bench.scale import synthetic_result
+
+# A child gets this much address space and CPU time; the cases need ~100 MB and 2 s.
+CHILD_MEMORY = 1 << 30
+CHILD_CPU_S = 60
+CHILD_WALL_S = 120
+
+
+def _limits() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY, CHILD_MEMORY))
+    resource.setrlimit(resource.RLIMIT_CPU, (CHILD_CPU_S, CHILD_CPU_S))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def bounded(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``kvmharness ARGV`` in a child bounded in memory, CPU and wall time."""
+    return subprocess.run([sys.executable, "-m", "kvmharness", *argv], cwd=cwd,
+                          preexec_fn=_limits, capture_output=True, text=True,
+                          timeout=CHILD_WALL_S, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode > 0, (proc.returncode, proc.stderr)  # < 0: killed by a limit
+    return " ".join(proc.stderr.split())
+
+
+# --- command lines: bounded before anything is allocated --------------------------------
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--pin", "0-1000000000"], "CPU 1000000000 is beyond the 8192 CPUs"),
+    (["--param", "mem_per_vcpu=100000000"], "lower vcpus x mem_per_vcpu"),
+    (["--param", "mem_per_vcpu=1000000000"], "lower vcpus x mem_per_vcpu"),
+    (["--iterations", "100000000000"], "--iterations 100000000000 is more than"),
+    (["--warmup", "1e11"], "expected an integer, got '1e11'"),
+    (["--param", "vcpus=1_0"], "'vcpus' expects 1..64"),
+    (["--param", "vcpus=\uff11"], "'vcpus' expects 1..64"),
+    (["--param", "vcpus=2", "--param", "vcpus=3"], "--param vcpus given twice"),
+    (["--pin", ""], "--pin: empty spec"),
+])
+def test_run_command_lines_are_bounded(tmp_path: Path, argv: list[str], message: str) -> None:
+    out = tmp_path / "out"
+    proc = bounded("run", "rom-toggle", "--quick", *argv, "--out", str(out), cwd=tmp_path)
+    if "mem_per_vcpu" in message and "/dev/kvm" in proc.stderr:
+        pytest.skip("the RAM preflight runs after the /dev/kvm check, and there is none")
+    assert message in one_line_error(proc)
+    assert proc.returncode == 2 and not out.exists()
+
+
+def test_mmio_empty_kind_list_is_an_error(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert cli.main(["run", "mmio", "--quick", "--param", "kinds=", "--out", str(out)]) == 2
+    assert "'kinds' has an empty value" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# --- files that are not result files: refused by type, size or schema ------------------
+
+def _doc(runs: int = 4, **changes: Any) -> dict[str, Any]:
+    doc = synthetic_result(runs)
+    doc.update(changes)
+    return doc
+
+
+def _write(tmp_path: Path, doc: dict[str, Any], name: str = "f.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("command", ["show", "compare", "plot"])
+def test_special_files_are_refused_by_type_without_hanging(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str) -> None:
+    extra = ["--out", str(tmp_path / "f.png")] if command == "plot" else []
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    # Those that could hang or fill memory: in a bounded child.
+    for path, kind in [(fifo, "a FIFO (named pipe)"), (Path("/dev/zero"), "a character device"),
+                       (Path("/dev/urandom"), "a character device")]:
+        proc = bounded(command, str(path), *extra, cwd=tmp_path)
+        assert f"{path}: is {kind}, not a result file" in one_line_error(proc)
+        assert proc.returncode == 1
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sock.json"))
+    try:
+        for path, kind in [(tmp_path / "sock.json", "a socket"), (tmp_path, "a folder")]:
+            assert cli.main([command, str(path), *extra]) == 1
+            assert f"{path}: is {kind}, not a result file" in capsys.readouterr().err
+    finally:
+        sock.close()
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_size_limit_is_named_and_can_be_raised(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path, _doc(40))
+    size = path.stat().st_size
+    assert cli.main(["show", "--max-size", str(size - 1), str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"more than the {size - 1} bytes limit" in err and "--max-size" in err
+    assert cli.main(["show", "--max-size", str(size), str(path)]) == 0
+    assert cli.main(["show", "--max-size", "0", str(path)]) == 0
+
+
+@pytest.mark.parametrize(("where", "value", "message"), [
+    ("kernel", None, "environment.kernel: expected an object, got null"),
+    ("kernel", "6.12", "environment.kernel: expected an object, got str"),
+    ("kernel", ["6.12"], "environment.kernel: expected an object, got list"),
+    ("backend", None, "environment.backend: expected an object, got null"),
+    ("backend", "pvm", "environment.backend: expected an object, got str"),
+    ("backend", [1], "environment.backend: expected an object, got list"),
+    ("kernel.release", 612, "environment.kernel.release: expected a string, got int"),
+    ("fleet", "host1", "environment.fleet: expected an object, got str"),
+])
+def test_environment_types_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       where: str, value: Any, message: str) -> None:
+    doc = _doc(environment={"kernel": {"release": "6.12"}, "backend": {"kind": "svm"}})
+    section, _, key = where.partition(".")
+    if key:
+        doc["environment"][section][key] = value
+    else:
+        doc["environment"][section] = value
+    bad, good = _write(tmp_path, doc, "bad.json"), _write(tmp_path, _doc(), "good.json")
+    for argv, status in [(["show", str(bad)], 1), (["compare", str(bad), str(good)], 1),
+                         (["compare", "--fail-on-regression", "5", str(good), str(bad)], 125)]:
+        assert cli.main(argv) == status
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("timeline", [
+    "not a timeline", {"pass_end_s": "0.5"}, {"pass_ms": [1.0, "x"]}, {"delete_s": None}])
+def test_malformed_timeline_is_a_format_error(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str],
+                                              timeline: Any) -> None:
+    doc = _doc()
+    doc["runs"][1]["effective"]["timeline"] = timeline
+    path = _write(tmp_path, doc)
+    assert cli.main(["plot", str(path), "--out", str(tmp_path / "f.png")]) == 1
+    err = capsys.readouterr().err
+    assert "runs[1].effective.timeline" in err
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_negative_tracepoint_count_is_refused(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    doc = _doc()
+    doc["runs"][2]["tracepoints"]["hammer"]["mark_mmio_spte"] = -5
+    assert cli.main(["show", str(_write(tmp_path, doc))]) == 1
+    assert ("runs[2].tracepoints.hammer.mark_mmio_spte: expected an integer >= 0, got -5"
+            in capsys.readouterr().err)
+
+
+def test_control_characters_from_a_file_never_reach_the_terminal(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    evil = "lab\x1b[31mel\r\nforged line\x07"
+    doc = _doc(label=evil)
+    doc["runs"][0]["warnings"] = ["w\x1b]0;title\x07"]
+    doc["environment"] = {"kernel": {"release": "6\x1b[2J", "version": "v"},
+                          "cpu": {"model": "cpu\x1b[5m"}}
+    a = _write(tmp_path, doc, "a.json")
+    b = _write(tmp_path, _doc(label="other"), "b.json")
+    for argv in (["show", str(a)], ["compare", str(a), str(b)],
+                 ["compare", "--format", "markdown", str(a), str(b)],
+                 ["compare", "--format", "csv", str(a), str(b)],
+                 ["compare", "--detail", str(a), str(b)]):
+        assert cli.main(argv) == 0
+        captured = capsys.readouterr()
+        for text in (captured.out, captured.err):
+            assert not any(c in text for c in "\x1b\r\x07"), argv
+        # The label's newline stays inside its line: no line of the report begins with it.
+        assert not any(line.lstrip(" |,").startswith("forged line")
+                       for line in captured.out.splitlines()), argv
+    assert cli.main(["show", str(a)]) == 0
+    assert "lab\\x1b[31mel\\r\\nforged line\\x07" in capsys.readouterr().out
