@@ -35,9 +35,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--metric", action="append", default=[], metavar="NAME",
                    help="judge on this metric only (repeatable; default: the headline "
                    "metrics)")
-    p.add_argument("--threshold", type=common.percent("--threshold", allow_zero=False),
+    p.add_argument("--threshold", type=common.percent("--threshold", allow_zero=False,
+                                                      upper=100000),
                    default=0.10, metavar="PCT",
-                   help="a change worse than this is a regression (default 10%%)")
+                   help="a change worse than this is a regression (default 10%%; under TCG "
+                   "noise a hunt for an order-of-magnitude regression wants several hundred)")
     p.add_argument("--alpha", type=common.alpha, default=0.05)
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="baseline, overlays, results and bisect-steps.log (default "
