@@ -102,7 +102,7 @@ def draw_timeline(outcome, out):
     """kvmharness plot draws a real timeline: one line per vCPU, every delete marked."""
     pytest.importorskip("matplotlib")
     from kvmharness.plot import plot_files
-    from kvmharness.plot.figures import _pyplot, draw_rom_toggle
+    from kvmharness.plot.figures import _pyplot, draw
     from kvmharness.results.model import ResultFile, RunRecord
 
     record = RunRecord.from_outcome(outcome, rom_toggle.SPEC, index=0, repeat=0,
@@ -114,7 +114,7 @@ def draw_timeline(outcome, out):
                         runs=[record], source="")
     assert plot_files([result], out) == out and out.stat().st_size > 0
     plt = _pyplot()
-    fig = draw_rom_toggle(plt, [result])
+    fig = draw(plt, [result], rom_toggle.SPEC.figure)  # the figure rom-toggle declares
     try:
         lines = fig.axes[0].get_lines()
         t = outcome.effective["timeline"]

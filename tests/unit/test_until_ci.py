@@ -300,7 +300,8 @@ def test_run_prints_no_spread_line_for_steady_metrics(
     (["--max-time", "10"], "--max-time applies only with --until-ci"),
     (["--until-ci", "0"], "--until-ci must be in (0, 100) percent"),
     (["--until-ci", "5", "--max-time", "-1"], "expected seconds > 0"),
-    (["--pin", "vcpus=99999"], "which this process may not use"),
+    (["--pin", "vcpus=4095"], "which this process may not use"),
+    (["--pin", "vcpus=99999"], "beyond the 8192 CPUs Linux supports"),
     (["--pin", "cpu=1"], "unknown role 'cpu'"),
 ])
 def test_bad_measure_options_are_usage_errors(
