@@ -1,3 +1,3 @@
-from kvmharness.cli import main
+from kvmharness.entry import main
 
 raise SystemExit(main())

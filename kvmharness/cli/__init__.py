@@ -77,7 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     full_argv = sys.argv[1:] if argv is None else list(argv)
     args.as_program = argv is None  # the process ends with this command
     try:
-        return int(args.handler(args, full_argv, out, err))
+        # SIGTERM and SIGHUP end every command like Ctrl-C (exit 128 + the signal, one
+        # line), not as a silent kill; ``run`` and ``ab`` nest their own handling inside.
+        with signals.interrupts_raise(ignore_once_interrupted=argv is None):
+            return int(args.handler(args, full_argv, out, err))
     except KeyboardInterrupt:
         err.write("interrupted\n")
         return signals.exit_status(EXIT_INTERRUPTED)

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from kvmharness.compare.build import Report, Settings
+from kvmharness.observe import signals
 from kvmharness.runner.ab_guest import (
     GUEST_OUT,
     GuestPython,
@@ -32,7 +34,6 @@ from kvmharness.runner.ab_guest import (
 )
 from kvmharness.runner.ab_report import build_comparisons, manifest, ordered_files, write_tables
 from kvmharness.runner.boot import (
-    BootInterrupted,
     BootResult,
     BootSpec,
     binds_for,
@@ -175,10 +176,13 @@ def run_boots(plan: AbPlan, vng: str, progress: Progress, staging: Path,
         try:
             _boot_one(plan, vng, kernel, record, targets[kernel.name], progress, staging,
                       boot_fn)
-        except BootInterrupted as e:
+        except KeyboardInterrupt as e:
+            # BootInterrupted (during the boot), or Interrupted/KeyboardInterrupt between
+            # its steps: each says or implies its signal, so SIGTERM exits 143, never 130.
             _collect(record)
             progress.note(f"interrupted during {kernel.name} round {rnd}: QEMU stopped")
-            return records, e.signum
+            return records, int(getattr(e, "signum", None) or signals.last_signal()
+                                or signal.SIGINT)
         result = record.result
         assert result is not None
         if result.ok:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -198,3 +199,46 @@ def test_control_characters_from_a_file_never_reach_the_terminal(
                        for line in captured.out.splitlines()), argv
     assert cli.main(["show", str(a)]) == 0
     assert "lab\\x1b[31mel\\r\\nforged line\\x07" in capsys.readouterr().out
+
+
+# --- exit statuses ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_signal_during_start_up_is_one_line_and_128_plus_signal(tmp_path: Path,
+                                                               signum: int) -> None:
+    # The program's entry guards start-up; the signal arrives while the CLI is imported.
+    code = ("import os, sys\n"
+            "from kvmharness import entry\n"
+            "entry.guard_startup()\n"
+            f"os.kill(os.getpid(), {int(signum)})\n"
+            "import kvmharness.cli\n"
+            "sys.exit(0)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, preexec_fn=_limits,
+                          capture_output=True, text=True, timeout=CHILD_WALL_S,
+                          stdin=subprocess.DEVNULL,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert proc.returncode == 128 + signum, (proc.returncode, proc.stderr)
+    assert proc.stderr == (f"kvmharness: {signal.Signals(signum).name} while starting: "
+                           "nothing was run\n")
+
+
+def test_sigterm_during_a_command_is_128_plus_signal(tmp_path: Path) -> None:
+    # After start-up too: show stopped by SIGTERM exits 143 with one line, not -15.
+    code = ("import os, signal, sys\n"
+            "from kvmharness.compare.render import show\n"
+            "real = show.format_show\n"
+            "def slow(f):\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    return real(f)\n"
+            "show.format_show = slow\n"
+            "import kvmharness.cli.show as cli_show\n"
+            "cli_show.format_show = slow\n"
+            "from kvmharness.entry import main\n"
+            f"sys.argv = ['kvmharness', 'show', {str(_write(tmp_path, _doc()))!r}]\n"
+            "sys.exit(main())\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, preexec_fn=_limits,
+                          capture_output=True, text=True, timeout=CHILD_WALL_S,
+                          stdin=subprocess.DEVNULL,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert proc.returncode == 143, (proc.returncode, proc.stderr)
+    assert proc.stderr == "interrupted\n"

@@ -463,6 +463,24 @@ def test_execute_returns_boots_files_and_reports_and_prints_nothing(
     assert cli_ab.report_outcome(outcome, "plain", *_streams()) == cli.EXIT_FAILED
 
 
+def test_sigterm_between_boot_steps_exits_143_not_130(
+        fakes: Any, host_ok: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from kvmharness.observe import signals
+
+    def terminated(vng: str, spec: BootSpec, **kw: Any) -> BootResult:
+        # Outside boot()'s own handler (as between a boot's steps): the CLI's.
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not interrupt")
+
+    monkeypatch.setattr(ab, "boot", terminated)
+    with signals.interrupts_raise():
+        outcome = ab.execute(ab_options(tmp_path), ["ab"])
+    assert outcome.interrupted == signal.SIGTERM
+    assert cli_ab.report_outcome(outcome, "plain", *_streams()) == 143
+
+
 def test_execute_reports_the_signal_and_a_failure_without_exiting(
         fakes: Any, host_ok: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from kvmharness.runner.boot import BootInterrupted
