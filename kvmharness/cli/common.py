@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -278,9 +279,13 @@ def plan_from_args(spec: ScenarioSpec, args: argparse.Namespace, *,
 
 # --- checks before anything runs -------------------------------------------------------
 
-def output_dir_problem(out_dir: Path) -> str | None:
+def output_dir_problem(out_dir: Path, file_name: str | None = None,
+                       expected_bytes: int = 0) -> str | None:
     """None if result files can be created in ``out_dir`` (made when the first run has
-    completed); else why not.  Nothing is created here."""
+    completed); else why not: a missing or read-only folder, a ``file_name`` too long
+    for the file system, a file that cannot be created there (probed: created and
+    removed), or less free space than twice ``expected_bytes`` plus 1 MiB.  Nothing is
+    left behind."""
     target = Path(out_dir)
     probe = target
     while not probe.exists():
@@ -299,4 +304,69 @@ def output_dir_problem(out_dir: Path) -> str | None:
         return f"{target}: {probe} is on a read-only file system (choose a folder with --out)"
     if not os.access(probe, os.W_OK | os.X_OK, effective_ids=True):
         return f"{target}: no permission to write in {probe} (choose a folder with --out)"
+    return _name_problem(target, probe, file_name) or _probe_problem(
+        target, probe) or _space_problem(target, probe, expected_bytes)
+
+
+# What a result file is written through: ".NAME.XXXXXXXX.tmp" next to it (store), and a
+# "-NN" a name collision may add.
+_TEMP_EXTRA = len("..12345678.tmp") + len("-99")
+# Free space wanted beyond the file: the atomic rewrite holds the old and the new copy.
+_SPACE_HEADROOM = 1 << 20
+
+
+def _name_problem(target: Path, probe: Path, file_name: str | None) -> str | None:
+    if file_name is None:
+        return None
+    try:
+        name_max = os.pathconf(probe, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    longest = len(os.fsencode(file_name)) + _TEMP_EXTRA
+    if longest > name_max:
+        return (f"{target}: the result file's name would be {longest - _TEMP_EXTRA} bytes "
+                f"(its temporary copy {longest}), more than the {name_max} this file system "
+                "allows: shorten --label")
+    if len(os.fsencode(str(target.absolute() / file_name))) + _TEMP_EXTRA >= 4096:
+        return f"{target}: the result file's path would be longer than 4096 bytes (PATH_MAX)"
     return None
+
+
+def _probe_problem(target: Path, probe: Path) -> str | None:
+    """Create and remove a file in ``probe``: the file system's answer, not a permission
+    guess (/sys/kernel looks writable to root and is not)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".kvmharness-probe-", dir=probe)
+    except OSError as e:
+        return (f"{target}: cannot create a file in {probe}: {e.strerror or e} (choose a "
+                "folder with --out)")
+    os.close(fd)
+    try:
+        os.unlink(name)
+    except OSError as e:
+        return f"{target}: cannot remove a test file {name}: {e.strerror or e}"
+    return None
+
+
+def _space_problem(target: Path, probe: Path, expected_bytes: int) -> str | None:
+    try:
+        st = os.statvfs(probe)
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    needed = 2 * expected_bytes + _SPACE_HEADROOM
+    if free < needed:
+        return (f"{target}: {free >> 10} KiB free on its file system, less than the "
+                f"{needed >> 10} KiB a result file of this session may need (twice its "
+                f"expected {expected_bytes >> 10} KiB while it is rewritten, and 1 MiB): "
+                "free space or choose a folder with --out")
+    return None
+
+
+def expected_result_bytes(plan: SessionPlan) -> int:
+    """A generous estimate of the session's result file: a run record is 6-10 KiB with a
+    few iterations (rom-toggle quick: 7 KiB), plus the samples of more iterations, and
+    the environment; ``--until-ci`` sessions are counted at their minimum."""
+    per_run = 16 << 10
+    per_run += (plan.iterations + plan.warmup) * (2 << 10)
+    return 64 * 1024 + plan.repeat * len(plan.variants) * per_run

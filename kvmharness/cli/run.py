@@ -13,9 +13,10 @@ from kvmharness.cli import common, planfile
 from kvmharness.compare.render.summary import format_run_summary
 from kvmharness.observe import signals
 from kvmharness.observe.tracefs import remove_stale_instances
-from kvmharness.results.store import DEFAULT_DIR, default_result_path
+from kvmharness.results.store import DEFAULT_DIR, default_result_path, result_file_name
 from kvmharness.scenarios import registry
 from kvmharness.session import run_session
+from kvmharness.session.run import ResultWriteError
 from kvmharness.session.until_ci import spread_line, spread_too_high
 
 
@@ -68,7 +69,9 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO,
         err.write(wrapped(f"kvmharness run: {e.args[0] if e.args else e}"))
         return common.EXIT_USAGE
     # Checked before anything runs or is written, cheapest and most basic first.
-    problem = common.kvm_access_problem() or common.output_dir_problem(args.out)
+    name = result_file_name(spec.name, plan.label)
+    problem = common.kvm_access_problem() or common.output_dir_problem(
+        args.out, name, common.expected_result_bytes(plan))
     if problem:
         err.write(wrapped(f"kvmharness run: {problem}"))
         return common.EXIT_FAILED
@@ -93,7 +96,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO,
         except OSError as e:
             # Scenario errors are recorded as failed runs; what escapes is (almost always)
             # writing the result file: its folder or the disk.
-            err.write(wrapped(f"kvmharness run: {e if e.filename else f'{path}: {e}'}"))
+            named = e.filename or isinstance(e, ResultWriteError)
+            err.write(wrapped(f"kvmharness run: {e if named else f'{path}: {e}'}"))
             return common.EXIT_FAILED
     result = session.result
     if session.path is None:

@@ -209,12 +209,20 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
 
 
+def result_file_name(scenario: str, label: str,
+                     when: datetime.datetime | None = None) -> str:
+    """``<scenario>-<label>-<UTC timestamp>.json``: the name, without looking at a folder
+    (a name too long for the file system is reported before any run, not raised here)."""
+    when = when or datetime.datetime.now(datetime.timezone.utc)
+    return f"{_slug(scenario)}-{_slug(label)}-{when.strftime('%Y%m%dT%H%M%SZ')}.json"
+
+
 def default_result_path(out_dir: Path, scenario: str, label: str,
                         when: datetime.datetime | None = None) -> Path:
     """results/<scenario>-<label>-<UTC timestamp>.json, never an existing file's name."""
-    when = when or datetime.datetime.now(datetime.timezone.utc)
-    stem = f"{_slug(scenario)}-{_slug(label)}-{when.strftime('%Y%m%dT%H%M%SZ')}"
-    candidate = out_dir / f"{stem}.json"
+    name = result_file_name(scenario, label, when)
+    stem = name.removesuffix(".json")
+    candidate = out_dir / name
     n = 1
     while candidate.exists():
         n += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -67,6 +68,61 @@ def _non_ok(result: ResultFile, variant: Mapping[str, str], repeat: int, start: 
                      status=status, reason=reason, start_time=start, end_time=time.time())
 
 
+class ResultWriteError(OSError):
+    """The result file could not be written mid-session; the message says where each
+    completed run is.  The session stops: every later run would be lost the same way."""
+
+
+def _runs_text(runs: list[RunRecord]) -> str:
+    numbers = [r.index + 1 for r in runs]
+    if not numbers:
+        return "no completed runs"
+    if numbers == list(range(numbers[0], numbers[-1] + 1)) and len(numbers) > 1:
+        return f"runs {numbers[0]}-{numbers[-1]}"
+    return ("run " if len(numbers) == 1 else "runs ") + ", ".join(map(str, numbers))
+
+
+def rescue_dirs() -> list[Path]:
+    """Where a result that cannot be written to its own folder goes instead."""
+    return [Path(tempfile.gettempdir()) / "kvmharness-rescue", Path.home() / "kvmharness-rescue"]
+
+
+def rescue(result: ResultFile, target: Path, written: Path | None, saved_ok: int,
+           error: OSError) -> ResultWriteError:
+    """After a failed write of ``target``: every run so far saved to a rescue folder,
+    ``written`` (the file holding the earlier runs) removed once the copy is safe, so no
+    file is left saying ``running``; else ``written`` kept as it is.  The error names
+    which runs are where."""
+    result.status = "interrupted"
+    result.warnings.append(f"written to a rescue folder: {target}: "
+                           f"{error.strerror or error}")
+    why = f"cannot write {target} ({error.strerror or error})"
+    kept = result.ok_runs()
+    for folder in rescue_dirs():
+        if folder in target.parents:
+            continue
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            saved = create_result(folder / target.name, result)
+        except OSError:
+            continue
+        moved = ""
+        if written is not None:
+            try:
+                written.unlink()
+                moved = f"; {written} removed (the rescued file holds its runs too)"
+            except OSError as e:
+                moved = f"; {written} also holds the earlier runs ({e.strerror or e})"
+        return ResultWriteError(f"{why}: {_runs_text(kept)} saved to {saved} instead"
+                                f"{moved}; the session stopped")
+    earlier, lost = kept[:saved_ok], kept[saved_ok:]
+    where = (f"{written} keeps {_runs_text(earlier)} (its status still says running: it "
+             "could not be rewritten)" if written is not None else "nothing was written")
+    return ResultWriteError(f"{why}, and no rescue folder could take the result "
+                            f"({', '.join(map(str, rescue_dirs()))}): {where}; "
+                            f"{_runs_text(lost)} lost; the session stopped")
+
+
 def run_session(
     plan: SessionPlan,
     path: Path,
@@ -84,13 +140,19 @@ def run_session(
     result = new_result(plan, environment, command)
     written: Path | None = None
 
+    saved_ok = 0  # completed runs in the file as last written
+
     def save() -> None:
-        nonlocal written
-        if written is not None:
-            write_result(written, result)
-        elif result.ok_runs():
-            with signals_held():  # an interrupt between link and assignment: a second file
-                written = create_result(path, result)
+        nonlocal written, saved_ok
+        try:
+            if written is not None:
+                write_result(written, result)
+            elif result.ok_runs():
+                with signals_held():  # an interrupt between link and assignment: a second file
+                    written = create_result(path, result)
+        except OSError as e:
+            raise rescue(result, written or path, written, saved_ok, e) from None
+        saved_ok = len(result.ok_runs())
 
     active = [dict(v) for v in plan.variants]
     consecutive_failures = {variant_text(v): 0 for v in active}

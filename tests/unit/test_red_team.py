@@ -242,3 +242,133 @@ def test_sigterm_during_a_command_is_128_plus_signal(tmp_path: Path) -> None:
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
     assert proc.returncode == 143, (proc.returncode, proc.stderr)
     assert proc.stderr == "interrupted\n"
+
+
+# --- the output path: proven before the first run; a failed write loses no run ---------
+
+@pytest.fixture
+def fake_run(monkeypatch: pytest.MonkeyPatch, fake_spec: Any) -> list[int]:
+    """``run fake-toggle`` without KVM; the list counts the runs started."""
+    from kvmharness.cli import common as cli_common
+    from kvmharness.scenarios import registry
+    started: list[int] = []
+    default = fake_spec().run
+
+    def run(req: Any) -> Any:
+        started.append(1)
+        return default(req)
+
+    spec = fake_spec(run=run)
+    monkeypatch.setattr(cli_common, "collect_fingerprint",
+                        lambda: {"kernel": {"release": "6.12.0-test"}})
+    monkeypatch.setattr(cli_common, "kvm_access_problem", lambda: None)
+    monkeypatch.setattr(registry, "all_scenarios", lambda: {spec.name: spec})
+    return started
+
+
+def _run_fake(out: Path, *extra: str) -> int:
+    return cli.main(["run", "fake-toggle", "--quick", "--repeat", "2", "--out", str(out),
+                     *extra])
+
+
+def test_a_label_too_long_for_a_file_name_is_refused_before_any_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], fake_run: list[int]) -> None:
+    assert _run_fake(tmp_path / "out", "--label", "x" * 300) == 1
+    assert "more than the 255 this file system allows: shorten --label" in " ".join(
+        capsys.readouterr().err.split())
+    assert not fake_run and not (tmp_path / "out").exists()
+
+
+def test_an_unwritable_folder_is_found_by_a_probe_before_any_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], fake_run: list[int]) -> None:
+    # /sys/kernel passes a permission check for root, and takes no new file.
+    assert _run_fake(Path("/sys/kernel")) == 1
+    assert "/sys/kernel: cannot create a file in /sys/kernel" in " ".join(
+        capsys.readouterr().err.split())
+    assert not fake_run
+
+
+def test_too_little_free_space_is_refused_before_any_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], fake_run: list[int],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvmharness.cli import common as cli_common
+
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    monkeypatch.setattr(cli_common, "expected_result_bytes", lambda plan: free)
+    assert _run_fake(tmp_path / "out") == 1
+    assert "less than the" in capsys.readouterr().err and not fake_run
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_tiny_tmpfs_is_refused_before_any_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], fake_run: list[int]) -> None:
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(tiny)],
+                             capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        assert _run_fake(tiny) == 1
+        assert "KiB free on its file system, less than the" in " ".join(
+            capsys.readouterr().err.split())
+        assert not fake_run and not any(tiny.iterdir())
+    finally:
+        subprocess.run(["umount", str(tiny)], check=True)
+
+
+def _failing_writes(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
+    """The result file's rewrites fail with ENOSPC from the ``after``-th on."""
+    import errno
+
+    from kvmharness.session import run as session_run
+
+    real = session_run.write_result
+    calls = []
+
+    def write(path: Path, result: Any) -> None:
+        calls.append(path)
+        if len(calls) >= after:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(path, result)
+
+    monkeypatch.setattr(session_run, "write_result", write)
+
+
+def test_a_write_failing_mid_session_rescues_every_completed_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], fake_run: list[int],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvmharness.results.store import load_result
+    from kvmharness.session import run as session_run
+
+    rescue = tmp_path / "rescue"
+    monkeypatch.setattr(session_run, "rescue_dirs", lambda: [rescue])
+    _failing_writes(monkeypatch, after=2)  # run 1 creates the file, run 2 rewrites it
+    out = tmp_path / "out"
+    assert _run_fake(out) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    (saved,) = rescue.glob("*.json")
+    assert f"No space left on device): runs 1-3 saved to {saved} instead" in err
+    assert "removed (the rescued file holds its runs too); the session stopped" in err
+    result = load_result(saved)
+    assert result.status == "interrupted" and len(result.ok_runs()) == 3 == len(fake_run)
+    assert not list(out.glob("*.json"))  # no file left saying "running"
+
+
+def test_a_write_failing_with_nowhere_to_rescue_says_which_runs_are_where(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], fake_run: list[int],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvmharness.results.store import load_result
+    from kvmharness.session import run as session_run
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setattr(session_run, "rescue_dirs", lambda: [blocker / "rescue"])
+    _failing_writes(monkeypatch, after=2)
+    out = tmp_path / "out"
+    assert _run_fake(out) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    (kept,) = out.glob("*.json")
+    assert f"{kept} keeps runs 1-2 (its status still says running" in err
+    assert "run 3 lost; the session stopped" in err
+    assert len(load_result(kept).ok_runs()) == 2
