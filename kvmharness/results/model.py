@@ -56,7 +56,18 @@ class RunRecord(RunEvidence):
     def value(self, metric: str) -> float | None:
         """The run's value: median of its measured iterations (warmups already apart)."""
         s = self.samples.get(metric)
-        return statistics.median(s.values) if s and s.values else None
+        if not s or not s.values:
+            return None
+        # Reports ask for the same value many times (rows, warnings, summaries): the median
+        # of a run with millions of samples is one sort, not one per question.  Kept with
+        # the list it came from and its length: a replaced or grown list is sorted afresh.
+        cache: dict[str, tuple[list[float], int, float]] = self.__dict__.setdefault(
+            "_medians", {})
+        hit = cache.get(metric)
+        if hit is None or hit[0] is not s.values or hit[1] != len(s.values):
+            hit = (s.values, len(s.values), statistics.median(s.values))
+            cache[metric] = hit
+        return hit[2]
 
     @classmethod
     def from_outcome(
