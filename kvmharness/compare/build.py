@@ -651,18 +651,31 @@ def _host_comparisons(scenario: str, group: Sequence[ResultFile], axis: Axis,
     if axis == "host":
         if len(hosts) < 2:
             raise CompareError(f"{scenario}: every file comes from host {hosts[0]!r}")
-        for v in variants:
-            a = _side(hosts[0], by_host[hosts[0]], v)
-            for h in hosts[1:]:
-                add(variant_text(v), a, _side(h, by_host[h], v))
-        return
-    pairs = [(h, v) for h in hosts for v in variants
-             if any(r.variant == v for f in by_host[h] for r in f.ok_runs())]
+        _first_against_rest(hosts, by_host, variants, add)
+    else:
+        _pairs_against_first(scenario, "host", hosts, by_host, variants, add)
+
+
+def _first_against_rest(keys: Sequence[str], by_key: Mapping[str, Sequence[ResultFile]],
+                        variants: Sequence[dict[str, str]], add: Any) -> None:
+    """Per variant, the first key's files (the baseline) against each other key's."""
+    for v in variants:
+        a = _side(keys[0], by_key[keys[0]], v)
+        for k in keys[1:]:
+            add(variant_text(v), a, _side(k, by_key[k], v))
+
+
+def _pairs_against_first(scenario: str, kind: str, keys: Sequence[str],
+                         by_key: Mapping[str, Sequence[ResultFile]],
+                         variants: Sequence[dict[str, str]], add: Any) -> None:
+    """Every (key, variant) pair that has runs is a side; the first is the baseline."""
+    pairs = [(k, v) for k in keys for v in variants
+             if any(r.variant == v for f in by_key[k] for r in f.ok_runs())]
     if len(pairs) < 2:
-        raise CompareError(f"{scenario}: only one host and variant: nothing to compare")
-    sides = [_side(f"{h} {variant_text(v)}", by_host[h], v) for h, v in pairs]
+        raise CompareError(f"{scenario}: only one {kind} and variant: nothing to compare")
+    sides = [_side(f"{k} {variant_text(v)}", by_key[k], v) for k, v in pairs]
     for b in sides[1:]:
-        add("host and variant", sides[0], b)
+        add(f"{kind} and variant", sides[0], b)
 
 
 def _file_names(files: Sequence[ResultFile]) -> list[str]:
@@ -696,10 +709,7 @@ def _scenario_comparisons(scenario: str, group: Sequence[ResultFile], by: AxisCh
     if axis == "label":
         if len(labels) < 2:
             raise CompareError(f"{scenario}: all files have label {labels[0]!r}")
-        for v in variants:
-            a = _side(labels[0], by_label[labels[0]], v)
-            for other in labels[1:]:
-                add(variant_text(v), a, _side(other, by_label[other], v))
+        _first_against_rest(labels, by_label, variants, add)
     elif axis == "variant":
         if len(variants) < 2:
             raise CompareError(f"{scenario}: only variant {variant_text(variants[0])} "
@@ -709,13 +719,7 @@ def _scenario_comparisons(scenario: str, group: Sequence[ResultFile], by: AxisCh
             for v in variants[1:]:
                 add(f"label {lb}", a, _side(variant_text(v), by_label[lb], v))
     elif axis == "label+variant":
-        pairs = [(lb, v) for lb in labels for v in variants
-                 if any(r.variant == v for f in by_label[lb] for r in f.ok_runs())]
-        if len(pairs) < 2:
-            raise CompareError(f"{scenario}: only one label and variant: nothing to compare")
-        sides = [_side(f"{lb} {variant_text(v)}", by_label[lb], v) for lb, v in pairs]
-        for b in sides[1:]:
-            add("label and variant", sides[0], b)
+        _pairs_against_first(scenario, "label", labels, by_label, variants, add)
     else:
         if len(group) < 2:
             raise CompareError(f"{scenario}: comparing files needs at least two")
