@@ -2,7 +2,9 @@
 ``python -m kvmharness.bench.power``.
 
 Runs rom-toggle at quick size (``total``: time for the vCPUs to finish their passes) as
-two kinds of interleaved comparisons, each repeated ``--trials`` times:
+two kinds of interleaved comparisons, ``--trials`` times each (``--aa-trials`` sets the
+A/A count apart: a false-positive rate near alpha needs more trials to bound than a
+detection rate near 100%):
 
 - A/A: both sides identical (``passes`` P vs P).  Every "significant" verdict is a false
   positive; the rate should stay near alpha or below.
@@ -32,12 +34,14 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TextIO
 
 from tabulate import tabulate
 
 from kvmharness.compare import stats
 from kvmharness.observe import pinning
+from kvmharness.results.store import atomic_write_json
 from kvmharness.scenarios import registry
 from kvmharness.scenarios.base import RunRequest, ScenarioSpec
 from kvmharness.session import SessionPlan, until_ci
@@ -63,6 +67,8 @@ class Trial:
     # change has to stand out from.
     cov: tuple[float, float] = (math.nan, math.nan)
     stopped: str = "runs"  # why the trial ended: runs (the cap), precise or time (--until-ci)
+    # Each side's per-run values in run order (--save writes them: outliers, drift).
+    values: tuple[tuple[float, ...], tuple[float, ...]] = ((), ())
 
     @property
     def final(self) -> Checkpoint:
@@ -83,6 +89,7 @@ class Trial:
 class Settings:
     runs: int = 8
     trials: int = 3
+    aa_trials: int | None = None  # A/A trials; None: as many as ``trials``
     passes: int = 20
     extra: float = 0.05
     alpha: float = stats.DEFAULT_ALPHA
@@ -94,6 +101,10 @@ class Settings:
     # would end after max_time_s; ``runs`` is then only a cap.
     until_ci: float | None = None
     max_time_s: float = 300.0
+
+    @property
+    def aa_count(self) -> int:
+        return self.trials if self.aa_trials is None else self.aa_trials
 
     @property
     def passes_b(self) -> int:
@@ -139,7 +150,7 @@ def run_trial(run_a: Callable[[], float], run_b: Callable[[], float], settings: 
             if clock() + (clock() - pair_start) - start > settings.max_time_s:
                 stopped = "time"
                 break
-    return Trial(tuple(checkpoints), (_cov(a), _cov(b)), stopped)
+    return Trial(tuple(checkpoints), (_cov(a), _cov(b)), stopped, (tuple(a), tuple(b)))
 
 
 def precise(values: Sequence[float], target: float) -> bool:
@@ -229,23 +240,37 @@ def checkpoint_table(rows: Sequence[Row]) -> str:
     return tabulate(table, headers=["flagged at n =", *map(str, ns)], tablefmt="simple")
 
 
+def schedule(aa: int, ab: int) -> list[tuple[str, int]]:
+    """The order of the trials: each kind spread evenly over the whole measurement (kind,
+    index), so a drift of the host hits both kinds alike even when their counts differ
+    (8 A/A and 4 A/A': AA AB AA AA AB AA ...).  Equal counts alternate A/A, A/A'."""
+    slots = [((j + 0.5) / aa, 0, "A/A", j) for j in range(aa)]
+    slots += [((j + 0.5) / ab, 1, "A/A'", j) for j in range(ab)]
+    return [(kind, j) for _, _, kind, j in sorted(slots)]
+
+
 def measure(run: Callable[[int], float], settings: Settings,
             progress: Callable[[str], None] = lambda m: None) -> list[Row]:
-    """A/A and A/A' trials, interleaved trial by trial so host drift hits both kinds."""
-    aa: list[Trial] = []
-    ab: list[Trial] = []
+    """A/A and A/A' trials, interleaved (``schedule``) so host drift hits both kinds."""
+    trials: dict[str, list[Trial]] = {"A/A": [], "A/A'": []}
+    counts = {"A/A": settings.aa_count, "A/A'": settings.trials}
     a, b = settings.passes, settings.passes_b
-    for t in range(settings.trials):
-        for name, other, direction, out in (("A/A", a, 0, aa), ("A/A'", b, 1, ab)):
-            trial = run_trial(lambda: run(a), functools.partial(run, other), settings, direction)
-            out.append(trial)
-            f = trial.final
-            progress(f"trial {t + 1}/{settings.trials} {name}: n={f.n} per side, "
-                     f"change {f.change * 100 if f.change is not None else math.nan:+.1f}%, "
-                     f"p={f.p:.3g}, {'flagged' if f.flagged else 'not flagged'} "
-                     f"({f.elapsed_s:.0f} s)")
-    return [Row("A/A", tuple(aa), 0),
-            Row(f"A/A' (+{100 * (b - a) / a:.0f}%)", tuple(ab), 1)]
+    for name, j in schedule(counts["A/A"], counts["A/A'"]):
+        other, direction = (a, 0) if name == "A/A" else (b, 1)
+        trial = run_trial(lambda: run(a), functools.partial(run, other), settings, direction)
+        trials[name].append(trial)
+        f = trial.final
+        progress(f"trial {j + 1}/{counts[name]} {name}: n={f.n} per side, "
+                 f"change {f.change * 100 if f.change is not None else math.nan:+.1f}%, "
+                 f"p={f.p:.3g}, {'flagged' if f.flagged else 'not flagged'} "
+                 f"({f.elapsed_s:.0f} s, {_stop_text(trial.stopped)}), "
+                 f"CoV {trial.cov[0] * 100:.0f}%/{trial.cov[1] * 100:.0f}%")
+    return [Row("A/A", tuple(trials["A/A"]), 0),
+            Row(f"A/A' (+{100 * (b - a) / a:.0f}%)", tuple(trials["A/A'"]), 1)]
+
+
+def _stop_text(stopped: str) -> str:
+    return {"precise": "CI reached", "time": "time up", "runs": "--runs cap"}[stopped]
 
 
 def report(rows: Sequence[Row], settings: Settings, elapsed_s: float) -> str:
@@ -257,8 +282,7 @@ def report(rows: Sequence[Row], settings: Settings, elapsed_s: float) -> str:
            f"({until_ci.MIN_RUNS} to {settings.runs} runs, at most "
            f"{settings.max_time_s:g} s per trial)"] if settings.until_ci is not None else []),
         (f"{settings.runs} runs per side, " if settings.until_ci is None else "") +
-        f"alternated, {settings.trials} "
-        f"trial{'' if settings.trials == 1 else 's'} of each; "
+        f"alternated, {_trials_text(settings)}; "
         f"pinning: {pinning.describe(settings.pin)}",
         f"flagged as `kvmharness compare` would: p < {settings.alpha:g}, CI excludes 0, "
         f"|change| >= {settings.min_change * 100:g}%",
@@ -273,6 +297,29 @@ def report(rows: Sequence[Row], settings: Settings, elapsed_s: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _trials_text(settings: Settings) -> str:
+    aa, ab = settings.aa_count, settings.trials
+    if aa == ab:
+        return f"{ab} trial{'' if ab == 1 else 's'} of each"
+    return f"{aa} A/A and {ab} A/A' trials"
+
+
+def saved(rows: Sequence[Row], settings: Settings) -> dict[str, object]:
+    """What --save writes: the settings and every trial's outcome and per-run values."""
+    return {
+        "scenario": SCENARIO, "metric": METRIC, "passes": [settings.passes, settings.passes_b],
+        "until_ci_pct": None if settings.until_ci is None else settings.until_ci * 100,
+        "max_time_s": settings.max_time_s, "runs_cap": settings.runs,
+        "pinning": pinning.describe(settings.pin),
+        "trials": [{"comparison": row.name, "index": i, "stopped": t.stopped,
+                    "n": t.final.n, "elapsed_s": round(t.final.elapsed_s, 3),
+                    "p": t.final.p, "change": t.final.change, "flagged": t.final.flagged,
+                    "cov": [None if math.isnan(c) else c for c in t.cov],
+                    "a": list(t.values[0]), "b": list(t.values[1])}
+                   for row in rows for i, t in enumerate(row.trials)],
+    }
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m kvmharness.bench.power",
@@ -280,6 +327,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     f"comparisons of {SCENARIO} (quick size) on this host.")
     p.add_argument("--trials", type=int, default=Settings.trials, metavar="T",
                    help=f"comparisons of each kind (default {Settings.trials})")
+    p.add_argument("--aa-trials", type=int, default=None, metavar="T",
+                   help="A/A comparisons, if not --trials (a false-positive rate wants "
+                        "more trials than a detection rate)")
     p.add_argument("--runs", type=int, default=Settings.runs, metavar="N",
                    help=f"runs per side in each comparison (default {Settings.runs})")
     p.add_argument("--passes", type=int, default=Settings.passes, metavar="P",
@@ -299,9 +349,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-time", type=float, default=Settings.max_time_s, metavar="S",
                    help="with --until-ci: start no pair that would end after S seconds of "
                         f"the trial (default {Settings.max_time_s:g})")
+    p.add_argument("--save", type=Path, metavar="FILE",
+                   help="also write every trial's per-run values and outcome to FILE (JSON)")
     args = p.parse_args(argv)
-    if args.trials < 1 or args.runs < FIRST_CHECKPOINT or args.passes < 1:
-        p.error(f"--trials must be >= 1, --runs >= {FIRST_CHECKPOINT}, --passes >= 1")
+    if (args.trials < 1 or (args.aa_trials is not None and args.aa_trials < 1)
+            or args.runs < FIRST_CHECKPOINT or args.passes < 1):
+        p.error(f"--trials and --aa-trials must be >= 1, --runs >= {FIRST_CHECKPOINT}, "
+                "--passes >= 1")
     if not 0 < args.extra <= 1 or not 0 < args.alpha < 1:
         p.error("--extra must be in (0, 100] percent, --alpha in (0, 1)")
     if args.until_ci is not None and not (0 < args.until_ci < 1 and args.max_time > 0):
@@ -326,7 +380,8 @@ def _percent(option: str) -> Callable[[str], float]:
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
          err: TextIO = sys.stderr) -> int:
     args = parse_args(argv)
-    settings = Settings(runs=args.runs, trials=args.trials, passes=args.passes,
+    settings = Settings(runs=args.runs, trials=args.trials, aa_trials=args.aa_trials,
+                        passes=args.passes,
                         extra=args.extra, alpha=args.alpha,
                         min_change=args.min_change, pin=args.pin, until_ci=args.until_ci,
                         max_time_s=args.max_time)
@@ -339,6 +394,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
     start = time.monotonic()
     rows = measure(scenario_runner(spec, settings), settings, progress)
     out.write(report(rows, settings, time.monotonic() - start))
+    if args.save is not None:
+        atomic_write_json(args.save, saved(rows, settings))
     return 0
 
 

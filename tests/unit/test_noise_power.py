@@ -149,3 +149,60 @@ def test_until_ci_stops_when_both_medians_are_precise_or_time_is_up() -> None:
     assert slow.final.elapsed_s <= 40.0
     capped = power.run_trial(wild, wild, Settings(runs=7, until_ci=0.001), direction=0)
     assert capped.stopped == "runs" and capped.final.n == 7
+
+
+def test_a_and_a_prime_trials_counted_apart_and_spread_over_the_measurement() -> None:
+    order = [kind for kind, _ in power.schedule(8, 4)]
+    assert order.count("A/A") == 8 and order.count("A/A'") == 4
+    # Every third trial is an A/A', from the second on: a drift of the host hits both kinds.
+    assert [i for i, kind in enumerate(order) if kind == "A/A'"] == [1, 4, 7, 10]
+    assert [kind for kind, _ in power.schedule(2, 2)] == ["A/A", "A/A'", "A/A", "A/A'"]
+    assert [j for kind, j in power.schedule(3, 1) if kind == "A/A"] == [0, 1, 2]
+
+    rng = random.Random(5)
+    calls: list[int] = []
+
+    def run(passes: int) -> float:
+        calls.append(passes)
+        return 10.0 * passes * (1 + rng.uniform(-0.002, 0.002))
+
+    s = Settings(runs=4, trials=2, aa_trials=5, passes=20)
+    messages: list[str] = []
+    aa, ab = power.measure(run, s, messages.append)
+    assert len(aa.trials) == 5 and len(ab.trials) == 2
+    # Each trial is 4 pairs; A/A' trials run 21 passes on one side only.
+    assert len(calls) == 2 * 4 * 7 and calls.count(21) == 4 * 2
+    assert sum("A/A:" in m for m in messages) == 5 and "trial 5/5 A/A:" in messages[-1]
+    assert all("--runs cap" in m for m in messages)
+    text = power.report([aa, ab], s, 1.0)
+    assert "5 A/A and 2 A/A' trials" in text and "0/5 (0%)" in text and "2/2 (100%)" in text
+    assert "2 trials of each" in power.report([aa, ab], Settings(trials=2), 1.0)
+
+
+def test_aa_trials_option() -> None:
+    import pytest
+
+    assert power.parse_args([]).aa_trials is None
+    assert power.parse_args(["--trials", "4", "--aa-trials", "8"]).aa_trials == 8
+    with pytest.raises(SystemExit):
+        power.parse_args(["--aa-trials", "0"])
+
+
+def test_saved_values_are_each_sides_runs_in_order(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from kvmharness.results.store import atomic_write_json
+
+    values = iter(range(100))
+    s = Settings(runs=4, trials=1, aa_trials=2, passes=20)
+    rows = power.measure(lambda passes: float(next(values)), s)
+    path = tmp_path / "power.json"
+    atomic_write_json(path, power.saved(rows, s))
+    data = json.loads(path.read_text())
+    assert data["passes"] == [20, 21] and len(data["trials"]) == 3
+    first = data["trials"][0]
+    # Pairs alternate who goes first: a b | b a | a b | b a.
+    assert first["comparison"] == "A/A" and first["a"] == [0, 3, 4, 7]
+    assert first["b"] == [1, 2, 5, 6] and first["n"] == 4 and first["stopped"] == "runs"
+    assert [t["comparison"] for t in data["trials"]] == ["A/A", "A/A", "A/A' (+5%)"]
+    assert power.parse_args(["--save", str(path)]).save == path
