@@ -160,6 +160,36 @@ def precise(values: Sequence[float], target: float) -> bool:
             and max(median - low, high - median) / abs(median) <= target)
 
 
+def runs_needed(trial: Trial, target: float) -> tuple[int, float] | None:
+    """(runs per side, seconds) the trial would have needed for both sides' median CI
+    within +-target, at the spread it ended with (``until_ci.runs_to_reach``, the
+    message `run --until-ci` prints when time is up); None if it got there or cannot say."""
+    needed = []
+    for values in trial.values:
+        if not values:
+            return None
+        median, low, high, coverage = stats.median_ci(values)
+        width = max(median - low, high - median) / abs(median) if median else None
+        at = until_ci.MetricPrecision("", METRIC, len(values), median, low, high, coverage,
+                                      width)
+        needed.append(until_ci.runs_to_reach(at, target) or 0)
+    n = max(needed)
+    return (n, trial.final.elapsed_s * n / trial.final.n) if n else None
+
+
+def needed_line(rows: Sequence[Row], target: float) -> str:
+    """One line: what the trials that ran out of time would have needed (empty if none)."""
+    out_of_time = [t for row in rows for t in row.trials if t.stopped == "time"]
+    found = [need for t in out_of_time if (need := runs_needed(t, target)) is not None]
+    if not found:
+        return ""
+    ns = sorted(n for n, _ in found)
+    seconds = statistics.median(s for _, s in found)
+    spread = f" ({ns[0]}-{ns[-1]})" if ns[0] != ns[-1] else ""
+    return (f"out of time: +-{target * 100:g}% needed ~{statistics.median(ns):.0f} runs per "
+            f"side{spread}, ~{until_ci.duration_text(seconds)} a trial")
+
+
 def _cov(values: Sequence[float]) -> float:
     mean = statistics.fmean(values) if values else 0.0
     return statistics.stdev(values) / abs(mean) if len(values) > 1 and mean else math.nan
@@ -289,12 +319,17 @@ def report(rows: Sequence[Row], settings: Settings, elapsed_s: float) -> str:
         "",
         summary_table(rows, settings),
         "",
-        *([stops_table(rows), ""] if settings.until_ci is not None else []),
+        *([stops_table(rows), *_nonempty(needed_line(rows, settings.until_ci)), ""]
+          if settings.until_ci is not None else []),
         checkpoint_table(rows),
         "",
         f"total time {elapsed_s:.0f} s",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _nonempty(line: str) -> list[str]:
+    return [line] if line else []
 
 
 def _trials_text(settings: Settings) -> str:

@@ -27,6 +27,7 @@ runs.  Two medians each within +-PCT bound their ratio to within about +-2 PCT, 
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from time import monotonic
@@ -168,9 +169,33 @@ def state(assessments: Sequence[MetricPrecision], rule: UntilCi, rounds: int,
     }
 
 
+def runs_to_reach(assessment: MetricPrecision, target: float) -> int | None:
+    """Runs per variant at which ``assessment``'s median CI would be within +-``target``
+    if the spread stays as it is: the interval's half-width shrinks as 1/sqrt(n) (the
+    order-statistic ranks move in by ~sqrt(n) while the density near the median stays),
+    so n x (half-width / target)^2.  None where that cannot be said: too few runs for a
+    95% interval (MIN_RUNS), no width, or already within the target."""
+    width = assessment.half_width
+    if assessment.n < MIN_RUNS or width is None or width <= target:
+        return None
+    return math.ceil(assessment.n * (width / target) ** 2)
+
+
+def duration_text(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``3.5 h``, ``4 days``: a rough duration, one unit."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
 def summary_text(stop: str, assessments: Sequence[MetricPrecision], rule: UntilCi,
                  rounds: int, elapsed_s: float) -> str:
-    """``--until-ci 5%: precise after 9 runs per variant (41 s); widest: ...``."""
+    """``--until-ci 5%: precise after 9 runs per variant (41 s); widest: ...``; when time
+    is up, also how many runs (and how long) the widest metric would need at its spread."""
     w = widest(assessments)
     tail = f"; widest: {w.text()}" if w is not None else ""
     head = f"--until-ci {rule.target * 100:g}%"
@@ -178,6 +203,12 @@ def summary_text(stop: str, assessments: Sequence[MetricPrecision], rule: UntilC
         return f"{head}: precise after {rounds} runs per variant ({elapsed_s:.0f} s){tail}"
     if stop == "no variant left":
         return f"{head}: stopped after {rounds} rounds: no variant left to run{tail}"
+    needed = runs_to_reach(w, rule.target) if w is not None else None
+    if needed is not None and rounds:
+        tail += (f"; at this spread +-{rule.target * 100:g}% needs ~{needed} runs per "
+                 f"variant (~{duration_text(elapsed_s * needed / rounds)}): raise "
+                 "--max-time, widen the target, or lower the spread (--pin, a quieter "
+                 "host: `kvmharness info`)")
     return (f"{head}: time up (--max-time {rule.max_time_s:g} s) after {rounds} runs per "
             f"variant ({elapsed_s:.0f} s), not every headline metric reached the target"
             f"{tail}")

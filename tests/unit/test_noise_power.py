@@ -4,7 +4,10 @@ detection (from when the verdict stayed right), the rates and the tables."""
 from __future__ import annotations
 
 import itertools
+import math
 import random
+
+import pytest
 
 from kvmharness.bench import power
 from kvmharness.bench.power import Checkpoint, Settings, Trial
@@ -206,3 +209,31 @@ def test_saved_values_are_each_sides_runs_in_order(tmp_path) -> None:  # type: i
     assert first["b"] == [1, 2, 5, 6] and first["n"] == 4 and first["stopped"] == "runs"
     assert [t["comparison"] for t in data["trials"]] == ["A/A", "A/A", "A/A' (+5%)"]
     assert power.parse_args(["--save", str(path)]).save == path
+
+
+def test_a_trial_out_of_time_says_what_it_would_have_needed() -> None:
+    from kvmharness.compare import stats
+
+    rng, clock = random.Random(6), Clock()
+
+    def wild() -> float:
+        clock.now += 2.0
+        return 100.0 * (1 + rng.uniform(-0.5, 0.5))
+
+    s = Settings(runs=40, until_ci=0.02, max_time_s=40.0)
+    slow = power.run_trial(wild, wild, s, direction=0, clock=clock)
+    assert slow.stopped == "time" and slow.final.n == 10
+    widths = []
+    for side in slow.values:
+        med, low, high, _ = stats.median_ci(side)
+        widths.append(max(med - low, high - med) / med)
+    expected = math.ceil(10 * (max(widths) / 0.02) ** 2)  # n x (half-width / target)^2
+    need = power.runs_needed(slow, 0.02)
+    assert need is not None and need[0] == expected and expected > 100
+    assert need[1] == pytest.approx(40.0 * expected / 10)  # at the trial's 4 s a pair
+    rows = [power.Row("A/A", (slow, slow), 0)]
+    line = power.needed_line(rows, 0.02)
+    assert line.startswith(f"out of time: +-2% needed ~{expected} runs per side, ")
+    assert line in power.report(rows, s, 80.0).splitlines() and len(line) <= 78
+    precise = Trial(slow.checkpoints, slow.cov, "precise", slow.values)
+    assert power.needed_line([power.Row("A/A", (precise,), 0)], 0.02) == ""

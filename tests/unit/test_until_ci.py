@@ -152,6 +152,45 @@ def test_spread_line_names_each_noisy_headline_metric_once() -> None:
     assert until_ci.spread_line(until_ci.spread_too_high(r, ("other",))) is None
 
 
+def test_runs_to_reach_follows_the_square_root_law_on_skewed_values() -> None:
+    """The estimate checked against what that many runs then give: draws from a floor
+    with an exponential tail (the shape of a run time disturbed by other load), the
+    estimate made from the first 100, then the half-width of a fresh sample of the size
+    it names, over 40 seeds."""
+    import random
+
+    def half_width(values: list[float]) -> float:
+        med, low, high, _ = stats.median_ci(values)
+        return max(med - low, high - med) / med
+
+    def draw(rng: random.Random, n: int) -> list[float]:
+        return [150 * (1 + rng.expovariate(4.0)) for _ in range(n)]
+
+    ratios = []
+    for seed in range(40):
+        rng = random.Random(seed)
+        first = until_ci.MetricPrecision("v", "total", 100, None, None, None, 0.95,
+                                         half_width(draw(rng, 100)))
+        needed = until_ci.runs_to_reach(first, 0.03)
+        assert needed is not None and needed > 100
+        ratios.append(half_width(draw(rng, needed)) / 0.03)
+    ratios.sort()
+    assert 0.8 <= ratios[20] <= 1.2  # unbiased: the target is reached about half the time
+    assert ratios[4] >= 0.5 and ratios[-5] <= 1.6  # 80% of estimates within 0.5-1.6x
+
+
+def test_runs_to_reach_says_nothing_it_cannot_know() -> None:
+    def at(n: int, width: float | None) -> until_ci.MetricPrecision:
+        return until_ci.MetricPrecision("v", "total", n, 1.0, None, None, 0.95, width)
+
+    assert until_ci.runs_to_reach(at(5, 0.5), 0.05) is None  # no 95% interval yet
+    assert until_ci.runs_to_reach(at(20, None), 0.05) is None
+    assert until_ci.runs_to_reach(at(20, 0.04), 0.05) is None  # already there
+    assert until_ci.runs_to_reach(at(20, 0.10), 0.05) == 80
+    assert [until_ci.duration_text(s) for s in (45, 720, 12_600, 400_000)] == [
+        "45 s", "12 min", "3.5 h", "5 days"]
+
+
 # --- the session loop ------------------------------------------------------------------
 
 
@@ -199,6 +238,8 @@ def test_never_precise_stops_when_time_is_up_and_says_so(tmp_path: Path, clock: 
     assert last["widest"]["half_width_pct"] == pytest.approx(50.0)
     assert len(result.warnings) == 1 and "time up (--max-time 200 s)" in result.warnings[0]
     assert any("time up" in m for m in messages)
+    # +-50% at n=10 against a 5% target: 10 x (50/5)^2 runs, at 20 s a round.
+    assert "at this spread +-5% needs ~1000 runs per variant (~5.6 h)" in result.warnings[0]
 
 
 def test_time_can_cut_the_minimum_short(tmp_path: Path, clock: FakeClock) -> None:
