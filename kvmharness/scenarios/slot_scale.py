@@ -8,8 +8,9 @@ by default, never touched either) is created,
 moved and deleted ``ops_per_count`` times, each op timed inside the
 KVM_SET_USER_MEMORY_REGION syscall.  A hammer vCPU keeps its RAM mapped and waits after
 every pass in the state ``op_state`` names (slot_ops.OP_STATES: parked in the guest while
-the main thread does the op, or exited with the op the first ioctl after the exit, under
-metrics of their own, ``<op>_after_exit@<count>``), so the next pass is the op's
+the main thread does the op; exited with the op the first ioctl after the exit, metrics
+``<op>_after_exit@<count>``; or outside, its thread waiting out of KVM_RUN while the main
+thread does the op, metrics ``<op>_vcpu_out@<count>``), so the next pass is the op's
 refault cost (zap=all throws every SPTE away on move/delete, zap=slot the slot's only),
 with its pf_fixed where the kernel counts it.  Reaching a count (adding or deleting
 fillers) is untimed setup followed by a pass that is not recorded."""
@@ -36,10 +37,12 @@ from kvmharness.scenarios.slot_ops import (
     EXITED,
     OP_STATE_PARAMETER,
     OP_STATES,
+    OUTSIDE,
     PARKED,
     SETUP,
     STEADY,
     STEADY_METRICS,
+    VCPU_OUT,
     SlotOpsDriver,
     SlotUnderTest,
     Step,
@@ -184,7 +187,7 @@ class SlotScale(GuestScenario):
             on_setup=self.setup, op_state=str(self.params["op_state"]))
         HammerConfig(base=HAMMER_GPA, pages=self.ram // 4096,
                      passes=len(self.steps(0, False)) + 1, stride_per_vcpu=0,
-                     sync_each_pass=self.driver.op_state == EXITED,
+                     sync_each_pass=self.driver.op_state in (EXITED, OUTSIDE),
                      park_each_pass=self.driver.op_state == PARKED).apply(m)
 
     def setup(self, step: Step) -> None:
@@ -203,6 +206,8 @@ class SlotScale(GuestScenario):
         self.driver.record_passes(m, warm)
         # GUEST_SYNC exits so far: the witness of op_state (one per pass when exited).
         ctx.outcome.effective["guest_syncs"] = len(m.syncs)
+        # Ops done on another thread while the vCPU thread waited out of KVM_RUN (outside).
+        ctx.outcome.effective["ops_with_vcpu_out"] = self.driver.ops_with_vcpu_out
         return "memslots " + "; ".join(self.driver.medians)
 
 
@@ -235,6 +240,10 @@ SPEC = ScenarioSpec(
     ) + tuple(
         _family(f"{op}{AFTER_EXIT}", "us", f"{op} of the slot under test, op_state=exited: "
                 "the first ioctl after the vCPU's exit") for op in OPS
+    ) + tuple(
+        _family(f"{op}{VCPU_OUT}", "us", f"{op} of the slot under test, op_state=outside: "
+                "the vCPU thread waits out of KVM_RUN while the main thread does the op")
+        for op in OPS
     ) + tuple(
         _family(f"{op}_pass", "ms", f"the hammer's next pass after {op} (guest TSC; the "
                 "refault cost)") for op in OPS

@@ -39,7 +39,8 @@ def sizes_of(run: Any) -> list[int]:
 
 
 @pytest.mark.parametrize("zap,op_state", [("all", slot_ops.PARKED), ("slot", slot_ops.PARKED),
-                                          ("all", slot_ops.EXITED)])
+                                          ("all", slot_ops.EXITED),
+                                          ("all", slot_ops.OUTSIDE)])
 def test_every_declared_metric_has_samples_and_a_unit(quick_run, zap, op_state):
     run = quick_run(zap, op_state=op_state)
     outcome = run.outcome
@@ -65,11 +66,15 @@ def test_every_declared_metric_has_samples_and_a_unit(quick_run, zap, op_state):
     # The guest ran: its first pass and each size's cycles have stats of their own.
     for phase in ["populate", "warmup", slot_ops.RUN_PHASE]:
         assert outcome.kvm_stats[phase]["vcpu.exits"] > 0, phase
-    # The declared state: exited, one GUEST_SYNC exit after every pass of every iteration
-    # (the Machine's ucall log); parked, none (PVM's stats count no PIO exits, so the
-    # ucall log is the witness).
+    # The declared state: exited or outside, one GUEST_SYNC exit after every pass of every
+    # iteration (the Machine's ucall log); parked, none (PVM's stats count no PIO exits, so
+    # the ucall log is the witness).  Outside, every op was done on the main thread while
+    # the vCPU thread waited in the sync handler.
     passes = (ITERATIONS + WARMUP) * (len(sizes) * cycles * (len(slot_ops.OPS) + 1) + 1)
-    assert outcome.effective["guest_syncs"] == (passes if op_state == slot_ops.EXITED else 0)
+    assert outcome.effective["guest_syncs"] == (passes if op_state != slot_ops.PARKED else 0)
+    ops = (ITERATIONS + WARMUP) * len(sizes) * cycles * len(slot_ops.OPS)
+    assert outcome.effective["ops_with_vcpu_out"] == (
+        ops if op_state == slot_ops.OUTSIDE else 0)
     assert outcome.effective["populate_pass_ms"] > 0
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from kvmharness.scenarios import slot_scale
 from kvmharness.scenarios.base import RunRequest
-from kvmharness.scenarios.slot_ops import EXITED, OP_STATES, PARKED, measured_in
+from kvmharness.scenarios.slot_ops import EXITED, OP_STATES, OUTSIDE, PARKED, measured_in
 
 SPEC = slot_scale.SPEC
 ITERATIONS, WARMUP = 1, 1
@@ -43,7 +43,7 @@ def test_ops_ran_beside_each_count_of_memslots(quick_run, zap):
     run.check_leaks()
 
 
-@pytest.mark.parametrize("op_state", [PARKED, EXITED])
+@pytest.mark.parametrize("op_state", [PARKED, EXITED, OUTSIDE])
 def test_every_declared_metric_has_its_samples(quick_run, op_state):
     run = quick_run("all", op_state)
     outcome = run.outcome
@@ -53,9 +53,12 @@ def test_every_declared_metric_has_its_samples(quick_run, op_state):
     expected = [n for n in SPEC.metric_names([str(c) for c in counts])
                 if measured_in(n, op_state)]
     assert set(expected) == set(outcome.samples)
-    # The declared state's witness: a GUEST_SYNC exit after every pass, or none at all.
+    # The declared state's witness: a GUEST_SYNC exit after every pass, or none at all;
+    # outside, every op done on the main thread while the vCPU thread waited in the handler.
     passes = (ITERATIONS + WARMUP) * (len(counts) * (1 + cycles * (len(slot_scale.OPS) + 1)) + 1)
-    assert outcome.effective["guest_syncs"] == (passes if op_state == EXITED else 0)
+    assert outcome.effective["guest_syncs"] == (passes if op_state != PARKED else 0)
+    ops = (ITERATIONS + WARMUP) * len(counts) * cycles * len(slot_scale.OPS)
+    assert outcome.effective["ops_with_vcpu_out"] == (ops if op_state == OUTSIDE else 0)
     for name in expected:
         assert SPEC.metric(name).unit
         per_iteration = {"max_stall": 1, "steady_pass": cycles * len(counts),
