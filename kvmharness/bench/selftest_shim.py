@@ -6,7 +6,13 @@ The shim wraps ``ioctl()``: for the two memslot requests it reads CLOCK_MONOTONI
 before and just after the real call, then (outside the timed span) appends one line to
 the file named by $KVMHARNESS_SHIM_LOG::
 
-    slot <fd> <v1|v2> <slot> <flags> <gpa> <size> <ns> <ret>
+    slot <fd> <v1|v2> <slot> <flags> <gpa> <size> <ns> <ret> <vcpu_ns>
+
+``vcpu_ns`` is how much CPU time the program's vCPU threads (the threads that called
+KVM_RUN, each registered at its first call) got while the op ran: their thread CPU clocks
+read just before t0 and just after t1; 0 means no vCPU thread was on a CPU during the op
+(none executing guest code), -1 that none was known or alive (before the first KVM_RUN,
+after the vCPU threads ended).
 
 Both request structs begin with the same fields (slot, flags, guest_phys_addr,
 memory_size, userspace_addr), so one read serves both.  Which operation a line is
@@ -30,6 +36,7 @@ SHIM_SOURCE = r"""
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -39,6 +46,8 @@ SHIM_SOURCE = r"""
 
 #define SET_REGION  %(v1)#lxUL
 #define SET_REGION2 %(v2)#lxUL
+#define KVM_RUN_REQ %(run)#lxUL
+#define MAX_VCPUS 64
 
 struct region_head {  /* the common start of kvm_userspace_memory_region{,2} */
 	uint32_t slot, flags;
@@ -48,6 +57,10 @@ struct region_head {  /* the common start of kvm_userspace_memory_region{,2} */
 static int (*real_ioctl)(int, unsigned long, void *);
 static int log_fd = -1;
 
+static clockid_t vcpu_clocks[MAX_VCPUS];
+static int vcpus_reserved, vcpus_published;
+static __thread int vcpu_registered;
+
 static long long now_ns(void)
 {
 	struct timespec ts;
@@ -56,10 +69,45 @@ static long long now_ns(void)
 	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* A thread's first KVM_RUN: remember its CPU-time clock. */
+static void register_vcpu_thread(void)
+{
+	clockid_t clock;
+	int i;
+
+	vcpu_registered = 1;
+	if (pthread_getcpuclockid(pthread_self(), &clock))
+		return;
+	i = __atomic_fetch_add(&vcpus_reserved, 1, __ATOMIC_RELAXED);
+	if (i >= MAX_VCPUS)
+		return;
+	vcpu_clocks[i] = clock;
+	while (__atomic_load_n(&vcpus_published, __ATOMIC_ACQUIRE) != i)
+		;  /* publish in order */
+	__atomic_store_n(&vcpus_published, i + 1, __ATOMIC_RELEASE);
+}
+
+/* The vCPU threads' CPU time so far; -1 if none is known or one has ended. */
+static long long vcpu_cpu_ns(void)
+{
+	int n = __atomic_load_n(&vcpus_published, __ATOMIC_ACQUIRE), i;
+	long long sum = 0;
+	struct timespec ts;
+
+	if (!n)
+		return -1;
+	for (i = 0; i < n; i++) {
+		if (clock_gettime(vcpu_clocks[i], &ts))
+			return -1;
+		sum += ts.tv_sec * 1000000000LL + ts.tv_nsec;
+	}
+	return sum;
+}
+
 int ioctl(int fd, unsigned long request, ...)
 {
 	struct region_head head;
-	long long t0, t1;
+	long long t0, t1, v0, v1;
 	va_list ap;
 	void *arg;
 	char line[192];
@@ -70,12 +118,16 @@ int ioctl(int fd, unsigned long request, ...)
 	va_end(ap);
 	if (!real_ioctl)
 		real_ioctl = (int (*)(int, unsigned long, void *))dlsym(RTLD_NEXT, "ioctl");
+	if (request == KVM_RUN_REQ && !vcpu_registered)
+		register_vcpu_thread();
 	if (request != SET_REGION && request != SET_REGION2)
 		return real_ioctl(fd, request, arg);
 	head = *(const struct region_head *)arg;  /* before: the call may not change it */
+	v0 = vcpu_cpu_ns();
 	t0 = now_ns();
 	ret = real_ioctl(fd, request, arg);
 	t1 = now_ns();
+	v1 = vcpu_cpu_ns();
 	if (log_fd < 0) {
 		const char *path = getenv("%(env)s");
 
@@ -85,10 +137,11 @@ int ioctl(int fd, unsigned long request, ...)
 		if (log_fd < 0)
 			return ret;
 	}
-	len = snprintf(line, sizeof(line), "slot %%d %%s %%u %%u %%llu %%llu %%lld %%d\n", fd,
-		request == SET_REGION ? "v1" : "v2", head.slot, head.flags,
+	len = snprintf(line, sizeof(line), "slot %%d %%s %%u %%u %%llu %%llu %%lld %%d %%lld\n",
+		fd, request == SET_REGION ? "v1" : "v2", head.slot, head.flags,
 		(unsigned long long)head.guest_phys_addr,
-		(unsigned long long)head.memory_size, t1 - t0, ret);
+		(unsigned long long)head.memory_size, t1 - t0, ret,
+		v0 < 0 || v1 < 0 ? -1LL : v1 - v0);
 	if (write(log_fd, line, len) != len)
 		abort();  /* a lost line would silently bias the figures */
 	return ret;
@@ -98,7 +151,8 @@ int ioctl(int fd, unsigned long request, ...)
 
 def shim_source() -> str:
     return SHIM_SOURCE % {"v1": ioctls.KVM_SET_USER_MEMORY_REGION,
-                          "v2": ioctls.KVM_SET_USER_MEMORY_REGION2, "env": LOG_ENV}
+                          "v2": ioctls.KVM_SET_USER_MEMORY_REGION2, "run": ioctls.KVM_RUN,
+                          "env": LOG_ENV}
 
 
 class ShimError(RuntimeError):
@@ -118,8 +172,8 @@ def build_shim(folder: Path) -> Path:
     src = folder / "memslot-shim.c"
     src.write_text(source)
     tmp = lib.with_suffix(".tmp")
-    result = subprocess.run([gcc, "-O2", "-Wall", "-shared", "-fPIC", "-o", str(tmp), str(src),
-                             "-ldl"], check=False, capture_output=True, text=True)
+    result = subprocess.run([gcc, "-O2", "-Wall", "-shared", "-fPIC", "-pthread", "-o", str(tmp),
+                             str(src), "-ldl"], check=False, capture_output=True, text=True)
     if result.returncode != 0:
         raise ShimError(f"gcc failed to build the memslot ioctl shim:\n{result.stderr}")
     tmp.replace(lib)
@@ -138,20 +192,22 @@ class LoggedIoctl:
     size: int
     ns: int
     ret: int
+    vcpu_ns: int = -1  # vCPU threads' CPU time during the op; -1: none known or alive
 
 
 def parse_log(text: str) -> list[LoggedIoctl]:
     out = []
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split()
-        if len(fields) != 9 or fields[0] != "slot" or fields[2] not in ("v1", "v2"):
-            raise ShimError(f"shim log line {number}: {line!r} is not "
-                            "'slot <fd> <v1|v2> <slot> <flags> <gpa> <size> <ns> <ret>'")
+        if len(fields) != 10 or fields[0] != "slot" or fields[2] not in ("v1", "v2"):
+            raise ShimError(f"shim log line {number}: {line!r} is not 'slot <fd> <v1|v2> "
+                            "<slot> <flags> <gpa> <size> <ns> <ret> <vcpu_ns>'")
         try:
-            fd, slot, flags, gpa, size, ns, ret = (int(fields[i]) for i in (1, 3, 4, 5, 6, 7, 8))
+            fd, slot, flags, gpa, size, ns, ret, vcpu_ns = (
+                int(fields[i]) for i in (1, 3, 4, 5, 6, 7, 8, 9))
         except ValueError:
             raise ShimError(f"shim log line {number}: {line!r} has a non-number") from None
-        out.append(LoggedIoctl(fd, fields[2], slot, flags, gpa, size, ns, ret))
+        out.append(LoggedIoctl(fd, fields[2], slot, flags, gpa, size, ns, ret, vcpu_ns))
     return out
 
 
@@ -167,6 +223,7 @@ class MemslotOp:
     size: int
     ns: int
     seq: int  # position in the log
+    vcpu_ns: int = -1  # LoggedIoctl.vcpu_ns: 0 = no vCPU thread on a CPU during the op
 
 
 def classify(ioctls_: Iterable[LoggedIoctl]) -> list[MemslotOp]:
@@ -191,5 +248,5 @@ def classify(ioctls_: Iterable[LoggedIoctl]) -> list[MemslotOp]:
             kind = ("move" if op.gpa != old[0] else "flags" if op.flags != old[2] else "same")
             size = op.size
             vm[op.slot] = (op.gpa, op.size, op.flags)
-        out.append(MemslotOp(kind, others, size, op.ns, seq))
+        out.append(MemslotOp(kind, others, size, op.ns, seq, op.vcpu_ns))
     return out

@@ -12,9 +12,18 @@ What is compared, per count C (memslots present besides the one operated on):
 - create: the selftest's creates of its test slots while it fills the VM (no vCPU has
   run yet), those with C - C/16 .. C others present; slot-scale's creates at C.
 - move: the selftest's "move inactive area" test moves its last slot back and forth while
-  its vCPU runs guest code on another thread; slot-scale parked (op_state=parked).
+  its vCPU runs guest code on another thread.
 - delete: the selftest's kvm_vm_free deleting every slot after its vCPU thread ended,
   those with C - C/16 .. C others left; slot-scale's deletes at C.
+On the PVM /dev/kvm here an op costs ~1 ms when a vCPU is executing guest code (the memslot
+update's SRCU grace period waits for it; traced) and tens of us when none is, so both sides
+are split by that state: the shim reads the selftest's vCPU threads' CPU clocks around each
+op (``vcpu_ns``), and slot-scale runs twice, op_state=outside (its vCPU thread asleep out of
+KVM_RUN) and op_state=parked (its vCPU spinning in the guest).  Row "not-in-guest": the
+selftest's creates (before its vCPU ran), deletes (after it ended) and the moves during which
+its vCPU thread got no CPU time, against outside; row "in-guest": its moves during which its
+vCPU thread ran, against parked.  The selftest's plain median is whichever state most of its
+back-to-back ops met, which depends on how busy the host's CPUs are.
 The selftest's slot size is 512 MiB / count (its move test's memory split over the
 slots); slot-scale runs with that slot size (slot_kib) at each count."""
 
@@ -37,9 +46,14 @@ from tabulate import tabulate
 from kvmharness.bench.selftest_shim import LOG_ENV, MemslotOp, build_shim, classify, parse_log
 from kvmharness.scenarios import slot_scale
 from kvmharness.scenarios.base import RunRequest
-from kvmharness.scenarios.slot_ops import PARKED
+from kvmharness.scenarios.slot_ops import OP_SUFFIX, OUTSIDE, PARKED
 
 OPS = ("create", "move", "delete")
+IN_GUEST, NOT_IN_GUEST = "in-guest", "not-in-guest"
+# (op, what the vCPU was doing during it): the table's rows, and slot-scale's state for each.
+ROWS = ((("create", NOT_IN_GUEST), OUTSIDE), (("move", NOT_IN_GUEST), OUTSIDE),
+        (("move", IN_GUEST), PARKED), (("delete", NOT_IN_GUEST), OUTSIDE))
+Row = tuple[str, str]
 MOVE_INACTIVE_TEST = 4  # memslot_perf_test's test list: 4 "move inactive area"
 SELFTEST_DIR = "tools/testing/selftests/kvm"
 SELFTEST = "memslot_perf_test"
@@ -156,16 +170,17 @@ def run_selftest(exe: Path, shim: Path, slots: int, seconds: int, zap: str,
         log.unlink(missing_ok=True)
 
 
-def selftest_samples(ops: list[MemslotOp], count: int) -> dict[str, list[float]]:
+def selftest_samples(ops: list[MemslotOp], count: int) -> dict[Row, list[float]]:
     """The run's ops at ``count`` others (creates and deletes: the window count - max(2,
-    count/16) .. count, as they fill and empty the VM one slot at a time), in us."""
+    count/16) .. count, as they fill and empty the VM one slot at a time), in us, per row:
+    moves by whether its vCPU threads got CPU time during the op."""
     low = count - max(2, count // 16)
-    out: dict[str, list[float]] = {op: [] for op in OPS}
+    out: dict[Row, list[float]] = {row: [] for row, _ in ROWS}
     for op in ops:
-        if op.kind == "move" and op.others == count:
-            out["move"].append(op.ns / 1e3)
+        if op.kind == "move" and op.others == count and op.vcpu_ns >= 0:
+            out[("move", IN_GUEST if op.vcpu_ns > 0 else NOT_IN_GUEST)].append(op.ns / 1e3)
         elif op.kind in ("create", "delete") and low <= op.others <= count:
-            out[op.kind].append(op.ns / 1e3)
+            out[(op.kind, NOT_IN_GUEST)].append(op.ns / 1e3)
     return out
 
 
@@ -178,16 +193,18 @@ def selftest_slot_size(ops: list[MemslotOp], count: int) -> int:
 
 
 # --- running slot-scale ------------------------------------------------------------------
-def run_harness(fillers: int, slot_size: int, zap: str, cycles: int) -> tuple[int, dict[str, list[float]]]:
-    """One slot-scale run at ``fillers`` filler slots; returns (memslots besides the slot
-    under test, samples per op in us)."""
+def run_harness(fillers: int, slot_size: int, zap: str, cycles: int,
+                op_state: str = OUTSIDE) -> tuple[int, dict[str, list[float]]]:
+    """One slot-scale run at ``fillers`` filler slots in ``op_state``; returns (memslots
+    besides the slot under test, samples per op in us)."""
     kib = max(4, (slot_size // 4096) * 4)
     params = slot_scale.SPEC.resolve_params(
         {"counts": str(fillers), "slot_kib": str(kib), "ops_per_count": str(cycles),
-         "op_state": PARKED}, quick=True)
+         "op_state": op_state}, quick=True)
     outcome = slot_scale.SPEC.run(RunRequest(params, {"zap": zap}, 1, 1, lambda _: None))
     others = int(outcome.effective["memslots_during_ops"][str(fillers)])
-    return others, {op: list(outcome.samples.get(f"{op}@{fillers}", [])) for op in OPS}
+    suffix = OP_SUFFIX[op_state]
+    return others, {op: list(outcome.samples.get(f"{op}{suffix}@{fillers}", [])) for op in OPS}
 
 
 # --- the comparison ----------------------------------------------------------------------
@@ -198,25 +215,27 @@ def _spread(values: Sequence[float]) -> str:
     return f"{q[0]:.0f}-{q[2]:.0f}"
 
 
-def ratio_table(harness: dict[tuple[str, int], list[float]],
-                selftest: dict[tuple[str, int], list[float]],
-                per_round: dict[tuple[str, int], list[float]], counts: Sequence[int]) -> str:
+Samples = dict[tuple[Row, int], list[float]]
+
+
+def ratio_table(harness: Samples, selftest: Samples, per_round: Samples,
+                counts: Sequence[int]) -> str:
     rows = []
-    for op in OPS:
+    for (op, vcpu), _ in ROWS:
         base_h = base_s = None
         for count in counts:
-            h, s = harness.get((op, count), []), selftest.get((op, count), [])
+            h, s = harness.get(((op, vcpu), count), []), selftest.get(((op, vcpu), count), [])
             if not h or not s:
-                rows.append([op, count, len(h), len(s), "-", "-", "-", "-", "-", "-"])
+                rows.append([op, vcpu, count, len(h), len(s), "-", "-", "-", "-", "-", "-"])
                 continue
             mh, ms = statistics.median(h), statistics.median(s)
             base_h, base_s = base_h or mh, base_s or ms
-            rounds = per_round.get((op, count), [])
-            rows.append([op, count, len(h), len(s), f"{mh:.1f} ({_spread(h)})",
+            rounds = per_round.get(((op, vcpu), count), [])
+            rows.append([op, vcpu, count, len(h), len(s), f"{mh:.1f} ({_spread(h)})",
                          f"{ms:.1f} ({_spread(s)})", f"{mh / ms:.2f}",
                          f"{min(rounds):.2f}-{max(rounds):.2f}" if rounds else "-",
                          f"{mh / base_h:.2f}", f"{ms / base_s:.2f}"])
-    return tabulate(rows, headers=["op", "others", "n harness", "n selftest",
+    return tabulate(rows, headers=["op", "vCPU", "others", "n harness", "n selftest",
                                    "harness us (IQR)", "selftest us (IQR)", "ratio",
                                    "ratio per round", "harness trend", "selftest trend"],
                     disable_numparse=True)
@@ -268,23 +287,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SelftestError, OSError) as exc:
         print(f"python -m kvmharness.bench.selftests: {exc}", file=sys.stderr)
         return 1
-    print(f"slot-scale (op_state={PARKED}) / {SELFTEST} ({tree.name}), zap={args.zap}, "
+    print(f"slot-scale / {SELFTEST} ({tree.name}), zap={args.zap}, "
           f"{args.rounds} alternated rounds on {platform.release()}\n"
           "median us of KVM_SET_USER_MEMORY_REGION{,2} (harness: its syscall clock; "
           "selftest: the shim's CLOCK_MONOTONIC);\n'others' = memslots present besides the "
           "one operated on; trend = median / median at the first count\n")
     print(ratio_table(harness, selftest, per_round, sorted({c for _, c in harness})))
+    print(f"\nvCPU {NOT_IN_GUEST}: slot-scale op_state={OUTSIDE} (its vCPU thread asleep out "
+          f"of KVM_RUN); {SELFTEST}'s creates (before its vCPU ran),\ndeletes (after it "
+          f"ended) and moves during which its vCPU threads got no CPU time.  vCPU {IN_GUEST}: "
+          f"op_state={PARKED} (spinning in\nthe guest) against its moves during which its "
+          "vCPU threads ran.  A vCPU executing guest code can hold the memslot update's\n"
+          "SRCU grace period (PVM: ~1 ms, traced); how many of the selftest's back-to-back "
+          "moves meet it depends on how busy the CPUs are.")
     return 0
 
 
 def compare(exe: Path, shim: Path, args: argparse.Namespace, progress: Callable[[str], None]
-            ) -> tuple[dict[tuple[str, int], list[float]], dict[tuple[str, int], list[float]],
-                       dict[tuple[str, int], list[float]]]:
-    """Alternate: per round and filler count, the selftest then slot-scale (the first
-    round also learns the count of others and the slot size each filler count means)."""
-    harness: dict[tuple[str, int], list[float]] = {}
-    selftest: dict[tuple[str, int], list[float]] = {}
-    per_round: dict[tuple[str, int], list[float]] = {}
+            ) -> tuple[Samples, Samples, Samples]:
+    """Alternate: per round and filler count, the selftest then slot-scale in each op_state
+    (the first round also learns the count of others and the slot size each filler count
+    means)."""
+    harness: Samples = {}
+    selftest: Samples = {}
+    per_round: Samples = {}
     others_of: dict[int, int] = {}
     with tempfile.TemporaryDirectory(prefix="kvmharness-selftests-") as tmp:
         for r in range(args.rounds):
@@ -296,14 +322,16 @@ def compare(exe: Path, shim: Path, args: argparse.Namespace, progress: Callable[
                          f"slot-scale counts={fillers} ({others} others)")
                 ops = run_selftest(exe, shim, others + 1, args.seconds, args.zap, Path(tmp))
                 s = selftest_samples(ops, others)
-                _, h = run_harness(fillers, selftest_slot_size(ops, others), args.zap,
-                                   args.cycles)
-                for op in OPS:
-                    harness.setdefault((op, others), []).extend(h[op])
-                    selftest.setdefault((op, others), []).extend(s[op])
-                    if h[op] and s[op]:
-                        per_round.setdefault((op, others), []).append(
-                            statistics.median(h[op]) / statistics.median(s[op]))
+                size = selftest_slot_size(ops, others)
+                states = {state: run_harness(fillers, size, args.zap, args.cycles, state)[1]
+                          for state in (OUTSIDE, PARKED)}
+                for row, state in ROWS:
+                    h = states[state][row[0]]
+                    harness.setdefault((row, others), []).extend(h)
+                    selftest.setdefault((row, others), []).extend(s[row])
+                    if h and s[row]:
+                        per_round.setdefault((row, others), []).append(
+                            statistics.median(h) / statistics.median(s[row]))
     return harness, selftest, per_round
 
 
