@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from kvmharness.results.decode import Converter
+from kvmharness.results.fast_run import fast_run, text_is_plain
 from kvmharness.results.model import (
     FORMAT,
     SCHEMA_VERSION,
@@ -127,7 +130,7 @@ class _Checker:
         """A map of names to integers >= ``minimum``, checked in bulk like ``nums``."""
         d = self.obj(value, path)
         if set(map(type, d.values())) <= _INT_TYPE and min(d.values(), default=0) >= minimum:
-            return dict(d)
+            return {sys.intern(printable(k)): v for k, v in d.items()}
         return self.map_(d, path, lambda v, p: self.int_(v, p, minimum=minimum))
 
     def bool_(self, value: Any, path: str) -> bool:
@@ -141,7 +144,10 @@ class _Checker:
         return [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
 
     def map_(self, value: Any, path: str, item: Callable[[Any, str], Any]) -> dict[str, Any]:
-        return {printable(k): item(v, f"{path}.{k}") for k, v in self.obj(value, path).items()}
+        # Interned: runs parsed one at a time do not share their key strings (40k runs
+        # held 40k copies of each name).
+        return {sys.intern(printable(k)): item(v, f"{path}.{k}")
+                for k, v in self.obj(value, path).items()}
 
     def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> Any:
         if value not in choices:
@@ -184,7 +190,7 @@ def _run(c: _Checker, raw: Any, path: str) -> RunRecord:
         # tracepoint count is a number of events, never below zero.
         kvm_stats=_counters(c, f("kvm_stats"), f"{path}.kvm_stats", minimum=-2**63),
         tracepoints=_counters(c, f("tracepoints"), f"{path}.tracepoints", minimum=0),
-        noise=c.obj(f("noise"), f"{path}.noise"),
+        noise=_interned(c.obj(f("noise"), f"{path}.noise")),
         effective=_effective(c, f("effective"), f"{path}.effective"),
         warnings=c.list_(f("warnings"), f"{path}.warnings", c.str_),
         kvm_stat_types=(c.map_(d["kvm_stat_types"], f"{path}.kvm_stat_types",
@@ -193,18 +199,23 @@ def _run(c: _Checker, raw: Any, path: str) -> RunRecord:
     )
 
 
+def _interned(d: dict[str, Any]) -> dict[str, Any]:
+    """A free-form object of a run with its keys interned (see ``_Checker.map_``)."""
+    return {sys.intern(k): v for k, v in d.items()}
+
+
 # effective["timeline"] (the plot's pass timeline): each list, when present.
 _TIMELINE_LISTS = ("pass_end_s", "pass_ms", "delete_s", "pass_vcpu")
 
 
 def _effective(c: _Checker, raw: Any, path: str) -> dict[str, Any]:
     """The run's effective settings: free-form, except the keys compare and plot read."""
-    d = c.obj(raw, path)
+    d = _interned(c.obj(raw, path))
     for key in ("zap_path", "zap_evidence", "zap_requested"):
         if key in d:
             d[key] = c.str_(d[key], f"{path}.{key}", nullable=True)
     if "timeline" in d:
-        t = c.obj(d["timeline"], f"{path}.timeline")
+        t = d["timeline"] = _interned(c.obj(d["timeline"], f"{path}.timeline"))
         for key in _TIMELINE_LISTS:
             if key in t:
                 c.nums(t[key], f"{path}.timeline.{key}")
@@ -283,33 +294,59 @@ def declared_unit(scenario: Mapping[str, Any], metric: str) -> str | None:
 def check_values(result: ResultFile) -> None:
     """Units as declared, and values a run can have: raises ``ResultFormatError`` naming
     the file, the run and the metric.  (Non-finite numbers are refused while parsing.)"""
+    declared: dict[str, str | None] = {}  # per metric name, not per run: 40k runs
     for i, run in enumerate(result.runs):
-        where = f"{result.source}: runs[{i}] (run {run.index + 1}, {variant_text(run.variant)})"
+        def where(name: str, run: RunRecord = run, i: int = i) -> str:
+            return (f"{result.source}: runs[{i}] (run {run.index + 1}, "
+                    f"{variant_text(run.variant)}): metric {name!r}")
+
         for name, s in run.samples.items():
-            unit = declared_unit(result.scenario, name)
+            if name not in declared:
+                declared[name] = declared_unit(result.scenario, name)
+            unit = declared[name]
             if unit is not None and s.unit != unit:
                 raise ResultFormatError(
-                    f"{where}: metric {name!r} is in {s.unit!r} but the scenario declares "
+                    f"{where(name)} is in {s.unit!r} but the scenario declares "
                     f"{unit!r}: a hand-edited or mixed file; fix the unit or the values")
-            values = [*s.values, *run.warmups.get(name, [])]
-            if not values:
+            lists = [v for v in (s.values, run.warmups.get(name)) if v]
+            if not lists:
                 continue
-            low, high = min(values), max(values)
+            low, high = min(map(min, lists)), max(map(max, lists))
             if (s.unit in TIME_UNITS or s.unit in COUNT_UNITS) and low < 0:
                 kind = "time" if s.unit in TIME_UNITS else "count"
-                v = next(v for v in values if v < 0)
                 raise ResultFormatError(
-                    f"{where}: metric {name!r}: negative value {v:g} {s.unit} "
+                    f"{where(name)}: negative value {low:g} {s.unit} "
                     f"(a {kind} cannot be negative)")
             limit = (ABSURD_SECONDS / TIME_UNITS[s.unit] if s.unit in TIME_UNITS
                      else ABSURD_COUNT)
             if max(-low, high) > limit:
-                v = next(v for v in values if abs(v) > limit)
+                v = high if high > limit else low
                 what = ("longer than a year" if s.unit in TIME_UNITS
                         else f"above {ABSURD_COUNT:g}")
                 raise ResultFormatError(
-                    f"{where}: metric {name!r}: absurd value {v:g} {s.unit} ({what}: "
+                    f"{where(name)}: absurd value {v:g} {s.unit} ({what}: "
                     "not a measurement of one run)")
+
+
+def run_converter(source: str, text: str) -> Callable[[dict[str, Any]], Converter | None]:
+    """For ``decode.loads_streaming`` of ``text``: each run checked and made a record as
+    soon as it is parsed, once the fields before the runs say this is a result file this
+    version reads (otherwise ``parse_result`` reports that, as for any document)."""
+    c = _Checker(source)
+    plain = text_is_plain(text)
+
+    def convert(raw: Any, i: int) -> RunRecord:
+        record = fast_run(raw) if plain else None
+        return record if record is not None else _run(c, raw, f"runs[{i}]")
+
+    def choose(fields: dict[str, Any]) -> Converter | None:
+        version = fields.get("schema_version")
+        if (fields.get("format") != FORMAT or type(version) is not int
+                or not 1 <= version <= SCHEMA_VERSION):
+            return None
+        return convert
+
+    return choose
 
 
 def parse_result(raw: Any, source: str = "<result>") -> ResultFile:
@@ -341,7 +378,9 @@ def parse_result(raw: Any, source: str = "<result>") -> ResultFile:
         repeat=c.int_(f("repeat"), "repeat"),
         iterations=c.int_(f("iterations"), "iterations"),
         warmup=c.int_(f("warmup"), "warmup"),
-        runs=c.list_(f("runs"), "runs", lambda v, p: _run(c, v, p)),
+        # Runs a streaming load (``run_converter``) already made records of stay as they are.
+        runs=c.list_(f("runs"), "runs",
+                     lambda v, p: v if isinstance(v, RunRecord) else _run(c, v, p)),
         warnings=c.list_(f("warnings"), "warnings", c.str_),
         environment=_environment(c, f("environment")),
         command=c.str_(d["command"], "command") if "command" in d else "",
