@@ -606,8 +606,9 @@ def _variants_in(files: Sequence[ResultFile]) -> list[dict[str, str]]:
 
 def _side(name: str, files: Sequence[ResultFile],
           variant: Mapping[str, str] | None) -> Side:
-    chosen = [(r, boot_of(f)) for f in files for r in f.runs
-              if variant is None or r.variant == dict(variant)]
+    wanted = None if variant is None else dict(variant)
+    chosen = [(r, boot) for f in files for boot in (boot_of(f),) for r in f.runs
+              if wanted is None or r.variant == wanted]
     return Side(name, tuple(files), tuple(r for r, _ in chosen), tuple(b for _, b in chosen))
 
 

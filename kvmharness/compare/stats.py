@@ -313,6 +313,11 @@ def min_attainable_p(m: int, n: int) -> float:
     2 / C(m+n, m), ties or not (twice a tail that holds at least the observed split)."""
     if m == 0 or n == 0:
         return 1.0
+    if m + n > 1000:
+        # C(20000, 10000) has 6000 digits and took 36 ms to build; its reciprocal is far
+        # below the smallest float anyway.
+        log_ways = math.lgamma(m + n + 1) - math.lgamma(m + 1) - math.lgamma(n + 1)
+        return math.exp(math.log(2) - log_ways) if log_ways < 700 else 0.0
     return min(1.0, 2 / math.comb(m + n, m))
 
 

@@ -164,6 +164,10 @@ def test_min_attainable_p() -> None:
     assert stats.min_attainable_p(3, 3) == pytest.approx(0.1)
     assert stats.min_attainable_p(4, 4) == pytest.approx(2 / 70)
     assert stats.min_attainable_p(0, 4) == 1.0
+    # Beyond 1000 runs the floor comes from log-gamma, not a 6000-digit binomial.
+    for m, n in ((2, 5000), (40, 1200), (500, 501), (10000, 10000)):
+        assert stats.min_attainable_p(m, n) == pytest.approx(2 / math.comb(m + n, m),
+                                                             rel=1e-9, abs=1e-320)
 
 
 def _brute_smallest_p(m: int, n: int, levels: int) -> tuple[float, float]:
