@@ -6,13 +6,14 @@ The shim wraps ``ioctl()``: for the two memslot requests it reads CLOCK_MONOTONI
 before and just after the real call, then (outside the timed span) appends one line to
 the file named by $KVMHARNESS_SHIM_LOG::
 
-    slot <fd> <v1|v2> <slot> <flags> <gpa> <size> <ns> <ret> <vcpu_ns>
+    slot <fd> <v1|v2> <slot> <flags> <gpa> <size> <ns> <ret> <vcpu_on> <vcpu_ns>
 
-``vcpu_ns`` is how much CPU time the program's vCPU threads (the threads that called
-KVM_RUN, each registered at its first call) got while the op ran: their thread CPU clocks
-read just before t0 and just after t1; 0 means no vCPU thread was on a CPU during the op
-(none executing guest code), -1 that none was known or alive (before the first KVM_RUN,
-after the vCPU threads ended).
+The program's vCPU threads (those that called KVM_RUN, each registered at its first call)
+are watched through their thread CPU-time clocks: ``vcpu_on`` is 1 if that time advanced
+between two reads just before t0 (a vCPU thread was on a CPU as the op began), else 0;
+``vcpu_ns`` is the CPU time they got from then until just after t1 (0: none was on a CPU
+at any point of the op).  Both are -1 when no vCPU thread is known or alive (before the
+first KVM_RUN, after the vCPU threads ended).
 
 Both request structs begin with the same fields (slot, flags, guest_phys_addr,
 memory_size, userspace_addr), so one read serves both.  Which operation a line is
@@ -107,7 +108,7 @@ static long long vcpu_cpu_ns(void)
 int ioctl(int fd, unsigned long request, ...)
 {
 	struct region_head head;
-	long long t0, t1, v0, v1;
+	long long t0, t1, v0, v1, probe;
 	va_list ap;
 	void *arg;
 	char line[192];
@@ -123,6 +124,7 @@ int ioctl(int fd, unsigned long request, ...)
 	if (request != SET_REGION && request != SET_REGION2)
 		return real_ioctl(fd, request, arg);
 	head = *(const struct region_head *)arg;  /* before: the call may not change it */
+	probe = vcpu_cpu_ns();
 	v0 = vcpu_cpu_ns();
 	t0 = now_ns();
 	ret = real_ioctl(fd, request, arg);
@@ -137,11 +139,12 @@ int ioctl(int fd, unsigned long request, ...)
 		if (log_fd < 0)
 			return ret;
 	}
-	len = snprintf(line, sizeof(line), "slot %%d %%s %%u %%u %%llu %%llu %%lld %%d %%lld\n",
+	len = snprintf(line, sizeof(line),
+		"slot %%d %%s %%u %%u %%llu %%llu %%lld %%d %%d %%lld\n",
 		fd, request == SET_REGION ? "v1" : "v2", head.slot, head.flags,
 		(unsigned long long)head.guest_phys_addr,
 		(unsigned long long)head.memory_size, t1 - t0, ret,
-		v0 < 0 || v1 < 0 ? -1LL : v1 - v0);
+		probe < 0 || v0 < 0 ? -1 : v0 > probe, v0 < 0 || v1 < 0 ? -1LL : v1 - v0);
 	if (write(log_fd, line, len) != len)
 		abort();  /* a lost line would silently bias the figures */
 	return ret;
@@ -192,6 +195,7 @@ class LoggedIoctl:
     size: int
     ns: int
     ret: int
+    vcpu_on: int = -1  # 1: a vCPU thread was on a CPU as the op began; -1: none known
     vcpu_ns: int = -1  # vCPU threads' CPU time during the op; -1: none known or alive
 
 
@@ -199,15 +203,16 @@ def parse_log(text: str) -> list[LoggedIoctl]:
     out = []
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split()
-        if len(fields) != 10 or fields[0] != "slot" or fields[2] not in ("v1", "v2"):
+        if len(fields) != 11 or fields[0] != "slot" or fields[2] not in ("v1", "v2"):
             raise ShimError(f"shim log line {number}: {line!r} is not 'slot <fd> <v1|v2> "
-                            "<slot> <flags> <gpa> <size> <ns> <ret> <vcpu_ns>'")
+                            "<slot> <flags> <gpa> <size> <ns> <ret> <vcpu_on> <vcpu_ns>'")
         try:
-            fd, slot, flags, gpa, size, ns, ret, vcpu_ns = (
-                int(fields[i]) for i in (1, 3, 4, 5, 6, 7, 8, 9))
+            fd, slot, flags, gpa, size, ns, ret, vcpu_on, vcpu_ns = (
+                int(fields[i]) for i in (1, 3, 4, 5, 6, 7, 8, 9, 10))
         except ValueError:
             raise ShimError(f"shim log line {number}: {line!r} has a non-number") from None
-        out.append(LoggedIoctl(fd, fields[2], slot, flags, gpa, size, ns, ret, vcpu_ns))
+        out.append(LoggedIoctl(fd, fields[2], slot, flags, gpa, size, ns, ret, vcpu_on,
+                               vcpu_ns))
     return out
 
 
@@ -223,6 +228,7 @@ class MemslotOp:
     size: int
     ns: int
     seq: int  # position in the log
+    vcpu_on: int = -1  # LoggedIoctl.vcpu_on: 1 = a vCPU thread on a CPU as the op began
     vcpu_ns: int = -1  # LoggedIoctl.vcpu_ns: 0 = no vCPU thread on a CPU during the op
 
 
@@ -248,5 +254,5 @@ def classify(ioctls_: Iterable[LoggedIoctl]) -> list[MemslotOp]:
             kind = ("move" if op.gpa != old[0] else "flags" if op.flags != old[2] else "same")
             size = op.size
             vm[op.slot] = (op.gpa, op.size, op.flags)
-        out.append(MemslotOp(kind, others, size, op.ns, seq, op.vcpu_ns))
+        out.append(MemslotOp(kind, others, size, op.ns, seq, op.vcpu_on, op.vcpu_ns))
     return out

@@ -21,8 +21,8 @@ are split by that state: the shim reads the selftest's vCPU threads' CPU clocks 
 op (``vcpu_ns``), and slot-scale runs twice, op_state=outside (its vCPU thread asleep out of
 KVM_RUN) and op_state=parked (its vCPU spinning in the guest).  Row "not-in-guest": the
 selftest's creates (before its vCPU ran), deletes (after it ended) and the moves during which
-its vCPU thread got no CPU time, against outside; row "in-guest": its moves during which its
-vCPU thread ran, against parked.  The selftest's plain median is whichever state most of its
+its vCPU thread got no CPU time, against outside; row "in-guest": its moves that began with
+its vCPU thread on a CPU, against parked.  The selftest's plain median is whichever state most of its
 back-to-back ops met, which depends on how busy the host's CPUs are.
 The selftest's slot size is 512 MiB / count (its move test's memory split over the
 slots); slot-scale runs with that slot size (slot_kib) at each count."""
@@ -172,13 +172,18 @@ def run_selftest(exe: Path, shim: Path, slots: int, seconds: int, zap: str,
 
 def selftest_samples(ops: list[MemslotOp], count: int) -> dict[Row, list[float]]:
     """The run's ops at ``count`` others (creates and deletes: the window count - max(2,
-    count/16) .. count, as they fill and empty the VM one slot at a time), in us, per row:
-    moves by whether its vCPU threads got CPU time during the op."""
+    count/16) .. count, as they fill and empty the VM one slot at a time), in us, per row.
+    A move is in-guest if its vCPU thread was on a CPU as it began, not-in-guest if it got
+    no CPU time from then to the op's end; one whose vCPU got a CPU only during it is
+    neither (its SRCU read side began after the op's, which does not wait for it, but it
+    competed for a CPU) and is left out."""
     low = count - max(2, count // 16)
     out: dict[Row, list[float]] = {row: [] for row, _ in ROWS}
     for op in ops:
-        if op.kind == "move" and op.others == count and op.vcpu_ns >= 0:
-            out[("move", IN_GUEST if op.vcpu_ns > 0 else NOT_IN_GUEST)].append(op.ns / 1e3)
+        if op.kind == "move" and op.others == count and op.vcpu_on == 1:
+            out[("move", IN_GUEST)].append(op.ns / 1e3)
+        elif op.kind == "move" and op.others == count and op.vcpu_on == 0 and op.vcpu_ns == 0:
+            out[("move", NOT_IN_GUEST)].append(op.ns / 1e3)
         elif op.kind in ("create", "delete") and low <= op.others <= count:
             out[(op.kind, NOT_IN_GUEST)].append(op.ns / 1e3)
     return out
@@ -193,15 +198,27 @@ def selftest_slot_size(ops: list[MemslotOp], count: int) -> int:
 
 
 # --- running slot-scale ------------------------------------------------------------------
+def harness_pinning(main_cpu: int | None) -> dict[str, tuple[int, ...]]:
+    """slot-scale's main thread (the one doing the ops) on ``main_cpu``, its vCPU thread on
+    the other CPUs this process may use (if any: with one CPU they share it); None: the
+    scheduler places both."""
+    if main_cpu is None:
+        return {}
+    others = tuple(sorted(os.sched_getaffinity(0) - {main_cpu}))
+    return {"main": (main_cpu,), **({"vcpus": others} if others else {})}
+
+
 def run_harness(fillers: int, slot_size: int, zap: str, cycles: int,
-                op_state: str = OUTSIDE) -> tuple[int, dict[str, list[float]]]:
+                op_state: str = OUTSIDE, main_cpu: int | None = None
+                ) -> tuple[int, dict[str, list[float]]]:
     """One slot-scale run at ``fillers`` filler slots in ``op_state``; returns (memslots
     besides the slot under test, samples per op in us)."""
     kib = max(4, (slot_size // 4096) * 4)
     params = slot_scale.SPEC.resolve_params(
         {"counts": str(fillers), "slot_kib": str(kib), "ops_per_count": str(cycles),
          "op_state": op_state}, quick=True)
-    outcome = slot_scale.SPEC.run(RunRequest(params, {"zap": zap}, 1, 1, lambda _: None))
+    outcome = slot_scale.SPEC.run(RunRequest(params, {"zap": zap}, 1, 1, lambda _: None,
+                                             pinning=harness_pinning(main_cpu)))
     others = int(outcome.effective["memslots_during_ops"][str(fillers)])
     suffix = OP_SUFFIX[op_state]
     return others, {op: list(outcome.samples.get(f"{op}{suffix}@{fillers}", [])) for op in OPS}
@@ -262,7 +279,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="slot-scale create/move/delete cycles per count (default 8)")
     parser.add_argument("--zap", choices=("all", "slot"), default="all",
                         help="zap path: slot-scale's variant, the selftest's -q (default all)")
+    parser.add_argument("--main-cpu", default="0",
+                        help="host CPU for slot-scale's op thread, or 'none' to let the "
+                             "scheduler place it (default 0: the boot CPU, where SRCU's "
+                             "small mode runs every grace period's callbacks; the selftest's "
+                             "back-to-back ops end up there, measured 96%% of them; from "
+                             "the other CPU each op waits for a cross-CPU wakeup)")
     args = parser.parse_args(argv)
+    if args.main_cpu == "none":
+        args.main_cpu = None
+    elif not args.main_cpu.isdigit() or int(args.main_cpu) not in os.sched_getaffinity(0):
+        parser.error(f"--main-cpu {args.main_cpu}: not a CPU this process may use "
+                     f"({sorted(os.sched_getaffinity(0))}) nor 'none'")
+    else:
+        args.main_cpu = int(args.main_cpu)
     try:
         args.count_list = slot_scale.CountList(args.counts).counts
     except ValueError as exc:
@@ -287,7 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SelftestError, OSError) as exc:
         print(f"python -m kvmharness.bench.selftests: {exc}", file=sys.stderr)
         return 1
-    print(f"slot-scale / {SELFTEST} ({tree.name}), zap={args.zap}, "
+    placed = "unpinned" if args.main_cpu is None else f"op thread on CPU {args.main_cpu}"
+    print(f"slot-scale ({placed}) / {SELFTEST} ({tree.name}), zap={args.zap}, "
           f"{args.rounds} alternated rounds on {platform.release()}\n"
           "median us of KVM_SET_USER_MEMORY_REGION{,2} (harness: its syscall clock; "
           "selftest: the shim's CLOCK_MONOTONIC);\n'others' = memslots present besides the "
@@ -296,8 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nvCPU {NOT_IN_GUEST}: slot-scale op_state={OUTSIDE} (its vCPU thread asleep out "
           f"of KVM_RUN); {SELFTEST}'s creates (before its vCPU ran),\ndeletes (after it "
           f"ended) and moves during which its vCPU threads got no CPU time.  vCPU {IN_GUEST}: "
-          f"op_state={PARKED} (spinning in\nthe guest) against its moves during which its "
-          "vCPU threads ran.  A vCPU executing guest code can hold the memslot update's\n"
+          f"op_state={PARKED} (spinning in\nthe guest) against its moves that began with its "
+          "vCPU thread on a CPU.  A vCPU executing guest code can hold the memslot update's\n"
           "SRCU grace period (PVM: ~1 ms, traced); how many of the selftest's back-to-back "
           "moves meet it depends on how busy the CPUs are.")
     return 0
@@ -323,7 +354,8 @@ def compare(exe: Path, shim: Path, args: argparse.Namespace, progress: Callable[
                 ops = run_selftest(exe, shim, others + 1, args.seconds, args.zap, Path(tmp))
                 s = selftest_samples(ops, others)
                 size = selftest_slot_size(ops, others)
-                states = {state: run_harness(fillers, size, args.zap, args.cycles, state)[1]
+                states = {state: run_harness(fillers, size, args.zap, args.cycles, state,
+                                             args.main_cpu)[1]
                           for state in (OUTSIDE, PARKED)}
                 for row, state in ROWS:
                     h = states[state][row[0]]

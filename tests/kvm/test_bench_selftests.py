@@ -59,10 +59,11 @@ def test_shim_sees_the_selftests_memslot_ops(built, tmp_path):
     assert kinds.count("move") >= 2 and {op.others for op in ops if op.kind == "move"} == {4}
     assert sorted(op.others for op in ops if op.kind == "delete") == [0, 1, 2, 3, 4]
     assert all(op.ns > 0 for op in ops) and "failed" not in kinds
-    # The shim knew the vCPU thread from its KVM_RUN: no CPU clock before it ran (creates)
-    # or after it ended (kvm_vm_free's deletes), a reading for every move beside it.
-    assert {op.vcpu_ns for op in ops if op.kind in ("create", "delete")} == {-1}
-    assert all(op.vcpu_ns >= 0 for op in ops if op.kind == "move")
+    # The shim knew the vCPU thread from its KVM_RUN: no CPU clock before it ran (creates),
+    # a reading for every move beside it.  (kvm_vm_free's deletes follow pthread_join, but
+    # the exiting thread's clock can still be read until the kernel reaps it.)
+    assert {(op.vcpu_on, op.vcpu_ns) for op in ops if op.kind == "create"} == {(-1, -1)}
+    assert all(op.vcpu_on in (0, 1) and op.vcpu_ns >= 0 for op in ops if op.kind == "move")
     assert not list(tmp_path.iterdir())  # the shim's log is removed
 
 
@@ -82,6 +83,7 @@ def test_one_tiny_round_prints_a_ratio_per_op(built, capsys, monkeypatch):
         if n_selftest == 0:  # e.g. no move of the selftest's found its vCPU on a CPU
             assert row[5:] == ["-"] * 6
             continue
-        # harness median, (IQR), selftest median, (IQR), ratio: the ratio is theirs.
+        # harness median, (IQR), selftest median, (IQR), ratio: the ratio is theirs (to
+        # the printed precision: medians to 0.1 us, the ratio to 0.01).
         harness_us, selftest_us, ratio = float(row[5]), float(row[7]), float(row[9])
-        assert ratio == pytest.approx(harness_us / selftest_us, rel=0.05)
+        assert ratio == pytest.approx(harness_us / selftest_us, rel=0.05, abs=0.006)

@@ -16,30 +16,30 @@ from kvmharness.bench.selftest_shim import (
 from kvmharness.uapi import ioctls
 
 LOG = """\
-slot 5 v2 0 0 0 1048576 9000 0 -1
-slot 5 v2 1 0 1073741824 4096 3000 0 -1
-slot 5 v2 2 0 1073745920 8192 3100 0 -1
-slot 5 v2 2 0 2147483648 8192 5000 0 2500
-slot 5 v2 2 1 2147483648 8192 4000 0 0
-slot 5 v2 2 1 2147483648 8192 4100 0 -1
-slot 5 v2 1 0 1073741824 0 7000 0 -1
-slot 5 v2 9 0 0 0 100 -1 -1
-slot 7 v1 0 0 0 4096 2000 0 -1
-slot 5 v2 2 0 0 0 6000 0 -1
-slot 5 v2 0 0 0 0 6500 0 -1
-slot 5 v2 0 0 0 65536 8000 0 -1
+slot 5 v2 0 0 0 1048576 9000 0 -1 -1
+slot 5 v2 1 0 1073741824 4096 3000 0 -1 -1
+slot 5 v2 2 0 1073745920 8192 3100 0 -1 -1
+slot 5 v2 2 0 2147483648 8192 5000 0 1 2500
+slot 5 v2 2 1 2147483648 8192 4000 0 0 0
+slot 5 v2 2 1 2147483648 8192 4100 0 -1 -1
+slot 5 v2 1 0 1073741824 0 7000 0 -1 -1
+slot 5 v2 9 0 0 0 100 -1 -1 -1
+slot 7 v1 0 0 0 4096 2000 0 -1 -1
+slot 5 v2 2 0 0 0 6000 0 -1 -1
+slot 5 v2 0 0 0 0 6500 0 -1 -1
+slot 5 v2 0 0 0 65536 8000 0 -1 -1
 """
 
 
 def test_parse_reads_every_field():
     first, second = parse_log(LOG)[:2]
     assert first == LoggedIoctl(fd=5, version="v2", slot=0, flags=0, gpa=0, size=1 << 20,
-                                ns=9000, ret=0, vcpu_ns=-1)
+                                ns=9000, ret=0, vcpu_on=-1, vcpu_ns=-1)
     assert second.slot == 1 and second.gpa == 1 << 30 and second.ns == 3000
 
 
-@pytest.mark.parametrize("line", ["slot 5 v3 0 0 0 4096 1 0 0", "slot 5 v2 0 0 0 4096 1 0",
-                                  "slot x v2 0 0 0 4096 1 0 0", "slot 5 v2 0 0 0 4096 1 0 x",
+@pytest.mark.parametrize("line", ["slot 5 v3 0 0 0 4096 1 0 0 0", "slot 5 v2 0 0 0 4096 1 0 0",
+                                  "slot x v2 0 0 0 4096 1 0 0 0", "slot 5 v2 0 0 0 4096 1 0 0 x",
                                   "noise"])
 def test_parse_refuses_a_line_the_shim_never_writes(line):
     with pytest.raises(ShimError, match="shim log line 1"):
@@ -63,7 +63,7 @@ def test_classify_replays_each_vms_slots():
         ("create", 0, 65536),        # a deleted slot id is created afresh
     ]
     assert [o.ns for o in ops][:3] == [9000, 3000, 3100]
-    assert [o.vcpu_ns for o in ops][3:5] == [2500, 0]  # the vCPU ran during the move
+    assert [(o.vcpu_on, o.vcpu_ns) for o in ops][3:5] == [(1, 2500), (0, 0)]
     assert [o.seq for o in ops] == list(range(len(ops)))
 
 
@@ -76,12 +76,13 @@ def test_shim_source_names_both_memslot_requests_and_kvm_run():
 
 def test_selftest_moves_are_split_by_what_its_vcpu_did():
     log = "\n".join([
-        "slot 5 v2 0 0 0 4096 1000 0 -1",        # create, others 0 (no vCPU yet)
-        "slot 5 v2 1 0 4096 4096 2000 0 -1",     # create, others 1
-        "slot 5 v2 1 0 8192 4096 30000 0 0",     # move, vCPU got no CPU time
-        "slot 5 v2 1 0 4096 4096 900000 0 5000",  # move, vCPU ran
-        "slot 5 v2 1 0 8192 4096 31000 0 0",     # move, vCPU got no CPU time
-        "slot 5 v2 1 0 0 0 4000 0 -1",           # delete, others 1 (vCPU ended)
+        "slot 5 v2 0 0 0 4096 1000 0 -1 -1",        # create, others 0 (no vCPU yet)
+        "slot 5 v2 1 0 4096 4096 2000 0 -1 -1",     # create, others 1
+        "slot 5 v2 1 0 8192 4096 30000 0 0 0",      # move, vCPU got no CPU time
+        "slot 5 v2 1 0 4096 4096 900000 0 1 5000",  # move, vCPU on a CPU as it began
+        "slot 5 v2 1 0 8192 4096 31000 0 0 0",      # move, vCPU got no CPU time
+        "slot 5 v2 1 0 4096 4096 60000 0 0 7000",   # move, vCPU got a CPU only during it
+        "slot 5 v2 1 0 0 0 4000 0 -1 -1",           # delete, others 1 (vCPU ended)
     ]) + "\n"
     samples = selftests.selftest_samples(classify(parse_log(log)), 1)
     assert samples == {("create", "not-in-guest"): [1.0, 2.0],  # window: others -1 .. 1
