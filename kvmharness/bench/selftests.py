@@ -330,7 +330,14 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"op_state={PARKED} (spinning in\nthe guest) against its moves that began with its "
           "vCPU thread on a CPU.  A vCPU executing guest code can hold the memslot update's\n"
           "SRCU grace period (PVM: ~1 ms, traced); how many of the selftest's back-to-back "
-          "moves meet it depends on how busy the CPUs are.")
+          "moves meet it depends on how busy the CPUs are.\n"
+          f"Known differences left: {NOT_IN_GUEST}, each slot-scale op is the first after a "
+          "guest pass (cold caches; zap=all\nthrows away the mappings the pass made), the "
+          "selftest's run back to back (PVM: 3 untimed round trips before each\nslot-scale "
+          f"move took it from 85-118 us to 14-20 us).  {IN_GUEST}, with zap=all the selftest's "
+          "vCPU refaults its whole\narea after every move (a 2-vCPU SVM boot: 11.8 ms "
+          "moves; 0.2-0.3 ms at 259-4099 slots with --zap slot) while the parked vCPU touches "
+          "nothing.")
     return 0
 
 
