@@ -6,12 +6,15 @@ KVM_SET_USER_MEMORY_REGION(2) syscall (Vm.set_user_memory_region's own clock).
 With ``populated`` a hammer vCPU keeps the rest of guest RAM mapped (one write per 4 KiB
 page per pass) and waits after every pass, in the state ``op_state`` declares (OP_STATES,
 recorded in ``effective["op_state"]``): ``parked`` spinning in the guest while the main
-thread does the op (the ops' own metrics), or ``exited`` at a GUEST_SYNC with the op the
+thread does the op (the ops' own metrics), ``exited`` at a GUEST_SYNC with the op the
 first ioctl after the exit, done in the sync handler (metrics ``<op>_after_exit@<size>``:
 on the PVM /dev/kvm here that first ioctl was measured at 50 us - 30 ms against 20-30 us
-back to back, a cost of its own).  Either way the guest's next pass is exactly the refault
-cost of the op (zap=all throws
-every SPTE away on delete/move; zap=slot only the slot's).  Each iteration is one run of
+back to back, a cost of its own), ``outside`` at a GUEST_SYNC, its thread waiting out of
+KVM_RUN while the main thread does the op (``<op>_vcpu_out@<size>``), or ``back_to_back``
+as outside with ``warm_ops`` untimed round trips of the op before each timed one
+(``<op>_back_to_back@<size>``; no per-op pass metrics, the pass follows the round trips
+too).  In the others the guest's next pass is exactly the refault cost of the op (zap=all
+throws every SPTE away on delete/move; zap=slot only the slot's).  Each iteration is one run of
 the guest: a pass per op and per steady step, after a first pass that maps guest RAM (the
 first iteration's) or finds it mapped (the others', not recorded).  Without ``populated``
 the guest never runs and the MMU is empty: the ioctl alone.
@@ -89,6 +92,14 @@ EXITED = "exited"  # the vCPU exited (GUEST_SYNC) and the op is the first ioctl 
 # memslot_perf_test's back-to-back ops mostly find its vCPU thread off the CPU (98.7% of
 # its moves at 1k slots, 16 us median; 1 ms when its vCPU was on a CPU).
 OUTSIDE = "outside"
+# As OUTSIDE, and each timed op follows ``warm_ops`` untimed round trips of the same op on
+# the same slot (the op, then its undo), back to back on the main thread: the op as
+# memslot_perf_test times it, warm.  Traced on the PVM /dev/kvm here: an op that is the
+# first after a guest pass spends 38 us on a CPU in the kernel, one of the selftest's
+# back-to-back ops 11 us; three untimed move round trips took slot-scale's moves from
+# 85-118 us to 14-20 us.  The warm-up moves and deletes zap too (zap=all: every mapping the
+# pass made), so the op meets the MMU the selftest's ops meet, not the pass's.
+BACK_TO_BACK = "back_to_back"
 OP_STATES = {
     PARKED: "vCPU parked in the guest (spinning inside KVM_RUN, no exit since its pass); "
             "the op runs on the main thread, as memslot_perf_test's ops run beside its "
@@ -98,11 +109,23 @@ OP_STATES = {
     OUTSIDE: "vCPU out of KVM_RUN: it exited at a GUEST_SYNC after its pass and its thread "
              "waits in the sync handler while the main thread does the op (no vCPU is in "
              "the guest, as for most of memslot_perf_test's ops)",
+    BACK_TO_BACK: "vCPU out of KVM_RUN as for outside; each timed op follows warm_ops "
+                  "untimed round trips of the same op on the same slot (the op, then its "
+                  "undo) done back to back on the main thread, as memslot_perf_test runs "
+                  "its ops",
 }
 AFTER_EXIT = "_after_exit"  # the suffix of ops timed in the EXITED state: their own metrics
 VCPU_OUT = "_vcpu_out"  # the suffix of ops timed in the OUTSIDE state
+WARM = "_back_to_back"  # the suffix of ops timed in the BACK_TO_BACK state
 # Each state's ops have metrics of their own: ``<op><suffix>@<size|count>``.
-OP_SUFFIX = {PARKED: "", EXITED: AFTER_EXIT, OUTSIDE: VCPU_OUT}
+OP_SUFFIX = {PARKED: "", EXITED: AFTER_EXIT, OUTSIDE: VCPU_OUT, BACK_TO_BACK: WARM}
+# The states whose vCPU thread waits out of KVM_RUN (Handoff) while the main thread works.
+HANDED_OFF = (OUTSIDE, BACK_TO_BACK)
+# Which request undoes each op (a round trip returns the slot to where the cycle had it):
+# a create's is a delete at A, a move's the move back (dirty_off's arguments: flags 0 at
+# A), a delete's the create at B (move's arguments).
+UNDO = {"create": "delete_at_a", "dirty_on": "dirty_off", "dirty_off": "dirty_on",
+        "move": "dirty_off", "delete": "move"}
 # How often the main thread looks at a parked guest's pass counter: the wait sits before
 # an op, never inside one, so it delays the op without entering its time.
 PARK_POLL_S = 0.0002
@@ -154,12 +177,28 @@ class SlotUnderTest:
             "dirty_off": (0, self.gpa_a, size, addr),
             "move": (0, self.gpa_b, size, addr),
             "delete": (0, self.gpa_b, 0, 0),
+            "delete_at_a": (0, self.gpa_a, 0, 0),  # undoes a create
         }[op]
 
     def perform(self, op: str, size: int) -> int:
         """Do ``op``; returns the ns spent inside the syscall."""
         flags, gpa, length, addr = self.args(op, size)
         return self.vm.set_user_memory_region(self.slot, flags, gpa, length, addr)
+
+    def zaps(self, request: str, size: int) -> bool:
+        """Whether ``request`` deletes or moves the slot as it now is (the updates that
+        take the zap path)."""
+        _, gpa, length, _ = self.args(request, size)
+        old = self.vm.memslots.get(self.slot)
+        return old is not None and (length == 0 or old.guest_phys_addr != gpa)
+
+    def round_trip(self, op: str, size: int) -> int:
+        """``op`` then its undo (UNDO), untimed; returns how many of the two zap."""
+        zapping = 0
+        for request in (op, UNDO[op]):
+            zapping += self.zaps(request, size)
+            self.perform(request, size)
+        return zapping
 
     def close(self) -> None:
         try:
@@ -172,11 +211,19 @@ class SlotUnderTest:
 def measured_in(name: str, op_state: str) -> bool:
     """Whether metric ``name`` has samples in a run with ``op_state``: each op's metric in
     one state only (``<op>@...`` parked, ``<op>_after_exit@...`` exited, ``<op>_vcpu_out@...``
-    outside), the rest in every state."""
+    outside, ``<op>_back_to_back@...`` back_to_back); an op's next pass (``<op>_pass``,
+    ``<op>_pf_fixed``) in every state but back_to_back, where the pass follows the warm-up
+    round trips too; the rest in every state."""
     base = name.split("@")[0]
     states = [state for state, suffix in OP_SUFFIX.items()
               if base.endswith(suffix) and base.removesuffix(suffix) in OPS]
+    if base in OP_PASS_METRICS:
+        return op_state != BACK_TO_BACK
     return not states or op_state in states
+
+
+# What is kept of the hammer's pass after each op (slot-ops' ops; slot-scale's are a subset).
+OP_PASS_METRICS = frozenset(f"{op}_{kind}" for op in OPS for kind in ("pass", "pf_fixed"))
 
 
 def _await_pass(m: Machine, done: ctypes.c_uint32, count: int) -> bool:
@@ -201,7 +248,7 @@ def thread_state(tid: int) -> str:
 
 
 class Handoff:
-    """OUTSIDE: the vCPU thread hands each finished pass to the main thread and waits, out
+    """OUTSIDE and BACK_TO_BACK: the vCPU thread hands each finished pass to the main thread and waits, out
     of KVM_RUN, until the main thread has done the op that follows it."""
 
     def __init__(self) -> None:
@@ -274,13 +321,22 @@ class SlotOpsDriver:
 
     def __init__(self, outcome: RunOutcome, slot: SlotUnderTest, counters: KvmCounters,
                  on_setup: Callable[[Step], None] | None = None,
-                 op_state: str = PARKED) -> None:
+                 op_state: str = PARKED, warm_ops: int = 0) -> None:
         if op_state not in OP_STATES:
             raise ValueError(f"op_state={op_state!r}: one of {', '.join(OP_STATES)}")
+        if op_state == BACK_TO_BACK and warm_ops < 1:
+            raise ValueError(f"op_state={BACK_TO_BACK} needs warm_ops >= 1, got {warm_ops}")
         self.op_suffix = OP_SUFFIX[op_state]
         self.op_state = op_state
+        # Untimed round trips before each timed op: BACK_TO_BACK's, none in the others.
+        self.warm_ops = warm_ops if op_state == BACK_TO_BACK else 0
+        self.untimed_ops = 0  # BACK_TO_BACK's witness: the ioctls of those round trips
+        self.untimed_zapping = 0  # how many of them deleted or moved the slot
         self.handoff = Handoff()
-        self.ops_with_vcpu_out = 0  # OUTSIDE's witness: ops done while the vCPU thread waited
+        # OUTSIDE's and BACK_TO_BACK's witness: timed ops done on this thread while the
+        # vCPU thread waited asleep in the sync handler (BACK_TO_BACK: from before its
+        # round trips to after the timed op).
+        self.ops_with_vcpu_out = 0
         self.outcome = outcome
         self.slot = slot
         self.on_setup = on_setup
@@ -300,7 +356,12 @@ class SlotOpsDriver:
                 self.on_setup(step)
             return
         vcpu_out = self.handoff.holds_another_thread()
+        for _ in range(self.warm_ops):
+            self.untimed_zapping += self.slot.round_trip(step.op, step.size)
+            self.untimed_ops += 2
         ns = self.slot.perform(step.op, step.size)
+        if self.warm_ops:
+            vcpu_out = vcpu_out and self.handoff.holds_another_thread()
         self.ops_with_vcpu_out += vcpu_out
         self.outcome.add(f"{step.op}{self.op_suffix}@{step.label}", ns / 1e3, warmup=step.warm)
         self.groups.setdefault(step.label, {}).setdefault(step.op, []).append(ns / 1e3)
@@ -322,13 +383,14 @@ class SlotOpsDriver:
     def run(self, m: Machine) -> None:
         """Run the guest through ``self.steps``: each step's op in the sync handler
         (EXITED: the hammer must sync after each pass), on this thread while the vCPU
-        thread waits in the sync handler (OUTSIDE: the hammer must sync after each pass),
+        thread waits in the sync handler (OUTSIDE, BACK_TO_BACK: the hammer must sync after
+        each pass),
         or (PARKED: the hammer must park after each pass) on this thread while the vCPU
         spins in the guest."""
         if self.op_state == EXITED:
             m.run()
             return
-        if self.op_state == OUTSIDE:
+        if self.op_state in HANDED_OFF:
             self._run_outside(m)
             return
         done = ctypes.c_uint32.from_address(
@@ -367,7 +429,7 @@ class SlotOpsDriver:
             raise
 
     def on_sync(self, m: Machine, vcpu: int, values: tuple[int, ...]) -> None:
-        if self.op_state == OUTSIDE:
+        if self.op_state in HANDED_OFF:
             self.handoff.hand(values[0])
         else:
             self.on_pass_end(values[0])
@@ -387,9 +449,11 @@ class SlotOpsDriver:
                 phase = SETUP
             elif previous is not None:
                 phase = "warmup" if previous.warm else f"cycles@{previous.label}"
-                self.outcome.add(f"{previous.op}_pf_fixed@{previous.label}"
-                                 if previous.op != STEADY else "steady_pf_fixed",
-                                 delta.get("vcpu.pf_fixed", 0), warmup=previous.warm)
+                name = (f"{previous.op}_pf_fixed@{previous.label}"
+                        if previous.op != STEADY else "steady_pf_fixed")
+                if measured_in(name, self.op_state):
+                    self.outcome.add(name, delta.get("vcpu.pf_fixed", 0),
+                                     warmup=previous.warm)
             if phase is not None:
                 record_stats(self.outcome, phase, delta, self.kinds)
             if previous is not None:
@@ -405,8 +469,8 @@ class SlotOpsDriver:
         if self.first_pass_phase is not None:
             self.outcome.effective["populate_pass_ms"] = passes[0] / 1e6
         for step, ns in zip(self.steps, passes[1:]):
-            if step.op != SETUP:
-                name = "steady_pass" if step.op == STEADY else f"{step.op}_pass@{step.label}"
+            name = "steady_pass" if step.op == STEADY else f"{step.op}_pass@{step.label}"
+            if step.op != SETUP and measured_in(name, self.op_state):
                 self.outcome.add(name, ns / 1e6, warmup=step.warm)
         gaps = [gap for step, gap in zip(self.steps, hammer_max_gap_ns(m, 1)[0][1:])
                 if step.op != SETUP]
@@ -479,19 +543,20 @@ class SlotOps(GuestScenario):
         ctx.cleanups.callback(slot.close)
         self.driver = SlotOpsDriver(ctx.outcome, slot, KvmCounters(
             m.vm, m.vcpus, vm_stats=recorder.vm_stats,
-            vcpu_stats=recorder.vcpu_stats), op_state=op_state if self.populated else PARKED)
+            vcpu_stats=recorder.vcpu_stats), op_state=op_state if self.populated else PARKED,
+            warm_ops=int(self.params["warm_ops"]))
 
     def iteration(self, ctx: Context, m: Machine, recorder: PhaseRecorder, i: int,
                   warm: bool) -> str:
         steps = self.steps(i, warm)
-        ctx.deletes += sum(1 for s in steps if s.op in ZAPPING_OPS)
         driver = self.driver
+        untimed_zapping = driver.untimed_zapping
         # One tracefs instance per iteration: per-op instances perturb the ops.
         with recorder.phase(RUN_PHASE):
             if self.populated:
                 HammerConfig(base=HAMMER_GPA, pages=self.populated_bytes // 4096,
                              passes=len(steps) + 1, stride_per_vcpu=0,
-                             sync_each_pass=driver.op_state in (EXITED, OUTSIDE),
+                             sync_each_pass=driver.op_state in (EXITED, *HANDED_OFF),
                              park_each_pass=driver.op_state == PARKED).apply(m)
                 driver.begin(steps, "populate" if i == 0 else None)
                 driver.run(m)
@@ -500,13 +565,23 @@ class SlotOps(GuestScenario):
                 for step in steps:
                     driver.perform(step)
                     driver.report(step)
+        ctx.deletes += (sum(1 for s in steps if s.op in ZAPPING_OPS)
+                        + driver.untimed_zapping - untimed_zapping)
         if self.populated:
             driver.record_passes(m, warm)
             # GUEST_SYNC exits so far: the witness of op_state (one per pass when exited).
             ctx.outcome.effective["guest_syncs"] = len(m.syncs)
             # Ops done on another thread while the vCPU thread waited out of KVM_RUN (outside).
             ctx.outcome.effective["ops_with_vcpu_out"] = driver.ops_with_vcpu_out
+            record_warm_ops(ctx.outcome, driver)
         return "; ".join(driver.medians)
+
+
+def record_warm_ops(outcome: RunOutcome, driver: SlotOpsDriver) -> None:
+    """BACK_TO_BACK's declaration and witness: the round trips asked for before each timed
+    op, and the untimed memslot ioctls done so far (0 in every other state)."""
+    outcome.effective["warm_ops"] = driver.warm_ops
+    outcome.effective["untimed_ops"] = driver.untimed_ops
 
 
 def _sized(name: str, unit: str, direction: Direction, help: str) -> Metric:
@@ -524,9 +599,13 @@ _OP_HELP = {
 OP_STATE_PARAMETER = Parameter(
     "op_state", "state", PARKED, PARKED,
     f"the VM's state while an op is timed: {PARKED} (the ops' metrics: {OP_STATES[PARKED]}), "
-    f"{EXITED} (metrics named <op>{AFTER_EXIT}: {OP_STATES[EXITED]}) or {OUTSIDE} (metrics "
-    f"named <op>{VCPU_OUT}: {OP_STATES[OUTSIDE]})",
+    f"{EXITED} (metrics named <op>{AFTER_EXIT}: {OP_STATES[EXITED]}), {OUTSIDE} (metrics "
+    f"named <op>{VCPU_OUT}: {OP_STATES[OUTSIDE]}) or {BACK_TO_BACK} (metrics named "
+    f"<op>{WARM}, no <op>_pass or <op>_pf_fixed: {OP_STATES[BACK_TO_BACK]})",
     choices=tuple(OP_STATES), type=str)
+WARM_OPS_PARAMETER = Parameter(
+    "warm_ops", "round trips", 3, 3, f"op_state={BACK_TO_BACK} only: untimed round trips "
+    "(the op, then its undo) before each timed op", minimum=1, maximum=100)
 
 # The hammer's baseline pass and its worst stall, shared with slot-scale.
 STEADY_METRICS = (
@@ -556,6 +635,7 @@ SPEC = ScenarioSpec(
         Parameter("thp", "bool", False, False, "back guest RAM with transparent huge pages",
                   type=bool),
         OP_STATE_PARAMETER,
+        WARM_OPS_PARAMETER,
     ),
     metrics=tuple(
         _sized(op, "us", "lower", _OP_HELP[op]) for op in OPS
@@ -566,6 +646,10 @@ SPEC = ScenarioSpec(
         _sized(f"{op}{VCPU_OUT}", "us", "lower", f"{_OP_HELP[op]}; op_state=outside: the "
                "vCPU thread waits out of KVM_RUN while the main thread does the op")
         for op in OPS
+    ) + tuple(
+        _sized(f"{op}{WARM}", "us", "lower", f"{_OP_HELP[op]}; op_state=back_to_back: the "
+               "vCPU thread waits out of KVM_RUN and the op follows warm_ops untimed round "
+               "trips of it, back to back") for op in OPS
     ) + tuple(
         _sized(f"{op}_pass", "ms", "lower", f"the hammer's next pass after {op} (guest TSC; "
                "the refault cost)") for op in OPS

@@ -10,7 +10,9 @@ KVM_SET_USER_MEMORY_REGION syscall.  A hammer vCPU keeps its RAM mapped and wait
 every pass in the state ``op_state`` names (slot_ops.OP_STATES: parked in the guest while
 the main thread does the op; exited with the op the first ioctl after the exit, metrics
 ``<op>_after_exit@<count>``; or outside, its thread waiting out of KVM_RUN while the main
-thread does the op, metrics ``<op>_vcpu_out@<count>``), so the next pass is the op's
+thread does the op, metrics ``<op>_vcpu_out@<count>``; or back_to_back, as outside with
+``warm_ops`` untimed round trips of the op before each timed one, metrics
+``<op>_back_to_back@<count>`` and no per-op pass metrics), so the next pass is the op's
 refault cost (zap=all throws every SPTE away on move/delete, zap=slot the slot's only),
 with its pf_fixed where the kernel counts it.  Reaching a count (adding or deleting
 fillers) is untimed setup followed by a pass that is not recorded."""
@@ -35,18 +37,21 @@ from kvmharness.scenarios.skeleton import Context, GuestScenario, Handlers
 from kvmharness.scenarios.slot_ops import (
     AFTER_EXIT,
     EXITED,
+    HANDED_OFF,
     OP_STATE_PARAMETER,
     OP_STATES,
-    OUTSIDE,
     PARKED,
     SETUP,
     STEADY,
     STEADY_METRICS,
     VCPU_OUT,
+    WARM,
+    WARM_OPS_PARAMETER,
     SlotOpsDriver,
     SlotUnderTest,
     Step,
     align_up,
+    record_warm_ops,
 )
 
 HAMMER_GPA = 4 * GiB
@@ -184,10 +189,11 @@ class SlotScale(GuestScenario):
             op_state=OP_STATES[str(self.params["op_state"])])
         self.driver = SlotOpsDriver(ctx.outcome, slot, KvmCounters(
             m.vm, m.vcpus, vm_stats=recorder.vm_stats, vcpu_stats=recorder.vcpu_stats),
-            on_setup=self.setup, op_state=str(self.params["op_state"]))
+            on_setup=self.setup, op_state=str(self.params["op_state"]),
+            warm_ops=int(self.params["warm_ops"]))
         HammerConfig(base=HAMMER_GPA, pages=self.ram // 4096,
                      passes=len(self.steps(0, False)) + 1, stride_per_vcpu=0,
-                     sync_each_pass=self.driver.op_state in (EXITED, OUTSIDE),
+                     sync_each_pass=self.driver.op_state in (EXITED, *HANDED_OFF),
                      park_each_pass=self.driver.op_state == PARKED).apply(m)
 
     def setup(self, step: Step) -> None:
@@ -199,15 +205,18 @@ class SlotScale(GuestScenario):
                   warm: bool) -> str:
         steps = self.steps(i, warm)
         self.setup_deletes = 0
+        untimed_zapping = self.driver.untimed_zapping
         with recorder.phase(RUN_PHASE):
             self.driver.begin(steps, "populate" if i == 0 else None)
             self.driver.run(m)
-        ctx.deletes += self.setup_deletes + sum(1 for s in steps if s.op in ZAPPING_OPS)
+        ctx.deletes += (self.setup_deletes + sum(1 for s in steps if s.op in ZAPPING_OPS)
+                        + self.driver.untimed_zapping - untimed_zapping)
         self.driver.record_passes(m, warm)
         # GUEST_SYNC exits so far: the witness of op_state (one per pass when exited).
         ctx.outcome.effective["guest_syncs"] = len(m.syncs)
         # Ops done on another thread while the vCPU thread waited out of KVM_RUN (outside).
         ctx.outcome.effective["ops_with_vcpu_out"] = self.driver.ops_with_vcpu_out
+        record_warm_ops(ctx.outcome, self.driver)
         return "memslots " + "; ".join(self.driver.medians)
 
 
@@ -233,6 +242,7 @@ SPEC = ScenarioSpec(
         Parameter("thp", "bool", False, False, "back guest RAM with transparent huge pages",
                   type=bool),
         OP_STATE_PARAMETER,
+        WARM_OPS_PARAMETER,
     ),
     metrics=tuple(
         _family(op, "us", f"KVM_SET_USER_MEMORY_REGION {op} of the slot under test (time "
@@ -244,6 +254,10 @@ SPEC = ScenarioSpec(
         _family(f"{op}{VCPU_OUT}", "us", f"{op} of the slot under test, op_state=outside: "
                 "the vCPU thread waits out of KVM_RUN while the main thread does the op")
         for op in OPS
+    ) + tuple(
+        _family(f"{op}{WARM}", "us", f"{op} of the slot under test, op_state=back_to_back: "
+                "the vCPU thread waits out of KVM_RUN and the op follows warm_ops untimed "
+                "round trips of it, back to back") for op in OPS
     ) + tuple(
         _family(f"{op}_pass", "ms", f"the hammer's next pass after {op} (guest TSC; the "
                 "refault cost)") for op in OPS

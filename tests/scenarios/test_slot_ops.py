@@ -40,7 +40,8 @@ def sizes_of(run: Any) -> list[int]:
 
 @pytest.mark.parametrize("zap,op_state", [("all", slot_ops.PARKED), ("slot", slot_ops.PARKED),
                                           ("all", slot_ops.EXITED),
-                                          ("all", slot_ops.OUTSIDE)])
+                                          ("all", slot_ops.OUTSIDE),
+                                          ("all", slot_ops.BACK_TO_BACK)])
 def test_every_declared_metric_has_samples_and_a_unit(quick_run, zap, op_state):
     run = quick_run(zap, op_state=op_state)
     outcome = run.outcome
@@ -68,14 +69,51 @@ def test_every_declared_metric_has_samples_and_a_unit(quick_run, zap, op_state):
         assert outcome.kvm_stats[phase]["vcpu.exits"] > 0, phase
     # The declared state: exited or outside, one GUEST_SYNC exit after every pass of every
     # iteration (the Machine's ucall log); parked, none (PVM's stats count no PIO exits, so
-    # the ucall log is the witness).  Outside, every op was done on the main thread while
-    # the vCPU thread waited in the sync handler.
+    # the ucall log is the witness).  Outside and back_to_back, every op was done on the
+    # main thread while the vCPU thread waited in the sync handler; back_to_back, after
+    # warm_ops untimed round trips (two ioctls each), and no untimed op in the others.
     passes = (ITERATIONS + WARMUP) * (len(sizes) * cycles * (len(slot_ops.OPS) + 1) + 1)
     assert outcome.effective["guest_syncs"] == (passes if op_state != slot_ops.PARKED else 0)
     ops = (ITERATIONS + WARMUP) * len(sizes) * cycles * len(slot_ops.OPS)
     assert outcome.effective["ops_with_vcpu_out"] == (
-        ops if op_state == slot_ops.OUTSIDE else 0)
+        ops if op_state in slot_ops.HANDED_OFF else 0)
+    warm_ops = int(run.params["warm_ops"]) if op_state == slot_ops.BACK_TO_BACK else 0
+    assert outcome.effective["untimed_ops"] == ops * 2 * warm_ops
     assert outcome.effective["populate_pass_ms"] > 0
+
+
+@pytest.mark.requires_tracefs
+def test_back_to_back_round_trips_reach_the_kernel(quick_run):
+    """Against outside (same script, no warm-ups), back_to_back adds exactly one
+    kvm_mmu_zap_all_fast per untimed delete or move: per warm-up of a cycle, a create's
+    undo (delete), a move and its undo, a delete's undo (a create: none), the dirty-log
+    flag changes none."""
+    run = quick_run("all", op_state=slot_ops.BACK_TO_BACK)
+    outside = quick_run("all", op_state=slot_ops.OUTSIDE).outcome
+    extra = ((ITERATIONS + WARMUP) * len(sizes_of(run)) * int(run.params["ops_per_size"])
+             * 4 * int(run.params["warm_ops"]))  # type: ignore[arg-type]
+    fast = [o.tracepoints[slot_ops.RUN_PHASE]["kvm_mmu_zap_all_fast"]
+            for o in (outside, run.outcome)]
+    assert fast[1] - fast[0] == extra, fast
+    assert run.outcome.effective["zap_deletes"] - outside.effective["zap_deletes"] == extra
+    assert run.outcome.effective["zap_path"] == "all" and not run.outcome.warnings
+
+
+def test_round_trips_leave_the_slot_where_the_cycle_had_it(vm):
+    """Each op's undo returns the slot to its state before the op (the kernel refuses a
+    create of a present slot, a move of an absent one): the table after a round trip equals
+    the table before it, at every step of the cycle."""
+    slot = slot_ops.SlotUnderTest(vm, 8192, 1 << 30, 2 << 30)
+    zapping = {"create": 1, "dirty_on": 0, "dirty_off": 0, "move": 2, "delete": 1}
+    try:
+        for op in slot_ops.OPS:
+            before = dict(vm.memslots)
+            assert slot.round_trip(op, 8192) == zapping[op], op
+            assert vm.memslots == before, op
+            slot.perform(op, 8192)
+        assert slot.slot not in vm.memslots
+    finally:
+        slot.close()
 
 
 def test_idle_run_times_the_ops_without_a_guest(quick_run):

@@ -11,7 +11,15 @@ import pytest
 
 from kvmharness.scenarios import slot_scale
 from kvmharness.scenarios.base import RunRequest
-from kvmharness.scenarios.slot_ops import EXITED, OP_STATES, OUTSIDE, PARKED, measured_in
+from kvmharness.scenarios.slot_ops import (
+    BACK_TO_BACK,
+    EXITED,
+    HANDED_OFF,
+    OP_STATES,
+    OUTSIDE,
+    PARKED,
+    measured_in,
+)
 
 SPEC = slot_scale.SPEC
 ITERATIONS, WARMUP = 1, 1
@@ -43,7 +51,7 @@ def test_ops_ran_beside_each_count_of_memslots(quick_run, zap):
     run.check_leaks()
 
 
-@pytest.mark.parametrize("op_state", [PARKED, EXITED, OUTSIDE])
+@pytest.mark.parametrize("op_state", [PARKED, EXITED, OUTSIDE, BACK_TO_BACK])
 def test_every_declared_metric_has_its_samples(quick_run, op_state):
     run = quick_run("all", op_state)
     outcome = run.outcome
@@ -54,11 +62,16 @@ def test_every_declared_metric_has_its_samples(quick_run, op_state):
                 if measured_in(n, op_state)]
     assert set(expected) == set(outcome.samples)
     # The declared state's witness: a GUEST_SYNC exit after every pass, or none at all;
-    # outside, every op done on the main thread while the vCPU thread waited in the handler.
+    # outside and back_to_back, every op done on the main thread while the vCPU thread
+    # waited in the handler; back_to_back, warm_ops round trips (two untimed ioctls each)
+    # before every timed op, and none in any other state.
     passes = (ITERATIONS + WARMUP) * (len(counts) * (1 + cycles * (len(slot_scale.OPS) + 1)) + 1)
     assert outcome.effective["guest_syncs"] == (passes if op_state != PARKED else 0)
     ops = (ITERATIONS + WARMUP) * len(counts) * cycles * len(slot_scale.OPS)
-    assert outcome.effective["ops_with_vcpu_out"] == (ops if op_state == OUTSIDE else 0)
+    assert outcome.effective["ops_with_vcpu_out"] == (ops if op_state in HANDED_OFF else 0)
+    warm_ops = int(run.params["warm_ops"]) if op_state == BACK_TO_BACK else 0
+    assert outcome.effective["warm_ops"] == warm_ops
+    assert outcome.effective["untimed_ops"] == ops * 2 * warm_ops
     for name in expected:
         assert SPEC.metric(name).unit
         per_iteration = {"max_stall": 1, "steady_pass": cycles * len(counts),
@@ -86,6 +99,25 @@ def test_zap_path_follows_the_variant(quick_run, zap):
     else:
         assert fast >= deletes
     assert outcome.effective["zap_path"] == zap and not outcome.warnings
+
+
+@pytest.mark.requires_tracefs
+def test_back_to_back_round_trips_reach_the_kernel(quick_run):
+    """The warm-up round trips are real memslot updates: against outside (same script, no
+    warm-ups), back_to_back adds exactly one kvm_mmu_zap_all_fast per untimed delete or
+    move: a create's undo (delete), a move and its undo (move back), a delete's undo (a
+    create, no zap): 4 per warm-up of a create, move, delete cycle."""
+    run = quick_run("all", BACK_TO_BACK)
+    outside, warm = quick_run("all", OUTSIDE).outcome, run.outcome
+    counts = slot_scale.CountList(run.params["counts"]).counts
+    cycles, warm_ops = int(run.params["ops_per_count"]), int(run.params["warm_ops"])
+    extra = (ITERATIONS + WARMUP) * len(counts) * cycles * 4 * warm_ops
+    fast = {name: o.tracepoints[slot_scale.RUN_PHASE]["kvm_mmu_zap_all_fast"]
+            for name, o in (("outside", outside), ("back_to_back", warm))}
+    assert fast["back_to_back"] - fast["outside"] == extra, fast
+    # The zap evidence counts the untimed deletes and moves too.
+    assert warm.effective["zap_deletes"] - outside.effective["zap_deletes"] == extra
+    assert warm.effective["zap_path"] == "all" and not warm.warnings
 
 
 def test_counts_parameter():
