@@ -18,12 +18,15 @@ What is compared, per count C (memslots present besides the one operated on):
 On the PVM /dev/kvm here an op costs ~1 ms when a vCPU is executing guest code (the memslot
 update's SRCU grace period waits for it; traced) and tens of us when none is, so both sides
 are split by that state: the shim reads the selftest's vCPU threads' CPU clocks around each
-op (``vcpu_ns``), and slot-scale runs twice, op_state=outside (its vCPU thread asleep out of
-KVM_RUN) and op_state=parked (its vCPU spinning in the guest).  Row "not-in-guest": the
-selftest's creates (before its vCPU ran), deletes (after it ended) and the moves during which
-its vCPU thread got no CPU time, against outside; row "in-guest": its moves that began with
-its vCPU thread on a CPU, against parked.  The selftest's plain median is whichever state most of its
-back-to-back ops met, which depends on how busy the host's CPUs are.
+op (``vcpu_ns``), and slot-scale runs in three states: op_state=back_to_back (its vCPU
+thread asleep out of KVM_RUN, each timed op after ``--warm-ops`` untimed round trips of it,
+back to back as the selftest's ops run), op_state=outside (the same, but each op the first
+after a guest pass) and op_state=parked (its vCPU spinning in the guest).  Rows
+"not-in-guest": the selftest's creates (before its vCPU ran), deletes (after it ended) and
+the moves during which its vCPU thread got no CPU time, against back_to_back and, in a row
+of its own, outside; row "in-guest": its moves that began with its vCPU thread on a CPU,
+against parked.  The selftest's plain median is whichever state most of its back-to-back
+ops met, which depends on how busy the host's CPUs are.
 The selftest's slot size is 512 MiB / count (its move test's memory split over the
 slots); slot-scale runs with that slot size (slot_kib) at each count."""
 
@@ -46,13 +49,18 @@ from tabulate import tabulate
 from kvmharness.bench.selftest_shim import LOG_ENV, MemslotOp, build_shim, classify, parse_log
 from kvmharness.scenarios import slot_scale
 from kvmharness.scenarios.base import RunRequest
-from kvmharness.scenarios.slot_ops import OP_SUFFIX, OUTSIDE, PARKED
+from kvmharness.scenarios.slot_ops import BACK_TO_BACK, OP_SUFFIX, OUTSIDE, PARKED
 
 OPS = ("create", "move", "delete")
 IN_GUEST, NOT_IN_GUEST = "in-guest", "not-in-guest"
-# (op, what the vCPU was doing during it): the table's rows, and slot-scale's state for each.
-ROWS = ((("create", NOT_IN_GUEST), OUTSIDE), (("move", NOT_IN_GUEST), OUTSIDE),
-        (("move", IN_GUEST), PARKED), (("delete", NOT_IN_GUEST), OUTSIDE))
+# (op, what the selftest's vCPU was doing during it), and the slot-scale op_state compared
+# with it: the table's rows.  Not-in-guest twice: back_to_back is the selftest's own way
+# (warm, back to back), outside the op alone after a guest pass.
+ROWS = ((("create", NOT_IN_GUEST), BACK_TO_BACK), (("create", NOT_IN_GUEST), OUTSIDE),
+        (("move", NOT_IN_GUEST), BACK_TO_BACK), (("move", NOT_IN_GUEST), OUTSIDE),
+        (("move", IN_GUEST), PARKED),
+        (("delete", NOT_IN_GUEST), BACK_TO_BACK), (("delete", NOT_IN_GUEST), OUTSIDE))
+HARNESS_STATES = (BACK_TO_BACK, OUTSIDE, PARKED)  # slot-scale's runs per round and count
 Row = tuple[str, str]
 MOVE_INACTIVE_TEST = 4  # memslot_perf_test's test list: 4 "move inactive area"
 SELFTEST_DIR = "tools/testing/selftests/kvm"
@@ -178,7 +186,7 @@ def selftest_samples(ops: list[MemslotOp], count: int) -> dict[Row, list[float]]
     neither (its SRCU read side began after the op's, which does not wait for it, but it
     competed for a CPU) and is left out."""
     low = count - max(2, count // 16)
-    out: dict[Row, list[float]] = {row: [] for row, _ in ROWS}
+    out: dict[Row, list[float]] = {row: [] for row, _ in ROWS}  # one list per row
     for op in ops:
         if op.kind == "move" and op.others == count and op.vcpu_on == 1:
             out[("move", IN_GUEST)].append(op.ns / 1e3)
@@ -209,14 +217,15 @@ def harness_pinning(main_cpu: int | None) -> dict[str, tuple[int, ...]]:
 
 
 def run_harness(fillers: int, slot_size: int, zap: str, cycles: int,
-                op_state: str = OUTSIDE, main_cpu: int | None = None
+                op_state: str = OUTSIDE, main_cpu: int | None = None, warm_ops: int = 3
                 ) -> tuple[int, dict[str, list[float]]]:
-    """One slot-scale run at ``fillers`` filler slots in ``op_state``; returns (memslots
-    besides the slot under test, samples per op in us)."""
+    """One slot-scale run at ``fillers`` filler slots in ``op_state`` (back_to_back: with
+    ``warm_ops`` round trips before each timed op); returns (memslots besides the slot
+    under test, samples per op in us)."""
     kib = max(4, (slot_size // 4096) * 4)
     params = slot_scale.SPEC.resolve_params(
         {"counts": str(fillers), "slot_kib": str(kib), "ops_per_count": str(cycles),
-         "op_state": op_state}, quick=True)
+         "op_state": op_state, "warm_ops": str(warm_ops)}, quick=True)
     outcome = slot_scale.SPEC.run(RunRequest(params, {"zap": zap}, 1, 1, lambda _: None,
                                              pinning=harness_pinning(main_cpu)))
     others = int(outcome.effective["memslots_during_ops"][str(fillers)])
@@ -232,29 +241,32 @@ def _spread(values: Sequence[float]) -> str:
     return f"{q[0]:.0f}-{q[2]:.0f}"
 
 
-Samples = dict[tuple[Row, int], list[float]]
+Samples = dict[tuple[Row, int], list[float]]  # the selftest's, per (row, count)
+HarnessSamples = dict[tuple[Row, str, int], list[float]]  # per (row, op_state, count)
 
 
-def ratio_table(harness: Samples, selftest: Samples, per_round: Samples,
+def ratio_table(harness: HarnessSamples, selftest: Samples, per_round: HarnessSamples,
                 counts: Sequence[int]) -> str:
     rows = []
-    for (op, vcpu), _ in ROWS:
+    for row, state in ROWS:
+        op, vcpu = row
         base_h = base_s = None
         for count in counts:
-            h, s = harness.get(((op, vcpu), count), []), selftest.get(((op, vcpu), count), [])
+            h, s = harness.get((row, state, count), []), selftest.get((row, count), [])
             if not h or not s:
-                rows.append([op, vcpu, count, len(h), len(s), "-", "-", "-", "-", "-", "-"])
+                rows.append([op, vcpu, state, count, len(h), len(s)] + ["-"] * 6)
                 continue
             mh, ms = statistics.median(h), statistics.median(s)
             base_h, base_s = base_h or mh, base_s or ms
-            rounds = per_round.get(((op, vcpu), count), [])
-            rows.append([op, vcpu, count, len(h), len(s), f"{mh:.1f} ({_spread(h)})",
+            rounds = per_round.get((row, state, count), [])
+            rows.append([op, vcpu, state, count, len(h), len(s), f"{mh:.1f} ({_spread(h)})",
                          f"{ms:.1f} ({_spread(s)})", f"{mh / ms:.2f}",
                          f"{min(rounds):.2f}-{max(rounds):.2f}" if rounds else "-",
                          f"{mh / base_h:.2f}", f"{ms / base_s:.2f}"])
-    return tabulate(rows, headers=["op", "vCPU", "others", "n harness", "n selftest",
-                                   "harness us (IQR)", "selftest us (IQR)", "ratio",
-                                   "ratio per round", "harness trend", "selftest trend"],
+    return tabulate(rows, headers=["op", "vCPU", "harness op_state", "others", "n harness",
+                                   "n selftest", "harness us (IQR)", "selftest us (IQR)",
+                                   "ratio", "ratio per round", "harness trend",
+                                   "selftest trend"],
                     disable_numparse=True)
 
 
@@ -277,6 +289,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="the selftest's test length per run, -l (default 1)")
     parser.add_argument("--cycles", type=int, default=8,
                         help="slot-scale create/move/delete cycles per count (default 8)")
+    parser.add_argument("--warm-ops", type=int, default=3,
+                        help="slot-scale op_state=back_to_back: untimed round trips of "
+                             "each op before it is timed (default 3)")
     parser.add_argument("--zap", choices=("all", "slot"), default="all",
                         help="zap path: slot-scale's variant, the selftest's -q (default all)")
     parser.add_argument("--main-cpu", default="0",
@@ -297,8 +312,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.count_list = slot_scale.CountList(args.counts).counts
     except ValueError as exc:
         parser.error(f"--counts: {exc}")
-    if args.rounds < 1 or args.seconds < 1 or args.cycles < 1:
-        parser.error("--rounds, --seconds and --cycles must be at least 1")
+    if args.rounds < 1 or args.seconds < 1 or args.cycles < 1 or args.warm_ops < 1:
+        parser.error("--rounds, --seconds, --cycles and --warm-ops must be at least 1")
     return args
 
 
@@ -323,32 +338,33 @@ def main(argv: Sequence[str] | None = None) -> int:
           "median us of KVM_SET_USER_MEMORY_REGION{,2} (harness: its syscall clock; "
           "selftest: the shim's CLOCK_MONOTONIC);\n'others' = memslots present besides the "
           "one operated on; trend = median / median at the first count\n")
-    print(ratio_table(harness, selftest, per_round, sorted({c for _, c in harness})))
-    print(f"\nvCPU {NOT_IN_GUEST}: slot-scale op_state={OUTSIDE} (its vCPU thread asleep out "
-          f"of KVM_RUN); {SELFTEST}'s creates (before its vCPU ran),\ndeletes (after it "
-          f"ended) and moves during which its vCPU threads got no CPU time.  vCPU {IN_GUEST}: "
-          f"op_state={PARKED} (spinning in\nthe guest) against its moves that began with its "
-          "vCPU thread on a CPU.  A vCPU executing guest code can hold the memslot update's\n"
-          "SRCU grace period (PVM: ~1 ms, traced); how many of the selftest's back-to-back "
-          "moves meet it depends on how busy the CPUs are.\n"
-          f"Known differences left: {NOT_IN_GUEST}, each slot-scale op is the first after a "
-          "guest pass (cold caches; zap=all\nthrows away the mappings the pass made), the "
-          "selftest's run back to back (PVM: 3 untimed round trips before each\nslot-scale "
-          f"move took it from 85-118 us to 14-20 us).  {IN_GUEST}, with zap=all the selftest's "
-          "vCPU refaults its whole\narea after every move (a 2-vCPU SVM boot: 11.8 ms "
-          "moves; 0.2-0.3 ms at 259-4099 slots with --zap slot) while the parked vCPU touches "
+    print(ratio_table(harness, selftest, per_round, sorted({c for *_, c in harness})))
+    print(f"\nvCPU {NOT_IN_GUEST}: {SELFTEST}'s creates (before its vCPU ran), deletes (after "
+          "it ended) and moves during which its vCPU threads got\nno CPU time, against "
+          f"slot-scale op_state={BACK_TO_BACK} (its vCPU thread asleep out of KVM_RUN, each "
+          f"timed op after {args.warm_ops}\nuntimed round trips of it, back to back as the "
+          f"selftest's run) and op_state={OUTSIDE} (the same, each op the first after a "
+          f"guest pass).\nvCPU {IN_GUEST}: its moves that began with its vCPU thread on a "
+          f"CPU, against op_state={PARKED} (spinning in the guest).  A vCPU executing\n"
+          "guest code can hold the memslot update's SRCU grace period (PVM: ~1 ms, traced); "
+          "how many of the selftest's back-to-back\nmoves meet it depends on how busy the "
+          f"CPUs are.  Known differences left: {BACK_TO_BACK} creates are create/delete round "
+          "trips of one\nslot, the selftest's creates fill the VM one new slot after "
+          f"another (and its deletes empty it).  {IN_GUEST}, with zap=all the\nselftest's "
+          "vCPU refaults its whole area after every move (a 2-vCPU SVM boot: 11.8 ms moves; "
+          "0.2-0.3 ms at 259-4099 slots\nwith --zap slot) while the parked vCPU touches "
           "nothing.")
     return 0
 
 
 def compare(exe: Path, shim: Path, args: argparse.Namespace, progress: Callable[[str], None]
-            ) -> tuple[Samples, Samples, Samples]:
+            ) -> tuple[HarnessSamples, Samples, HarnessSamples]:
     """Alternate: per round and filler count, the selftest then slot-scale in each op_state
     (the first round also learns the count of others and the slot size each filler count
     means)."""
-    harness: Samples = {}
+    harness: HarnessSamples = {}
     selftest: Samples = {}
-    per_round: Samples = {}
+    per_round: HarnessSamples = {}
     others_of: dict[int, int] = {}
     with tempfile.TemporaryDirectory(prefix="kvmharness-selftests-") as tmp:
         for r in range(args.rounds):
@@ -362,14 +378,15 @@ def compare(exe: Path, shim: Path, args: argparse.Namespace, progress: Callable[
                 s = selftest_samples(ops, others)
                 size = selftest_slot_size(ops, others)
                 states = {state: run_harness(fillers, size, args.zap, args.cycles, state,
-                                             args.main_cpu)[1]
-                          for state in (OUTSIDE, PARKED)}
+                                             args.main_cpu, args.warm_ops)[1]
+                          for state in HARNESS_STATES}
+                for row in s:
+                    selftest.setdefault((row, others), []).extend(s[row])
                 for row, state in ROWS:
                     h = states[state][row[0]]
-                    harness.setdefault((row, others), []).extend(h)
-                    selftest.setdefault((row, others), []).extend(s[row])
+                    harness.setdefault((row, state, others), []).extend(h)
                     if h and s[row]:
-                        per_round.setdefault((row, others), []).append(
+                        per_round.setdefault((row, state, others), []).append(
                             statistics.median(h) / statistics.median(s[row]))
     return harness, selftest, per_round
 

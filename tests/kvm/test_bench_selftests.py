@@ -75,15 +75,23 @@ def test_one_tiny_round_prints_a_ratio_per_op(built, capsys, monkeypatch):
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in
             (["create"], ["move"], ["delete"])]
-    assert [r[:2] for r in rows] == [["create", "not-in-guest"], ["move", "not-in-guest"],
-                                     ["move", "in-guest"], ["delete", "not-in-guest"]]
+    # Each row names the slot-scale op_state it compares (not-in-guest: back_to_back, the
+    # selftest's way, and outside; in-guest: parked).
+    assert [r[:3] for r in rows] == [["create", "not-in-guest", "back_to_back"],
+                                     ["create", "not-in-guest", "outside"],
+                                     ["move", "not-in-guest", "back_to_back"],
+                                     ["move", "not-in-guest", "outside"],
+                                     ["move", "in-guest", "parked"],
+                                     ["delete", "not-in-guest", "back_to_back"],
+                                     ["delete", "not-in-guest", "outside"]]
     for row in rows:
-        others, n_harness, n_selftest = int(row[2]), int(row[3]), int(row[4])
+        others, n_harness, n_selftest = int(row[3]), int(row[4]), int(row[5])
         assert others >= 2 and n_harness == 2
         if n_selftest == 0:  # e.g. no move of the selftest's found its vCPU on a CPU
-            assert row[5:] == ["-"] * 6
+            assert row[6:] == ["-"] * 6
             continue
         # harness median, (IQR), selftest median, (IQR), ratio: the ratio is theirs (to
         # the printed precision: medians to 0.1 us, the ratio to 0.01).
-        harness_us, selftest_us, ratio = float(row[5]), float(row[7]), float(row[9])
+        harness_us, selftest_us, ratio = float(row[6]), float(row[8]), float(row[10])
         assert ratio == pytest.approx(harness_us / selftest_us, rel=0.05, abs=0.006)
+    assert "after 3\nuntimed round trips" in out
