@@ -89,3 +89,21 @@ def test_selftest_moves_are_split_by_what_its_vcpu_did():
                        ("move", "not-in-guest"): [30.0, 31.0],
                        ("move", "in-guest"): [900.0],
                        ("delete", "not-in-guest"): [4.0]}
+
+
+def test_ratio_table_rows_name_the_harness_state_each_compares():
+    """One row per (op, vCPU state, harness op_state) and count: the selftest's samples of
+    a row are shared by both not-in-guest rows, each with its own harness samples."""
+    create = ("create", selftests.NOT_IN_GUEST)
+    harness = {(create, "back_to_back", 4): [10.0, 12.0, 14.0],
+               (create, "outside", 4): [50.0, 60.0, 70.0]}
+    selftest = {(create, 4): [11.0, 12.0, 13.0]}
+    per_round = {(create, "back_to_back", 4): [1.0], (create, "outside", 4): [5.0]}
+    table = selftests.ratio_table(harness, selftest, per_round, [4])
+    rows = {tuple(line.split()[:3]): line.split() for line in table.splitlines()[2:]}
+    assert list(rows) == [(op, vcpu, state) for (op, vcpu), state in selftests.ROWS]
+    assert rows[("create", "not-in-guest", "back_to_back")][3:6] == ["4", "3", "3"]
+    assert rows[("create", "not-in-guest", "back_to_back")][10] == "1.00"  # 12 / 12
+    assert rows[("create", "not-in-guest", "outside")][10] == "5.00"  # 60 / 12
+    # A row without samples on one side prints dashes, never a ratio.
+    assert rows[("move", "in-guest", "parked")][4:] == ["0", "0"] + ["-"] * 6
