@@ -257,9 +257,23 @@ def stops_table(rows: Sequence[Row]) -> str:
                                     "time up", "--runs cap"], tablefmt="simple")
 
 
+# The checkpoints the table shows when there are more than MAX_CHECKPOINT_COLUMNS (an
+# --until-ci trial reaches 100+ runs per side: one column each would be 700 characters).
+SHOWN_CHECKPOINTS = (3, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000)
+MAX_CHECKPOINT_COLUMNS = 10
+
+
+def shown_checkpoints(ns: Sequence[int]) -> list[int]:
+    """All of ``ns`` if few, else those on SHOWN_CHECKPOINTS and the largest."""
+    if len(ns) <= MAX_CHECKPOINT_COLUMNS:
+        return list(ns)
+    kept = [n for n in ns if n in SHOWN_CHECKPOINTS]
+    return kept + [ns[-1]] if ns[-1] not in kept else kept
+
+
 def checkpoint_table(rows: Sequence[Row]) -> str:
     """Flagged trials at each n per side: how the rates build up with more runs."""
-    ns = sorted({c.n for r in rows for t in r.trials for c in t.checkpoints})
+    ns = shown_checkpoints(sorted({c.n for r in rows for t in r.trials for c in t.checkpoints}))
     table = []
     for row in rows:
         cells = []

@@ -237,3 +237,17 @@ def test_a_trial_out_of_time_says_what_it_would_have_needed() -> None:
     assert line in power.report(rows, s, 80.0).splitlines() and len(line) <= 78
     precise = Trial(slow.checkpoints, slow.cov, "precise", slow.values)
     assert power.needed_line([power.Row("A/A", (precise,), 0)], 0.02) == ""
+
+
+def test_a_long_trial_keeps_the_checkpoint_table_narrow() -> None:
+    assert power.shown_checkpoints([3, 4, 5, 6, 7, 8]) == [3, 4, 5, 6, 7, 8]
+    assert power.shown_checkpoints(list(range(3, 118))) == [3, 5, 10, 20, 30, 50, 75, 100, 117]
+    assert power.shown_checkpoints(list(range(3, 101)))[-2:] == [75, 100]
+    rng = random.Random(7)
+    s = Settings(runs=117)
+    long = power.run_trial(noisy(rng, 100.0), noisy(rng, 105.0), s, direction=1)
+    text = power.checkpoint_table([power.Row("A/A' (+5%)", (long,), 1)])
+    assert text.splitlines()[0].split()[-9:] == ["3", "5", "10", "20", "30", "50", "75",
+                                                 "100", "117"]
+    assert text.splitlines()[-1].split()[-1] == "1/1"  # flagged at the final n
+    assert all(len(line) <= 78 for line in text.splitlines())
