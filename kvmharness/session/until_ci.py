@@ -148,9 +148,11 @@ def spread_line(found: Sequence[tuple[str, str, float]], limit: float = COV_LIMI
         return None
     items = ", ".join(f"{m} ({v}) {cov * 100:.0f}%" for m, v, cov in found[:shown])
     more = f" and {len(found) - shown} more" if len(found) > shown else ""
-    return (f"spread too high to trust (CoV > {limit * 100:.0f}%): {items}{more}; "
-            "see `kvmharness info` for tuning, pin threads with --pin, or add runs "
-            "with --until-ci")
+    # Of single runs, not of the medians: with many runs a median is precise despite it
+    # (its CI is in the table above), so the line must not call the median untrustworthy.
+    return (f"spread too high to trust one run (CoV > {limit * 100:.0f}%): {items}{more}; "
+            "trust the medians only as far as their 95% CI; see `kvmharness info` for "
+            "tuning, pin threads with --pin, or add runs with --until-ci")
 
 
 def state(assessments: Sequence[MetricPrecision], rule: UntilCi, rounds: int,

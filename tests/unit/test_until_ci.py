@@ -149,6 +149,7 @@ def test_spread_line_names_each_noisy_headline_metric_once() -> None:
     line = until_ci.spread_line(found)
     assert line is not None and "\n" not in line
     assert "total (zap=all) 24%" in line and "CoV > 10%" in line
+    assert "too high to trust one run" in line and "as far as their 95% CI" in line
     assert until_ci.spread_line(until_ci.spread_too_high(r, ("other",))) is None
 
 
