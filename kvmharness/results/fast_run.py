@@ -87,16 +87,7 @@ def fast_run(d: Any) -> RunRecord | None:
 
 
 def _record(d: Any) -> RunRecord | None:
-    if type(d) is not dict or not d.keys() >= _REQUIRED:
-        return None
-    index, repeat, status, reason = d["index"], d["repeat"], d["status"], d["reason"]
-    start, end = d["start_time"], d["end_time"]
-    variant, warnings = d["variant"], d["warnings"]
-    if (type(index) is not int or index < 0 or type(repeat) is not int or repeat < 0
-            or status not in _STATUSES or not (reason is None or type(reason) is str)
-            or not _number(start) or not (end is None or _number(end))
-            or type(variant) is not dict or not set(map(type, variant.values())) <= _STR
-            or type(warnings) is not list or not set(map(type, warnings)) <= _STR):
+    if type(d) is not dict or not d.keys() >= _REQUIRED or not _plain_fields(d):
         return None
     samples = _samples(d["samples"])
     warmups = _lists(d["warmups"])
@@ -109,14 +100,26 @@ def _record(d: Any) -> RunRecord | None:
             or effective is None or type(noise) is not dict or type(stat_types) is not dict
             or not set(stat_types.values()) <= _STAT_TYPES):
         return None
+    end = d["end_time"]
     return RunRecord(
-        index=index, repeat=repeat, status=status, reason=reason,
-        variant={sys.intern(k): sys.intern(v) for k, v in variant.items()},
-        start_time=float(start), end_time=None if end is None else float(end),
+        index=d["index"], repeat=d["repeat"], status=d["status"], reason=d["reason"],
+        variant={sys.intern(k): sys.intern(v) for k, v in d["variant"].items()},
+        start_time=float(d["start_time"]), end_time=None if end is None else float(end),
         samples=samples, warmups=warmups, kvm_stats=kvm_stats, tracepoints=tracepoints,
         noise={sys.intern(k): v for k, v in noise.items()}, effective=effective,
-        warnings=warnings,
+        warnings=d["warnings"],
         kvm_stat_types={sys.intern(k): sys.intern(v) for k, v in stat_types.items()})
+
+
+def _plain_fields(d: dict[str, Any]) -> bool:
+    """The run's scalar fields, its variant and its warnings as ``validate._run`` wants them."""
+    index, repeat, reason, end = d["index"], d["repeat"], d["reason"], d["end_time"]
+    variant, warnings = d["variant"], d["warnings"]
+    return (type(index) is int and index >= 0 and type(repeat) is int and repeat >= 0
+            and d["status"] in _STATUSES and (reason is None or type(reason) is str)
+            and _number(d["start_time"]) and (end is None or _number(end))
+            and type(variant) is dict and set(map(type, variant.values())) <= _STR
+            and type(warnings) is list and set(map(type, warnings)) <= _STR)
 
 
 def _samples(value: Any) -> dict[str, MetricSamples] | None:
