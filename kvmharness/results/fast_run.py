@@ -1,13 +1,13 @@
 """The common case of a run, checked in bulk.
 
-``validate._run`` checks a run field by field, each check naming its JSON path for the
+``validate.check_run`` checks a run field by field, each check naming its JSON path for the
 message: 40k runs took seconds in those calls alone.  ``fast_run`` makes the same record
 from a run whose every field is as a complete ``kvmharness run`` writes it, with no path
 built and no call per field; anything else (a wrong type, a missing field, a negative
-count, a string that would need escaping) returns None, and ``validate._run`` then names
-the problem or accepts the run.  So the fast path is an optimisation only: it never
-accepts what ``_run`` refuses and never builds a different record (tests/unit check both
-on every example file and on each field broken in turn).
+count, a string that would need escaping) returns None, and ``check_run`` then names the
+problem or accepts the run.  So the fast path is an optimisation only: it never accepts
+what ``check_run`` refuses and never builds a different record (tests/unit check both on
+every example file and on each field broken in turn).
 """
 
 from __future__ import annotations
@@ -15,21 +15,33 @@ from __future__ import annotations
 import math
 import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from kvmharness.results.model import MetricSamples, RunRecord
+from kvmharness.results.decode import Converter
+from kvmharness.results.model import FORMAT, SCHEMA_VERSION, MetricSamples, RunRecord
+from kvmharness.results.validate import (
+    DIRECTIONS,
+    KVM_STAT_MINIMUM,
+    RUN_STATUSES,
+    STAT_TYPES,
+    TIMELINE_LISTS,
+    TRACEPOINT_MINIMUM,
+    ZAP_KEYS,
+    check_run,
+    interned,
+)
 
 _REQUIRED = frozenset({"index", "repeat", "variant", "status", "reason", "start_time",
                        "end_time", "samples", "warmups", "kvm_stats", "tracepoints", "noise",
                        "effective", "warnings"})
-_STATUSES = frozenset({"ok", "skipped", "failed"})
-_DIRECTIONS = frozenset({"lower", "higher"})
-_STAT_TYPES = frozenset({"cumulative", "instant", "peak"})
+_STATUSES = frozenset(RUN_STATUSES)
+_DIRECTIONS = frozenset(DIRECTIONS)
+_STAT_TYPES = frozenset(STAT_TYPES)
 _NUMBERS = frozenset({int, float})
 _FLOAT = frozenset({float})
 _INT = frozenset({int})
 _STR = frozenset({str})
-_INT64_MIN = -2**63
 
 # What JSON text needs to produce a control character (C0, DEL, C1) in a decoded string:
 # an escape (\n, \u001b, \u0085 ...) or the character itself.  A text with none of them
@@ -38,8 +50,6 @@ _INT64_MIN = -2**63
 # on 180 MB against 3.8 s), and a pure-ASCII text holds no DEL-to-C1 character but DEL.
 _CONTROL_ESCAPE = re.compile(r"\\(?:[bfnrt]|u00[01]|u007f|u00[89])", re.IGNORECASE)
 _CONTROL_LITERAL = re.compile(r"[\x7f-\x9f]")
-_ZAP_KEYS = ("zap_path", "zap_evidence", "zap_requested")
-_TIMELINE_LISTS = ("pass_end_s", "pass_ms", "delete_s", "pass_vcpu")
 
 
 def text_is_plain(text: str) -> bool:
@@ -70,11 +80,32 @@ def _counts(value: Any, minimum: int) -> dict[str, int] | None:
     if (type(value) is not dict or not set(map(type, value.values())) <= _INT
             or min(value.values(), default=0) < minimum):
         return None
-    return {sys.intern(k): v for k, v in value.items()}
+    return interned(value)
 
 
 def _number(value: Any) -> bool:
     return type(value) in _NUMBERS and math.isfinite(value)
+
+
+def run_converter(source: str, text: str) -> Callable[[dict[str, Any]], Converter | None]:
+    """For ``decode.loads_streaming`` of ``text``: each run checked and made a record as
+    soon as it is parsed, once the fields before the runs say this is a result file this
+    version reads (otherwise ``parse_result`` reports that, as for any document).  The
+    fast path first, when the text allows it; the field-by-field check for the rest."""
+    plain = text_is_plain(text)
+
+    def convert(raw: Any, i: int) -> RunRecord:
+        record = fast_run(raw) if plain else None
+        return record if record is not None else check_run(source, raw, f"runs[{i}]")
+
+    def choose(fields: dict[str, Any]) -> Converter | None:
+        version = fields.get("schema_version")
+        if (fields.get("format") != FORMAT or type(version) is not int
+                or not 1 <= version <= SCHEMA_VERSION):
+            return None
+        return convert
+
+    return choose
 
 
 def fast_run(d: Any) -> RunRecord | None:
@@ -91,8 +122,8 @@ def _record(d: Any) -> RunRecord | None:
         return None
     samples = _samples(d["samples"])
     warmups = _lists(d["warmups"])
-    kvm_stats = _phases(d["kvm_stats"], _INT64_MIN)
-    tracepoints = _phases(d["tracepoints"], 0)
+    kvm_stats = _phases(d["kvm_stats"], KVM_STAT_MINIMUM)
+    tracepoints = _phases(d["tracepoints"], TRACEPOINT_MINIMUM)
     effective = _effective(d["effective"])
     noise = d["noise"]
     stat_types = d.get("kvm_stat_types", {})
@@ -106,13 +137,13 @@ def _record(d: Any) -> RunRecord | None:
         variant={sys.intern(k): sys.intern(v) for k, v in d["variant"].items()},
         start_time=float(d["start_time"]), end_time=None if end is None else float(end),
         samples=samples, warmups=warmups, kvm_stats=kvm_stats, tracepoints=tracepoints,
-        noise={sys.intern(k): v for k, v in noise.items()}, effective=effective,
+        noise=interned(noise), effective=effective,
         warnings=d["warnings"],
         kvm_stat_types={sys.intern(k): sys.intern(v) for k, v in stat_types.items()})
 
 
 def _plain_fields(d: dict[str, Any]) -> bool:
-    """The run's scalar fields, its variant and its warnings as ``validate._run`` wants them."""
+    """The run's scalar fields, its variant and its warnings as ``check_run`` wants them."""
     index, repeat, reason, end = d["index"], d["repeat"], d["reason"], d["end_time"]
     variant, warnings = d["variant"], d["warnings"]
     return (type(index) is int and index >= 0 and type(repeat) is int and repeat >= 0
@@ -164,13 +195,13 @@ def _phases(value: Any, minimum: int) -> dict[str, dict[str, int]] | None:
 def _effective(value: Any) -> dict[str, Any] | None:
     if type(value) is not dict:
         return None
-    d = {sys.intern(k): v for k, v in value.items()}
-    if not all(d.get(k) is None or type(d[k]) is str for k in _ZAP_KEYS):
+    d = interned(value)
+    if not all(d.get(k) is None or type(d[k]) is str for k in ZAP_KEYS):
         return None
     if "timeline" in d:
         timeline = d["timeline"]
         if type(timeline) is not dict or not all(
-                _floats(timeline[k]) is not None for k in _TIMELINE_LISTS if k in timeline):
+                _floats(timeline[k]) is not None for k in TIMELINE_LISTS if k in timeline):
             return None
-        d["timeline"] = {sys.intern(k): v for k, v in timeline.items()}
+        d["timeline"] = interned(timeline)
     return d

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from kvmharness.results import decode
+from kvmharness.results.fast_run import run_converter
 from kvmharness.results.model import ResultFile
-from kvmharness.results.validate import ResultFormatError, parse_result, run_converter
+from kvmharness.results.validate import ResultFormatError, parse_result
 
 DEFAULT_DIR = Path("results")
 # "<scenario>-<label>-<UTC timestamp>-N": the name default_result_path or a collision gave.

@@ -13,8 +13,6 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kvmharness.results.decode import Converter
-from kvmharness.results.fast_run import fast_run, text_is_plain
 from kvmharness.results.model import (
     FORMAT,
     SCHEMA_VERSION,
@@ -26,6 +24,14 @@ from kvmharness.results.model import (
 from kvmharness.scenarios.metrics import point_of
 
 STAT_TYPES = ("cumulative", "instant", "peak")
+RUN_STATUSES = ("ok", "skipped", "failed")
+DIRECTIONS = ("lower", "higher")
+# KVM stats are deltas over a phase, and a gauge (vm.pages_4k) can shrink; a tracepoint
+# count is a number of events, never below zero.
+KVM_STAT_MINIMUM, TRACEPOINT_MINIMUM = -2**63, 0
+# The keys of a run's free-form ``effective`` that compare and plot read.
+ZAP_KEYS = ("zap_path", "zap_evidence", "zap_requested")
+TIMELINE_LISTS = ("pass_end_s", "pass_ms", "delete_s", "pass_vcpu")  # the plot's timeline
 
 # Exact types (bool is an int subclass, and not a number here).
 _NUMBER_TYPES = frozenset({int, float})
@@ -160,19 +166,25 @@ def _counters(c: _Checker, value: Any, path: str, *, minimum: int
     return c.map_(value, path, lambda v, p: c.counts(v, p, minimum=minimum))
 
 
+def check_run(source: str, raw: Any, path: str) -> RunRecord:
+    """Run ``raw`` (at JSON path ``path`` of ``source``) checked field by field: its record,
+    or a ``ResultFormatError`` naming the field."""
+    return _run(_Checker(source), raw, path)
+
+
 def _run(c: _Checker, raw: Any, path: str) -> RunRecord:
     d = c.obj(raw, path)
 
     def f(key: str) -> Any:
         return c.field(d, key, path)
 
-    status = c.choice(f("status"), f"{path}.status", ("ok", "skipped", "failed"))
+    status = c.choice(f("status"), f"{path}.status", RUN_STATUSES)
 
     def samples(v: Any, p: str) -> MetricSamples:
         s = c.obj(v, p)
         return MetricSamples(
             unit=c.str_(c.field(s, "unit", p), f"{p}.unit"),
-            direction=c.choice(c.field(s, "direction", p), f"{p}.direction", ("lower", "higher")),
+            direction=c.choice(c.field(s, "direction", p), f"{p}.direction", DIRECTIONS),
             values=c.nums(c.field(s, "values", p), f"{p}.values"),
         )
 
@@ -186,11 +198,10 @@ def _run(c: _Checker, raw: Any, path: str) -> RunRecord:
         end_time=c.num(f("end_time"), f"{path}.end_time", nullable=True),
         samples=c.map_(f("samples"), f"{path}.samples", samples),
         warmups=c.map_(f("warmups"), f"{path}.warmups", c.nums),
-        # KVM stats are deltas over a phase, and a gauge (vm.pages_4k) can shrink; a
-        # tracepoint count is a number of events, never below zero.
-        kvm_stats=_counters(c, f("kvm_stats"), f"{path}.kvm_stats", minimum=-2**63),
-        tracepoints=_counters(c, f("tracepoints"), f"{path}.tracepoints", minimum=0),
-        noise=_interned(c.obj(f("noise"), f"{path}.noise")),
+        kvm_stats=_counters(c, f("kvm_stats"), f"{path}.kvm_stats", minimum=KVM_STAT_MINIMUM),
+        tracepoints=_counters(c, f("tracepoints"), f"{path}.tracepoints",
+                              minimum=TRACEPOINT_MINIMUM),
+        noise=interned(c.obj(f("noise"), f"{path}.noise")),
         effective=_effective(c, f("effective"), f"{path}.effective"),
         warnings=c.list_(f("warnings"), f"{path}.warnings", c.str_),
         kvm_stat_types=(c.map_(d["kvm_stat_types"], f"{path}.kvm_stat_types",
@@ -199,24 +210,20 @@ def _run(c: _Checker, raw: Any, path: str) -> RunRecord:
     )
 
 
-def _interned(d: dict[str, Any]) -> dict[str, Any]:
-    """A free-form object of a run with its keys interned (see ``_Checker.map_``)."""
+def interned(d: dict[str, Any]) -> dict[str, Any]:
+    """An object of a run with its keys interned (see ``_Checker.map_``)."""
     return {sys.intern(k): v for k, v in d.items()}
-
-
-# effective["timeline"] (the plot's pass timeline): each list, when present.
-_TIMELINE_LISTS = ("pass_end_s", "pass_ms", "delete_s", "pass_vcpu")
 
 
 def _effective(c: _Checker, raw: Any, path: str) -> dict[str, Any]:
     """The run's effective settings: free-form, except the keys compare and plot read."""
-    d = _interned(c.obj(raw, path))
-    for key in ("zap_path", "zap_evidence", "zap_requested"):
+    d = interned(c.obj(raw, path))
+    for key in ZAP_KEYS:
         if key in d:
             d[key] = c.str_(d[key], f"{path}.{key}", nullable=True)
     if "timeline" in d:
-        t = d["timeline"] = _interned(c.obj(d["timeline"], f"{path}.timeline"))
-        for key in _TIMELINE_LISTS:
+        t = d["timeline"] = interned(c.obj(d["timeline"], f"{path}.timeline"))
+        for key in TIMELINE_LISTS:
             if key in t:
                 c.nums(t[key], f"{path}.timeline.{key}")
     return d
@@ -258,7 +265,7 @@ def _scenario(c: _Checker, raw: Any) -> dict[str, Any]:
         m = c.obj(v, p)
         m["name"] = c.str_(c.field(m, "name", p), f"{p}.name")
         m["unit"] = c.str_(c.field(m, "unit", p), f"{p}.unit")
-        c.choice(c.field(m, "direction", p), f"{p}.direction", ("lower", "higher"))
+        c.choice(c.field(m, "direction", p), f"{p}.direction", DIRECTIONS)
         return m
 
     c.list_(c.field(d, "metrics", "scenario"), "scenario.metrics", metric)
@@ -328,27 +335,6 @@ def check_values(result: ResultFile) -> None:
                     "not a measurement of one run)")
 
 
-def run_converter(source: str, text: str) -> Callable[[dict[str, Any]], Converter | None]:
-    """For ``decode.loads_streaming`` of ``text``: each run checked and made a record as
-    soon as it is parsed, once the fields before the runs say this is a result file this
-    version reads (otherwise ``parse_result`` reports that, as for any document)."""
-    c = _Checker(source)
-    plain = text_is_plain(text)
-
-    def convert(raw: Any, i: int) -> RunRecord:
-        record = fast_run(raw) if plain else None
-        return record if record is not None else _run(c, raw, f"runs[{i}]")
-
-    def choose(fields: dict[str, Any]) -> Converter | None:
-        version = fields.get("schema_version")
-        if (fields.get("format") != FORMAT or type(version) is not int
-                or not 1 <= version <= SCHEMA_VERSION):
-            return None
-        return convert
-
-    return choose
-
-
 def parse_result(raw: Any, source: str = "<result>") -> ResultFile:
     """Validate parsed JSON and build the ``ResultFile``; raises ``ResultFormatError``."""
     c = _Checker(source)
@@ -378,7 +364,8 @@ def parse_result(raw: Any, source: str = "<result>") -> ResultFile:
         repeat=c.int_(f("repeat"), "repeat"),
         iterations=c.int_(f("iterations"), "iterations"),
         warmup=c.int_(f("warmup"), "warmup"),
-        # Runs a streaming load (``run_converter``) already made records of stay as they are.
+        # Runs a streaming load (``fast_run.run_converter``) already made records of stay
+        # as they are.
         runs=c.list_(f("runs"), "runs",
                      lambda v, p: v if isinstance(v, RunRecord) else _run(c, v, p)),
         warnings=c.list_(f("warnings"), "warnings", c.str_),

@@ -90,7 +90,7 @@ def _raw_runs() -> list[tuple[str, dict[str, Any]]]:
 
 def _checked(raw: Any) -> Any:
     try:
-        return validate._run(validate._Checker("t"), copy.deepcopy(raw), "runs[0]")
+        return validate.check_run("t", copy.deepcopy(raw), "runs[0]")
     except ResultFormatError:
         return None
 
